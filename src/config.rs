@@ -1,0 +1,163 @@
+//! `caiflow.toml`: named endpoints (`[endpoints.policy]`, `[endpoints.judge]`, …).
+//!
+//! API keys are never in the file or on the command line: an endpoint names the
+//! environment variable that holds its key (`api_key_env = "NGC_API_KEY"`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::chat_template::ChatTemplate;
+use crate::error::{CaiError, Result};
+use crate::llm::nemo::NemoPromptForm;
+use crate::llm::retry::RetryPolicy;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub endpoints: BTreeMap<String, EndpointConfig>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// OpenAI-compatible `POST /chat/completions`.
+    #[default]
+    Openai,
+    /// NeMo text-generation server, `PUT /generate`.
+    Nemo,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    #[serde(default)]
+    pub kind: BackendKind,
+    /// For OpenAI-compatible servers, the URL that `/chat/completions` is appended to
+    /// (for example `http://127.0.0.1:8080/v1`); for NeMo, the server root.
+    pub base_url: String,
+    #[serde(default = "default_model")]
+    pub model: String,
+    /// Name of the environment variable holding the API key, if the server needs one.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Requests in flight at once to this endpoint, shared by every stage that uses it.
+    #[serde(default = "default_concurrency")]
+    pub max_concurrency: usize,
+    /// Per-attempt timeout.
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: f64,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// NeMo only: how the conversation is sent.
+    #[serde(default)]
+    pub nemo_form: NemoPromptForm,
+    /// NeMo only: turn markers for the string form and for finding the answer.
+    #[serde(default)]
+    pub chat_template: ChatTemplate,
+}
+
+fn default_model() -> String {
+    "default".into()
+}
+fn default_concurrency() -> usize {
+    8
+}
+fn default_timeout() -> f64 {
+    120.0
+}
+
+/// Where the endpoints point when there is no `caiflow.toml`: a local OpenAI-compatible
+/// server (llama.cpp's, vLLM, Ollama …). `CAIFLOW_BASE_URL` overrides the address.
+pub const DEFAULT_BASE_URL: &str = "http://127.0.0.1:8080/v1";
+
+impl EndpointConfig {
+    pub fn openai(base_url: &str, model: &str) -> Self {
+        EndpointConfig {
+            kind: BackendKind::Openai,
+            base_url: base_url.to_string(),
+            model: model.to_string(),
+            api_key_env: None,
+            max_concurrency: default_concurrency(),
+            timeout_secs: default_timeout(),
+            retry: RetryPolicy::default(),
+            nemo_form: NemoPromptForm::default(),
+            chat_template: ChatTemplate::default(),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| CaiError::io(path, e))?;
+        Self::parse(&text).map_err(|e| CaiError::bad_file(path, e.to_string()))
+    }
+
+    pub fn parse(text: &str) -> Result<Config> {
+        let config: Config = toml::from_str(text).map_err(|e| CaiError::Config(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The configuration used without a file: `policy` and `judge` on one local server.
+    pub fn local_default() -> Config {
+        let base = std::env::var("CAIFLOW_BASE_URL").unwrap_or_else(|_| DEFAULT_BASE_URL.to_string());
+        let mut endpoints = BTreeMap::new();
+        for name in ["policy", "judge"] {
+            endpoints.insert(name.to_string(), EndpointConfig::openai(&base, "default"));
+        }
+        Config { endpoints }
+    }
+
+    fn validate(&self) -> Result<()> {
+        for (name, e) in &self.endpoints {
+            if e.max_concurrency == 0 {
+                return Err(CaiError::Config(format!("endpoints.{name}.max_concurrency must be at least 1")));
+            }
+            if !(e.timeout_secs.is_finite() && e.timeout_secs > 0.0) {
+                return Err(CaiError::Config(format!("endpoints.{name}.timeout_secs must be positive")));
+            }
+            if e.retry.max_attempts == 0 {
+                return Err(CaiError::Config(format!("endpoints.{name}.retry.max_attempts must be at least 1")));
+            }
+            url::Url::parse(&e.base_url)
+                .map_err(|err| CaiError::Config(format!("endpoints.{name}.base_url '{}': {err}", e.base_url)))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_endpoints_with_defaults() {
+        let c = Config::parse(
+            r#"
+            [endpoints.policy]
+            base_url = "http://127.0.0.1:9/v1"
+            [endpoints.judge]
+            kind = "openai"
+            base_url = "https://integrate.api.nvidia.com/v1"
+            model = "meta/llama-3.1-70b-instruct"
+            api_key_env = "NGC_API_KEY"
+            max_concurrency = 4
+            retry = { max_attempts = 3 }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.endpoints["policy"].max_concurrency, 8);
+        assert_eq!(c.endpoints["judge"].api_key_env.as_deref(), Some("NGC_API_KEY"));
+        assert_eq!(c.endpoints["judge"].retry.max_attempts, 3);
+    }
+
+    #[test]
+    fn rejects_typos_and_bad_values() {
+        assert!(Config::parse("[endpoints.p]\nbase_url='http://x'\nmax_concurency=3").is_err());
+        assert!(Config::parse("[endpoints.p]\nbase_url='http://x'\nmax_concurrency=0").is_err());
+        assert!(Config::parse("[endpoints.p]\nbase_url='not a url'").is_err());
+    }
+}

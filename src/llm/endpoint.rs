@@ -1,0 +1,210 @@
+//! A named endpoint: backend + shared concurrency budget + timeout + retries + counters.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+
+use super::nemo::NemoBackend;
+use super::openai::{ApiKey, OpenAiBackend};
+use super::retry::RetryPolicy;
+use super::{Backend, ChatRequest, Completion};
+use crate::config::{BackendKind, Config, EndpointConfig};
+use crate::error::{CaiError, Result};
+
+/// Bumped whenever the way stages build prompts changes, so old journalled results are not
+/// reused for new prompts.
+pub const PROMPT_TEMPLATE_VERSION: u32 = 1;
+
+/// The result of one logical request after all attempts.
+#[derive(Clone, Debug)]
+pub struct CallOutcome {
+    pub request_hash: String,
+    pub result: Result<Completion, String>,
+    pub attempts: u32,
+    pub latency_ms: u64,
+}
+
+/// Live counters, read by the progress reporter.
+#[derive(Debug, Default)]
+pub struct EndpointCounters {
+    pub requests: AtomicU64,
+    pub attempts: AtomicU64,
+    pub failures: AtomicU64,
+    pub completion_tokens: AtomicU64,
+    pub in_flight: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct Endpoint {
+    pub name: String,
+    pub model: String,
+    backend: Arc<dyn Backend>,
+    budget: Arc<Semaphore>,
+    max_concurrency: usize,
+    timeout: Duration,
+    retry: RetryPolicy,
+    pub counters: EndpointCounters,
+}
+
+impl Endpoint {
+    pub fn new(
+        name: &str,
+        model: &str,
+        backend: Arc<dyn Backend>,
+        max_concurrency: usize,
+        timeout: Duration,
+        retry: RetryPolicy,
+    ) -> Self {
+        Endpoint {
+            name: name.to_string(),
+            model: model.to_string(),
+            backend,
+            budget: Arc::new(Semaphore::new(max_concurrency)),
+            max_concurrency,
+            timeout,
+            retry,
+            counters: EndpointCounters::default(),
+        }
+    }
+
+    pub fn from_config(name: &str, config: &EndpointConfig, client: reqwest::Client) -> Result<Self> {
+        let api_key = match &config.api_key_env {
+            None => None,
+            Some(var) => Some(ApiKey(std::env::var(var).map_err(|_| CaiError::MissingApiKey {
+                endpoint: name.to_string(),
+                var: var.clone(),
+            })?)),
+        };
+        let backend: Arc<dyn Backend> = match config.kind {
+            BackendKind::Openai => Arc::new(OpenAiBackend::new(client, &config.base_url, &config.model, api_key)),
+            BackendKind::Nemo => Arc::new(NemoBackend::new(
+                client,
+                &config.base_url,
+                config.chat_template.clone(),
+                config.nemo_form,
+            )),
+        };
+        Ok(Self::new(
+            name,
+            &config.model,
+            backend,
+            config.max_concurrency,
+            Duration::from_secs_f64(config.timeout_secs),
+            config.retry.clone(),
+        ))
+    }
+
+    pub fn max_concurrency(&self) -> usize {
+        self.max_concurrency
+    }
+
+    /// Stable identity of a request: model, normalized messages, sampling parameters (seed
+    /// included) and the prompt-template version. Keys lineage today and the journal later.
+    pub fn request_hash(&self, request: &ChatRequest) -> String {
+        let normalized: Vec<(String, String)> = request
+            .messages
+            .iter()
+            .map(|m| (m.role.clone(), m.content.replace("\r\n", "\n")))
+            .collect();
+        let key = serde_json::json!({
+            "v": PROMPT_TEMPLATE_VERSION,
+            "model": self.model,
+            "messages": normalized,
+            "params": request.params,
+        });
+        hex::encode(Sha256::digest(key.to_string().as_bytes()))
+    }
+
+    /// Send a request with retries. Never fails: the outcome says what happened. A permit of
+    /// the endpoint's budget is held only while an attempt is on the wire, not while backing
+    /// off, so a throttled row does not block healthy ones.
+    pub async fn call(&self, request: &ChatRequest) -> CallOutcome {
+        let request_hash = self.request_hash(request);
+        let started = Instant::now();
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let mut attempts = 0;
+        let result = loop {
+            attempts += 1;
+            self.counters.attempts.fetch_add(1, Ordering::Relaxed);
+            let attempt = {
+                let _permit = match self.budget.acquire().await {
+                    Ok(p) => p,
+                    Err(_) => break Err("endpoint closed".to_string()),
+                };
+                self.counters.in_flight.fetch_add(1, Ordering::Relaxed);
+                let r = tokio::time::timeout(self.timeout, self.backend.complete(request)).await;
+                self.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+                r
+            };
+            let error = match attempt {
+                Ok(Ok(completion)) => {
+                    if let Some(t) = completion.completion_tokens {
+                        self.counters.completion_tokens.fetch_add(t, Ordering::Relaxed);
+                    }
+                    break Ok(completion);
+                }
+                Ok(Err(e)) => e,
+                Err(_) => super::AttemptError::retryable(format!("timed out after {:.1}s", self.timeout.as_secs_f64())),
+            };
+            if !error.retryable || attempts >= self.retry.max_attempts {
+                let kind = if error.retryable { "gave up" } else { "not retryable" };
+                break Err(format!(
+                    "endpoint '{}': {} after {attempts} attempt(s) ({kind})",
+                    self.name, error.message
+                ));
+            }
+            tracing::debug!(endpoint = %self.name, attempt = attempts, error = %error.message, "retrying");
+            tokio::time::sleep(self.retry.delay(attempts, error.retry_after)).await;
+        };
+        if result.is_err() {
+            self.counters.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        CallOutcome {
+            request_hash,
+            result,
+            attempts,
+            latency_ms: started.elapsed().as_millis() as u64,
+        }
+    }
+}
+
+/// All endpoints of a session, by name. Stage plans hold names only and look the live
+/// endpoint up here at execution time (a session-config extension), so plans stay plain data.
+#[derive(Debug, Default)]
+pub struct Endpoints {
+    by_name: BTreeMap<String, Arc<Endpoint>>,
+}
+
+impl Endpoints {
+    pub fn from_config(config: &Config) -> Result<Self> {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| CaiError::Config(format!("HTTP client: {e}")))?;
+        let mut by_name = BTreeMap::new();
+        for (name, e) in &config.endpoints {
+            by_name.insert(name.clone(), Arc::new(Endpoint::from_config(name, e, client.clone())?));
+        }
+        Ok(Endpoints { by_name })
+    }
+
+    pub fn insert(&mut self, endpoint: Endpoint) {
+        self.by_name.insert(endpoint.name.clone(), Arc::new(endpoint));
+    }
+
+    pub fn get(&self, name: &str) -> Result<Arc<Endpoint>> {
+        self.by_name
+            .get(name)
+            .cloned()
+            .ok_or_else(|| CaiError::UnknownEndpoint(name.to_string()))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Endpoint>> {
+        self.by_name.values()
+    }
+}

@@ -1,0 +1,136 @@
+//! The LLM layer: one [`Backend`] trait, HTTP backends, and [`Endpoint`], which adds the
+//! shared concurrency budget, per-attempt timeout and retries every stage relies on.
+
+pub mod endpoint;
+pub mod nemo;
+pub mod openai;
+pub mod retry;
+
+use std::fmt::Debug;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use endpoint::{CallOutcome, Endpoint, Endpoints};
+
+/// One chat turn. Roles are lower-case OpenAI roles: `system`, `user`, `assistant`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: &str, content: impl Into<String>) -> Self {
+        Message {
+            role: role.to_string(),
+            content: content.into(),
+        }
+    }
+    pub fn user(content: impl Into<String>) -> Self {
+        Self::new("user", content)
+    }
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self::new("assistant", content)
+    }
+}
+
+/// Sampling parameters. `None` leaves the server's default in place; only set fields are sent.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SamplingParams {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+}
+
+/// A request as the stages build it: backend-neutral.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatRequest {
+    pub messages: Vec<Message>,
+    pub params: SamplingParams,
+}
+
+/// What a backend returns for one successful attempt.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Completion {
+    pub text: String,
+    pub finish_reason: Option<String>,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+}
+
+/// Why one attempt failed, and whether another attempt may succeed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttemptError {
+    pub message: String,
+    pub retryable: bool,
+    /// The server's `Retry-After`, when it sent one.
+    pub retry_after: Option<Duration>,
+}
+
+impl AttemptError {
+    pub fn retryable(message: impl Into<String>) -> Self {
+        AttemptError {
+            message: message.into(),
+            retryable: true,
+            retry_after: None,
+        }
+    }
+    pub fn fatal(message: impl Into<String>) -> Self {
+        AttemptError {
+            message: message.into(),
+            retryable: false,
+            retry_after: None,
+        }
+    }
+}
+
+/// A model server protocol. Implementations do exactly one attempt; retries, timeouts and
+/// concurrency live in [`Endpoint`] so every backend gets them alike.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync + Debug {
+    async fn complete(&self, request: &ChatRequest) -> Result<Completion, AttemptError>;
+}
+
+/// Classify an HTTP status the way DESIGN §4 says: 408, 429 and 5xx are worth retrying,
+/// any other 4xx is the caller's fault and is not.
+pub(crate) fn status_error(
+    status: reqwest::StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    body: &str,
+) -> AttemptError {
+    let snippet: String = body.chars().take(300).collect();
+    let message = format!("HTTP {}: {}", status.as_u16(), snippet.trim());
+    let retryable = status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error();
+    AttemptError {
+        message,
+        retryable,
+        retry_after: retry::parse_retry_after(headers),
+    }
+}
+
+/// Turn a transport error into an attempt error; all of them are retryable (connection
+/// refused, reset, body cut short), except a request we could not even build.
+pub(crate) fn transport_error(e: reqwest::Error) -> AttemptError {
+    if e.is_builder() {
+        AttemptError::fatal(format!("invalid request: {e}"))
+    } else {
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            source = s.source();
+        }
+        AttemptError::retryable(message)
+    }
+}

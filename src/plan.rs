@@ -1,0 +1,124 @@
+//! Plans: SQL files with `${name}` / `${name:-default}` variables, run statement by statement.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::sql::parser::DFParser;
+use futures::StreamExt;
+
+use crate::error::{CaiError, Result};
+use crate::session::CaiSession;
+
+/// Replace `${name}` and `${name:-default}`. A variable with neither a value nor a default is
+/// an error naming it (and the line), never an empty string.
+pub fn substitute(text: &str, vars: &BTreeMap<String, String>) -> Result<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| CaiError::Plan(format!("unclosed '${{' near: {}", &rest[start..rest.len().min(start + 40)])))?;
+        let inner = &after[..end];
+        let (name, default) = match inner.split_once(":-") {
+            Some((n, d)) => (n.trim(), Some(d)),
+            None => (inner.trim(), None),
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(CaiError::Plan(format!("invalid variable name '${{{inner}}}'")));
+        }
+        match vars.get(name).map(String::as_str).or(default) {
+            Some(v) => out.push_str(v),
+            None => {
+                let line = text[..text.len() - rest.len() + start].lines().count().max(1);
+                return Err(CaiError::Plan(format!(
+                    "variable '{name}' (line {line}) has no value: pass --set {name}=… or write ${{{name}:-default}}"
+                )));
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// What a finished statement reports.
+#[derive(Debug)]
+pub struct StatementOutcome {
+    pub index: usize,
+    pub sql: String,
+    pub rows: usize,
+    pub seconds: f64,
+    /// A pretty-printed preview for queries that return rows (first rows only).
+    pub preview: Option<String>,
+}
+
+/// Rows of a query's result shown in the preview.
+const PREVIEW_ROWS: usize = 10;
+
+/// Run every statement of `sql` in order. Query results are streamed (only a preview is
+/// kept); DDL and `COPY` run to completion.
+pub async fn run_sql(session: &CaiSession, sql: &str, mut on_done: impl FnMut(&StatementOutcome)) -> Result<Vec<StatementOutcome>> {
+    let statements = DFParser::parse_sql(sql).map_err(|e| CaiError::Plan(format!("SQL syntax: {e}")))?;
+    let mut outcomes = vec![];
+    for (index, statement) in statements.into_iter().enumerate() {
+        let text = statement.to_string();
+        let started = Instant::now();
+        let state = session.ctx.state();
+        let plan = state
+            .statement_to_plan(statement)
+            .await
+            .map_err(|e| CaiError::Plan(format!("statement {}: {e}", index + 1)))?;
+        let df = session.ctx.execute_logical_plan(plan).await?;
+        let mut stream = df.execute_stream().await?;
+        let mut rows = 0;
+        let mut preview = vec![];
+        let mut preview_rows = 0;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|e| CaiError::Plan(format!("statement {}: {e}", index + 1)))?;
+            rows += batch.num_rows();
+            if preview_rows < PREVIEW_ROWS && batch.num_rows() > 0 {
+                let take = (PREVIEW_ROWS - preview_rows).min(batch.num_rows());
+                preview.push(batch.slice(0, take));
+                preview_rows += take;
+            }
+        }
+        let is_query = text.trim_start().to_ascii_uppercase().starts_with("SELECT")
+            || text.trim_start().to_ascii_uppercase().starts_with("WITH");
+        let outcome = StatementOutcome {
+            index,
+            sql: text,
+            rows,
+            seconds: started.elapsed().as_secs_f64(),
+            preview: if is_query && !preview.is_empty() {
+                Some(pretty_format_batches(&preview)?.to_string())
+            } else {
+                None
+            },
+        };
+        on_done(&outcome);
+        outcomes.push(outcome);
+    }
+    Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn substitutes_values_and_defaults() {
+        let mut v = BTreeMap::new();
+        v.insert("a".to_string(), "1".to_string());
+        assert_eq!(substitute("x ${a} ${b:-2} ${a:-9}", &v).unwrap(), "x 1 2 1");
+    }
+
+    #[test]
+    fn missing_variable_is_named() {
+        let e = substitute("SELECT 1;\nSELECT ${nope}", &BTreeMap::new()).unwrap_err().to_string();
+        assert!(e.contains("'nope'") && e.contains("line 2"), "{e}");
+        assert!(substitute("${unclosed", &BTreeMap::new()).is_err());
+    }
+}

@@ -1,0 +1,66 @@
+//! A DataFusion session with caiflow's functions, endpoints and progress registered.
+
+use std::sync::Arc;
+
+use datafusion::catalog::TableFunctionImpl;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use crate::llm::Endpoints;
+use crate::progress::Progress;
+use crate::sql::NamedArgs;
+use crate::stages::blend::BlendFunction;
+use crate::stages::critique::CritiqueFactory;
+use crate::stages::exec::StageFunction;
+use crate::stages::helpful::HelpfulSftFunction;
+use crate::stages::prompts::RedTeamPromptsFunction;
+use crate::stages::respond::RespondFactory;
+use crate::stages::revise::ReviseFactory;
+use crate::udf;
+
+/// The table functions caiflow adds, by SQL name.
+pub fn table_functions() -> Vec<(&'static str, Arc<dyn TableFunctionImpl>)> {
+    vec![
+        ("red_team_prompts", Arc::new(RedTeamPromptsFunction)),
+        ("respond", Arc::new(StageFunction(RespondFactory))),
+        ("critique", Arc::new(StageFunction(CritiqueFactory))),
+        ("revise", Arc::new(StageFunction(ReviseFactory))),
+        ("helpful_sft", Arc::new(HelpfulSftFunction)),
+        ("blend", Arc::new(BlendFunction)),
+    ]
+}
+
+#[derive(Clone)]
+pub struct CaiSession {
+    pub ctx: SessionContext,
+    pub progress: Arc<Progress>,
+    pub endpoints: Arc<Endpoints>,
+}
+
+impl CaiSession {
+    pub fn new(endpoints: Endpoints) -> Self {
+        let endpoints = Arc::new(endpoints);
+        let progress = Arc::new(Progress::default());
+        let config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_extension(endpoints.clone())
+            .with_extension(progress.clone());
+        let functions = table_functions();
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_default_features()
+            .with_relation_planners(vec![Arc::new(NamedArgs::new(functions.iter().map(|(n, _)| *n)))])
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        for (name, f) in functions {
+            ctx.register_udtf(name, f);
+        }
+        ctx.register_udf(udf::split_of_udf());
+        ctx.register_udf(udf::unit_hash_udf());
+        CaiSession {
+            ctx,
+            progress,
+            endpoints,
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! CAI stages, each a DataFusion table function.
+//!
+//! | function | module |
+//! |---|---|
+//! | `red_team_prompts(path, …)` | [`prompts`] |
+//! | `respond(input, …)` | [`respond`] |
+//! | `critique(input, …)` | [`critique`] |
+//! | `revise(input, …)` | [`revise`] |
+//! | `helpful_sft(path, …)` | [`helpful`] |
+//! | `blend(cai, helpful, …)` | [`blend`] |
+
+pub mod args;
+pub mod blend;
+pub mod critique;
+pub mod exec;
+pub mod helpful;
+pub mod input;
+pub mod llm_call;
+pub mod prompts;
+pub mod respond;
+pub mod revise;
+pub mod row;
+pub mod transcript;

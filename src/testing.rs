@@ -1,0 +1,216 @@
+//! An OpenAI-compatible (and NeMo `/generate`) mock server for tests and benchmarks.
+//!
+//! It answers deterministically and can be told to misbehave: a queue of faults served to
+//! the next requests in order, or a marker in the last user message that makes every such
+//! request fail (`[[fail:500]]`, `[[fail:400]]`). It counts requests, by fingerprint too.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{post, put};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// One misbehaviour, served to one request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fault {
+    Status(u16),
+    /// 429 with `Retry-After: secs`.
+    RateLimited { retry_after_secs: u64 },
+    /// Sleep this long before answering normally (longer than the client's timeout: a hang).
+    Hang(Duration),
+    /// 200 with a body that is not JSON.
+    Garbage,
+    /// 200 with empty content.
+    Empty,
+}
+
+#[derive(Debug, Default)]
+pub struct MockState {
+    faults: Mutex<VecDeque<Fault>>,
+    pub requests: AtomicU64,
+    in_flight: AtomicU64,
+    pub peak_in_flight: AtomicU64,
+    by_fingerprint: Mutex<BTreeMap<String, u64>>,
+    /// Every request body received, in order of arrival.
+    bodies: Mutex<Vec<Value>>,
+    /// Fixed latency added to every answer.
+    latency: Mutex<Duration>,
+}
+
+pub struct MockServer {
+    pub addr: SocketAddr,
+    pub state: Arc<MockState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MockServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl MockServer {
+    /// Start on a free port of 127.0.0.1.
+    pub async fn start() -> std::io::Result<MockServer> {
+        let state = Arc::new(MockState::default());
+        let app = Router::new()
+            .route("/v1/chat/completions", post(chat))
+            .route("/generate", put(generate))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(MockServer { addr, state, task })
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    pub fn root_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn push_faults(&self, faults: impl IntoIterator<Item = Fault>) {
+        self.state.faults.lock().unwrap_or_else(|p| p.into_inner()).extend(faults);
+    }
+
+    pub fn set_latency(&self, latency: Duration) {
+        *self.state.latency.lock().unwrap_or_else(|p| p.into_inner()) = latency;
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.state.requests.load(Ordering::SeqCst)
+    }
+
+    pub fn bodies(&self) -> Vec<Value> {
+        self.state.bodies.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Requests whose fingerprint was seen more than once.
+    pub fn repeated(&self) -> u64 {
+        let map = self.state.by_fingerprint.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().map(|n| n.saturating_sub(1)).sum()
+    }
+}
+
+fn last_user_text(body: &Value) -> String {
+    if let Some(messages) = body.get("messages").and_then(Value::as_array) {
+        return messages
+            .iter()
+            .rev()
+            .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+            .and_then(|m| m.get("content").and_then(Value::as_str))
+            .unwrap_or("")
+            .to_string();
+    }
+    body.get("sentences")
+        .and_then(|s| s.get(0))
+        .map(|s| s.as_str().map(str::to_string).unwrap_or_else(|| s.to_string()))
+        .unwrap_or_default()
+}
+
+struct InFlight<'a>(&'a MockState);
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Shared bookkeeping; returns the fault to serve, if any.
+async fn admit(state: &MockState, body: &Value) -> Option<Fault> {
+    state.requests.fetch_add(1, Ordering::SeqCst);
+    let fingerprint = hex::encode(Sha256::digest(body.to_string().as_bytes()));
+    *state.by_fingerprint.lock().unwrap_or_else(|p| p.into_inner()).entry(fingerprint).or_default() += 1;
+    state.bodies.lock().unwrap_or_else(|p| p.into_inner()).push(body.clone());
+    let latency = *state.latency.lock().unwrap_or_else(|p| p.into_inner());
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let text = last_user_text(body);
+    if let Some(code) = text.split("[[fail:").nth(1).and_then(|r| r.split("]]").next()).and_then(|c| c.parse().ok()) {
+        return Some(Fault::Status(code));
+    }
+    state.faults.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
+}
+
+async fn serve_fault(fault: Option<Fault>) -> Result<(), Response> {
+    match fault {
+        None => Ok(()),
+        Some(Fault::Status(code)) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            Err((status, json!({"error": {"message": format!("injected {code}")}}).to_string()).into_response())
+        }
+        Some(Fault::RateLimited { retry_after_secs }) => {
+            let mut headers = HeaderMap::new();
+            headers.insert("retry-after", retry_after_secs.into());
+            Err((StatusCode::TOO_MANY_REQUESTS, headers, "slow down").into_response())
+        }
+        Some(Fault::Hang(d)) => {
+            tokio::time::sleep(d).await;
+            Ok(())
+        }
+        Some(Fault::Garbage) => Err((StatusCode::OK, "<html>definitely not json").into_response()),
+        Some(Fault::Empty) => Err((
+            StatusCode::OK,
+            json!({"choices": [{"message": {"role": "assistant", "content": ""}, "finish_reason": "stop"}]}).to_string(),
+        )
+            .into_response()),
+    }
+}
+
+/// A deterministic answer that shows what it answered.
+pub fn mock_answer(prompt: &str) -> String {
+    let head: String = prompt.chars().take(60).collect();
+    format!("Mock answer about: {head}")
+}
+
+async fn chat(State(state): State<Arc<MockState>>, body: axum::Json<Value>) -> Response {
+    let body = body.0;
+    let peak = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    state.peak_in_flight.fetch_max(peak, Ordering::SeqCst);
+    let _guard = InFlight(&state);
+    if let Err(r) = serve_fault(admit(&state, &body).await).await {
+        return r;
+    }
+    let content = mock_answer(&last_user_text(&body));
+    let reply = json!({
+        "id": "mock",
+        "object": "chat.completion",
+        "model": body.get("model").cloned().unwrap_or(Value::Null),
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+    });
+    (StatusCode::OK, reply.to_string()).into_response()
+}
+
+async fn generate(State(state): State<Arc<MockState>>, body: axum::Json<Value>) -> Response {
+    let body = body.0;
+    let _guard = {
+        state.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(&state)
+    };
+    if let Err(r) = serve_fault(admit(&state, &body).await).await {
+        return r;
+    }
+    let sentence = body.get("sentences").and_then(|s| s.get(0)).cloned().unwrap_or(Value::Null);
+    let prompt = match &sentence {
+        Value::String(s) => s.clone(),
+        other => crate::chat_template::ChatTemplate::default().render(
+            &serde_json::from_value::<Vec<crate::llm::Message>>(other.clone()).unwrap_or_default(),
+            true,
+        ),
+    };
+    let full = format!("{prompt}{}\n<extra_id_1>", mock_answer("generate"));
+    (StatusCode::OK, json!({"sentences": [full]}).to_string()).into_response()
+}
