@@ -13,8 +13,9 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::arrow::datatypes::DataType;
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use futures::StreamExt;
 use serde_json::json;
@@ -70,62 +71,66 @@ fn line(format: ExportFormat, row: &InputRow) -> Option<serde_json::Value> {
     })
 }
 
-/// Export the Parquet table at `table_dir` (partitioned by `split`, or not) into `out`.
+/// The table's parts: `split=NAME` sub-folders (as `COPY … PARTITIONED BY (split)` writes
+/// them), or the folder itself as split `all`.
+fn split_parts(table_dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let entries = std::fs::read_dir(table_dir).map_err(|e| CaiError::io(table_dir, e))?;
+    let mut parts = vec![];
+    for entry in entries {
+        let entry = entry.map_err(|e| CaiError::io(table_dir, e))?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        if let Some(split) = name.strip_prefix("split=") {
+            if entry.path().is_dir() {
+                parts.push((split.to_string(), entry.path()));
+            }
+        }
+    }
+    parts.sort();
+    if parts.is_empty() {
+        parts.push(("all".to_string(), table_dir.to_path_buf()));
+    }
+    Ok(parts)
+}
+
+/// Export the Parquet table at `table_dir` (partitioned by `split`, or not) into `out`,
+/// one JSONL file per split, streaming batch by batch.
 pub async fn export_sft(table_dir: &Path, format: ExportFormat, out: &Path) -> Result<ExportReport> {
     let ctx = SessionContext::new();
-    let location = format!("{}/", table_dir.display().to_string().trim_end_matches('/'));
-    let df = ctx
-        .read_parquet(&location, ParquetReadOptions::default())
-        .await
-        .map_err(|e| CaiError::Plan(format!("cannot read table {}: {e}", table_dir.display())))?;
-    for needed in ["messages", "error"] {
-        if df.schema().as_arrow().index_of(needed).is_err() {
-            return Err(CaiError::Plan(format!("{}: no column '{needed}': not an SFT table", table_dir.display())));
-        }
-    }
     std::fs::create_dir_all(out).map_err(|e| CaiError::io(out, e))?;
-    let mut writers: BTreeMap<String, BufWriter<File>> = BTreeMap::new();
     let mut report = ExportReport::default();
-    let mut stream = df.execute_stream().await?;
-    while let Some(batch) = stream.next().await {
-        let batch: RecordBatch = batch?;
-        let splits = match batch.column_by_name("split") {
-            Some(c) => Some(datafusion::arrow::compute::cast(c, &DataType::Utf8)?),
-            None => None,
-        };
-        let batch = std::sync::Arc::new(batch);
-        for index in 0..batch.num_rows() {
-            let row = InputRow { batch: batch.clone(), index };
-            if row.str("error").is_some() {
-                report.skipped_errors += 1;
-                continue;
+    for (split, dir) in split_parts(table_dir)? {
+        let location = format!("{}/", dir.display().to_string().trim_end_matches('/'));
+        let df = ctx
+            .read_parquet(&location, ParquetReadOptions::default())
+            .await
+            .map_err(|e| CaiError::Plan(format!("cannot read table {}: {e}", dir.display())))?;
+        for needed in ["messages", "error"] {
+            if df.schema().as_arrow().index_of(needed).is_err() {
+                return Err(CaiError::Plan(format!("{}: no column '{needed}': not an SFT table", table_dir.display())));
             }
-            let Some(value) = line(format, &row) else {
-                report.skipped_errors += 1;
-                continue;
-            };
-            let split = splits
-                .as_ref()
-                .map(|s| s.as_string::<i32>())
-                .filter(|s| s.is_valid(index))
-                .map(|s| s.value(index).to_string())
-                .unwrap_or_else(|| "all".to_string());
-            let writer = match writers.get_mut(&split) {
-                Some(w) => w,
-                None => {
-                    let path = out.join(format!("{split}.jsonl"));
-                    let file = File::create(&path).map_err(|e| CaiError::io(&path, e))?;
-                    report.files.push(path);
-                    writers.entry(split.clone()).or_insert(BufWriter::new(file))
-                }
-            };
-            serde_json::to_writer(&mut *writer, &value).map_err(|e| CaiError::Plan(e.to_string()))?;
-            writer.write_all(b"\n").map_err(|e| CaiError::io(out, e))?;
-            *report.written.entry(split).or_default() += 1;
         }
-    }
-    for (split, mut w) in writers {
-        w.flush().map_err(|e| CaiError::io(out.join(format!("{split}.jsonl")), e))?;
+        let path = out.join(format!("{split}.jsonl"));
+        let file = File::create(&path).map_err(|e| CaiError::io(&path, e))?;
+        let mut writer = BufWriter::new(file);
+        let mut written = 0;
+        let mut stream = df.execute_stream().await?;
+        while let Some(batch) = stream.next().await {
+            let batch: Arc<RecordBatch> = Arc::new(batch?);
+            for index in 0..batch.num_rows() {
+                let row = InputRow { batch: batch.clone(), index };
+                let value = if row.str("error").is_some() { None } else { line(format, &row) };
+                let Some(value) = value else {
+                    report.skipped_errors += 1;
+                    continue;
+                };
+                serde_json::to_writer(&mut writer, &value).map_err(|e| CaiError::Plan(e.to_string()))?;
+                writer.write_all(b"\n").map_err(|e| CaiError::io(&path, e))?;
+                written += 1;
+            }
+        }
+        writer.flush().map_err(|e| CaiError::io(&path, e))?;
+        report.written.insert(split, written);
+        report.files.push(path);
     }
     Ok(report)
 }

@@ -10,9 +10,22 @@ use futures::StreamExt;
 use crate::error::{CaiError, Result};
 use crate::session::CaiSession;
 
-/// Replace `${name}` and `${name:-default}`. A variable with neither a value nor a default is
-/// an error naming it (and the line), never an empty string.
+/// Defaults a plan declares for itself, one per line: `-- @var name = value`.
+pub fn declared_defaults(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("-- @var "))
+        .filter_map(|d| d.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// Replace `${name}` and `${name:-default}`, with values from `vars`, then the plan's
+/// `-- @var` defaults, then the inline default. A variable with none of these is an error
+/// naming it (and the line), never an empty string.
 pub fn substitute(text: &str, vars: &BTreeMap<String, String>) -> Result<String> {
+    let mut merged = declared_defaults(text);
+    merged.extend(vars.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let vars = &merged;
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("${") {
@@ -113,6 +126,10 @@ mod tests {
         let mut v = BTreeMap::new();
         v.insert("a".to_string(), "1".to_string());
         assert_eq!(substitute("x ${a} ${b:-2} ${a:-9}", &v).unwrap(), "x 1 2 1");
+        let declared = "-- @var n = 5\nSELECT ${n}, ${a}";
+        assert!(substitute(declared, &v).unwrap().ends_with("SELECT 5, 1"));
+        v.insert("n".into(), "7".into());
+        assert!(substitute(declared, &v).unwrap().ends_with("SELECT 7, 1"));
     }
 
     #[test]

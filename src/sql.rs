@@ -66,14 +66,14 @@ impl RelationPlanner for NamedArgs {
             args.args = args
                 .args
                 .into_iter()
-                .enumerate()
-                .map(|(i, arg)| match arg {
+                .map(|arg| match arg {
                     FunctionArg::Named {
                         name,
                         arg: FunctionArgExpr::Expr(e),
                         ..
                     } => string_arg(format!("{} {NAMED_ARG_SEPARATOR} {}", name.value, value_text(&e))),
-                    FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) if i == 0 => match e {
+                    // Positional identifiers name tables: there are no columns in scope here.
+                    FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => match e {
                         SqlExpr::Identifier(_) | SqlExpr::CompoundIdentifier(_) => string_arg(e.to_string()),
                         SqlExpr::Subquery(q) => string_arg(q.to_string()),
                         other => FunctionArg::Unnamed(FunctionArgExpr::Expr(other)),
