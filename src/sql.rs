@@ -5,6 +5,7 @@
 //! - `name => value` into the string `'name => value'`,
 //! - a bare table name (`respond(prompts)`) into `'prompts'`,
 //! - a subquery (`respond((SELECT …))`) into its SQL text,
+//! - a nested call (`critique(respond(prompts))`) into `SELECT * FROM respond(prompts)`,
 //!
 //! so `SELECT * FROM revise(critiques, rounds => 4)` reads the way users expect.
 
@@ -76,6 +77,10 @@ impl RelationPlanner for NamedArgs {
                     FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => match e {
                         SqlExpr::Identifier(_) | SqlExpr::CompoundIdentifier(_) => string_arg(e.to_string()),
                         SqlExpr::Subquery(q) => string_arg(q.to_string()),
+                        // A nested stage call, `critique(respond(prompts))`: plan it as a query.
+                        SqlExpr::Function(f) if self.functions.contains(&f.name.to_string().to_ascii_lowercase()) => {
+                            string_arg(format!("SELECT * FROM {f}"))
+                        }
                         other => FunctionArg::Unnamed(FunctionArgExpr::Expr(other)),
                     },
                     other => other,

@@ -1,0 +1,133 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use caiflow::CaiSession;
+use caiflow::config::{Config, EndpointConfig};
+use caiflow::llm::Endpoints;
+use datafusion::arrow::array::RecordBatch;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A session whose `policy` endpoint points at `base_url`, with quick retries.
+pub fn session_for(base_url: &str, configure: impl FnOnce(&mut EndpointConfig)) -> CaiSession {
+    let mut e = EndpointConfig::openai(base_url, "mock-model");
+    e.retry.initial_backoff_ms = 10;
+    e.retry.max_backoff_ms = 50;
+    e.timeout_secs = 5.0;
+    configure(&mut e);
+    let mut config = Config::default();
+    config.endpoints.insert("policy".into(), e);
+    CaiSession::new(Endpoints::from_config(&config).expect("endpoints"))
+}
+
+pub async fn collect(session: &CaiSession, sql: &str) -> Vec<RecordBatch> {
+    session.ctx.sql(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}")).collect().await.unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+pub fn rows(batches: &[RecordBatch]) -> usize {
+    batches.iter().map(|b| b.num_rows()).sum()
+}
+
+/// Every value of a column, as display strings ("" for null).
+pub fn column(batches: &[RecordBatch], name: &str) -> Vec<Option<String>> {
+    use datafusion::arrow::array::Array;
+    use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+    let mut out = vec![];
+    for b in batches {
+        let c = b.column_by_name(name).unwrap_or_else(|| panic!("no column {name}"));
+        let f = ArrayFormatter::try_new(c.as_ref(), &FormatOptions::default()).expect("formatter");
+        for i in 0..b.num_rows() {
+            out.push(if c.is_null(i) { None } else { Some(f.value(i).to_string()) });
+        }
+    }
+    out
+}
+
+/// Write prompts as JSONL `{"prompt": …}` and register them as table `prompts`.
+pub async fn register_prompts(session: &CaiSession, dir: &Path, prompts: &[&str]) {
+    let path = dir.join("prompts.jsonl");
+    let text: String = prompts.iter().map(|p| serde_json::json!({ "prompt": p }).to_string() + "\n").collect();
+    std::fs::write(&path, text).expect("write prompts");
+    collect(
+        session,
+        &format!("CREATE VIEW prompts AS SELECT * FROM red_team_prompts('{}')", path.display()),
+    )
+    .await;
+}
+
+/// Where shared fixtures live; `None` (the test then says so and skips) unless CI demands them.
+pub fn fixture(relative: &str) -> Option<PathBuf> {
+    let path = repo_root().join("..").join("shared").join("fixtures").join(relative);
+    if path.is_file() {
+        return Some(path);
+    }
+    if std::env::var("CAIFLOW_REQUIRE_FIXTURES").is_ok_and(|v| v == "1") {
+        panic!("fixture {} is missing and CAIFLOW_REQUIRE_FIXTURES=1", path.display());
+    }
+    eprintln!("SKIP: fixture {} not found", path.display());
+    None
+}
+
+/// A real llama.cpp server (PyPI `xllamacpp`) serving SmolLM2, started for a test and
+/// stopped on drop. Needs CAIFLOW_PYTHON (a Python with xllamacpp) and CAIFLOW_MODEL (the
+/// GGUF), which `scripts/test.sh` sets up; without them the test fails, it does not skip.
+pub struct LlamaServer {
+    child: Child,
+    pub port: u16,
+}
+
+impl Drop for LlamaServer {
+    fn drop(&mut self) {
+        unsafe_kill(self.child.id());
+        let _ = self.child.wait();
+    }
+}
+
+fn unsafe_kill(pid: u32) {
+    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+}
+
+impl LlamaServer {
+    pub fn start(parallel: usize) -> LlamaServer {
+        let python = std::env::var("CAIFLOW_PYTHON")
+            .expect("CAIFLOW_PYTHON is not set: run the tests through scripts/test.sh, which installs the llama.cpp server");
+        let model = std::env::var("CAIFLOW_MODEL")
+            .expect("CAIFLOW_MODEL is not set: run the tests through scripts/test.sh, which fetches SmolLM2");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+        let log = std::fs::File::create(std::env::temp_dir().join(format!("caiflow-llama-{port}.log"))).expect("log");
+        let child = Command::new(python)
+            .arg(repo_root().join("tests/support/llama_server.py"))
+            .arg(&model)
+            .arg(port.to_string())
+            .arg(parallel.to_string())
+            .stdout(Stdio::from(log.try_clone().expect("log")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start llama server");
+        let server = LlamaServer { child, port };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                use std::io::{Read, Write};
+                let _ = s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+                let mut buf = String::new();
+                let _ = s.read_to_string(&mut buf);
+                if buf.contains("\"ok\"") {
+                    return server;
+                }
+            }
+            assert!(Instant::now() < deadline, "llama server on port {port} did not become healthy in 90 s");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}/v1", self.port)
+    }
+}
