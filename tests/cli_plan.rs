@@ -1,0 +1,130 @@
+//! `caiflow run plans/sl_cai.sql`, `caiflow export` and `caiflow sql` as a user runs them,
+//! against the mock endpoint (fast; the real-model run is in e2e_llama.rs).
+
+mod common;
+
+use std::process::Command;
+
+use caiflow::testing::MockServer;
+use common::*;
+
+fn caiflow() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_caiflow"));
+    c.current_dir(repo_root());
+    c
+}
+
+fn run_ok(cmd: &mut Command) -> (String, String) {
+    let out = cmd.output().expect("run caiflow");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "caiflow failed:\nstdout: {stdout}\nstderr: {stderr}");
+    (stdout, stderr)
+}
+
+fn jsonl(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("valid JSON line"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sl_cai_plan_blends_splits_and_exports() {
+    let server = MockServer::start().await.unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let config = store.path().join("caiflow.toml");
+    std::fs::write(
+        &config,
+        format!("[endpoints.policy]\nbase_url = '{}'\nmodel = 'mock'\nmax_concurrency = 4\n", server.base_url()),
+    )
+    .unwrap();
+    // Two prompts fail permanently: their rows keep an error and exports skip them.
+    let prompts = store.path().join("prompts.jsonl");
+    let mut text = String::new();
+    for i in 0..30 {
+        let p = if i % 15 == 0 { format!("prompt {i} [[fail:400]]") } else { format!("prompt {i}") };
+        text.push_str(&serde_json::json!({ "prompt": p }).to_string());
+        text.push('\n');
+    }
+    std::fs::write(&prompts, text).unwrap();
+    let (stdout, stderr) = run_ok(caiflow().args([
+        "run",
+        "plans/sl_cai.sql",
+        "--config",
+        config.to_str().unwrap(),
+        "--store",
+        store.path().to_str().unwrap(),
+        "--run",
+        "r1",
+        "--set",
+        &format!("prompts={}", prompts.display()),
+        "--set",
+        "rounds=2",
+        "--set",
+        "helpful_ratio=0.25",
+        "--set",
+        "splits=train=0.7,val=0.2,test=0.1",
+    ]));
+    assert!(stdout.contains("sl_cai") && stdout.contains("helpful"), "{stdout}\n{stderr}");
+    let run = store.path().join("r1");
+    assert!(run.join("revisions").is_dir() && run.join("sft").is_dir());
+    let splits: Vec<String> = std::fs::read_dir(run.join("sft"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(splits.iter().all(|s| s.starts_with("split=")), "{splits:?}");
+
+    // 30 prompts x 2 rounds; 2 prompts fail in respond (one row each).
+    let (out, _) = run_ok(caiflow().args(["sql", "--run", run.to_str().unwrap(), "-e",
+        "SELECT count(*) AS n, count(error) AS errors, count(DISTINCT prompt_id) AS prompts FROM revisions"]));
+    assert!(out.contains("| 58 ") && out.contains("| 2 ") && out.contains("| 30 "), "{out}");
+
+    for format in ["nemo-sft", "trl-sft"] {
+        let (files, stderr) = run_ok(caiflow().args(["export", run.to_str().unwrap(), "--format", format]));
+        assert!(stderr.contains("skipped 2 row(s)"), "{stderr}");
+        let mut total = 0;
+        let mut helpful = 0;
+        for file in files.lines() {
+            for row in jsonl(std::path::Path::new(file)) {
+                total += 1;
+                if format == "nemo-sft" {
+                    assert_eq!(row["mask"], "User");
+                    assert_eq!(row["conversations"][0]["from"], "User");
+                    assert_eq!(row["conversations"][1]["from"], "Assistant");
+                    if row["dataset"] == "helpful" {
+                        helpful += 1;
+                    } else {
+                        assert_eq!(row["dataset"], "sl_cai_samples");
+                    }
+                } else {
+                    assert_eq!(row["messages"][0]["role"], "user");
+                    assert_eq!(row["messages"][1]["role"], "assistant");
+                }
+            }
+        }
+        // 56 usable CAI rows; helpful_ratio 0.25 asks for ~19 of the 20 helpful rows.
+        assert!(total >= 56 + 10, "{format}: {total} rows");
+        if format == "nemo-sft" {
+            assert!((10..=20).contains(&helpful), "helpful rows {helpful}");
+        }
+    }
+}
+
+#[test]
+fn missing_plan_variable_and_bad_config_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("p.sql");
+    std::fs::write(&plan, "SELECT ${who};").unwrap();
+    let out = caiflow().args(["run", plan.to_str().unwrap(), "--store", dir.path().to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("variable 'who'"), "{err}");
+
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, "[endpoints.policy]\nbase_url = 'http://x'\nmax_concurency = 2\n").unwrap();
+    let out = caiflow().args(["run", plan.to_str().unwrap(), "--set", "who=1", "--config", config.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("max_concurency"), "{err}");
+}
