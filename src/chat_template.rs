@@ -95,7 +95,13 @@ mod tests {
     fn extracts_answer_after_last_marker_before_last_eos() {
         let t = ChatTemplate::default();
         let prompt = t.render(&[Message::user("q")], true);
-        assert_eq!(t.extract_answer(&format!("{prompt}The answer.\n<extra_id_1>")), "The answer.");
-        assert_eq!(t.extract_answer(&format!("{prompt}No eos here")), "No eos here");
+        assert_eq!(
+            t.extract_answer(&format!("{prompt}The answer.\n<extra_id_1>")),
+            "The answer."
+        );
+        assert_eq!(
+            t.extract_answer(&format!("{prompt}No eos here")),
+            "No eos here"
+        );
     }
 }

@@ -103,7 +103,8 @@ impl Config {
 
     /// The configuration used without a file: `policy` and `judge` on one local server.
     pub fn local_default() -> Config {
-        let base = std::env::var("CAIFLOW_BASE_URL").unwrap_or_else(|_| DEFAULT_BASE_URL.to_string());
+        let base =
+            std::env::var("CAIFLOW_BASE_URL").unwrap_or_else(|_| DEFAULT_BASE_URL.to_string());
         let mut endpoints = BTreeMap::new();
         for name in ["policy", "judge"] {
             endpoints.insert(name.to_string(), EndpointConfig::openai(&base, "default"));
@@ -114,16 +115,23 @@ impl Config {
     fn validate(&self) -> Result<()> {
         for (name, e) in &self.endpoints {
             if e.max_concurrency == 0 {
-                return Err(CaiError::Config(format!("endpoints.{name}.max_concurrency must be at least 1")));
+                return Err(CaiError::Config(format!(
+                    "endpoints.{name}.max_concurrency must be at least 1"
+                )));
             }
             if !(e.timeout_secs.is_finite() && e.timeout_secs > 0.0) {
-                return Err(CaiError::Config(format!("endpoints.{name}.timeout_secs must be positive")));
+                return Err(CaiError::Config(format!(
+                    "endpoints.{name}.timeout_secs must be positive"
+                )));
             }
             if e.retry.max_attempts == 0 {
-                return Err(CaiError::Config(format!("endpoints.{name}.retry.max_attempts must be at least 1")));
+                return Err(CaiError::Config(format!(
+                    "endpoints.{name}.retry.max_attempts must be at least 1"
+                )));
             }
-            url::Url::parse(&e.base_url)
-                .map_err(|err| CaiError::Config(format!("endpoints.{name}.base_url '{}': {err}", e.base_url)))?;
+            url::Url::parse(&e.base_url).map_err(|err| {
+                CaiError::Config(format!("endpoints.{name}.base_url '{}': {err}", e.base_url))
+            })?;
         }
         Ok(())
     }
@@ -150,7 +158,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.endpoints["policy"].max_concurrency, 8);
-        assert_eq!(c.endpoints["judge"].api_key_env.as_deref(), Some("NGC_API_KEY"));
+        assert_eq!(
+            c.endpoints["judge"].api_key_env.as_deref(),
+            Some("NGC_API_KEY")
+        );
         assert_eq!(c.endpoints["judge"].retry.max_attempts, 3);
     }
 

@@ -40,7 +40,11 @@ pub struct ExportReport {
 
 /// `dataset` value of NeMo rows: NeMo-Aligner's name for CAI rows, the source otherwise.
 fn nemo_dataset(source: &str) -> &str {
-    if source == "sl_cai" { "sl_cai_samples" } else { source }
+    if source == "sl_cai" {
+        "sl_cai_samples"
+    } else {
+        source
+    }
 }
 
 fn line(format: ExportFormat, row: &InputRow) -> Option<serde_json::Value> {
@@ -65,7 +69,11 @@ fn line(format: ExportFormat, row: &InputRow) -> Option<serde_json::Value> {
             if !system.is_empty() {
                 out.push(json!({"role": "system", "content": system}));
             }
-            out.extend(messages.iter().map(|m| json!({"role": m.role, "content": m.content})));
+            out.extend(
+                messages
+                    .iter()
+                    .map(|m| json!({"role": m.role, "content": m.content})),
+            );
             json!({ "messages": out })
         }
     })
@@ -79,10 +87,10 @@ fn split_parts(table_dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     for entry in entries {
         let entry = entry.map_err(|e| CaiError::io(table_dir, e))?;
         let name = entry.file_name().to_string_lossy().to_string();
-        if let Some(split) = name.strip_prefix("split=") {
-            if entry.path().is_dir() {
-                parts.push((split.to_string(), entry.path()));
-            }
+        if let Some(split) = name.strip_prefix("split=")
+            && entry.path().is_dir()
+        {
+            parts.push((split.to_string(), entry.path()));
         }
     }
     parts.sort();
@@ -94,7 +102,11 @@ fn split_parts(table_dir: &Path) -> Result<Vec<(String, PathBuf)>> {
 
 /// Export the Parquet table at `table_dir` (partitioned by `split`, or not) into `out`,
 /// one JSONL file per split, streaming batch by batch.
-pub async fn export_sft(table_dir: &Path, format: ExportFormat, out: &Path) -> Result<ExportReport> {
+pub async fn export_sft(
+    table_dir: &Path,
+    format: ExportFormat,
+    out: &Path,
+) -> Result<ExportReport> {
     let ctx = SessionContext::new();
     std::fs::create_dir_all(out).map_err(|e| CaiError::io(out, e))?;
     let mut report = ExportReport::default();
@@ -106,7 +118,10 @@ pub async fn export_sft(table_dir: &Path, format: ExportFormat, out: &Path) -> R
             .map_err(|e| CaiError::Plan(format!("cannot read table {}: {e}", dir.display())))?;
         for needed in ["messages", "error"] {
             if df.schema().as_arrow().index_of(needed).is_err() {
-                return Err(CaiError::Plan(format!("{}: no column '{needed}': not an SFT table", table_dir.display())));
+                return Err(CaiError::Plan(format!(
+                    "{}: no column '{needed}': not an SFT table",
+                    table_dir.display()
+                )));
             }
         }
         let path = out.join(format!("{split}.jsonl"));
@@ -117,14 +132,24 @@ pub async fn export_sft(table_dir: &Path, format: ExportFormat, out: &Path) -> R
         while let Some(batch) = stream.next().await {
             let batch: Arc<RecordBatch> = Arc::new(batch?);
             for index in 0..batch.num_rows() {
-                let row = InputRow { batch: batch.clone(), index };
-                let value = if row.str("error").is_some() { None } else { line(format, &row) };
+                let row = InputRow {
+                    batch: batch.clone(),
+                    index,
+                };
+                let value = if row.str("error").is_some() {
+                    None
+                } else {
+                    line(format, &row)
+                };
                 let Some(value) = value else {
                     report.skipped_errors += 1;
                     continue;
                 };
-                serde_json::to_writer(&mut writer, &value).map_err(|e| CaiError::Plan(e.to_string()))?;
-                writer.write_all(b"\n").map_err(|e| CaiError::io(&path, e))?;
+                serde_json::to_writer(&mut writer, &value)
+                    .map_err(|e| CaiError::Plan(e.to_string()))?;
+                writer
+                    .write_all(b"\n")
+                    .map_err(|e| CaiError::io(&path, e))?;
                 written += 1;
             }
         }

@@ -37,14 +37,19 @@ mod tests {
 
     #[test]
     fn prompt_id_ignores_whitespace_noise() {
-        assert_eq!(prompt_id("How do I  pick\na lock? "), prompt_id("How do I pick a lock?"));
+        assert_eq!(
+            prompt_id("How do I  pick\na lock? "),
+            prompt_id("How do I pick a lock?")
+        );
         assert_ne!(prompt_id("a"), prompt_id("b"));
         assert_eq!(prompt_id("a").len(), 16);
     }
 
     #[test]
     fn unit_interval_is_in_range_and_spread() {
-        let xs: Vec<f64> = (0..1000u32).map(|i| unit_interval(&[&i.to_le_bytes()])).collect();
+        let xs: Vec<f64> = (0..1000u32)
+            .map(|i| unit_interval(&[&i.to_le_bytes()]))
+            .collect();
         assert!(xs.iter().all(|x| (0.0..1.0).contains(x)));
         let below = xs.iter().filter(|x| **x < 0.5).count();
         assert!((400..600).contains(&below));

@@ -6,16 +6,20 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
+use caiflow::CaiSession;
 use caiflow::config::Config;
 use caiflow::export::{ExportFormat, export_sft};
 use caiflow::llm::Endpoints;
 use caiflow::plan::{StatementOutcome, run_sql, substitute};
 use caiflow::progress::Progress;
-use caiflow::CaiSession;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "caiflow", version, about = "Constitutional AI datasets as a SQL dataflow")]
+#[command(
+    name = "caiflow",
+    version,
+    about = "Constitutional AI datasets as a SQL dataflow"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -69,7 +73,9 @@ enum Command {
 fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
     match path {
         Some(p) => Config::load(p).with_context(|| format!("loading config {}", p.display())),
-        None if Path::new("caiflow.toml").is_file() => Config::load(Path::new("caiflow.toml")).context("loading ./caiflow.toml"),
+        None if Path::new("caiflow.toml").is_file() => {
+            Config::load(Path::new("caiflow.toml")).context("loading ./caiflow.toml")
+        }
         None => Ok(Config::local_default()),
     }
 }
@@ -97,8 +103,20 @@ fn spawn_progress(progress: Arc<Progress>) -> tokio::task::JoinHandle<()> {
 }
 
 fn print_outcome(o: &StatementOutcome) {
-    let head: String = o.sql.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(70).collect();
-    eprintln!("[{}] {head}… ({} rows, {:.1}s)", o.index + 1, o.rows, o.seconds);
+    let head: String = o
+        .sql
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .take(70)
+        .collect();
+    eprintln!(
+        "[{}] {head}… ({} rows, {:.1}s)",
+        o.index + 1,
+        o.rows,
+        o.seconds
+    );
     if let Some(p) = &o.preview {
         println!("{p}");
     }
@@ -106,7 +124,8 @@ fn print_outcome(o: &StatementOutcome) {
 
 async fn register_run_tables(session: &CaiSession, run: &Path) -> anyhow::Result<Vec<String>> {
     let mut names = vec![];
-    let entries = std::fs::read_dir(run).with_context(|| format!("reading run folder {}", run.display()))?;
+    let entries =
+        std::fs::read_dir(run).with_context(|| format!("reading run folder {}", run.display()))?;
     for entry in entries {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().to_string();
@@ -124,15 +143,29 @@ async fn register_run_tables(session: &CaiSession, run: &Path) -> anyhow::Result
     Ok(names)
 }
 
-async fn cmd_run(plan: PathBuf, config: Option<PathBuf>, store: PathBuf, run: Option<String>, set: Vec<String>) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&plan).with_context(|| format!("reading plan {}", plan.display()))?;
-    let stem = plan.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "run".into());
+async fn cmd_run(
+    plan: PathBuf,
+    config: Option<PathBuf>,
+    store: PathBuf,
+    run: Option<String>,
+    set: Vec<String>,
+) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&plan)
+        .with_context(|| format!("reading plan {}", plan.display()))?;
+    let stem = plan
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "run".into());
     let run_name = run.unwrap_or_else(|| {
-        let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         format!("{stem}-{secs}")
     });
     let run_dir = store.join(&run_name);
-    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating run folder {}", run_dir.display()))?;
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("creating run folder {}", run_dir.display()))?;
     let mut vars = BTreeMap::new();
     vars.insert("run".to_string(), run_dir.display().to_string());
     vars.insert("store".to_string(), store.display().to_string());
@@ -144,7 +177,11 @@ async fn cmd_run(plan: PathBuf, config: Option<PathBuf>, store: PathBuf, run: Op
     }
     let sql = substitute(&text, &vars).with_context(|| format!("plan {}", plan.display()))?;
     let session = session(config.as_deref())?;
-    eprintln!("caiflow: running {} into {}", plan.display(), run_dir.display());
+    eprintln!(
+        "caiflow: running {} into {}",
+        plan.display(),
+        run_dir.display()
+    );
     let reporter = spawn_progress(session.progress.clone());
     let result = run_sql(&session, &sql, print_outcome).await;
     reporter.abort();
@@ -158,7 +195,12 @@ async fn cmd_run(plan: PathBuf, config: Option<PathBuf>, store: PathBuf, run: Op
     Ok(())
 }
 
-async fn cmd_export(run: PathBuf, format: ExportFormat, table: String, out: Option<PathBuf>) -> anyhow::Result<()> {
+async fn cmd_export(
+    run: PathBuf,
+    format: ExportFormat,
+    table: String,
+    out: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let name = match format {
         ExportFormat::NemoSft => "nemo-sft",
         ExportFormat::TrlSft => "trl-sft",
@@ -171,7 +213,10 @@ async fn cmd_export(run: PathBuf, format: ExportFormat, table: String, out: Opti
         eprintln!("{split}: {n} rows");
     }
     if report.skipped_errors > 0 {
-        eprintln!("skipped {} row(s) whose error is set (see the `error` column)", report.skipped_errors);
+        eprintln!(
+            "skipped {} row(s) whose error is set (see the `error` column)",
+            report.skipped_errors
+        );
     }
     for f in &report.files {
         println!("{}", f.display());
@@ -179,7 +224,11 @@ async fn cmd_export(run: PathBuf, format: ExportFormat, table: String, out: Opti
     Ok(())
 }
 
-async fn cmd_sql(execute: String, run: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<()> {
+async fn cmd_sql(
+    execute: String,
+    run: Option<PathBuf>,
+    config: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let session = session(config.as_deref())?;
     if let Some(run) = &run {
         let names = register_run_tables(&session, run).await?;
@@ -200,16 +249,32 @@ async fn cmd_sql(execute: String, run: Option<PathBuf>, config: Option<PathBuf>)
 async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CAIFLOW_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("CAIFLOW_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { plan, config, store, run, set } => cmd_run(plan, config, store, run, set).await,
-        Command::Export { run, format, table, out } => cmd_export(run, format, table, out).await,
-        Command::Sql { execute, run, config } => cmd_sql(execute, run, config).await,
+        Command::Run {
+            plan,
+            config,
+            store,
+            run,
+            set,
+        } => cmd_run(plan, config, store, run, set).await,
+        Command::Export {
+            run,
+            format,
+            table,
+            out,
+        } => cmd_export(run, format, table, out).await,
+        Command::Sql {
+            execute,
+            run,
+            config,
+        } => cmd_sql(execute, run, config).await,
     };
     if let Err(e) = result {
         eprintln!("caiflow: error: {e:#}");

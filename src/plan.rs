@@ -31,21 +31,29 @@ pub fn substitute(text: &str, vars: &BTreeMap<String, String>) -> Result<String>
     while let Some(start) = rest.find("${") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| CaiError::Plan(format!("unclosed '${{' near: {}", &rest[start..rest.len().min(start + 40)])))?;
+        let end = after.find('}').ok_or_else(|| {
+            CaiError::Plan(format!(
+                "unclosed '${{' near: {}",
+                &rest[start..rest.len().min(start + 40)]
+            ))
+        })?;
         let inner = &after[..end];
         let (name, default) = match inner.split_once(":-") {
             Some((n, d)) => (n.trim(), Some(d)),
             None => (inner.trim(), None),
         };
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(CaiError::Plan(format!("invalid variable name '${{{inner}}}'")));
+            return Err(CaiError::Plan(format!(
+                "invalid variable name '${{{inner}}}'"
+            )));
         }
         match vars.get(name).map(String::as_str).or(default) {
             Some(v) => out.push_str(v),
             None => {
-                let line = text[..text.len() - rest.len() + start].lines().count().max(1);
+                let line = text[..text.len() - rest.len() + start]
+                    .lines()
+                    .count()
+                    .max(1);
                 return Err(CaiError::Plan(format!(
                     "variable '{name}' (line {line}) has no value: pass --set {name}=… or write ${{{name}:-default}}"
                 )));
@@ -73,8 +81,13 @@ const PREVIEW_ROWS: usize = 10;
 
 /// Run every statement of `sql` in order. Query results are streamed (only a preview is
 /// kept); DDL and `COPY` run to completion.
-pub async fn run_sql(session: &CaiSession, sql: &str, mut on_done: impl FnMut(&StatementOutcome)) -> Result<Vec<StatementOutcome>> {
-    let statements = DFParser::parse_sql(sql).map_err(|e| CaiError::Plan(format!("SQL syntax: {e}")))?;
+pub async fn run_sql(
+    session: &CaiSession,
+    sql: &str,
+    mut on_done: impl FnMut(&StatementOutcome),
+) -> Result<Vec<StatementOutcome>> {
+    let statements =
+        DFParser::parse_sql(sql).map_err(|e| CaiError::Plan(format!("SQL syntax: {e}")))?;
     let mut outcomes = vec![];
     for (index, statement) in statements.into_iter().enumerate() {
         let text = statement.to_string();
@@ -90,7 +103,8 @@ pub async fn run_sql(session: &CaiSession, sql: &str, mut on_done: impl FnMut(&S
         let mut preview = vec![];
         let mut preview_rows = 0;
         while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(|e| CaiError::Plan(format!("statement {}: {e}", index + 1)))?;
+            let batch =
+                batch.map_err(|e| CaiError::Plan(format!("statement {}: {e}", index + 1)))?;
             rows += batch.num_rows();
             if preview_rows < PREVIEW_ROWS && batch.num_rows() > 0 {
                 let take = (PREVIEW_ROWS - preview_rows).min(batch.num_rows());
@@ -134,7 +148,9 @@ mod tests {
 
     #[test]
     fn missing_variable_is_named() {
-        let e = substitute("SELECT 1;\nSELECT ${nope}", &BTreeMap::new()).unwrap_err().to_string();
+        let e = substitute("SELECT 1;\nSELECT ${nope}", &BTreeMap::new())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("'nope'") && e.contains("line 2"), "{e}");
         assert!(substitute("${unclosed", &BTreeMap::new()).is_err());
     }

@@ -49,7 +49,9 @@ impl CaiSession {
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()
-            .with_relation_planners(vec![Arc::new(NamedArgs::new(functions.iter().map(|(n, _)| *n)))])
+            .with_relation_planners(vec![Arc::new(NamedArgs::new(
+                functions.iter().map(|(n, _)| *n),
+            ))])
             .build();
         let ctx = SessionContext::new_with_state(state);
         for (name, f) in functions {

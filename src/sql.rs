@@ -12,8 +12,12 @@
 use std::collections::BTreeSet;
 
 use datafusion::error::Result;
-use datafusion::logical_expr::planner::{RelationPlanner, RelationPlannerContext, RelationPlanning};
-use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, FunctionArg, FunctionArgExpr, TableFactor, Value};
+use datafusion::logical_expr::planner::{
+    RelationPlanner, RelationPlannerContext, RelationPlanning,
+};
+use datafusion::sql::sqlparser::ast::{
+    Expr as SqlExpr, FunctionArg, FunctionArgExpr, TableFactor, Value,
+};
 
 use crate::stages::args::NAMED_ARG_SEPARATOR;
 
@@ -31,7 +35,9 @@ impl NamedArgs {
 }
 
 fn string_arg(s: String) -> FunctionArg {
-    FunctionArg::Unnamed(FunctionArgExpr::Expr(SqlExpr::value(Value::SingleQuotedString(s))))
+    FunctionArg::Unnamed(FunctionArgExpr::Expr(SqlExpr::value(
+        Value::SingleQuotedString(s),
+    )))
 }
 
 /// The text of a value: a quoted string without its quotes, anything else as written.
@@ -46,7 +52,11 @@ fn value_text(e: &SqlExpr) -> String {
 }
 
 impl RelationPlanner for NamedArgs {
-    fn plan_relation(&self, relation: TableFactor, _context: &mut dyn RelationPlannerContext) -> Result<RelationPlanning> {
+    fn plan_relation(
+        &self,
+        relation: TableFactor,
+        _context: &mut dyn RelationPlannerContext,
+    ) -> Result<RelationPlanning> {
         let TableFactor::Table {
             name,
             alias,
@@ -72,13 +82,23 @@ impl RelationPlanner for NamedArgs {
                         name,
                         arg: FunctionArgExpr::Expr(e),
                         ..
-                    } => string_arg(format!("{} {NAMED_ARG_SEPARATOR} {}", name.value, value_text(&e))),
+                    } => string_arg(format!(
+                        "{} {NAMED_ARG_SEPARATOR} {}",
+                        name.value,
+                        value_text(&e)
+                    )),
                     // Positional identifiers name tables: there are no columns in scope here.
                     FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => match e {
-                        SqlExpr::Identifier(_) | SqlExpr::CompoundIdentifier(_) => string_arg(e.to_string()),
+                        SqlExpr::Identifier(_) | SqlExpr::CompoundIdentifier(_) => {
+                            string_arg(e.to_string())
+                        }
                         SqlExpr::Subquery(q) => string_arg(q.to_string()),
                         // A nested stage call, `critique(respond(prompts))`: plan it as a query.
-                        SqlExpr::Function(f) if self.functions.contains(&f.name.to_string().to_ascii_lowercase()) => {
+                        SqlExpr::Function(f)
+                            if self
+                                .functions
+                                .contains(&f.name.to_string().to_ascii_lowercase()) =>
+                        {
                             string_arg(format!("SELECT * FROM {f}"))
                         }
                         other => FunctionArg::Unnamed(FunctionArgExpr::Expr(other)),

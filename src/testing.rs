@@ -23,7 +23,9 @@ use sha2::{Digest, Sha256};
 pub enum Fault {
     Status(u16),
     /// 429 with `Retry-After: secs`.
-    RateLimited { retry_after_secs: u64 },
+    RateLimited {
+        retry_after_secs: u64,
+    },
     /// Sleep this long before answering normally (longer than the client's timeout: a hang).
     Hang(Duration),
     /// 200 with a body that is not JSON.
@@ -82,7 +84,11 @@ impl MockServer {
     }
 
     pub fn push_faults(&self, faults: impl IntoIterator<Item = Fault>) {
-        self.state.faults.lock().unwrap_or_else(|p| p.into_inner()).extend(faults);
+        self.state
+            .faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(faults);
     }
 
     pub fn set_latency(&self, latency: Duration) {
@@ -94,12 +100,20 @@ impl MockServer {
     }
 
     pub fn bodies(&self) -> Vec<Value> {
-        self.state.bodies.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.state
+            .bodies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Requests whose fingerprint was seen more than once.
     pub fn repeated(&self) -> u64 {
-        let map = self.state.by_fingerprint.lock().unwrap_or_else(|p| p.into_inner());
+        let map = self
+            .state
+            .by_fingerprint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         map.values().map(|n| n.saturating_sub(1)).sum()
     }
 }
@@ -116,7 +130,11 @@ fn last_user_text(body: &Value) -> String {
     }
     body.get("sentences")
         .and_then(|s| s.get(0))
-        .map(|s| s.as_str().map(str::to_string).unwrap_or_else(|| s.to_string()))
+        .map(|s| {
+            s.as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| s.to_string())
+        })
         .unwrap_or_default()
 }
 
@@ -131,17 +149,35 @@ impl Drop for InFlight<'_> {
 async fn admit(state: &MockState, body: &Value) -> Option<Fault> {
     state.requests.fetch_add(1, Ordering::SeqCst);
     let fingerprint = hex::encode(Sha256::digest(body.to_string().as_bytes()));
-    *state.by_fingerprint.lock().unwrap_or_else(|p| p.into_inner()).entry(fingerprint).or_default() += 1;
-    state.bodies.lock().unwrap_or_else(|p| p.into_inner()).push(body.clone());
+    *state
+        .by_fingerprint
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(fingerprint)
+        .or_default() += 1;
+    state
+        .bodies
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(body.clone());
     let latency = *state.latency.lock().unwrap_or_else(|p| p.into_inner());
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
     let text = last_user_text(body);
-    if let Some(code) = text.split("[[fail:").nth(1).and_then(|r| r.split("]]").next()).and_then(|c| c.parse().ok()) {
+    if let Some(code) = text
+        .split("[[fail:")
+        .nth(1)
+        .and_then(|r| r.split("]]").next())
+        .and_then(|c| c.parse().ok())
+    {
         return Some(Fault::Status(code));
     }
-    state.faults.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
+    state
+        .faults
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .pop_front()
 }
 
 async fn serve_fault(fault: Option<Fault>) -> Result<(), Response> {
@@ -203,7 +239,11 @@ async fn generate(State(state): State<Arc<MockState>>, body: axum::Json<Value>) 
     if let Err(r) = serve_fault(admit(&state, &body).await).await {
         return r;
     }
-    let sentence = body.get("sentences").and_then(|s| s.get(0)).cloned().unwrap_or(Value::Null);
+    let sentence = body
+        .get("sentences")
+        .and_then(|s| s.get(0))
+        .cloned()
+        .unwrap_or(Value::Null);
     let prompt = match &sentence {
         Value::String(s) => s.clone(),
         other => crate::chat_template::ChatTemplate::default().render(

@@ -11,7 +11,9 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Builder, StringB
 use datafusion::arrow::datatypes::{DataType, Int64Type};
 use datafusion::common::ScalarValue;
 use datafusion::error::{DataFusionError, Result};
-use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
 
 use crate::keys::unit_interval;
 
@@ -22,7 +24,10 @@ pub fn parse_splits(spec: &str) -> std::result::Result<Vec<(String, f64)>, Strin
         let (name, ratio) = item
             .split_once('=')
             .ok_or_else(|| format!("split '{item}' is not name=ratio"))?;
-        let ratio: f64 = ratio.trim().parse().map_err(|_| format!("split '{item}': ratio is not a number"))?;
+        let ratio: f64 = ratio
+            .trim()
+            .parse()
+            .map_err(|_| format!("split '{item}': ratio is not a number"))?;
         if !(ratio.is_finite() && ratio >= 0.0) {
             return Err(format!("split '{item}': ratio must be >= 0"));
         }
@@ -61,7 +66,9 @@ pub fn unit_hash(seed: i64, key: &str) -> f64 {
 
 fn arrays(args: &ScalarFunctionArgs, function: &str, arity: usize) -> Result<Vec<ArrayRef>> {
     if args.args.len() != arity {
-        return Err(DataFusionError::Plan(format!("{function} takes {arity} arguments")));
+        return Err(DataFusionError::Plan(format!(
+            "{function} takes {arity} arguments"
+        )));
     }
     ColumnarValue::values_to_arrays(&args.args)
 }
@@ -74,7 +81,9 @@ fn int_scalar(a: &ArrayRef, function: &str) -> Result<i64> {
     let cast = datafusion::arrow::compute::cast(a, &DataType::Int64)?;
     let ints = cast.as_primitive::<Int64Type>();
     if ints.is_empty() || ints.is_null(0) {
-        return Err(DataFusionError::Execution(format!("{function}: seed must be a non-null integer")));
+        return Err(DataFusionError::Execution(format!(
+            "{function}: seed must be a non-null integer"
+        )));
     }
     Ok(ints.value(0))
 }
@@ -105,9 +114,14 @@ impl ScalarUDFImpl for SplitOf {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let spec = match &args.args[2] {
             ColumnarValue::Scalar(s) => s.to_string(),
-            _ => return Err(DataFusionError::Plan("split_of: the splits must be a literal string".into())),
+            _ => {
+                return Err(DataFusionError::Plan(
+                    "split_of: the splits must be a literal string".into(),
+                ));
+            }
         };
-        let bounds = parse_splits(spec.trim_matches('"')).map_err(|e| DataFusionError::Plan(format!("split_of: {e}")))?;
+        let bounds = parse_splits(spec.trim_matches('"'))
+            .map_err(|e| DataFusionError::Plan(format!("split_of: {e}")))?;
         let a = arrays(&args, "split_of", 3)?;
         let keys = strings(&a[0])?;
         let keys = keys.as_string::<i32>();
@@ -187,7 +201,9 @@ mod tests {
         assert_eq!(b.last().unwrap().1, 1.0);
         let mut counts = std::collections::BTreeMap::new();
         for i in 0..10_000 {
-            *counts.entry(split_for(&b, 1, &i.to_string()).to_string()).or_insert(0) += 1;
+            *counts
+                .entry(split_for(&b, 1, &i.to_string()).to_string())
+                .or_insert(0) += 1;
         }
         assert!((6700..7300).contains(&counts["train"]), "{counts:?}");
         assert!((1700..2300).contains(&counts["val"]), "{counts:?}");

@@ -18,7 +18,10 @@ fn run_ok(cmd: &mut Command) -> (String, String) {
     let out = cmd.output().expect("run caiflow");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "caiflow failed:\nstdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        out.status.success(),
+        "caiflow failed:\nstdout: {stdout}\nstderr: {stderr}"
+    );
     (stdout, stderr)
 }
 
@@ -37,14 +40,21 @@ async fn sl_cai_plan_blends_splits_and_exports() {
     let config = store.path().join("caiflow.toml");
     std::fs::write(
         &config,
-        format!("[endpoints.policy]\nbase_url = '{}'\nmodel = 'mock'\nmax_concurrency = 4\n", server.base_url()),
+        format!(
+            "[endpoints.policy]\nbase_url = '{}'\nmodel = 'mock'\nmax_concurrency = 4\n",
+            server.base_url()
+        ),
     )
     .unwrap();
     // Two prompts fail permanently: their rows keep an error and exports skip them.
     let prompts = store.path().join("prompts.jsonl");
     let mut text = String::new();
     for i in 0..30 {
-        let p = if i % 15 == 0 { format!("prompt {i} [[fail:400]]") } else { format!("prompt {i}") };
+        let p = if i % 15 == 0 {
+            format!("prompt {i} [[fail:400]]")
+        } else {
+            format!("prompt {i}")
+        };
         text.push_str(&serde_json::json!({ "prompt": p }).to_string());
         text.push('\n');
     }
@@ -67,7 +77,10 @@ async fn sl_cai_plan_blends_splits_and_exports() {
         "--set",
         "splits=train=0.7,val=0.2,test=0.1",
     ]));
-    assert!(stdout.contains("sl_cai") && stdout.contains("helpful"), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("sl_cai") && stdout.contains("helpful"),
+        "{stdout}\n{stderr}"
+    );
     let run = store.path().join("r1");
     assert!(run.join("revisions").is_dir() && run.join("sft").is_dir());
     let splits: Vec<String> = std::fs::read_dir(run.join("sft"))
@@ -79,10 +92,14 @@ async fn sl_cai_plan_blends_splits_and_exports() {
     // 30 prompts x 2 rounds; 2 prompts fail in respond (one row each).
     let (out, _) = run_ok(caiflow().args(["sql", "--run", run.to_str().unwrap(), "-e",
         "SELECT count(*) AS n, count(error) AS errors, count(DISTINCT prompt_id) AS prompts FROM revisions"]));
-    assert!(out.contains("| 58 ") && out.contains("| 2 ") && out.contains("| 30 "), "{out}");
+    assert!(
+        out.contains("| 58 ") && out.contains("| 2 ") && out.contains("| 30 "),
+        "{out}"
+    );
 
     for format in ["nemo-sft", "trl-sft"] {
-        let (files, stderr) = run_ok(caiflow().args(["export", run.to_str().unwrap(), "--format", format]));
+        let (files, stderr) =
+            run_ok(caiflow().args(["export", run.to_str().unwrap(), "--format", format]));
         assert!(stderr.contains("skipped 2 row(s)"), "{stderr}");
         let mut total = 0;
         let mut helpful = 0;
@@ -117,14 +134,39 @@ fn missing_plan_variable_and_bad_config_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let plan = dir.path().join("p.sql");
     std::fs::write(&plan, "SELECT ${who};").unwrap();
-    let out = caiflow().args(["run", plan.to_str().unwrap(), "--store", dir.path().to_str().unwrap()]).output().unwrap();
+    let out = caiflow()
+        .args([
+            "run",
+            plan.to_str().unwrap(),
+            "--store",
+            dir.path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("variable 'who'"), "{err}");
 
     let config = dir.path().join("c.toml");
-    std::fs::write(&config, "[endpoints.policy]\nbase_url = 'http://x'\nmax_concurency = 2\n").unwrap();
-    let out = caiflow().args(["run", plan.to_str().unwrap(), "--set", "who=1", "--config", config.to_str().unwrap()]).output().unwrap();
+    std::fs::write(
+        &config,
+        "[endpoints.policy]\nbase_url = 'http://x'\nmax_concurency = 2\n",
+    )
+    .unwrap();
+    let out = caiflow()
+        .args([
+            "run",
+            plan.to_str().unwrap(),
+            "--set",
+            "who=1",
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("max_concurency"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("max_concurency"),
+        "{err}"
+    );
 }

@@ -25,14 +25,29 @@ fn sl_cai_plan_on_a_real_model() {
     let started = std::time::Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_caiflow"))
         .current_dir(repo_root())
-        .args(["run", "plans/sl_cai.sql", "--config", config.to_str().unwrap()])
+        .args([
+            "run",
+            "plans/sl_cai.sql",
+            "--config",
+            config.to_str().unwrap(),
+        ])
         .args(["--store", store.path().to_str().unwrap(), "--run", "real"])
-        .args(["--set", "limit=20", "--set", "max_tokens=48", "--set", "helpful_ratio=0.2"])
+        .args([
+            "--set",
+            "limit=20",
+            "--set",
+            "max_tokens=48",
+            "--set",
+            "helpful_ratio=0.2",
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "run failed: {stderr}");
-    eprintln!("sl_cai on SmolLM2: 20 prompts in {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "sl_cai on SmolLM2: 20 prompts in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
 
     let run = store.path().join("real");
     let out = Command::new(env!("CARGO_BIN_EXE_caiflow"))
@@ -40,7 +55,11 @@ fn sl_cai_plan_on_a_real_model() {
         .arg("SELECT prompt_id, response, critique, revision, principle_id, error FROM revisions")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Read the stored table back with DataFusion directly for exact checks.
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -56,26 +75,63 @@ fn sl_cai_plan_on_a_real_model() {
     assert_eq!(rows(&batches), 20);
     for col in ["response", "critique", "revision"] {
         for (i, v) in column(&batches, col).iter().enumerate() {
-            assert!(v.as_deref().is_some_and(|s| !s.trim().is_empty()), "row {i}: empty {col}");
+            assert!(
+                v.as_deref().is_some_and(|s| !s.trim().is_empty()),
+                "row {i}: empty {col}"
+            );
         }
     }
     assert!(column(&batches, "error").iter().all(Option::is_none));
-    let constitution: BTreeSet<String> = Constitution::default_embedded().principles.into_iter().map(|p| p.id).collect();
-    let drawn: BTreeSet<String> = column(&batches, "principle_id").into_iter().flatten().collect();
+    let constitution: BTreeSet<String> = Constitution::default_embedded()
+        .principles
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    let drawn: BTreeSet<String> = column(&batches, "principle_id")
+        .into_iter()
+        .flatten()
+        .collect();
     assert!(drawn.is_subset(&constitution), "{drawn:?}");
     assert!(drawn.len() >= 5, "principles should vary: {drawn:?}");
+
+    // Another Parquet reader sees the same tables: pyarrow, with the split partitions.
+    let python = std::env::var("CAIFLOW_PYTHON").unwrap();
+    let check = format!(
+        r#"
+import pyarrow.dataset as ds
+rev = ds.dataset("{run}/revisions", format="parquet").to_table()
+assert rev.num_rows == 20, rev.num_rows
+for c in ["prompt_id", "prompt", "response", "critique", "revision", "principle_id", "round", "error", "revise_lineage"]:
+    assert c in rev.column_names, c
+sft = ds.dataset("{run}/sft", format="parquet", partitioning="hive").to_table()
+assert set(sft.column("split").to_pylist()) <= {{"train", "test"}}
+assert sft.num_rows >= 20, sft.num_rows
+print("pyarrow ok", rev.num_rows, sft.num_rows)
+"#,
+        run = run.display()
+    );
+    let out = Command::new(python).arg("-c").arg(check).output().unwrap();
+    assert!(out.status.success(), "pyarrow: {}", String::from_utf8_lossy(&out.stderr));
 
     for format in ["nemo-sft", "trl-sft"] {
         let out = Command::new(env!("CARGO_BIN_EXE_caiflow"))
             .args(["export", run.to_str().unwrap(), "--format", format])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let mut n = 0;
         for file in String::from_utf8_lossy(&out.stdout).lines() {
             for line in std::fs::read_to_string(file).unwrap().lines() {
                 let v: serde_json::Value = serde_json::from_str(line).unwrap();
-                let turns = if format == "nemo-sft" { &v["conversations"] } else { &v["messages"] };
+                let turns = if format == "nemo-sft" {
+                    &v["conversations"]
+                } else {
+                    &v["messages"]
+                };
                 assert_eq!(turns.as_array().map(Vec::len), Some(2), "{line}");
                 n += 1;
             }

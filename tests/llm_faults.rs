@@ -10,7 +10,10 @@ use caiflow::config::{Config, EndpointConfig};
 use caiflow::llm::{ChatRequest, Endpoints, Message, SamplingParams};
 use caiflow::testing::{Fault, MockServer};
 
-fn endpoint(server: &MockServer, configure: impl FnOnce(&mut EndpointConfig)) -> Arc<caiflow::llm::Endpoint> {
+fn endpoint(
+    server: &MockServer,
+    configure: impl FnOnce(&mut EndpointConfig),
+) -> Arc<caiflow::llm::Endpoint> {
     let mut e = EndpointConfig::openai(&server.base_url(), "m");
     e.retry.initial_backoff_ms = 10;
     e.retry.max_backoff_ms = 40;
@@ -32,7 +35,12 @@ fn request(text: &str) -> ChatRequest {
 async fn retryable_faults_are_retried_until_success() {
     let server = MockServer::start().await.unwrap();
     let ep = endpoint(&server, |_| {});
-    server.push_faults([Fault::Status(500), Fault::Garbage, Fault::Empty, Fault::Status(503)]);
+    server.push_faults([
+        Fault::Status(500),
+        Fault::Garbage,
+        Fault::Empty,
+        Fault::Status(503),
+    ]);
     let out = ep.call(&request("hello")).await;
     assert_eq!(out.attempts, 5, "{out:?}");
     assert!(out.result.as_ref().unwrap().text.contains("hello"));
@@ -43,12 +51,18 @@ async fn retryable_faults_are_retried_until_success() {
 async fn retry_after_is_honoured() {
     let server = MockServer::start().await.unwrap();
     let ep = endpoint(&server, |_| {});
-    server.push_faults([Fault::RateLimited { retry_after_secs: 1 }]);
+    server.push_faults([Fault::RateLimited {
+        retry_after_secs: 1,
+    }]);
     let started = Instant::now();
     let out = ep.call(&request("x")).await;
     assert!(out.result.is_ok());
     assert_eq!(out.attempts, 2);
-    assert!(started.elapsed() >= Duration::from_millis(950), "waited only {:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(950),
+        "waited only {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -71,18 +85,28 @@ async fn client_errors_are_not_retried_and_exhaustion_reports_the_cause() {
     let out = ep.call(&request("x")).await;
     assert_eq!(out.attempts, 1);
     let err = out.result.unwrap_err();
-    assert!(err.contains("HTTP 400") && err.contains("not retryable"), "{err}");
+    assert!(
+        err.contains("HTTP 400") && err.contains("not retryable"),
+        "{err}"
+    );
 
     server.push_faults([Fault::Garbage, Fault::Garbage, Fault::Garbage]);
     let out = ep.call(&request("x")).await;
     assert_eq!(out.attempts, 3);
     let err = out.result.unwrap_err();
-    assert!(err.contains("malformed") && err.contains("gave up"), "{err}");
+    assert!(
+        err.contains("malformed") && err.contains("gave up"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn connection_refused_is_an_error_not_a_panic() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut e = EndpointConfig::openai(&format!("http://127.0.0.1:{port}/v1"), "m");
     e.retry.max_attempts = 2;
     e.retry.initial_backoff_ms = 5;
@@ -106,8 +130,11 @@ async fn concurrency_budget_is_never_exceeded() {
     for c in futures::future::join_all(calls).await {
         assert!(c.unwrap().result.is_ok());
     }
-    let peak = server.state.peak_in_flight.load(std::sync::atomic::Ordering::SeqCst);
-    assert!(peak <= 3 && peak >= 2, "peak in flight {peak}");
+    let peak = server
+        .state
+        .peak_in_flight
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!((2..=3).contains(&peak), "peak in flight {peak}");
 }
 
 #[tokio::test]
@@ -117,7 +144,10 @@ async fn api_key_comes_from_the_named_variable() {
     let mut c = Config::default();
     c.endpoints.insert("judge".into(), e);
     let err = Endpoints::from_config(&c).unwrap_err().to_string();
-    assert!(err.contains("CAIFLOW_TEST_KEY_THAT_IS_NOT_SET") && err.contains("judge"), "{err}");
+    assert!(
+        err.contains("CAIFLOW_TEST_KEY_THAT_IS_NOT_SET") && err.contains("judge"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -129,8 +159,16 @@ async fn nemo_generate_backend_extracts_the_answer() {
     c.endpoints.insert("nemo".into(), e);
     let ep = Endpoints::from_config(&c).unwrap().get("nemo").unwrap();
     let out = ep.call(&request("q")).await;
-    assert_eq!(out.result.unwrap().text, caiflow::testing::mock_answer("generate"));
+    assert_eq!(
+        out.result.unwrap().text,
+        caiflow::testing::mock_answer("generate")
+    );
     let body = &server.bodies()[0];
-    assert!(body["sentences"][0].as_str().unwrap().ends_with("<extra_id_1>Assistant\n"));
+    assert!(
+        body["sentences"][0]
+            .as_str()
+            .unwrap()
+            .ends_with("<extra_id_1>Assistant\n")
+    );
     assert!(body["temperature"].as_f64().unwrap() > 0.0);
 }

@@ -20,15 +20,29 @@ fn field_json(f: &Field) -> Value {
 
 fn type_json(t: &DataType) -> Value {
     match t {
-        DataType::Struct(fields) => json!({"type": "Struct", "fields": fields.iter().map(|f| field_json(f)).collect::<Vec<_>>()}),
-        DataType::List(item) | DataType::LargeList(item) => json!({"type": "List", "item": field_json(item)}),
+        DataType::Struct(fields) => {
+            json!({"type": "Struct", "fields": fields.iter().map(|f| field_json(f)).collect::<Vec<_>>()})
+        }
+        DataType::List(item) | DataType::LargeList(item) => {
+            json!({"type": "List", "item": field_json(item)})
+        }
         other => json!({"type": other.to_string()}),
     }
 }
 
 async fn schema_of(session: &CaiSession, sql: &str) -> Value {
-    let df = session.ctx.sql(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let fields: Vec<Value> = df.schema().as_arrow().fields().iter().map(|f| field_json(f)).collect();
+    let df = session
+        .ctx
+        .sql(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let fields: Vec<Value> = df
+        .schema()
+        .as_arrow()
+        .fields()
+        .iter()
+        .map(|f| field_json(f))
+        .collect();
     json!({ "fields": fields })
 }
 
@@ -39,22 +53,40 @@ async fn schema_files_match_the_code() {
     let prompts = root.join("data/red_team_prompts.jsonl");
     let helpful = root.join("data/helpful_sft.jsonl");
     let setup = [
-        format!("CREATE VIEW prompts AS SELECT * FROM red_team_prompts('{}')", prompts.display()),
+        format!(
+            "CREATE VIEW prompts AS SELECT * FROM red_team_prompts('{}')",
+            prompts.display()
+        ),
         "CREATE VIEW responses AS SELECT * FROM respond(prompts)".to_string(),
         "CREATE VIEW critiques AS SELECT * FROM critique(responses)".to_string(),
         "CREATE VIEW revisions AS SELECT * FROM revise(critiques)".to_string(),
-        format!("CREATE VIEW helpful AS SELECT * FROM helpful_sft('{}')", helpful.display()),
+        format!(
+            "CREATE VIEW helpful AS SELECT * FROM helpful_sft('{}')",
+            helpful.display()
+        ),
         // blend reads stored tables; an empty in-memory copy has the same schema.
         "CREATE TABLE stored_revisions AS SELECT * FROM revisions LIMIT 0".to_string(),
     ];
     let tables = [
-        ("red_team_prompts", format!("SELECT * FROM red_team_prompts('{}')", prompts.display())),
-        ("red_team_prompts_all_turns", format!("SELECT * FROM red_team_prompts('{}', turns => 'all')", prompts.display())),
+        (
+            "red_team_prompts",
+            format!("SELECT * FROM red_team_prompts('{}')", prompts.display()),
+        ),
+        (
+            "red_team_prompts_all_turns",
+            format!(
+                "SELECT * FROM red_team_prompts('{}', turns => 'all')",
+                prompts.display()
+            ),
+        ),
         ("respond", "SELECT * FROM responses".to_string()),
         ("critique", "SELECT * FROM critiques".to_string()),
         ("revise", "SELECT * FROM revisions".to_string()),
         ("helpful_sft", "SELECT * FROM helpful".to_string()),
-        ("blend", "SELECT * FROM blend(stored_revisions, helpful)".to_string()),
+        (
+            "blend",
+            "SELECT * FROM blend(stored_revisions, helpful)".to_string(),
+        ),
     ];
     // LIMIT 0 on a view over LLM stages must not call any endpoint: there is none here.
     for sql in &setup {
@@ -74,8 +106,15 @@ async fn schema_files_match_the_code() {
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or(Value::Null);
         if expected != actual {
-            drift.push(format!("{}:\n  file: {expected}\n  code: {actual}", path.display()));
+            drift.push(format!(
+                "{}:\n  file: {expected}\n  code: {actual}",
+                path.display()
+            ));
         }
     }
-    assert!(drift.is_empty(), "schemas drifted (CAIFLOW_UPDATE_SCHEMAS=1 regenerates):\n{}", drift.join("\n"));
+    assert!(
+        drift.is_empty(),
+        "schemas drifted (CAIFLOW_UPDATE_SCHEMAS=1 regenerates):\n{}",
+        drift.join("\n")
+    );
 }

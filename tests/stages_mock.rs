@@ -12,26 +12,63 @@ async fn respond_critique_revise_chain_with_rounds() {
     let server = MockServer::start().await.unwrap();
     let session = session_for(&server.base_url(), |_| {});
     let dir = tempfile::tempdir().unwrap();
-    let prompts: Vec<String> = (0..12).map(|i| format!("red team prompt number {i}")).collect();
+    let prompts: Vec<String> = (0..12)
+        .map(|i| format!("red team prompt number {i}"))
+        .collect();
     let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
     register_prompts(&session, dir.path(), &refs).await;
-    collect(&session, "CREATE VIEW r AS SELECT * FROM respond(prompts, max_tokens => 16, few_shot => 'none')").await;
-    collect(&session, "CREATE VIEW c AS SELECT * FROM critique(r, max_tokens => 16, seed => 7)").await;
-    let out = collect(&session, "SELECT * FROM revise(c, rounds => 3, max_tokens => 16, seed => 7)").await;
+    collect(
+        &session,
+        "CREATE VIEW r AS SELECT * FROM respond(prompts, max_tokens => 16, few_shot => 'none')",
+    )
+    .await;
+    collect(
+        &session,
+        "CREATE VIEW c AS SELECT * FROM critique(r, max_tokens => 16, seed => 7)",
+    )
+    .await;
+    let out = collect(
+        &session,
+        "SELECT * FROM revise(c, rounds => 3, max_tokens => 16, seed => 7)",
+    )
+    .await;
     assert_eq!(rows(&out), 36, "3 rounds for each of 12 prompts");
     // 12 responses + 12 critiques + 12 * (3 revisions + 2 further critiques)
     assert_eq!(server.requests(), 12 + 12 + 12 * 5);
-    for col in ["response", "critique", "revision", "principle_id", "revision_request"] {
-        assert!(column(&out, col).iter().all(|v| v.as_deref().is_some_and(|s| !s.is_empty())), "{col} has empties");
+    for col in [
+        "response",
+        "critique",
+        "revision",
+        "principle_id",
+        "revision_request",
+    ] {
+        assert!(
+            column(&out, col)
+                .iter()
+                .all(|v| v.as_deref().is_some_and(|s| !s.is_empty())),
+            "{col} has empties"
+        );
     }
     assert!(column(&out, "error").iter().all(Option::is_none));
     let rounds: BTreeSet<_> = column(&out, "round").into_iter().flatten().collect();
-    assert_eq!(rounds, ["1", "2", "3"].iter().map(|s| s.to_string()).collect());
+    assert_eq!(
+        rounds,
+        ["1", "2", "3"].iter().map(|s| s.to_string()).collect()
+    );
     let principles: BTreeSet<_> = column(&out, "principle_id").into_iter().flatten().collect();
-    assert!(principles.len() > 3, "principles should vary: {principles:?}");
+    assert!(
+        principles.len() > 3,
+        "principles should vary: {principles:?}"
+    );
     // Lineage is recorded for every stage.
     let lineage = column(&out, "revise_lineage");
-    assert!(lineage.iter().all(|l| l.as_deref().is_some_and(|s| s.contains("attempts: 1"))), "{:?}", lineage[0]);
+    assert!(
+        lineage
+            .iter()
+            .all(|l| l.as_deref().is_some_and(|s| s.contains("attempts: 1"))),
+        "{:?}",
+        lineage[0]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,7 +88,12 @@ async fn failed_rows_carry_their_error_downstream_and_the_query_succeeds() {
     let server = MockServer::start().await.unwrap();
     let session = session_for(&server.base_url(), |e| e.retry.max_attempts = 2);
     let dir = tempfile::tempdir().unwrap();
-    register_prompts(&session, dir.path(), &["fine one", "broken [[fail:500]]", "fine two"]).await;
+    register_prompts(
+        &session,
+        dir.path(),
+        &["fine one", "broken [[fail:500]]", "fine two"],
+    )
+    .await;
     let out = collect(
         &session,
         "SELECT prompt, response, critique, error FROM critique(respond(prompts, few_shot => 'none'), few_shot => 'none') ORDER BY prompt",
@@ -64,7 +106,10 @@ async fn failed_rows_carry_their_error_downstream_and_the_query_succeeds() {
         let p = p.as_deref().unwrap();
         if p.contains("[[fail") {
             let e = e.as_deref().expect("error set");
-            assert!(e.starts_with("respond: endpoint 'policy': HTTP 500") && e.contains("2 attempt"), "{e}");
+            assert!(
+                e.starts_with("respond: endpoint 'policy': HTTP 500") && e.contains("2 attempt"),
+                "{e}"
+            );
         } else {
             assert!(e.is_none(), "{p}: {e:?}");
         }
@@ -79,8 +124,17 @@ async fn transient_faults_inside_a_stage_are_recovered_and_counted_in_attempts()
     let session = session_for(&server.base_url(), |e| e.max_concurrency = 1);
     let dir = tempfile::tempdir().unwrap();
     register_prompts(&session, dir.path(), &["one"]).await;
-    server.push_faults([Fault::RateLimited { retry_after_secs: 0 }, Fault::Status(502)]);
-    let out = collect(&session, "SELECT respond_lineage['attempts'] AS attempts, error FROM respond(prompts)").await;
+    server.push_faults([
+        Fault::RateLimited {
+            retry_after_secs: 0,
+        },
+        Fault::Status(502),
+    ]);
+    let out = collect(
+        &session,
+        "SELECT respond_lineage['attempts'] AS attempts, error FROM respond(prompts)",
+    )
+    .await;
     assert_eq!(column(&out, "attempts"), vec![Some("3".to_string())]);
     assert_eq!(column(&out, "error"), vec![None]);
 }
@@ -93,7 +147,11 @@ async fn filters_and_limits_are_pushed_below_the_stage() {
     let prompts: Vec<String> = (0..30).map(|i| format!("p{i}")).collect();
     let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
     register_prompts(&session, dir.path(), &refs).await;
-    let out = collect(&session, "SELECT * FROM respond(prompts) WHERE prompt IN ('p1', 'p2', 'p3')").await;
+    let out = collect(
+        &session,
+        "SELECT * FROM respond(prompts) WHERE prompt IN ('p1', 'p2', 'p3')",
+    )
+    .await;
     assert_eq!(rows(&out), 3);
     assert_eq!(server.requests(), 3, "no request for filtered-out rows");
     let out = collect(&session, "SELECT * FROM respond(prompts) LIMIT 5").await;
@@ -107,7 +165,11 @@ async fn few_shot_turns_come_before_the_prompt() {
     let session = session_for(&server.base_url(), |_| {});
     let dir = tempfile::tempdir().unwrap();
     register_prompts(&session, dir.path(), &["the real prompt"]).await;
-    collect(&session, "SELECT * FROM respond(prompts, system => 'be kind')").await;
+    collect(
+        &session,
+        "SELECT * FROM respond(prompts, system => 'be kind')",
+    )
+    .await;
     let body = &server.bodies()[0];
     let messages = body["messages"].as_array().unwrap();
     let few_shot = caiflow::constitution::FewShot::resolve("default").unwrap();
@@ -125,17 +187,37 @@ async fn planning_errors_name_the_problem() {
     register_prompts(&session, dir.path(), &["x"]).await;
     let cases = [
         ("SELECT * FROM critique(prompts)", "no column 'response'"),
-        ("SELECT * FROM respond(prompts, temprature => 0.1)", "unknown option 'temprature'"),
-        ("SELECT * FROM respond(prompts, max_tokens => lots)", "max_tokens"),
-        ("SELECT * FROM respond(no_such_table)", "no table or view named 'no_such_table'"),
-        ("SELECT * FROM revise((SELECT *, 'r' AS response, 'p' AS principle_id, 'c' AS critique FROM prompts), rounds => 0)", "rounds"),
+        (
+            "SELECT * FROM respond(prompts, temprature => 0.1)",
+            "unknown option 'temprature'",
+        ),
+        (
+            "SELECT * FROM respond(prompts, max_tokens => lots)",
+            "max_tokens",
+        ),
+        (
+            "SELECT * FROM respond(no_such_table)",
+            "no table or view named 'no_such_table'",
+        ),
+        (
+            "SELECT * FROM revise((SELECT *, 'r' AS response, 'p' AS principle_id, 'c' AS critique FROM prompts), rounds => 0)",
+            "rounds",
+        ),
     ];
     for (sql, expected) in cases {
         let err = match session.ctx.sql(sql).await {
-            Ok(df) => df.collect().await.err().map(|e| e.to_string()).unwrap_or_default(),
+            Ok(df) => df
+                .collect()
+                .await
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
             Err(e) => e.to_string(),
         };
-        assert!(err.contains(expected), "{sql}: expected '{expected}' in: {err}");
+        assert!(
+            err.contains(expected),
+            "{sql}: expected '{expected}' in: {err}"
+        );
     }
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, r#"{"harmful0": {"prompt": ["x"]}}"#).unwrap();
@@ -145,7 +227,10 @@ async fn planning_errors_name_the_problem() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains("edit_request") && err.contains("bad.json"), "{err}");
+    assert!(
+        err.contains("edit_request") && err.contains("bad.json"),
+        "{err}"
+    );
     assert_eq!(server.requests(), 0);
 }
 
@@ -158,11 +243,21 @@ async fn stages_read_stored_parquet_intermediates_by_path() {
     let stored = dir.path().join("responses");
     collect(
         &session,
-        &format!("COPY (SELECT * FROM respond(prompts, few_shot => 'none')) TO '{}/' STORED AS PARQUET", stored.display()),
+        &format!(
+            "COPY (SELECT * FROM respond(prompts, few_shot => 'none')) TO '{}/' STORED AS PARQUET",
+            stored.display()
+        ),
     )
     .await;
     let before = server.requests();
-    let out = collect(&session, &format!("SELECT * FROM critique('{}/', few_shot => 'none')", stored.display())).await;
+    let out = collect(
+        &session,
+        &format!(
+            "SELECT * FROM critique('{}/', few_shot => 'none')",
+            stored.display()
+        ),
+    )
+    .await;
     assert_eq!(rows(&out), 2);
     assert_eq!(server.requests() - before, 2, "only the critique stage ran");
 }

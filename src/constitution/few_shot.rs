@@ -41,14 +41,19 @@ impl FewShot {
     /// `default` for the embedded examples, `none` for no examples, otherwise a path.
     pub fn resolve(spec: &str) -> Result<FewShot> {
         match spec.trim() {
-            "" | "default" => Ok(Self::parse(DEFAULT_FEW_SHOT, "default").expect("embedded few-shot file is valid")),
+            "" | "default" => {
+                Ok(Self::parse(DEFAULT_FEW_SHOT, "default")
+                    .expect("embedded few-shot file is valid"))
+            }
             "none" => Ok(FewShot {
                 source: "none".into(),
                 samples: vec![],
             }),
             path => {
                 let text = std::fs::read_to_string(path).map_err(|e| CaiError::io(path, e))?;
-                Self::parse(&text, path).map_err(|e| CaiError::bad_file(path, format!("not a valid few-shot file: {e}")))
+                Self::parse(&text, path).map_err(|e| {
+                    CaiError::bad_file(path, format!("not a valid few-shot file: {e}"))
+                })
             }
         }
     }
@@ -61,12 +66,18 @@ impl FewShot {
             .enumerate()
             .map(|(i, msgs)| {
                 if msgs.len() != 6 {
-                    return Err(format!("sample {i} has {} messages, expected 6", msgs.len()));
+                    return Err(format!(
+                        "sample {i} has {} messages, expected 6",
+                        msgs.len()
+                    ));
                 }
                 for (j, m) in msgs.iter().enumerate() {
                     let want = if j % 2 == 0 { "user" } else { "assistant" };
                     if m.role.to_ascii_lowercase() != want {
-                        return Err(format!("sample {i} message {j} has role '{}', expected '{want}'", m.role));
+                        return Err(format!(
+                            "sample {i} message {j} has role '{}', expected '{want}'",
+                            m.role
+                        ));
                     }
                 }
                 let mut it = msgs.into_iter().map(|m| m.content);
@@ -119,7 +130,8 @@ mod tests {
 
     #[test]
     fn wrong_shape_is_reported() {
-        let e = FewShot::parse(r#"{"samples": [[{"role":"User","content":"x"}]]}"#, "t").unwrap_err();
+        let e =
+            FewShot::parse(r#"{"samples": [[{"role":"User","content":"x"}]]}"#, "t").unwrap_err();
         assert!(e.contains("expected 6"), "{e}");
     }
 }

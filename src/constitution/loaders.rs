@@ -60,7 +60,10 @@ pub fn parse_constitution(text: &str, source: &str) -> std::result::Result<Const
             return Err(format!("principle id '{}' appears twice", p.id));
         }
         if p.critique_request.trim().is_empty() || p.revision_request.trim().is_empty() {
-            return Err(format!("principle '{}' has an empty critique or revision request", p.id));
+            return Err(format!(
+                "principle '{}' has an empty critique or revision request",
+                p.id
+            ));
         }
     }
     Ok(Constitution {
@@ -83,13 +86,17 @@ fn native(file: NativeFile) -> std::result::Result<Vec<Principle>, String> {
 
 /// `harmful0`, `harmful1`, … in numeric order (a plain sort would put `harmful10` second).
 fn nemo(value: &Value) -> std::result::Result<Vec<Principle>, String> {
-    let object = value
-        .as_object()
-        .ok_or("expected a JSON object of principles (NeMo-Aligner format) or {\"principles\": [...]}")?;
+    let object = value.as_object().ok_or(
+        "expected a JSON object of principles (NeMo-Aligner format) or {\"principles\": [...]}",
+    )?;
     let mut keys: Vec<&String> = object.keys().collect();
     keys.sort_by_key(|k| {
         let digits = k.trim_start_matches(|c: char| !c.is_ascii_digit());
-        (k.len() - digits.len(), digits.parse::<u64>().unwrap_or(u64::MAX), (*k).clone())
+        (
+            k.len() - digits.len(),
+            digits.parse::<u64>().unwrap_or(u64::MAX),
+            (*k).clone(),
+        )
     });
     keys.into_iter()
         .map(|key| {
@@ -99,11 +106,15 @@ fn nemo(value: &Value) -> std::result::Result<Vec<Principle>, String> {
                 Some(Value::String(s)) => Some(s.as_str()),
                 _ => None,
             }
-            .ok_or_else(|| format!("'{key}': missing \"prompt\" (a list holding the critique request)"))?;
+            .ok_or_else(|| {
+                format!("'{key}': missing \"prompt\" (a list holding the critique request)")
+            })?;
             let revision = entry
                 .get("edit_request")
                 .and_then(Value::as_str)
-                .ok_or_else(|| format!("'{key}': missing \"edit_request\" (the revision request)"))?;
+                .ok_or_else(|| {
+                    format!("'{key}': missing \"edit_request\" (the revision request)")
+                })?;
             Ok(Principle {
                 id: key.clone(),
                 critique_request: strip_wrapper(critique, "CritiqueRequest:", "Critique:"),
@@ -145,8 +156,16 @@ mod tests {
     fn malformed_files_name_the_problem() {
         let e = parse_constitution(r#"{"harmful0": {"prompt": ["x"]}}"#, "t").unwrap_err();
         assert!(e.contains("edit_request"), "{e}");
-        assert!(parse_constitution("{not json", "t").unwrap_err().contains("invalid JSON"));
-        assert!(parse_constitution("principles = []", "t").unwrap_err().contains("no principles"));
+        assert!(
+            parse_constitution("{not json", "t")
+                .unwrap_err()
+                .contains("invalid JSON")
+        );
+        assert!(
+            parse_constitution("principles = []", "t")
+                .unwrap_err()
+                .contains("no principles")
+        );
         let dup = "[[principles]]\nid='a'\ncritique='c'\nrevision='r'\n[[principles]]\nid='a'\ncritique='c'\nrevision='r'";
         assert!(parse_constitution(dup, "t").unwrap_err().contains("twice"));
     }

@@ -29,7 +29,8 @@ pub const DEFAULT_CONSTITUTION: &str = include_str!("../../data/constitution.tom
 
 impl Constitution {
     pub fn default_embedded() -> Constitution {
-        parse_constitution(DEFAULT_CONSTITUTION, "default").expect("the embedded constitution is valid")
+        parse_constitution(DEFAULT_CONSTITUTION, "default")
+            .expect("the embedded constitution is valid")
     }
 
     /// `default` (or empty) for the embedded constitution, otherwise a file path.

@@ -71,16 +71,27 @@ impl Endpoint {
         }
     }
 
-    pub fn from_config(name: &str, config: &EndpointConfig, client: reqwest::Client) -> Result<Self> {
+    pub fn from_config(
+        name: &str,
+        config: &EndpointConfig,
+        client: reqwest::Client,
+    ) -> Result<Self> {
         let api_key = match &config.api_key_env {
             None => None,
-            Some(var) => Some(ApiKey(std::env::var(var).map_err(|_| CaiError::MissingApiKey {
-                endpoint: name.to_string(),
-                var: var.clone(),
+            Some(var) => Some(ApiKey(std::env::var(var).map_err(|_| {
+                CaiError::MissingApiKey {
+                    endpoint: name.to_string(),
+                    var: var.clone(),
+                }
             })?)),
         };
         let backend: Arc<dyn Backend> = match config.kind {
-            BackendKind::Openai => Arc::new(OpenAiBackend::new(client, &config.base_url, &config.model, api_key)),
+            BackendKind::Openai => Arc::new(OpenAiBackend::new(
+                client,
+                &config.base_url,
+                &config.model,
+                api_key,
+            )),
             BackendKind::Nemo => Arc::new(NemoBackend::new(
                 client,
                 &config.base_url,
@@ -143,15 +154,24 @@ impl Endpoint {
             let error = match attempt {
                 Ok(Ok(completion)) => {
                     if let Some(t) = completion.completion_tokens {
-                        self.counters.completion_tokens.fetch_add(t, Ordering::Relaxed);
+                        self.counters
+                            .completion_tokens
+                            .fetch_add(t, Ordering::Relaxed);
                     }
                     break Ok(completion);
                 }
                 Ok(Err(e)) => e,
-                Err(_) => super::AttemptError::retryable(format!("timed out after {:.1}s", self.timeout.as_secs_f64())),
+                Err(_) => super::AttemptError::retryable(format!(
+                    "timed out after {:.1}s",
+                    self.timeout.as_secs_f64()
+                )),
             };
             if !error.retryable || attempts >= self.retry.max_attempts {
-                let kind = if error.retryable { "gave up" } else { "not retryable" };
+                let kind = if error.retryable {
+                    "gave up"
+                } else {
+                    "not retryable"
+                };
                 break Err(format!(
                     "endpoint '{}': {} after {attempts} attempt(s) ({kind})",
                     self.name, error.message
@@ -188,13 +208,17 @@ impl Endpoints {
             .map_err(|e| CaiError::Config(format!("HTTP client: {e}")))?;
         let mut by_name = BTreeMap::new();
         for (name, e) in &config.endpoints {
-            by_name.insert(name.clone(), Arc::new(Endpoint::from_config(name, e, client.clone())?));
+            by_name.insert(
+                name.clone(),
+                Arc::new(Endpoint::from_config(name, e, client.clone())?),
+            );
         }
         Ok(Endpoints { by_name })
     }
 
     pub fn insert(&mut self, endpoint: Endpoint) {
-        self.by_name.insert(endpoint.name.clone(), Arc::new(endpoint));
+        self.by_name
+            .insert(endpoint.name.clone(), Arc::new(endpoint));
     }
 
     pub fn get(&self, name: &str) -> Result<Arc<Endpoint>> {

@@ -33,7 +33,12 @@ pub struct NemoBackend {
 pub const MAX_SENTENCES_PER_REQUEST: usize = 128;
 
 impl NemoBackend {
-    pub fn new(client: reqwest::Client, base_url: &str, template: ChatTemplate, form: NemoPromptForm) -> Self {
+    pub fn new(
+        client: reqwest::Client,
+        base_url: &str,
+        template: ChatTemplate,
+        form: NemoPromptForm,
+    ) -> Self {
         NemoBackend {
             client,
             url: format!("{}/generate", base_url.trim_end_matches('/')),
@@ -75,7 +80,10 @@ struct GenerateResponse {
     sentences: Option<Vec<Option<String>>>,
 }
 
-pub(crate) fn parse_generate_body(body: &str, template: &ChatTemplate) -> Result<Completion, AttemptError> {
+pub(crate) fn parse_generate_body(
+    body: &str,
+    template: &ChatTemplate,
+) -> Result<Completion, AttemptError> {
     let parsed: GenerateResponse = serde_json::from_str(body).map_err(|e| {
         let snippet: String = body.chars().take(120).collect();
         AttemptError::retryable(format!("malformed /generate body ({e}): {snippet:?}"))
@@ -87,7 +95,9 @@ pub(crate) fn parse_generate_body(body: &str, template: &ChatTemplate) -> Result
         .ok_or_else(|| AttemptError::retryable("/generate returned no sentence"))?;
     let text = template.extract_answer(&full).to_string();
     if text.is_empty() {
-        return Err(AttemptError::retryable("/generate returned an empty answer"));
+        return Err(AttemptError::retryable(
+            "/generate returned an empty answer",
+        ));
     }
     Ok(Completion {
         text,
@@ -124,7 +134,12 @@ mod tests {
 
     #[test]
     fn zero_temperature_becomes_greedy() {
-        let b = NemoBackend::new(reqwest::Client::new(), "http://x", ChatTemplate::default(), NemoPromptForm::String);
+        let b = NemoBackend::new(
+            reqwest::Client::new(),
+            "http://x",
+            ChatTemplate::default(),
+            NemoPromptForm::String,
+        );
         let req = ChatRequest {
             messages: vec![Message::user("q")],
             params: SamplingParams {
@@ -135,7 +150,12 @@ mod tests {
         let body = b.body(&req);
         assert_eq!(body["greedy"], json!(true));
         assert!(body["temperature"].as_f64().unwrap() > 0.0);
-        assert!(body["sentences"][0].as_str().unwrap().ends_with("<extra_id_1>Assistant\n"));
+        assert!(
+            body["sentences"][0]
+                .as_str()
+                .unwrap()
+                .ends_with("<extra_id_1>Assistant\n")
+        );
     }
 
     #[test]

@@ -26,7 +26,12 @@ impl std::fmt::Debug for ApiKey {
 }
 
 impl OpenAiBackend {
-    pub fn new(client: reqwest::Client, base_url: &str, model: &str, api_key: Option<ApiKey>) -> Self {
+    pub fn new(
+        client: reqwest::Client,
+        base_url: &str,
+        model: &str,
+        api_key: Option<ApiKey>,
+    ) -> Self {
         OpenAiBackend {
             client,
             url: format!("{}/chat/completions", base_url.trim_end_matches('/')),

@@ -45,7 +45,11 @@ impl RetryPolicy {
 
 /// `Retry-After` as seconds or as an HTTP date.
 pub fn parse_retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
     if let Ok(secs) = value.parse::<f64>() {
         return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
     }
@@ -81,8 +85,14 @@ mod tests {
             max_retry_after_ms: 5000,
             ..Default::default()
         };
-        assert_eq!(p.delay(1, Some(Duration::from_secs(2))), Duration::from_secs(2));
-        assert_eq!(p.delay(1, Some(Duration::from_secs(60))), Duration::from_secs(5));
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(2))),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(60))),
+            Duration::from_secs(5)
+        );
     }
 
     #[test]

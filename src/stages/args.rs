@@ -33,7 +33,9 @@ fn literal_text(function: &str, expr: &Expr) -> Result<String> {
         }
     };
     Ok(match scalar {
-        ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => s.clone(),
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::LargeUtf8(Some(s))
+        | ScalarValue::Utf8View(Some(s)) => s.clone(),
         ScalarValue::Null => "null".into(),
         other if !other.is_null() => other.to_string(),
         _ => "null".into(),
@@ -49,8 +51,13 @@ impl StageArgs {
             match text.split_once(NAMED_ARG_SEPARATOR) {
                 Some((name, value)) if is_option_name(name.trim()) => {
                     let name = name.trim().to_ascii_lowercase();
-                    if options.insert(name.clone(), value.trim().to_string()).is_some() {
-                        return Err(DataFusionError::Plan(format!("{function}: option '{name}' given twice")));
+                    if options
+                        .insert(name.clone(), value.trim().to_string())
+                        .is_some()
+                    {
+                        return Err(DataFusionError::Plan(format!(
+                            "{function}: option '{name}' given twice"
+                        )));
                     }
                 }
                 _ if options.is_empty() => positional.push(text),
@@ -152,7 +159,11 @@ mod tests {
 
     #[test]
     fn splits_positional_and_named() {
-        let a = StageArgs::parse("f", &[lit("prompts"), lit("rounds => 4"), lit("temperature=>0.5")]).unwrap();
+        let a = StageArgs::parse(
+            "f",
+            &[lit("prompts"), lit("rounds => 4"), lit("temperature=>0.5")],
+        )
+        .unwrap();
         assert_eq!(a.input().unwrap(), "prompts");
         assert_eq!(a.parsed::<u32>("rounds").unwrap(), Some(4));
         assert_eq!(a.parsed_or::<f64>("temperature", 1.0).unwrap(), 0.5);

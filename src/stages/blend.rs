@@ -35,7 +35,11 @@ pub struct BlendFunction;
 
 pub fn blend_schema() -> SchemaRef {
     let mut fields: Vec<_> = sft_schema().fields().iter().cloned().collect();
-    fields.push(Arc::new(datafusion::arrow::datatypes::Field::new("error", DataType::Utf8, true)));
+    fields.push(Arc::new(datafusion::arrow::datatypes::Field::new(
+        "error",
+        DataType::Utf8,
+        true,
+    )));
     Arc::new(datafusion::arrow::datatypes::Schema::new(fields))
 }
 
@@ -44,7 +48,10 @@ impl TableFunctionImpl for BlendFunction {
         let a = StageArgs::parse("blend", args.exprs())?;
         let state = session_state(args.session(), "blend")?;
         let (cai, helpful) = match a.positional.as_slice() {
-            [c, h] => (resolve_input(state, c, "blend")?, resolve_input(state, h, "blend")?),
+            [c, h] => (
+                resolve_input(state, c, "blend")?,
+                resolve_input(state, h, "blend")?,
+            ),
             _ => {
                 return Err(DataFusionError::Plan(
                     "blend: expected blend(cai_table, helpful_table, ratio => r, seed => s)".into(),
@@ -53,17 +60,29 @@ impl TableFunctionImpl for BlendFunction {
         };
         let ratio: f64 = a.parsed_or("ratio", 0.5)?;
         if !(0.0..1.0).contains(&ratio) {
-            return Err(DataFusionError::Plan(format!("blend: ratio => {ratio} must be in [0, 1)")));
+            return Err(DataFusionError::Plan(format!(
+                "blend: ratio => {ratio} must be in [0, 1)"
+            )));
         }
         let seed: i64 = a.parsed_or("seed", 42)?;
         a.finish(&[])?;
         for (plan, needed, what) in [
-            (&cai, &["prompt_id", "prompt", "revision", "error"][..], "cai"),
-            (&helpful, &["sample_id", "source", "system", "messages"][..], "helpful"),
+            (
+                &cai,
+                &["prompt_id", "prompt", "revision", "error"][..],
+                "cai",
+            ),
+            (
+                &helpful,
+                &["sample_id", "source", "system", "messages"][..],
+                "helpful",
+            ),
         ] {
             for c in needed {
                 if plan.schema().as_arrow().index_of(c).is_err() {
-                    return Err(DataFusionError::Plan(format!("blend: the {what} input has no column '{c}'")));
+                    return Err(DataFusionError::Plan(format!(
+                        "blend: the {what} input has no column '{c}'"
+                    )));
                 }
             }
         }
@@ -92,11 +111,29 @@ impl BlendTable {
         } else {
             lit("1")
         };
-        let turn = |role: &str, content: Expr| named_struct(vec![lit("role"), lit(role), lit("content"), cast(content, DataType::Utf8)]);
-        let messages = when(col("error").is_null(), make_array(vec![turn("user", col("prompt")), turn("assistant", col("revision"))]))
-            .otherwise(lit(ScalarValue::try_from(message_list_type())?))?;
+        let turn = |role: &str, content: Expr| {
+            named_struct(vec![
+                lit("role"),
+                lit(role),
+                lit("content"),
+                cast(content, DataType::Utf8),
+            ])
+        };
+        let messages = when(
+            col("error").is_null(),
+            make_array(vec![
+                turn("user", col("prompt")),
+                turn("assistant", col("revision")),
+            ]),
+        )
+        .otherwise(lit(ScalarValue::try_from(message_list_type())?))?;
         df.select(vec![
-            concat(vec![cast(col("prompt_id"), DataType::Utf8), lit("-r"), round]).alias("sample_id"),
+            concat(vec![
+                cast(col("prompt_id"), DataType::Utf8),
+                lit("-r"),
+                round,
+            ])
+            .alias("sample_id"),
             lit("sl_cai").alias("source"),
             lit("").alias("system"),
             cast(messages, message_list_type()).alias("messages"),
@@ -105,7 +142,9 @@ impl BlendTable {
     }
 
     fn helpful_rows(&self, df: DataFrame, keep: f64) -> Result<DataFrame> {
-        let sampled = unit_hash_udf().call(vec![col("sample_id"), lit_i64(self.seed)]).lt(lit(keep));
+        let sampled = unit_hash_udf()
+            .call(vec![col("sample_id"), lit_i64(self.seed)])
+            .lt(lit(keep));
         df.filter(sampled)?.select(vec![
             cast(col("sample_id"), DataType::Utf8).alias("sample_id"),
             cast(col("source"), DataType::Utf8).alias("source"),
@@ -137,14 +176,30 @@ impl TableProvider for BlendTable {
         let cai = DataFrame::new(state.clone(), self.cai.clone());
         let helpful = DataFrame::new(state.clone(), self.helpful.clone());
         let usable = cai.clone().filter(col("error").is_null())?.count().await?;
-        let available = if self.ratio > 0.0 { helpful.clone().count().await? } else { 0 };
+        let available = if self.ratio > 0.0 {
+            helpful.clone().count().await?
+        } else {
+            0
+        };
         let wanted = (usable as f64 * self.ratio / (1.0 - self.ratio)).round();
-        let keep = if available == 0 { 0.0 } else { (wanted / available as f64).min(1.0) };
+        let keep = if available == 0 {
+            0.0
+        } else {
+            (wanted / available as f64).min(1.0)
+        };
         if wanted > available as f64 {
-            tracing::warn!("blend: wanted {wanted} helpful rows for ratio {}, only {available} available", self.ratio);
+            tracing::warn!(
+                "blend: wanted {wanted} helpful rows for ratio {}, only {available} available",
+                self.ratio
+            );
         }
-        tracing::info!("blend: {usable} usable CAI rows, about {:.0} of {available} helpful rows", keep * available as f64);
-        let blended = self.cai_rows(cai)?.union(self.helpful_rows(helpful, keep)?)?;
+        tracing::info!(
+            "blend: {usable} usable CAI rows, about {:.0} of {available} helpful rows",
+            keep * available as f64
+        );
+        let blended = self
+            .cai_rows(cai)?
+            .union(self.helpful_rows(helpful, keep)?)?;
         let blended = match projection {
             Some(p) => {
                 let schema = blend_schema();

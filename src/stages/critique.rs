@@ -10,7 +10,9 @@ use datafusion::error::{DataFusionError, Result};
 
 use super::args::StageArgs;
 use super::exec::{RowStage, StageEnv, StageFactory};
-use super::llm_call::{LlmOptions, base_turns, call, count_error, lineage_field, null_lineage, text, upstream_error};
+use super::llm_call::{
+    LlmOptions, base_turns, call, count_error, lineage_field, null_lineage, text, upstream_error,
+};
 use super::row::InputRow;
 use crate::constitution::Constitution;
 use crate::llm::Message;
@@ -39,7 +41,9 @@ impl StageFactory for CritiqueFactory {
     fn build(&self, args: &StageArgs, _input: &Schema) -> Result<Arc<dyn RowStage>> {
         let round = args.parsed_or("round", 1u32)?;
         if round == 0 {
-            return Err(DataFusionError::Plan("critique: round counts from 1".into()));
+            return Err(DataFusionError::Plan(
+                "critique: round counts from 1".into(),
+            ));
         }
         Ok(Arc::new(Critique {
             options: LlmOptions::parse(args)?,
@@ -79,16 +83,29 @@ impl RowStage for Critique {
 
     async fn process(&self, row: InputRow, env: &StageEnv) -> Vec<Vec<ScalarValue>> {
         let round = ScalarValue::UInt32(Some(self.round));
-        let (Some(prompt_id), Some(mut turns), Some(response)) = (row.str("prompt_id"), base_turns(&row), row.str("response")) else {
+        let (Some(prompt_id), Some(mut turns), Some(response)) =
+            (row.str("prompt_id"), base_turns(&row), row.str("response"))
+        else {
             let error = Some(upstream_error(&row, "response"));
             count_error(env, &error);
-            return vec![vec![round, text(None), text(None), text(None), null_lineage(), text(error)]];
+            return vec![vec![
+                round,
+                text(None),
+                text(None),
+                text(None),
+                null_lineage(),
+                text(error),
+            ]];
         };
-        let (_, principle) = self.constitution.draw(self.options.seed, &prompt_id, self.round);
+        let (_, principle) = self
+            .constitution
+            .draw(self.options.seed, &prompt_id, self.round);
         turns.push(Message::assistant(response));
         turns.push(Message::user(&principle.critique_request));
         let round_bytes = self.round.to_le_bytes();
-        let request = self.options.request(turns, &[b"critique", prompt_id.as_bytes(), &round_bytes]);
+        let request = self
+            .options
+            .request(turns, &[b"critique", prompt_id.as_bytes(), &round_bytes]);
         let (result, lineage) = call(env, &request).await;
         let (critique, error) = match result {
             Ok(t) => (Some(t), None),

@@ -17,15 +17,21 @@ use datafusion::arrow::datatypes::{Field, FieldRef, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, ScalarValue};
-use datafusion_common_runtime::SpawnedTask;
 use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, TableProviderFilterPushDown};
+use datafusion::logical_expr::{
+    Expr, LogicalPlan, LogicalPlanBuilder, TableProviderFilterPushDown,
+};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType, ReplaceChildrenOptions};
+use datafusion::physical_plan::execution_plan::{
+    Boundedness, EmissionType, ReplaceChildrenOptions,
+};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
+};
+use datafusion_common_runtime::SpawnedTask;
 use futures::{StreamExt, TryStreamExt};
 
 use super::args::StageArgs;
@@ -97,7 +103,11 @@ impl StageTable {
         let input_schema = input.schema().as_arrow().clone();
         for required in stage.required_columns() {
             if input_schema.index_of(required).is_err() {
-                let have: Vec<&str> = input_schema.fields().iter().map(|f| f.name().as_str()).collect();
+                let have: Vec<&str> = input_schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect();
                 return Err(DataFusionError::Plan(format!(
                     "{}: input has no column '{required}' (it has: {})",
                     stage.name(),
@@ -107,9 +117,16 @@ impl StageTable {
         }
         let added = stage.output_fields();
         let kept: Vec<usize> = (0..input_schema.fields().len())
-            .filter(|i| !added.iter().any(|a| a.name() == input_schema.field(*i).name()))
+            .filter(|i| {
+                !added
+                    .iter()
+                    .any(|a| a.name() == input_schema.field(*i).name())
+            })
             .collect();
-        let mut fields: Vec<FieldRef> = kept.iter().map(|i| input_schema.fields()[*i].clone()).collect();
+        let mut fields: Vec<FieldRef> = kept
+            .iter()
+            .map(|i| input_schema.fields()[*i].clone())
+            .collect();
         fields.extend(added.into_iter().map(|f| Arc::new(f.with_nullable(true))));
         Ok(StageTable {
             stage,
@@ -120,14 +137,20 @@ impl StageTable {
     }
 
     fn added_names(&self) -> Vec<String> {
-        self.stage.output_fields().iter().map(|f| f.name().clone()).collect()
+        self.stage
+            .output_fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect()
     }
 }
 
 fn unqualify(expr: &Expr) -> Result<Expr> {
     expr.clone()
         .transform(|e| match e {
-            Expr::Column(c) => Ok(Transformed::yes(Expr::Column(Column::new_unqualified(c.name)))),
+            Expr::Column(c) => Ok(Transformed::yes(Expr::Column(Column::new_unqualified(
+                c.name,
+            )))),
             other => Ok(Transformed::no(other)),
         })
         .map(|t| t.data)
@@ -145,7 +168,10 @@ impl TableProvider for StageTable {
 
     /// Filters on carried-through input columns run before the stage, so no request is
     /// made for a row the query throws away.
-    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
         let added = self.added_names();
         Ok(filters
             .iter()
@@ -233,9 +259,16 @@ impl StageExec {
             None => None,
             Some(name) => {
                 let endpoints = config.get_extension::<Endpoints>().ok_or_else(|| {
-                    DataFusionError::Execution(format!("{}: the session has no endpoints configured", self.stage.name()))
+                    DataFusionError::Execution(format!(
+                        "{}: the session has no endpoints configured",
+                        self.stage.name()
+                    ))
                 })?;
-                Some(endpoints.get(name).map_err(|e| DataFusionError::Plan(e.to_string()))?)
+                Some(
+                    endpoints
+                        .get(name)
+                        .map_err(|e| DataFusionError::Plan(e.to_string()))?,
+                )
             }
         };
         Ok(StageEnv {
@@ -281,7 +314,9 @@ impl ExecutionPlan for StageExec {
         _options: ReplaceChildrenOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         if children.len() != 1 {
-            return Err(DataFusionError::Internal("StageExec has exactly one child".into()));
+            return Err(DataFusionError::Internal(
+                "StageExec has exactly one child".into(),
+            ));
         }
         Ok(Arc::new(StageExec::try_new(
             self.stage.clone(),
@@ -292,18 +327,32 @@ impl ExecutionPlan for StageExec {
         )?))
     }
 
-    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         self.replace_children(
             children,
-            ReplaceChildrenOptions::new(datafusion::physical_plan::execution_plan::ChildrenPropertiesMode::Recompute),
+            ReplaceChildrenOptions::new(
+                datafusion::physical_plan::execution_plan::ChildrenPropertiesMode::Recompute,
+            ),
         )
     }
 
-    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
         let env = Arc::new(self.env(&context)?);
         // Enough rows in flight to keep the endpoint's whole budget busy from this partition,
         // plus headroom so a finished slot is refilled at once.
-        let window = env.endpoint.as_ref().map(|e| e.max_concurrency() * 2).unwrap_or(64).max(2);
+        let window = env
+            .endpoint
+            .as_ref()
+            .map(|e| e.max_concurrency() * 2)
+            .unwrap_or(64)
+            .max(2);
         let batch_size = context.session_config().batch_size();
         let input = self.input.execute(partition, context)?;
 
@@ -334,7 +383,9 @@ impl ExecutionPlan for StageExec {
                         StageProgress::add(&env.progress.rows_done, 1);
                         (row, out)
                     });
-                    task.join().await.map_err(|e| DataFusionError::External(Box::new(e)))
+                    task.join()
+                        .await
+                        .map_err(|e| DataFusionError::External(Box::new(e)))
                 }
             })
             .buffer_unordered(window);
@@ -389,7 +440,8 @@ impl Assembler {
         }
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.full_schema.fields().len());
         for &c in &self.kept {
-            let arrays: Vec<&dyn datafusion::arrow::array::Array> = batches.iter().map(|b| b.column(c).as_ref()).collect();
+            let arrays: Vec<&dyn datafusion::arrow::array::Array> =
+                batches.iter().map(|b| b.column(c).as_ref()).collect();
             columns.push(interleave(&arrays, &take)?);
         }
         for (j, values) in cells.into_iter().enumerate() {

@@ -46,10 +46,16 @@ impl TableFunctionImpl for HelpfulSftFunction {
         let source = a.str_or("source", "helpful");
         a.finish(&[])?;
         if !path.is_file() {
-            return Err(DataFusionError::Plan(format!("helpful_sft: no such file: {}", path.display())));
+            return Err(DataFusionError::Plan(format!(
+                "helpful_sft: no such file: {}",
+                path.display()
+            )));
         }
         let stream = Arc::new(HelpfulStream { path, source });
-        Ok(Arc::new(StreamingTable::try_new(sft_schema(), vec![stream])?))
+        Ok(Arc::new(StreamingTable::try_new(
+            sft_schema(),
+            vec![stream],
+        )?))
     }
 }
 
@@ -62,23 +68,45 @@ struct HelpfulStream {
 /// One conversation from a line, or why not.
 fn parse_line(line: &str) -> std::result::Result<(Option<String>, String, Vec<Message>), String> {
     let v: Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
-    let id = v.get("id").map(|i| i.as_str().map(str::to_string).unwrap_or_else(|| i.to_string()));
-    let system = v.get("system").and_then(Value::as_str).unwrap_or("").to_string();
-    let turn = |t: &Value, role_key: &str, text_key: &str| -> std::result::Result<Message, String> {
-        let role = t.get(role_key).and_then(Value::as_str).ok_or(format!("a turn has no '{role_key}'"))?;
-        let content = t.get(text_key).and_then(Value::as_str).ok_or(format!("a turn has no '{text_key}'"))?;
-        Ok(Message::new(&role.to_ascii_lowercase(), content))
-    };
+    let id = v.get("id").map(|i| {
+        i.as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| i.to_string())
+    });
+    let system = v
+        .get("system")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let turn =
+        |t: &Value, role_key: &str, text_key: &str| -> std::result::Result<Message, String> {
+            let role = t
+                .get(role_key)
+                .and_then(Value::as_str)
+                .ok_or(format!("a turn has no '{role_key}'"))?;
+            let content = t
+                .get(text_key)
+                .and_then(Value::as_str)
+                .ok_or(format!("a turn has no '{text_key}'"))?;
+            Ok(Message::new(&role.to_ascii_lowercase(), content))
+        };
     let messages: Vec<Message> = if let Some(c) = v.get("conversations").and_then(Value::as_array) {
-        c.iter().map(|t| turn(t, "from", "value")).collect::<std::result::Result<_, _>>()?
+        c.iter()
+            .map(|t| turn(t, "from", "value"))
+            .collect::<std::result::Result<_, _>>()?
     } else if let Some(m) = v.get("messages").and_then(Value::as_array) {
-        m.iter().map(|t| turn(t, "role", "content")).collect::<std::result::Result<_, _>>()?
+        m.iter()
+            .map(|t| turn(t, "role", "content"))
+            .collect::<std::result::Result<_, _>>()?
     } else if let Some(t) = v.get("chosen").and_then(Value::as_str) {
         parse_turns(t)
     } else {
         return Err("no 'conversations', 'messages' or 'chosen' field".into());
     };
-    if !messages.iter().any(|m| m.role == "assistant" && !m.content.trim().is_empty()) {
+    if !messages
+        .iter()
+        .any(|m| m.role == "assistant" && !m.content.trim().is_empty())
+    {
         return Err("the conversation has no assistant turn".into());
     }
     Ok((id, system, messages))
@@ -91,7 +119,11 @@ impl PartitionStream for HelpfulStream {
     }
 
     fn execute(&self, ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
-        let progress = ctx.session_config().get_extension::<Progress>().unwrap_or_default().stage("helpful_sft");
+        let progress = ctx
+            .session_config()
+            .get_extension::<Progress>()
+            .unwrap_or_default()
+            .stage("helpful_sft");
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<RecordBatch>>(2);
         let (path, source) = (self.path.clone(), self.source.clone());
         tokio::task::spawn_blocking(move || {
@@ -120,7 +152,8 @@ impl PartitionStream for HelpfulStream {
                 match parse_line(&line) {
                     Ok((id, system, messages)) => {
                         let id = id.unwrap_or_else(|| {
-                            let text: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
+                            let text: Vec<&str> =
+                                messages.iter().map(|m| m.content.as_str()).collect();
                             crate::keys::prompt_id(&text.join("\n"))
                         });
                         rows.push((id, system, messages));
@@ -152,7 +185,8 @@ impl PartitionStream for HelpfulStream {
                 );
             }
         });
-        let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
+        let stream =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
         Box::pin(RecordBatchStreamAdapter::new(sft_schema(), stream))
     }
 }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use datafusion::catalog::Session;
 use datafusion::common::TableReference;
-use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
 use datafusion::datasource::provider_as_source;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::context::SessionState;
@@ -17,16 +19,24 @@ pub fn session_state<'a>(session: &'a dyn Session, function: &str) -> Result<&'a
     session
         .as_any()
         .downcast_ref::<SessionState>()
-        .ok_or_else(|| DataFusionError::Plan(format!("{function}: needs a DataFusion SessionState")))
+        .ok_or_else(|| {
+            DataFusionError::Plan(format!("{function}: needs a DataFusion SessionState"))
+        })
 }
 
 fn looks_like_query(s: &str) -> bool {
     let head = s.trim_start().to_ascii_lowercase();
-    ["select ", "select\n", "with ", "values", "(", "table "].iter().any(|k| head.starts_with(k))
+    ["select ", "select\n", "with ", "values", "(", "table "]
+        .iter()
+        .any(|k| head.starts_with(k))
 }
 
 pub fn looks_like_path(s: &str) -> bool {
-    s.contains('/') || s.contains("://") || [".parquet", ".jsonl", ".json", ".csv", ".gz"].iter().any(|e| s.ends_with(e))
+    s.contains('/')
+        || s.contains("://")
+        || [".parquet", ".jsonl", ".json", ".csv", ".gz"]
+            .iter()
+            .any(|e| s.ends_with(e))
 }
 
 /// Plan `input` as described in the module docs; `function` names the caller in errors.
@@ -36,21 +46,34 @@ pub fn resolve_input(state: &SessionState, input: &str, function: &str) -> Resul
         return state
             .create_logical_plan(input)
             .now_or_never()
-            .ok_or_else(|| DataFusionError::Plan(format!("{function}: the input query needs an async catalog")))?;
+            .ok_or_else(|| {
+                DataFusionError::Plan(format!(
+                    "{function}: the input query needs an async catalog"
+                ))
+            })?;
     }
     let reference = TableReference::from(input);
     if let Ok(schema) = state.schema_for_ref(reference.clone()) {
         let found = schema
             .table(reference.table())
             .now_or_never()
-            .ok_or_else(|| DataFusionError::Plan(format!("{function}: the catalog of '{input}' is asynchronous")))??;
+            .ok_or_else(|| {
+                DataFusionError::Plan(format!(
+                    "{function}: the catalog of '{input}' is asynchronous"
+                ))
+            })??;
         if let Some(table) = found {
             return LogicalPlanBuilder::scan(reference, provider_as_source(table), None)?.build();
         }
     }
     if looks_like_path(input) {
         let table = listing_table(state, input, function)?;
-        return LogicalPlanBuilder::scan(TableReference::bare("input"), provider_as_source(table), None)?.build();
+        return LogicalPlanBuilder::scan(
+            TableReference::bare("input"),
+            provider_as_source(table),
+            None,
+        )?
+        .build();
     }
     Err(DataFusionError::Plan(format!(
         "{function}: no table or view named '{input}' (and it is not a file path or a query)"
@@ -65,14 +88,18 @@ fn listing_table(state: &SessionState, path: &str, function: &str) -> Result<Arc
         .into_iter()
         .find(|e| path.trim_end_matches(".gz").ends_with(e));
     let options = match extension {
-        Some(".csv") => ListingOptions::new(Arc::new(datafusion::datasource::file_format::csv::CsvFormat::default()))
-            .with_file_extension(".csv"),
-        Some(e @ (".jsonl" | ".json")) => {
-            ListingOptions::new(Arc::new(datafusion::datasource::file_format::json::JsonFormat::default()))
-                .with_file_extension(e)
-        }
-        _ => ListingOptions::new(Arc::new(datafusion::datasource::file_format::parquet::ParquetFormat::default()))
-            .with_file_extension(".parquet"),
+        Some(".csv") => ListingOptions::new(Arc::new(
+            datafusion::datasource::file_format::csv::CsvFormat::default(),
+        ))
+        .with_file_extension(".csv"),
+        Some(e @ (".jsonl" | ".json")) => ListingOptions::new(Arc::new(
+            datafusion::datasource::file_format::json::JsonFormat::default(),
+        ))
+        .with_file_extension(e),
+        _ => ListingOptions::new(Arc::new(
+            datafusion::datasource::file_format::parquet::ParquetFormat::default(),
+        ))
+        .with_file_extension(".parquet"),
     };
     let infer = async {
         let config = ListingTableConfig::new(url.clone())
@@ -83,8 +110,11 @@ fn listing_table(state: &SessionState, path: &str, function: &str) -> Result<Arc
             .await?;
         ListingTable::try_new(config)
     };
-    let handle = tokio::runtime::Handle::try_current()
-        .map_err(|_| DataFusionError::Plan(format!("{function}: reading '{path}' needs a tokio runtime")))?;
+    let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+        DataFusionError::Plan(format!(
+            "{function}: reading '{path}' needs a tokio runtime"
+        ))
+    })?;
     if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
         return Err(DataFusionError::Plan(format!(
             "{function}: reading a path input ('{path}') needs a multi-threaded tokio runtime; register it as a table first"

@@ -41,8 +41,9 @@ pub const LLM_OPTIONS: &[&str] = &[
 
 impl LlmOptions {
     pub fn parse(args: &StageArgs) -> Result<Self> {
-        let few_shot = FewShot::resolve(&args.str_or("few_shot", "default"))
-            .map_err(|e| datafusion::error::DataFusionError::Plan(format!("{}: {e}", args.function())))?;
+        let few_shot = FewShot::resolve(&args.str_or("few_shot", "default")).map_err(|e| {
+            datafusion::error::DataFusionError::Plan(format!("{}: {e}", args.function()))
+        })?;
         Ok(LlmOptions {
             endpoint: args.str_or("endpoint", "policy"),
             temperature: args.parsed_or("temperature", 0.7)?,
@@ -120,14 +121,22 @@ fn lineage_fields() -> Fields {
 /// `{stage}_lineage`: one struct per LLM stage, so chained stages keep every stage's lineage
 /// side by side instead of overwriting flat columns.
 pub fn lineage_field(stage: &str) -> Field {
-    Field::new(format!("{stage}_lineage"), DataType::Struct(lineage_fields()), true)
+    Field::new(
+        format!("{stage}_lineage"),
+        DataType::Struct(lineage_fields()),
+        true,
+    )
 }
 
 pub fn null_lineage() -> ScalarValue {
     ScalarValue::try_from(DataType::Struct(lineage_fields())).unwrap_or(ScalarValue::Null)
 }
 
-pub fn lineage_value(env: &StageEnv, request: &ChatRequest, outcome: &CallOutcome) -> Result<ScalarValue> {
+pub fn lineage_value(
+    env: &StageEnv,
+    request: &ChatRequest,
+    outcome: &CallOutcome,
+) -> Result<ScalarValue> {
     let fields = lineage_fields();
     let p = &request.params;
     let completion = outcome.result.as_ref().ok();

@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Float64Builder, ListBuilder, RecordBatch, StringBuilder, StructBuilder,
+    Array, ArrayRef, AsArray, Float64Builder, ListBuilder, RecordBatch, StringBuilder,
+    StructBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 use datafusion::catalog::streaming::StreamingTable;
@@ -60,7 +61,11 @@ struct PromptOptions {
 pub struct RedTeamPromptsFunction;
 
 pub fn message_list_type() -> DataType {
-    DataType::List(Arc::new(Field::new("item", DataType::Struct(message_fields()), true)))
+    DataType::List(Arc::new(Field::new(
+        "item",
+        DataType::Struct(message_fields()),
+        true,
+    )))
 }
 
 pub fn message_fields() -> Fields {
@@ -115,7 +120,10 @@ impl TableFunctionImpl for RedTeamPromptsFunction {
             schema: schema(&options.turns),
             options,
         });
-        Ok(Arc::new(StreamingTable::try_new(stream.schema.clone(), vec![stream])?))
+        Ok(Arc::new(StreamingTable::try_new(
+            stream.schema.clone(),
+            vec![stream],
+        )?))
     }
 }
 
@@ -146,7 +154,8 @@ impl PartitionStream for PromptStream {
                 let _ = tx.blocking_send(Err(e));
             }
         });
-        let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
+        let stream =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
         Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
     }
 }
@@ -214,7 +223,9 @@ impl Reader {
     fn read_json(&mut self, reader: Box<dyn BufRead>) -> Result<()> {
         let mut reader = reader;
         let first = loop {
-            let buf = reader.fill_buf().map_err(|e| io_err(&self.options.path, e))?;
+            let buf = reader
+                .fill_buf()
+                .map_err(|e| io_err(&self.options.path, e))?;
             match buf.iter().position(|b| !b.is_ascii_whitespace()) {
                 Some(i) => break Some(buf[i]),
                 None if buf.is_empty() => break None,
@@ -228,7 +239,10 @@ impl Reader {
             // A single JSON array (as the HH red-team attempts file ships): it is one value,
             // so it is parsed whole; records are numbered from 1 in array order.
             let values: Vec<Value> = serde_json::from_reader(reader).map_err(|e| {
-                DataFusionError::Execution(format!("{}: invalid JSON array: {e}", self.options.path.display()))
+                DataFusionError::Execution(format!(
+                    "{}: invalid JSON array: {e}",
+                    self.options.path.display()
+                ))
             })?;
             for (i, v) in values.into_iter().enumerate() {
                 self.accept(i + 1, self.extract_json(&v))?;
@@ -257,10 +271,15 @@ impl Reader {
     fn extract_json(&self, v: &Value) -> std::result::Result<Record, String> {
         let obj = v.as_object().ok_or("record is not a JSON object")?;
         let field = |k: &str| obj.get(k).and_then(Value::as_str);
-        let id = self.options.id_column.as_deref().and_then(|c| obj.get(c)).map(|v| match v {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        });
+        let id = self
+            .options
+            .id_column
+            .as_deref()
+            .and_then(|c| obj.get(c))
+            .map(|v| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            });
         let score = obj
             .get("task_descripton_harmlessness_score")
             .or_else(|| obj.get("task_description_harmlessness_score"))
@@ -292,7 +311,13 @@ impl Reader {
         })
     }
 
-    fn plain(&self, prompt: &str, id: Option<String>, source: &'static str, score: Option<f64>) -> std::result::Result<Record, String> {
+    fn plain(
+        &self,
+        prompt: &str,
+        id: Option<String>,
+        source: &'static str,
+        score: Option<f64>,
+    ) -> std::result::Result<Record, String> {
         let prompt = prompt.trim();
         if prompt.is_empty() {
             return Err("empty prompt".into());
@@ -310,9 +335,15 @@ impl Reader {
         let mut csv = csv::ReaderBuilder::new().flexible(true).from_reader(reader);
         let headers = csv
             .headers()
-            .map_err(|e| DataFusionError::Execution(format!("{}: {e}", self.options.path.display())))?
+            .map_err(|e| {
+                DataFusionError::Execution(format!("{}: {e}", self.options.path.display()))
+            })?
             .clone();
-        let column = self.options.column.clone().unwrap_or_else(|| "prompt".into());
+        let column = self
+            .options
+            .column
+            .clone()
+            .unwrap_or_else(|| "prompt".into());
         let col = headers.iter().position(|h| h == column).ok_or_else(|| {
             DataFusionError::Plan(format!(
                 "red_team_prompts: {} has no column '{column}' (columns: {})",
@@ -322,18 +353,29 @@ impl Reader {
         })?;
         let id_col = match &self.options.id_column {
             Some(c) => Some(headers.iter().position(|h| h == c).ok_or_else(|| {
-                DataFusionError::Plan(format!("red_team_prompts: {} has no column '{c}'", self.options.path.display()))
+                DataFusionError::Plan(format!(
+                    "red_team_prompts: {} has no column '{c}'",
+                    self.options.path.display()
+                ))
             })?),
             None => None,
         };
         for result in csv.records() {
             let (line, record) = match result {
                 Ok(r) => (r.position().map(|p| p.line() as usize).unwrap_or(0), Ok(r)),
-                Err(e) => (e.position().map(|p| p.line() as usize).unwrap_or(0), Err(e.to_string())),
+                Err(e) => (
+                    e.position().map(|p| p.line() as usize).unwrap_or(0),
+                    Err(e.to_string()),
+                ),
             };
             let extracted = record.and_then(|r| {
                 let prompt = r.get(col).ok_or("row has too few fields")?;
-                self.plain(prompt, id_col.and_then(|i| r.get(i)).map(str::to_string), "csv", None)
+                self.plain(
+                    prompt,
+                    id_col.and_then(|i| r.get(i)).map(str::to_string),
+                    "csv",
+                    None,
+                )
             });
             self.accept(line, extracted)?;
             if self.closed {
@@ -347,14 +389,24 @@ impl Reader {
         use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
         let file = File::open(path).map_err(|e| io_err(path, e))?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
-        let column = self.options.column.clone().unwrap_or_else(|| "prompt".into());
+        let column = self
+            .options
+            .column
+            .clone()
+            .unwrap_or_else(|| "prompt".into());
         let arrow_schema = builder.schema().clone();
         let col = arrow_schema.index_of(&column).map_err(|_| {
-            DataFusionError::Plan(format!("red_team_prompts: {} has no column '{column}'", path.display()))
+            DataFusionError::Plan(format!(
+                "red_team_prompts: {} has no column '{column}'",
+                path.display()
+            ))
         })?;
         let id_col = match &self.options.id_column {
             Some(c) => Some(arrow_schema.index_of(c).map_err(|_| {
-                DataFusionError::Plan(format!("red_team_prompts: {} has no column '{c}'", path.display()))
+                DataFusionError::Plan(format!(
+                    "red_team_prompts: {} has no column '{c}'",
+                    path.display()
+                ))
             })?),
             None => None,
         };
@@ -363,13 +415,20 @@ impl Reader {
             let batch = batch?;
             let prompts = datafusion::arrow::compute::cast(batch.column(col), &DataType::Utf8)?;
             let ids: Option<ArrayRef> = match id_col {
-                Some(i) => Some(datafusion::arrow::compute::cast(batch.column(i), &DataType::Utf8)?),
+                Some(i) => Some(datafusion::arrow::compute::cast(
+                    batch.column(i),
+                    &DataType::Utf8,
+                )?),
                 None => None,
             };
             let prompts = prompts.as_string::<i32>();
             for i in 0..batch.num_rows() {
                 row += 1;
-                let id = ids.as_ref().map(|a| a.as_string::<i32>()).filter(|a| a.is_valid(i)).map(|a| a.value(i).to_string());
+                let id = ids
+                    .as_ref()
+                    .map(|a| a.as_string::<i32>())
+                    .filter(|a| a.is_valid(i))
+                    .map(|a| a.value(i).to_string());
                 let record = if prompts.is_valid(i) {
                     self.plain(prompts.value(i), id, "parquet", None)
                 } else {
@@ -427,14 +486,22 @@ impl Reader {
 
     fn report(&self) {
         if self.skipped_count > 0 {
-            let listed: Vec<String> = self.skipped.iter().map(|(l, r)| format!("line {l}: {r}")).collect();
+            let listed: Vec<String> = self
+                .skipped
+                .iter()
+                .map(|(l, r)| format!("line {l}: {r}"))
+                .collect();
             let more = self.skipped_count.saturating_sub(self.skipped.len());
             tracing::warn!(
                 "red_team_prompts: {}: skipped {} record(s) whose prompt could not be extracted: {}{}",
                 self.options.path.display(),
                 self.skipped_count,
                 listed.join("; "),
-                if more > 0 { format!("; and {more} more") } else { String::new() }
+                if more > 0 {
+                    format!("; and {more} more")
+                } else {
+                    String::new()
+                }
             );
         }
         if self.duplicates > 0 {
@@ -461,7 +528,11 @@ pub(crate) fn open(path: &Path) -> Result<Box<dyn BufRead>> {
     Ok(Box::new(BufReader::with_capacity(1 << 16, raw)))
 }
 
-fn build_batch(schema: &SchemaRef, records: &[Record], with_conversation: bool) -> Result<RecordBatch> {
+fn build_batch(
+    schema: &SchemaRef,
+    records: &[Record],
+    with_conversation: bool,
+) -> Result<RecordBatch> {
     let mut ids = StringBuilder::new();
     let mut prompts = StringBuilder::new();
     let mut sources = StringBuilder::new();

@@ -9,7 +9,9 @@ use datafusion::error::Result;
 
 use super::args::StageArgs;
 use super::exec::{RowStage, StageEnv, StageFactory};
-use super::llm_call::{LlmOptions, base_turns, call, count_error, lineage_field, null_lineage, text, upstream_error};
+use super::llm_call::{
+    LlmOptions, base_turns, call, count_error, lineage_field, null_lineage, text, upstream_error,
+};
 use super::row::InputRow;
 
 #[derive(Debug)]
@@ -56,7 +58,9 @@ impl RowStage for Respond {
             count_error(env, &error);
             return vec![vec![text(None), null_lineage(), text(error)]];
         };
-        let request = self.options.request(turns, &[b"respond", prompt_id.as_bytes()]);
+        let request = self
+            .options
+            .request(turns, &[b"respond", prompt_id.as_bytes()]);
         let (result, lineage) = call(env, &request).await;
         let (response, error) = match result {
             Ok(t) => (Some(t), None),

@@ -15,7 +15,9 @@ use datafusion::error::{DataFusionError, Result};
 use super::args::StageArgs;
 use super::critique::{critique_fields, load_constitution};
 use super::exec::{RowStage, StageEnv, StageFactory};
-use super::llm_call::{LlmOptions, base_turns, call, count_error, lineage_field, null_lineage, text, upstream_error};
+use super::llm_call::{
+    LlmOptions, base_turns, call, count_error, lineage_field, null_lineage, text, upstream_error,
+};
 use super::row::InputRow;
 use crate::constitution::Constitution;
 use crate::llm::Message;
@@ -37,7 +39,9 @@ impl StageFactory for ReviseFactory {
     fn build(&self, args: &StageArgs, _input: &Schema) -> Result<Arc<dyn RowStage>> {
         let rounds = args.parsed_or("rounds", 1u32)?;
         if !(1..=16).contains(&rounds) {
-            return Err(DataFusionError::Plan(format!("revise: rounds => {rounds} must be between 1 and 16")));
+            return Err(DataFusionError::Plan(format!(
+                "revise: rounds => {rounds} must be between 1 and 16"
+            )));
         }
         Ok(Arc::new(Revise {
             options: LlmOptions::parse(args)?,
@@ -93,13 +97,21 @@ impl Revise {
 
     async fn rounds(&self, row: &InputRow, env: &StageEnv) -> Vec<RoundRow> {
         let first_round = row.u64("round").map(|r| r as u32).unwrap_or(1);
-        let (Some(prompt_id), Some(mut turns), Some(response), Some(critique)) =
-            (row.str("prompt_id"), base_turns(row), row.str("response"), row.str("critique"))
-        else {
+        let (Some(prompt_id), Some(mut turns), Some(response), Some(critique)) = (
+            row.str("prompt_id"),
+            base_turns(row),
+            row.str("response"),
+            row.str("critique"),
+        ) else {
             return vec![self.failed(first_round, upstream_error(row, "critique"))];
         };
         let principle_id = row.str("principle_id").unwrap_or_default();
-        let Some(mut principle) = self.constitution.principles.iter().find(|p| p.id == principle_id) else {
+        let Some(mut principle) = self
+            .constitution
+            .principles
+            .iter()
+            .find(|p| p.id == principle_id)
+        else {
             return vec![self.failed(
                 first_round,
                 format!(
@@ -108,7 +120,9 @@ impl Revise {
                 ),
             )];
         };
-        let critique_request = row.str("critique_request").unwrap_or_else(|| principle.critique_request.clone());
+        let critique_request = row
+            .str("critique_request")
+            .unwrap_or_else(|| principle.critique_request.clone());
         let critique_lineage = row
             .batch
             .column_by_name("critique_lineage")
@@ -124,9 +138,15 @@ impl Revise {
             let round_bytes = round.to_le_bytes();
             if round > first_round {
                 // A new principle for each further round, critiquing the latest revision.
-                principle = self.constitution.draw(self.options.seed, &prompt_id, round).1;
+                principle = self
+                    .constitution
+                    .draw(self.options.seed, &prompt_id, round)
+                    .1;
                 turns.push(Message::user(&principle.critique_request));
-                let request = self.options.request(turns.clone(), &[b"critique", prompt_id.as_bytes(), &round_bytes]);
+                let request = self.options.request(
+                    turns.clone(),
+                    &[b"critique", prompt_id.as_bytes(), &round_bytes],
+                );
                 let (result, lineage) = call(env, &request).await;
                 match result {
                     Ok(c) => {
@@ -134,7 +154,8 @@ impl Revise {
                         current = (principle.critique_request.clone(), c, lineage);
                     }
                     Err(e) => {
-                        let mut failed = self.failed(round, format!("critique (round {round}): {e}"));
+                        let mut failed =
+                            self.failed(round, format!("critique (round {round}): {e}"));
                         failed.principle_id = Some(principle.id.clone());
                         failed.critique_request = Some(principle.critique_request.clone());
                         failed.critique_lineage = lineage;
@@ -144,7 +165,10 @@ impl Revise {
                 }
             }
             turns.push(Message::user(&principle.revision_request));
-            let request = self.options.request(turns.clone(), &[b"revise", prompt_id.as_bytes(), &round_bytes]);
+            let request = self.options.request(
+                turns.clone(),
+                &[b"revise", prompt_id.as_bytes(), &round_bytes],
+            );
             let (result, lineage) = call(env, &request).await;
             let (critique_request, critique, critique_lineage) = current.clone();
             let mut row = RoundRow {
@@ -181,7 +205,13 @@ impl RowStage for Revise {
         "revise"
     }
     fn required_columns(&self) -> Vec<&'static str> {
-        vec!["prompt_id", "prompt", "response", "principle_id", "critique"]
+        vec![
+            "prompt_id",
+            "prompt",
+            "response",
+            "principle_id",
+            "critique",
+        ]
     }
     fn output_fields(&self) -> Vec<Field> {
         let mut f = critique_fields();

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::arrow::datatypes::{DataType, UInt32Type, UInt64Type, Int64Type, Int32Type};
+use datafusion::arrow::datatypes::{DataType, Int32Type, Int64Type, UInt32Type, UInt64Type};
 use datafusion::common::ScalarValue;
 
 use crate::llm::Message;
@@ -32,10 +32,14 @@ impl InputRow {
             DataType::LargeUtf8 => Some(col.as_string::<i64>().value(self.index).to_string()),
             DataType::Utf8View => Some(col.as_string_view().value(self.index).to_string()),
             DataType::Dictionary(_, _) => {
-                let cast = datafusion::arrow::compute::cast(&col.slice(self.index, 1), &DataType::Utf8).ok()?;
+                let cast =
+                    datafusion::arrow::compute::cast(&col.slice(self.index, 1), &DataType::Utf8)
+                        .ok()?;
                 Some(cast.as_string::<i32>().value(0).to_string())
             }
-            _ => ScalarValue::try_from_array(col, self.index).ok().map(|v| v.to_string()),
+            _ => ScalarValue::try_from_array(col, self.index)
+                .ok()
+                .map(|v| v.to_string()),
         }
     }
 
@@ -48,8 +52,12 @@ impl InputRow {
         match col.data_type() {
             DataType::UInt32 => Some(col.as_primitive::<UInt32Type>().value(self.index) as u64),
             DataType::UInt64 => Some(col.as_primitive::<UInt64Type>().value(self.index)),
-            DataType::Int64 => u64::try_from(col.as_primitive::<Int64Type>().value(self.index)).ok(),
-            DataType::Int32 => u64::try_from(col.as_primitive::<Int32Type>().value(self.index)).ok(),
+            DataType::Int64 => {
+                u64::try_from(col.as_primitive::<Int64Type>().value(self.index)).ok()
+            }
+            DataType::Int32 => {
+                u64::try_from(col.as_primitive::<Int32Type>().value(self.index)).ok()
+            }
             _ => self.str(name)?.parse().ok(),
         }
     }
@@ -77,7 +85,12 @@ impl InputRow {
         };
         Some(
             (0..items.len())
-                .map(|i| Message::new(&text(roles.as_ref(), i).to_ascii_lowercase(), text(contents.as_ref(), i)))
+                .map(|i| {
+                    Message::new(
+                        &text(roles.as_ref(), i).to_ascii_lowercase(),
+                        text(contents.as_ref(), i),
+                    )
+                })
                 .collect(),
         )
     }

@@ -35,7 +35,10 @@ pub fn parse_turns(transcript: &str) -> Vec<Message> {
 /// `Assistant:` after it, stripped.
 pub fn first_human_turn(transcript: &str) -> Result<String, &'static str> {
     let turns = parse_turns(transcript);
-    let first = turns.iter().find(|t| t.role == "user").ok_or("no 'Human:' turn")?;
+    let first = turns
+        .iter()
+        .find(|t| t.role == "user")
+        .ok_or("no 'Human:' turn")?;
     if first.content.is_empty() {
         return Err("the first 'Human:' turn is empty");
     }
@@ -45,9 +48,15 @@ pub fn first_human_turn(transcript: &str) -> Result<String, &'static str> {
 /// All turns up to and including the last human turn: the conversation the model answers.
 pub fn conversation_until_last_human(transcript: &str) -> Result<Vec<Message>, &'static str> {
     let mut turns = parse_turns(transcript);
-    let last_user = turns.iter().rposition(|t| t.role == "user").ok_or("no 'Human:' turn")?;
+    let last_user = turns
+        .iter()
+        .rposition(|t| t.role == "user")
+        .ok_or("no 'Human:' turn")?;
     turns.truncate(last_user + 1);
-    if turns.iter().any(|t| t.role == "user" && t.content.is_empty()) {
+    if turns
+        .iter()
+        .any(|t| t.role == "user" && t.content.is_empty())
+    {
         return Err("a 'Human:' turn is empty");
     }
     Ok(turns)
@@ -59,7 +68,8 @@ mod tests {
 
     #[test]
     fn first_turn_between_markers() {
-        let t = "\n\nHuman: How do I do X?\n\nAssistant: Like so.\n\nHuman: And Y?\n\nAssistant: No.";
+        let t =
+            "\n\nHuman: How do I do X?\n\nAssistant: Like so.\n\nHuman: And Y?\n\nAssistant: No.";
         assert_eq!(first_human_turn(t).unwrap(), "How do I do X?");
         let conv = conversation_until_last_human(t).unwrap();
         assert_eq!(conv.len(), 3);

@@ -27,7 +27,14 @@ pub fn session_for(base_url: &str, configure: impl FnOnce(&mut EndpointConfig)) 
 }
 
 pub async fn collect(session: &CaiSession, sql: &str) -> Vec<RecordBatch> {
-    session.ctx.sql(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}")).collect().await.unwrap_or_else(|e| panic!("{sql}: {e}"))
+    session
+        .ctx
+        .sql(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .collect()
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
 pub fn rows(batches: &[RecordBatch]) -> usize {
@@ -40,10 +47,16 @@ pub fn column(batches: &[RecordBatch], name: &str) -> Vec<Option<String>> {
     use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
     let mut out = vec![];
     for b in batches {
-        let c = b.column_by_name(name).unwrap_or_else(|| panic!("no column {name}"));
+        let c = b
+            .column_by_name(name)
+            .unwrap_or_else(|| panic!("no column {name}"));
         let f = ArrayFormatter::try_new(c.as_ref(), &FormatOptions::default()).expect("formatter");
         for i in 0..b.num_rows() {
-            out.push(if c.is_null(i) { None } else { Some(f.value(i).to_string()) });
+            out.push(if c.is_null(i) {
+                None
+            } else {
+                Some(f.value(i).to_string())
+            });
         }
     }
     out
@@ -52,23 +65,36 @@ pub fn column(batches: &[RecordBatch], name: &str) -> Vec<Option<String>> {
 /// Write prompts as JSONL `{"prompt": …}` and register them as table `prompts`.
 pub async fn register_prompts(session: &CaiSession, dir: &Path, prompts: &[&str]) {
     let path = dir.join("prompts.jsonl");
-    let text: String = prompts.iter().map(|p| serde_json::json!({ "prompt": p }).to_string() + "\n").collect();
+    let text: String = prompts
+        .iter()
+        .map(|p| serde_json::json!({ "prompt": p }).to_string() + "\n")
+        .collect();
     std::fs::write(&path, text).expect("write prompts");
     collect(
         session,
-        &format!("CREATE VIEW prompts AS SELECT * FROM red_team_prompts('{}')", path.display()),
+        &format!(
+            "CREATE VIEW prompts AS SELECT * FROM red_team_prompts('{}')",
+            path.display()
+        ),
     )
     .await;
 }
 
 /// Where shared fixtures live; `None` (the test then says so and skips) unless CI demands them.
 pub fn fixture(relative: &str) -> Option<PathBuf> {
-    let path = repo_root().join("..").join("shared").join("fixtures").join(relative);
+    let path = repo_root()
+        .join("..")
+        .join("shared")
+        .join("fixtures")
+        .join(relative);
     if path.is_file() {
         return Some(path);
     }
     if std::env::var("CAIFLOW_REQUIRE_FIXTURES").is_ok_and(|v| v == "1") {
-        panic!("fixture {} is missing and CAIFLOW_REQUIRE_FIXTURES=1", path.display());
+        panic!(
+            "fixture {} is missing and CAIFLOW_REQUIRE_FIXTURES=1",
+            path.display()
+        );
     }
     eprintln!("SKIP: fixture {} not found", path.display());
     None
@@ -90,7 +116,10 @@ impl Drop for LlamaServer {
 }
 
 fn unsafe_kill(pid: u32) {
-    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
 }
 
 impl LlamaServer {
@@ -99,8 +128,14 @@ impl LlamaServer {
             .expect("CAIFLOW_PYTHON is not set: run the tests through scripts/test.sh, which installs the llama.cpp server");
         let model = std::env::var("CAIFLOW_MODEL")
             .expect("CAIFLOW_MODEL is not set: run the tests through scripts/test.sh, which fetches SmolLM2");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
-        let log = std::fs::File::create(std::env::temp_dir().join(format!("caiflow-llama-{port}.log"))).expect("log");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("free port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let log =
+            std::fs::File::create(std::env::temp_dir().join(format!("caiflow-llama-{port}.log")))
+                .expect("log");
         let child = Command::new(python)
             .arg(repo_root().join("tests/support/llama_server.py"))
             .arg(&model)
@@ -122,7 +157,10 @@ impl LlamaServer {
                     return server;
                 }
             }
-            assert!(Instant::now() < deadline, "llama server on port {port} did not become healthy in 90 s");
+            assert!(
+                Instant::now() < deadline,
+                "llama server on port {port} did not become healthy in 90 s"
+            );
             std::thread::sleep(Duration::from_millis(250));
         }
     }

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Run every check and test: formatting, clippy, unit and integration tests (real llama.cpp
+# server with SmolLM2, mock endpoints, fixture compatibility). `.ci/run` calls this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+
+echo "== cargo fmt --check" >&2
+cargo fmt --all -- --check
+echo "== cargo clippy" >&2
+cargo clippy --all-targets --quiet -- -D warnings
+echo "== cargo test" >&2
+# Test binaries run one at a time: the real-model test wants the cores to itself.
+cargo test --all-targets -- --test-threads=2
