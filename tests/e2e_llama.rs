@@ -111,7 +111,11 @@ print("pyarrow ok", rev.num_rows, sft.num_rows)
         run = run.display()
     );
     let out = Command::new(python).arg("-c").arg(check).output().unwrap();
-    assert!(out.status.success(), "pyarrow: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pyarrow: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     for format in ["nemo-sft", "trl-sft"] {
         let out = Command::new(env!("CARGO_BIN_EXE_caiflow"))
