@@ -11,4 +11,4 @@ echo "== cargo clippy" >&2
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== cargo test" >&2
 # Test binaries run one at a time: the real-model test wants the cores to itself.
-cargo test --all-targets -- --test-threads=2
+cargo test --all-targets --no-fail-fast -- --test-threads=2

@@ -41,7 +41,7 @@ pub fn load_constitution(path: &Path) -> Result<Constitution> {
 
 /// Parse any supported format; `source` names it in messages.
 pub fn parse_constitution(text: &str, source: &str) -> std::result::Result<Constitution, String> {
-    let principles = if text.trim_start().starts_with('{') || text.trim_start().starts_with('[') {
+    let principles = if text.trim_start().starts_with('{') {
         let value: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
         if value.get("principles").is_some() {
             native(serde_json::from_value(value).map_err(|e| e.to_string())?)?
