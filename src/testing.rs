@@ -2,7 +2,8 @@
 //!
 //! It answers deterministically and can be told to misbehave: a queue of faults served to
 //! the next requests in order, or a marker in the last user message that makes every such
-//! request fail (`[[fail:500]]`, `[[fail:400]]`). It counts requests, by fingerprint too.
+//! request fail (`[[fail:500]]`, `[[fail:400]]`) or answer late (`[[delay:1500]]`, in ms).
+//! It counts requests, by fingerprint too.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -145,6 +146,11 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// The number in a `[[name:N]]` marker.
+fn marker(text: &str, open: &str) -> Option<u64> {
+    text.split(open).nth(1)?.split("]]").next()?.parse().ok()
+}
+
 /// Shared bookkeeping; returns the fault to serve, if any.
 async fn admit(state: &MockState, body: &Value) -> Option<Fault> {
     state.requests.fetch_add(1, Ordering::SeqCst);
@@ -165,6 +171,10 @@ async fn admit(state: &MockState, body: &Value) -> Option<Fault> {
         tokio::time::sleep(latency).await;
     }
     let text = last_user_text(body);
+    let conversation = body.to_string();
+    if let Some(ms) = marker(&conversation, "[[delay:") {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     if let Some(code) = text
         .split("[[fail:")
         .nth(1)

@@ -261,3 +261,50 @@ async fn stages_read_stored_parquet_intermediates_by_path() {
     assert_eq!(rows(&out), 2);
     assert_eq!(server.requests() - before, 2, "only the critique stage ran");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_barrier_between_stages_a_slow_row_does_not_hold_back_the_others() {
+    let server = MockServer::start().await.unwrap();
+    let session = session_for(&server.base_url(), |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    // One prompt's every request takes 1.5 s; the others answer at once. All three prompts
+    // arrive in the same input batch.
+    register_prompts(
+        &session,
+        dir.path(),
+        &["slow one [[delay:1500]]", "fast one", "fast two"],
+    )
+    .await;
+    let out = collect(
+        &session,
+        "SELECT * FROM critique(respond(prompts, few_shot => 'none'), few_shot => 'none')",
+    )
+    .await;
+    assert_eq!(rows(&out), 3);
+    // Order of arrival at the server: both fast critiques must come before the slow row's
+    // response is even finished, i.e. before the slow critique request.
+    let order: Vec<(bool, bool)> = server
+        .bodies()
+        .iter()
+        .map(|b| {
+            let text = b.to_string();
+            let is_critique = b["messages"].as_array().is_some_and(|m| m.len() > 1);
+            (text.contains("slow one"), is_critique)
+        })
+        .collect();
+    let slow_critique = order
+        .iter()
+        .position(|&(slow, crit)| slow && crit)
+        .expect("slow critique sent");
+    let fast_critiques: Vec<usize> = order
+        .iter()
+        .enumerate()
+        .filter(|(_, (slow, crit))| !*slow && *crit)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(fast_critiques.len(), 2);
+    assert!(
+        fast_critiques.iter().all(|&i| i < slow_critique),
+        "arrival order: {order:?}"
+    );
+}
