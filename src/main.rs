@@ -189,6 +189,15 @@ async fn cmd_run(
     for s in session.progress.snapshot() {
         eprintln!("  {}", s.line());
     }
+    for e in session.endpoints.iter() {
+        if e.counters
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+        {
+            eprintln!("  {}", e.summary());
+        }
+    }
     result.with_context(|| format!("plan {} failed", plan.display()))?;
     eprintln!("caiflow: results in {}", run_dir.display());
     println!("{}", run_dir.display());

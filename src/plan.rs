@@ -65,6 +65,49 @@ pub fn substitute(text: &str, vars: &BTreeMap<String, String>) -> Result<String>
     Ok(out)
 }
 
+/// The 1-based line where each top-level statement starts (semicolons inside quotes and
+/// comments do not count), so errors can point into the plan file.
+pub fn statement_lines(sql: &str) -> Vec<usize> {
+    let mut starts = vec![];
+    let mut line = 1;
+    let mut at_start = true;
+    let mut chars = sql.chars().peekable();
+    let mut quote: Option<char> = None;
+    while let Some(c) = chars.next() {
+        if c == '\n' {
+            line += 1;
+        }
+        if let Some(q) = quote {
+            if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '\'' | '"' => quote = Some(c),
+            '-' if chars.peek() == Some(&'-') => {
+                for n in chars.by_ref() {
+                    if n == '\n' {
+                        line += 1;
+                        break;
+                    }
+                }
+                continue;
+            }
+            ';' => {
+                at_start = true;
+                continue;
+            }
+            _ => {}
+        }
+        if at_start && !c.is_whitespace() {
+            starts.push(line);
+            at_start = false;
+        }
+    }
+    starts
+}
+
 /// What a finished statement reports.
 #[derive(Debug)]
 pub struct StatementOutcome {
@@ -88,17 +131,29 @@ pub async fn run_sql(
 ) -> Result<Vec<StatementOutcome>> {
     let statements =
         DFParser::parse_sql(sql).map_err(|e| CaiError::Plan(format!("SQL syntax: {e}")))?;
+    let lines = statement_lines(sql);
+    let place = |index: usize| match lines.get(index) {
+        Some(line) if lines.len() == statements.len() => {
+            format!("line {line} (statement {})", index + 1)
+        }
+        _ => format!("statement {}", index + 1),
+    };
     let mut outcomes = vec![];
-    for (index, statement) in statements.into_iter().enumerate() {
+    for (index, statement) in statements.clone().into_iter().enumerate() {
         let text = statement.to_string();
         let started = Instant::now();
         let state = session.ctx.state();
         let plan = state
             .statement_to_plan(statement)
             .await
-            .map_err(|e| CaiError::Plan(format!("statement {}: {e}", index + 1)))?;
-        let df = session.ctx.execute_logical_plan(plan).await?;
-        let mut stream = df.execute_stream().await?;
+            .map_err(|e| CaiError::Plan(format!("{}: {e}", place(index))))?;
+        let run = async {
+            let df = session.ctx.execute_logical_plan(plan).await?;
+            df.execute_stream().await
+        };
+        let mut stream = run
+            .await
+            .map_err(|e| CaiError::Plan(format!("{}: {e}", place(index))))?;
         let mut rows = 0;
         let mut preview = vec![];
         let mut preview_rows = 0;
@@ -144,6 +199,12 @@ mod tests {
         assert!(substitute(declared, &v).unwrap().ends_with("SELECT 5, 1"));
         v.insert("n".into(), "7".into());
         assert!(substitute(declared, &v).unwrap().ends_with("SELECT 7, 1"));
+    }
+
+    #[test]
+    fn statement_lines_skip_quotes_and_comments() {
+        let sql = "-- a; comment\nSELECT 'x;y';\n\nSELECT 2; SELECT\n3";
+        assert_eq!(statement_lines(sql), vec![2, 4, 4]);
     }
 
     #[test]

@@ -147,6 +147,28 @@ fn missing_plan_variable_and_bad_config_are_clear_errors() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("variable 'who'"), "{err}");
 
+    std::fs::write(
+        &plan,
+        "SELECT 1;\n\n-- the next one is wrong\nSELECT * FROM no_such_table;\n",
+    )
+    .unwrap();
+    let out = caiflow()
+        .args([
+            "run",
+            plan.to_str().unwrap(),
+            "--store",
+            dir.path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("line 4 (statement 2)")
+            && err.contains("no_such_table"),
+        "{err}"
+    );
+
     let config = dir.path().join("c.toml");
     std::fs::write(
         &config,

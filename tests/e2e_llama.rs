@@ -143,3 +143,24 @@ print("pyarrow ok", rev.num_rows, sft.num_rows)
         assert!(n >= 20, "{format}: {n} rows exported");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_longer_than_the_context_is_a_row_error_and_the_run_goes_on() {
+    let server = LlamaServer::start(2);
+    let session = session_for(&server.base_url(), |e| e.timeout_secs = 60.0);
+    let dir = tempfile::tempdir().unwrap();
+    let long = vec!["word"; 6000].join(" ");
+    register_prompts(&session, dir.path(), &[&long, "Say hello."]).await;
+    let out = collect(&session, "SELECT prompt, response, error FROM respond(prompts, few_shot => 'none', max_tokens => 16)").await;
+    assert_eq!(rows(&out), 2);
+    let errors = column(&out, "error");
+    let responses = column(&out, "response");
+    let failed: Vec<_> = errors.iter().flatten().collect();
+    assert_eq!(failed.len(), 1, "{errors:?}");
+    assert!(
+        failed[0].contains("HTTP 400") && failed[0].contains("context"),
+        "{}",
+        failed[0]
+    );
+    assert_eq!(responses.iter().flatten().count(), 1);
+}

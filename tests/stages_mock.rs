@@ -308,3 +308,76 @@ async fn no_barrier_between_stages_a_slow_row_does_not_hold_back_the_others() {
         "arrival order: {order:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_and_unreachable_endpoints_fail_fast_naming_them() {
+    let server = MockServer::start().await.unwrap();
+    let session = session_for(&server.base_url(), |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    register_prompts(&session, dir.path(), &["x"]).await;
+    let err = session
+        .ctx
+        .sql("SELECT * FROM respond(prompts, endpoint => 'judgee')")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown endpoint 'judgee'"), "{err}");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/v1");
+    let down = session_for(&url, |_| {});
+    register_prompts(&down, dir.path(), &["x", "y"]).await;
+    let started = std::time::Instant::now();
+    let err = down
+        .ctx
+        .sql("SELECT * FROM respond(prompts)")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&url) && err.contains("unreachable"), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_input_is_zero_rows_out() {
+    let server = MockServer::start().await.unwrap();
+    let session = session_for(&server.base_url(), |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    register_prompts(&session, dir.path(), &[]).await;
+    let out = collect(
+        &session,
+        "SELECT * FROM revise(critique(respond(prompts)), rounds => 2)",
+    )
+    .await;
+    assert_eq!(rows(&out), 0);
+    assert_eq!(server.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_constitution_file_is_named() {
+    let server = MockServer::start().await.unwrap();
+    let session = session_for(&server.base_url(), |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    register_prompts(&session, dir.path(), &["x"]).await;
+    let err = session
+        .ctx
+        .sql("SELECT * FROM critique((SELECT *, 'r' AS response FROM prompts), constitution => '/no/such/constitution.toml')")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("/no/such/constitution.toml") && err.contains("No such file"),
+        "{err}"
+    );
+}

@@ -89,15 +89,7 @@ fn nemo(value: &Value) -> std::result::Result<Vec<Principle>, String> {
     let object = value.as_object().ok_or(
         "expected a JSON object of principles (NeMo-Aligner format) or {\"principles\": [...]}",
     )?;
-    let mut keys: Vec<&String> = object.keys().collect();
-    keys.sort_by_key(|k| {
-        let digits = k.trim_start_matches(|c: char| !c.is_ascii_digit());
-        (
-            k.len() - digits.len(),
-            digits.parse::<u64>().unwrap_or(u64::MAX),
-            (*k).clone(),
-        )
-    });
+    let keys = contiguous_keys(object.keys())?;
     keys.into_iter()
         .map(|key| {
             let entry = &object[key];
@@ -124,6 +116,39 @@ fn nemo(value: &Value) -> std::result::Result<Vec<Principle>, String> {
         .collect()
 }
 
+/// NeMo-Aligner numbers its principles `harmful0 … harmfulN-1`: one prefix, no gaps. Returns
+/// the keys in numeric order (a plain sort would put `harmful10` second).
+fn contiguous_keys<'a>(
+    keys: impl Iterator<Item = &'a String>,
+) -> std::result::Result<Vec<&'a String>, String> {
+    let mut numbered = vec![];
+    for key in keys {
+        let digits_at = key.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+        let (prefix, digits) = key.split_at(digits_at);
+        let n: usize = digits.parse().map_err(|_| {
+            format!("key '{key}' is not a name followed by a number (harmful0, harmful1, …)")
+        })?;
+        numbered.push((prefix, n, key));
+    }
+    numbered.sort_by_key(|(_, n, _)| *n);
+    if let Some((prefix, _, _)) = numbered.first()
+        && let Some((_, _, odd)) = numbered.iter().find(|(p, _, _)| p != prefix)
+    {
+        return Err(format!(
+            "key '{odd}' does not share the prefix '{prefix}' of the other keys"
+        ));
+    }
+    for (i, (prefix, n, _)) in numbered.iter().enumerate() {
+        if *n != i {
+            return Err(format!(
+                "keys are not contiguous: '{prefix}{i}' is missing (keys must run {prefix}0 … {prefix}{})",
+                numbered.len() - 1
+            ));
+        }
+    }
+    Ok(numbered.into_iter().map(|(_, _, k)| k).collect())
+}
+
 /// `"\n\nCritiqueRequest: X\n\nCritique:"` → `"X"`. Text without the wrapper is kept as is.
 fn strip_wrapper(text: &str, head: &str, tail: &str) -> String {
     let mut s = text.trim();
@@ -142,19 +167,46 @@ mod tests {
 
     #[test]
     fn nemo_wrappers_are_stripped_and_order_is_numeric() {
-        let text = r#"{
-          "harmful10": {"prompt": ["\n\nCritiqueRequest: ten?\n\nCritique:"], "edit_request": "\n\nRevisionRequest: fix ten\n\nRevision:"},
-          "harmful2": {"prompt": ["\n\nCritiqueRequest: two?\n\nCritique:"], "edit_request": "\n\nRevisionRequest: fix two\n\nRevision:"}
-        }"#;
-        let c = parse_constitution(text, "t").unwrap();
-        assert_eq!(c.principles[0].id, "harmful2");
-        assert_eq!(c.principles[0].critique_request, "two?");
-        assert_eq!(c.principles[1].revision_request, "fix ten");
+        let entry = |i: usize| {
+            format!(
+                r#""harmful{i}": {{"prompt": ["\n\nCritiqueRequest: ask {i}?\n\nCritique:"], "edit_request": "\n\nRevisionRequest: fix {i}\n\nRevision:"}}"#
+            )
+        };
+        let order = [10, 2, 0, 1, 3, 4, 5, 6, 7, 8, 9];
+        let text = format!(
+            "{{{}}}",
+            order
+                .iter()
+                .map(|i| entry(*i))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let c = parse_constitution(&text, "t").unwrap();
+        assert_eq!(c.principles[2].id, "harmful2");
+        assert_eq!(c.principles[2].critique_request, "ask 2?");
+        assert_eq!(c.principles[10].revision_request, "fix 10");
+        let gap = format!("{{{},{}}}", entry(0), entry(2));
+        assert!(
+            parse_constitution(&gap, "t")
+                .unwrap_err()
+                .contains("'harmful1' is missing")
+        );
+        let wrong_type = r#"{"harmful0": {"prompt": [5], "edit_request": "x"}}"#;
+        assert!(
+            parse_constitution(wrong_type, "t")
+                .unwrap_err()
+                .contains("prompt")
+        );
     }
 
     #[test]
     fn malformed_files_name_the_problem() {
         let e = parse_constitution(r#"{"harmful0": {"prompt": ["x"]}}"#, "t").unwrap_err();
+        assert!(
+            parse_constitution("{}", "t")
+                .unwrap_err()
+                .contains("no principles")
+        );
         assert!(e.contains("edit_request"), "{e}");
         assert!(
             parse_constitution("{not json", "t")

@@ -36,6 +36,7 @@ pub struct EndpointCounters {
     pub failures: AtomicU64,
     pub completion_tokens: AtomicU64,
     pub in_flight: AtomicU64,
+    pub peak_in_flight: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -47,6 +48,9 @@ pub struct Endpoint {
     max_concurrency: usize,
     timeout: Duration,
     retry: RetryPolicy,
+    /// The server's address, for the reachability check (None for in-process backends).
+    base_url: Option<String>,
+    reachable: tokio::sync::OnceCell<Result<(), String>>,
     pub counters: EndpointCounters,
 }
 
@@ -67,8 +71,56 @@ impl Endpoint {
             max_concurrency,
             timeout,
             retry,
+            base_url: None,
+            reachable: tokio::sync::OnceCell::new(),
             counters: EndpointCounters::default(),
         }
+    }
+
+    /// Check, once per endpoint, that its server accepts connections, so a wrong URL or a
+    /// server that is down fails the query at once, naming the URL, instead of turning every
+    /// row into a retried error.
+    pub async fn preflight(&self) -> Result<(), String> {
+        let Some(base_url) = &self.base_url else {
+            return Ok(());
+        };
+        self.reachable
+            .get_or_init(|| async {
+                let url = url::Url::parse(base_url).map_err(|e| {
+                    format!("endpoint '{}': bad base_url {base_url}: {e}", self.name)
+                })?;
+                let host = url.host_str().unwrap_or("localhost").to_string();
+                let port = url.port_or_known_default().unwrap_or(80);
+                let connect = tokio::net::TcpStream::connect((host.as_str(), port));
+                match tokio::time::timeout(Duration::from_secs(10), connect).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(format!(
+                        "endpoint '{}' at {base_url} is unreachable: {e}",
+                        self.name
+                    )),
+                    Err(_) => Err(format!(
+                        "endpoint '{}' at {base_url} is unreachable: no answer to connect in 10 s",
+                        self.name
+                    )),
+                }
+            })
+            .await
+            .clone()
+    }
+
+    /// One line for the run summary.
+    pub fn summary(&self) -> String {
+        let c = &self.counters;
+        format!(
+            "endpoint {}: {} requests, {} attempts, {} failed, {} completion tokens, peak {} in flight (budget {})",
+            self.name,
+            c.requests.load(Ordering::Relaxed),
+            c.attempts.load(Ordering::Relaxed),
+            c.failures.load(Ordering::Relaxed),
+            c.completion_tokens.load(Ordering::Relaxed),
+            c.peak_in_flight.load(Ordering::Relaxed),
+            self.max_concurrency
+        )
     }
 
     pub fn from_config(
@@ -99,14 +151,16 @@ impl Endpoint {
                 config.nemo_form,
             )),
         };
-        Ok(Self::new(
+        let mut endpoint = Self::new(
             name,
             &config.model,
             backend,
             config.max_concurrency,
             Duration::from_secs_f64(config.timeout_secs),
             config.retry.clone(),
-        ))
+        );
+        endpoint.base_url = Some(config.base_url.clone());
+        Ok(endpoint)
     }
 
     pub fn max_concurrency(&self) -> usize {
@@ -146,7 +200,10 @@ impl Endpoint {
                     Ok(p) => p,
                     Err(_) => break Err("endpoint closed".to_string()),
                 };
-                self.counters.in_flight.fetch_add(1, Ordering::Relaxed);
+                let now = self.counters.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+                self.counters
+                    .peak_in_flight
+                    .fetch_max(now, Ordering::Relaxed);
                 let r = tokio::time::timeout(self.timeout, self.backend.complete(request)).await;
                 self.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
                 r

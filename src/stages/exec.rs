@@ -80,10 +80,22 @@ impl<F: StageFactory> TableFunctionImpl for StageFunction<F> {
         let name = self.0.function_name();
         let parsed = StageArgs::parse(name, args.exprs())?;
         let state = session_state(args.session(), name)?;
+        let check_endpoint = |endpoint: &str| -> Result<()> {
+            let endpoints = state.config().get_extension::<Endpoints>().ok_or_else(|| {
+                DataFusionError::Plan(format!("{name}: the session has no endpoints configured"))
+            })?;
+            endpoints
+                .get(endpoint)
+                .map(|_| ())
+                .map_err(|e| DataFusionError::Plan(format!("{name}: {e}")))
+        };
         let input = resolve_input(state, parsed.input()?, name)?;
         let input_schema = input.schema().as_arrow().clone();
         let stage = self.0.build(&parsed, &input_schema)?;
         parsed.finish(&[])?;
+        if let Some(endpoint) = stage.endpoint() {
+            check_endpoint(endpoint)?;
+        }
         Ok(Arc::new(StageTable::try_new(stage, input)?))
     }
 }
@@ -345,6 +357,7 @@ impl ExecutionPlan for StageExec {
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let env = Arc::new(self.env(&context)?);
+        let endpoint = env.endpoint.clone();
         // Enough rows in flight to keep the endpoint's whole budget busy from this partition,
         // plus headroom so a finished slot is refilled at once.
         let window = env
@@ -396,10 +409,19 @@ impl ExecutionPlan for StageExec {
             projection: self.projection.clone(),
         });
         let schema = self.schema();
-        let stream = results
+        let batches = results
             .ready_chunks(batch_size)
             .map(move |chunk| assembler.assemble(chunk.into_iter().collect::<Result<Vec<_>>>()?))
             .try_filter(|b| futures::future::ready(b.num_rows() > 0));
+        // Before the first row: is the endpoint there at all? (Fails fast, naming the URL.)
+        let preflight = async move {
+            match endpoint {
+                Some(e) => e.preflight().await.map_err(DataFusionError::Execution),
+                None => Ok(()),
+            }
+        };
+        let stream =
+            futures::stream::once(async move { preflight.await.map(|_| batches) }).try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
 }
