@@ -35,6 +35,9 @@ pub enum BackendKind {
 pub struct EndpointConfig {
     #[serde(default)]
     pub kind: BackendKind,
+    /// OpenAI only: `chat` (default) or `completions` (base models; turns joined into one prompt).
+    #[serde(default)]
+    pub api: crate::llm::openai::OpenAiApi,
     /// For OpenAI-compatible servers, the URL that `/chat/completions` is appended to
     /// (for example `http://127.0.0.1:8080/v1`); for NeMo, the server root.
     pub base_url: String,
@@ -77,6 +80,7 @@ impl EndpointConfig {
     pub fn openai(base_url: &str, model: &str) -> Self {
         EndpointConfig {
             kind: BackendKind::Openai,
+            api: Default::default(),
             base_url: base_url.to_string(),
             model: model.to_string(),
             api_key_env: None,

@@ -13,9 +13,11 @@ use crate::stages::blend::BlendFunction;
 use crate::stages::critique::CritiqueFactory;
 use crate::stages::exec::StageFunction;
 use crate::stages::helpful::HelpfulSftFunction;
+use crate::stages::judge::JudgeFactory;
 use crate::stages::prompts::RedTeamPromptsFunction;
 use crate::stages::respond::RespondFactory;
 use crate::stages::revise::ReviseFactory;
+use crate::stages::sample::SampleFactory;
 use crate::udf;
 
 /// The table functions caiflow adds, by SQL name.
@@ -25,6 +27,8 @@ pub fn table_functions() -> Vec<(&'static str, Arc<dyn TableFunctionImpl>)> {
         ("respond", Arc::new(StageFunction(RespondFactory))),
         ("critique", Arc::new(StageFunction(CritiqueFactory))),
         ("revise", Arc::new(StageFunction(ReviseFactory))),
+        ("sample", Arc::new(StageFunction(SampleFactory))),
+        ("judge", Arc::new(StageFunction(JudgeFactory))),
         ("helpful_sft", Arc::new(HelpfulSftFunction)),
         ("blend", Arc::new(BlendFunction)),
     ]

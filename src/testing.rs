@@ -46,6 +46,10 @@ pub struct MockState {
     bodies: Mutex<Vec<Value>>,
     /// Fixed latency added to every answer.
     latency: Mutex<Duration>,
+    /// Canned answers served, in order, before the default one.
+    replies: Mutex<VecDeque<String>>,
+    /// Top log-probabilities of the first token, returned when a request asks for them.
+    logprobs: Mutex<Option<Vec<(String, f64)>>>,
 }
 
 pub struct MockServer {
@@ -90,6 +94,24 @@ impl MockServer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .extend(faults);
+    }
+
+    /// Answer the next requests with these texts, in order.
+    pub fn push_replies(&self, replies: impl IntoIterator<Item = String>) {
+        self.state
+            .replies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(replies);
+    }
+
+    /// Return these (token, logprob) alternatives for the first token when asked for logprobs.
+    pub fn set_logprobs(&self, top: Option<Vec<(String, f64)>>) {
+        *self
+            .state
+            .logprobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = top;
     }
 
     pub fn set_latency(&self, latency: Duration) {
@@ -221,6 +243,16 @@ pub fn mock_answer(prompt: &str) -> String {
     format!("Mock answer about: {head}")
 }
 
+/// The default answer, tagged with the temperature when one was sent (so candidates sampled
+/// at different temperatures differ).
+fn default_answer(body: &Value) -> String {
+    let answer = mock_answer(&last_user_text(body));
+    match body.get("temperature").and_then(Value::as_f64) {
+        Some(t) => format!("{answer} (t={t})"),
+        None => answer,
+    }
+}
+
 async fn chat(State(state): State<Arc<MockState>>, body: axum::Json<Value>) -> Response {
     let body = body.0;
     let peak = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
@@ -229,12 +261,35 @@ async fn chat(State(state): State<Arc<MockState>>, body: axum::Json<Value>) -> R
     if let Err(r) = serve_fault(admit(&state, &body).await).await {
         return r;
     }
-    let content = mock_answer(&last_user_text(&body));
+    let canned = state
+        .replies
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .pop_front();
+    let content = canned.unwrap_or_else(|| default_answer(&body));
+    let mut choice = json!({"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"});
+    let wants_logprobs = body
+        .get("logprobs")
+        .is_some_and(|v| v.as_bool() == Some(true));
+    if let Some(top) = state
+        .logprobs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .filter(|_| wants_logprobs)
+    {
+        let alternatives: Vec<Value> = top
+            .iter()
+            .map(|(t, l)| json!({"token": t, "logprob": l}))
+            .collect();
+        let (token, logprob) = top.first().cloned().unwrap_or_default();
+        choice["logprobs"] = json!({"content": [{"token": token, "logprob": logprob, "top_logprobs": alternatives}]});
+    }
     let reply = json!({
         "id": "mock",
         "object": "chat.completion",
         "model": body.get("model").cloned().unwrap_or(Value::Null),
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "choices": [choice],
         "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
     });
     (StatusCode::OK, reply.to_string()).into_response()

@@ -140,6 +140,7 @@ impl Endpoint {
         let backend: Arc<dyn Backend> = match config.kind {
             BackendKind::Openai => Arc::new(OpenAiBackend::new(
                 client,
+                config.api,
                 &config.base_url,
                 &config.model,
                 api_key,

@@ -50,6 +50,12 @@ pub struct SamplingParams {
     pub seed: Option<u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stop: Vec<String>,
+    /// Ask for this many most likely tokens (with log-probabilities) at each position.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<u32>,
+    /// Sent as the OpenAI `response_format` (e.g. a JSON schema the answer must follow).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<serde_json::Value>,
 }
 
 /// A request as the stages build it: backend-neutral.
@@ -66,6 +72,9 @@ pub struct Completion {
     pub finish_reason: Option<String>,
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
+    /// Per generated token, its most likely alternatives as (token text, log-probability);
+    /// present when the request asked for `top_logprobs` and the server returned them.
+    pub top_logprobs: Option<Vec<Vec<(String, f64)>>>,
 }
 
 /// Why one attempt failed, and whether another attempt may succeed.

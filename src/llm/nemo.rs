@@ -104,6 +104,7 @@ pub(crate) fn parse_generate_body(
         finish_reason: None,
         prompt_tokens: None,
         completion_tokens: None,
+        top_logprobs: None,
     })
 }
 

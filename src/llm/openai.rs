@@ -1,14 +1,26 @@
-//! OpenAI-compatible chat completions (`POST {base_url}/chat/completions`): OpenAI, NVIDIA
-//! NIM and the NGC API, vLLM, TGI, llama.cpp's server, Ollama.
+//! OpenAI-compatible servers: OpenAI, NVIDIA NIM and the NGC API, vLLM, TGI, llama.cpp's
+//! server, Ollama. Chat completions (`POST {base_url}/chat/completions`) by default; the
+//! legacy completions API (`POST {base_url}/completions`) for base models, where the turns
+//! are joined into one prompt.
 
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{AttemptError, Backend, ChatRequest, Completion, status_error, transport_error};
 
+/// Which OpenAI API an endpoint speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OpenAiApi {
+    #[default]
+    Chat,
+    Completions,
+}
+
 #[derive(Debug)]
 pub struct OpenAiBackend {
     client: reqwest::Client,
+    api: OpenAiApi,
     url: String,
     model: String,
     /// Read from the environment once, at start; never logged (Debug prints only whether set).
@@ -28,13 +40,19 @@ impl std::fmt::Debug for ApiKey {
 impl OpenAiBackend {
     pub fn new(
         client: reqwest::Client,
+        api: OpenAiApi,
         base_url: &str,
         model: &str,
         api_key: Option<ApiKey>,
     ) -> Self {
+        let path = match api {
+            OpenAiApi::Chat => "chat/completions",
+            OpenAiApi::Completions => "completions",
+        };
         OpenAiBackend {
             client,
-            url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
+            api,
+            url: format!("{}/{path}", base_url.trim_end_matches('/')),
             model: model.to_string(),
             api_key,
         }
@@ -42,7 +60,12 @@ impl OpenAiBackend {
 
     fn body(&self, request: &ChatRequest) -> Value {
         let p = &request.params;
-        let mut body = json!({ "model": self.model, "messages": request.messages });
+        let mut body = match self.api {
+            OpenAiApi::Chat => json!({ "model": self.model, "messages": request.messages }),
+            OpenAiApi::Completions => {
+                json!({ "model": self.model, "prompt": completion_prompt(request) })
+            }
+        };
         let obj = body.as_object_mut().expect("json! object");
         if let Some(t) = p.temperature {
             obj.insert("temperature".into(), json!(t));
@@ -64,8 +87,32 @@ impl OpenAiBackend {
         if !p.stop.is_empty() {
             obj.insert("stop".into(), json!(p.stop));
         }
+        if let Some(format) = &p.response_format {
+            obj.insert("response_format".into(), format.clone());
+        }
+        if let Some(k) = p.top_logprobs {
+            match self.api {
+                OpenAiApi::Chat => {
+                    obj.insert("logprobs".into(), json!(true));
+                    obj.insert("top_logprobs".into(), json!(k));
+                }
+                OpenAiApi::Completions => {
+                    obj.insert("logprobs".into(), json!(k));
+                }
+            }
+        }
         body
     }
+}
+
+/// The completions API takes one string: the turns' contents, separated by blank lines.
+fn completion_prompt(request: &ChatRequest) -> String {
+    let parts: Vec<&str> = request
+        .messages
+        .iter()
+        .map(|m| m.content.as_str())
+        .collect();
+    parts.join("\n\n")
 }
 
 #[derive(Deserialize)]
@@ -77,7 +124,53 @@ struct ChatResponse {
 #[derive(Deserialize)]
 struct Choice {
     message: Option<ChoiceMessage>,
+    /// The completions API's text.
+    text: Option<String>,
     finish_reason: Option<String>,
+    logprobs: Option<Value>,
+}
+
+/// Top log-probabilities per generated token, from either shape servers use:
+/// `{"content": [{"top_logprobs": [{"token", "logprob"}]}]}` (chat, llama.cpp) or the legacy
+/// completions `{"top_logprobs": [{"token": logprob}]}`.
+fn parse_top_logprobs(v: &Value) -> Option<Vec<Vec<(String, f64)>>> {
+    if let Some(content) = v.get("content").and_then(Value::as_array) {
+        return Some(
+            content
+                .iter()
+                .map(|pos| {
+                    pos.get("top_logprobs")
+                        .and_then(Value::as_array)
+                        .map(|alts| {
+                            alts.iter()
+                                .filter_map(|a| {
+                                    Some((
+                                        a.get("token")?.as_str()?.to_string(),
+                                        a.get("logprob")?.as_f64()?,
+                                    ))
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                })
+                .collect(),
+        );
+    }
+    let legacy = v.get("top_logprobs")?.as_array()?;
+    Some(
+        legacy
+            .iter()
+            .map(|pos| {
+                pos.as_object()
+                    .map(|m| {
+                        m.iter()
+                            .filter_map(|(t, l)| Some((t.clone(), l.as_f64()?)))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+            .collect(),
+    )
 }
 
 #[derive(Deserialize)]
@@ -103,7 +196,12 @@ pub(crate) fn parse_chat_body(body: &str) -> Result<Completion, AttemptError> {
         .into_iter()
         .next()
         .ok_or_else(|| AttemptError::retryable("response has no choices"))?;
-    let text = choice.message.and_then(|m| m.content).unwrap_or_default();
+    let top_logprobs = choice.logprobs.as_ref().and_then(parse_top_logprobs);
+    let text = choice
+        .message
+        .and_then(|m| m.content)
+        .or(choice.text)
+        .unwrap_or_default();
     if text.trim().is_empty() {
         return Err(AttemptError::retryable(format!(
             "empty completion (finish_reason {})",
@@ -115,6 +213,7 @@ pub(crate) fn parse_chat_body(body: &str) -> Result<Completion, AttemptError> {
         finish_reason: choice.finish_reason,
         prompt_tokens: parsed.usage.as_ref().and_then(|u| u.prompt_tokens),
         completion_tokens: parsed.usage.as_ref().and_then(|u| u.completion_tokens),
+        top_logprobs,
     })
 }
 
@@ -149,6 +248,21 @@ mod tests {
         assert_eq!(c.text, "hi");
         assert_eq!(c.prompt_tokens, Some(3));
         assert_eq!(c.finish_reason.as_deref(), Some("stop"));
+    }
+
+    #[test]
+    fn reads_both_logprob_shapes() {
+        let chat = parse_chat_body(
+            r#"{"choices":[{"message":{"content":"A"},"logprobs":{"content":[{"token":"A","logprob":-0.1,"top_logprobs":[{"token":"A","logprob":-0.1},{"token":"B","logprob":-2.5}]}]}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(chat.top_logprobs.unwrap()[0][1], ("B".to_string(), -2.5));
+        let legacy = parse_chat_body(
+            r#"{"choices":[{"text":"A","logprobs":{"tokens":["A"],"top_logprobs":[{"A":-0.2," B":-1.0}]}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(legacy.text, "A");
+        assert_eq!(legacy.top_logprobs.unwrap()[0].len(), 2);
     }
 
     #[test]

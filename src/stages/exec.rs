@@ -63,6 +63,92 @@ pub trait RowStage: fmt::Debug + Send + Sync + 'static {
     /// Process one input row into one or more output rows, one value per output field.
     /// Row-level failures are data (an `error` cell), never an `Err`.
     async fn process(&self, row: InputRow, env: &StageEnv) -> Vec<Vec<ScalarValue>>;
+    /// Rows that must be seen together (a prompt's candidates, for a judge). `None`: one
+    /// row at a time.
+    fn grouping(&self) -> Option<Grouping> {
+        None
+    }
+    /// Input columns carried to the output; `None` carries all that are not replaced.
+    /// Grouping stages carry the columns that are the same for the whole group.
+    fn carried_columns(&self) -> Option<Vec<&'static str>> {
+        None
+    }
+    /// Process a group (grouping stages); the first row's carried columns go to the output.
+    async fn process_group(&self, rows: Vec<InputRow>, env: &StageEnv) -> Vec<Vec<ScalarValue>> {
+        match rows.into_iter().next() {
+            Some(row) => self.process(row, env).await,
+            None => vec![],
+        }
+    }
+}
+
+/// How a grouping stage groups its input: by `key`; a group is complete when it holds as
+/// many rows as its `size_column` says (then it is processed at once, while later groups
+/// still stream in); groups still open when the input ends are processed then.
+#[derive(Clone, Debug)]
+pub struct Grouping {
+    pub key: &'static str,
+    pub size_column: Option<&'static str>,
+}
+
+/// Turn a row stream into a stream of groups (see [`Grouping`]). Memory holds only groups
+/// that are still open.
+fn group_rows(
+    rows: impl futures::Stream<Item = Result<InputRow>> + Send + Unpin + 'static,
+    grouping: Grouping,
+) -> impl futures::Stream<Item = Result<Vec<InputRow>>> + Send {
+    struct State<S> {
+        rows: S,
+        open: std::collections::HashMap<String, Vec<InputRow>>,
+        ready: std::collections::VecDeque<Vec<InputRow>>,
+        done: bool,
+        grouping: Grouping,
+    }
+    let state = State {
+        rows,
+        open: Default::default(),
+        ready: Default::default(),
+        done: false,
+        grouping,
+    };
+    futures::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(group) = st.ready.pop_front() {
+                return Some((Ok(group), st));
+            }
+            if st.done {
+                if st.open.is_empty() {
+                    return None;
+                }
+                let mut keys: Vec<String> = st.open.keys().cloned().collect();
+                keys.sort();
+                for k in keys {
+                    if let Some(g) = st.open.remove(&k) {
+                        st.ready.push_back(g);
+                    }
+                }
+                continue;
+            }
+            match st.rows.next().await {
+                None => st.done = true,
+                Some(Err(e)) => return Some((Err(e), st)),
+                Some(Ok(row)) => {
+                    let Some(key) = row.str(st.grouping.key) else {
+                        st.ready.push_back(vec![row]);
+                        continue;
+                    };
+                    let expected = st.grouping.size_column.and_then(|c| row.u64(c));
+                    let group = st.open.entry(key.clone()).or_default();
+                    group.push(row);
+                    if expected.is_some_and(|n| group.len() as u64 >= n) {
+                        if let Some(g) = st.open.remove(&key) {
+                            st.ready.push_back(g);
+                        }
+                    }
+                }
+            }
+        }
+    })
 }
 
 /// Builds a [`RowStage`] from a call's arguments; one per SQL function.
@@ -209,8 +295,9 @@ impl TableProvider for StageTable {
         for f in filters {
             builder = builder.filter(unqualify(f)?)?;
         }
-        // Every input row yields at least one output row, so limiting the input is safe.
-        if let Some(n) = limit {
+        // Every input row yields at least one output row, so limiting the input is safe;
+        // a grouping stage yields one row per group, so there it is not.
+        if let Some(n) = limit.filter(|_| self.stage.grouping().is_none()) {
             builder = builder.limit(0, Some(n))?;
         }
         let state = session_state(state, self.stage.name())?;
@@ -380,21 +467,34 @@ impl ExecutionPlan for StageExec {
                 }))
             })
             .try_flatten();
+        // The unit of work: one row, or one group of rows for grouping stages.
+        let units: futures::stream::BoxStream<'static, Result<Vec<InputRow>>> =
+            match self.stage.grouping() {
+                Some(grouping) => Box::pin(group_rows(Box::pin(rows), grouping)),
+                None => Box::pin(rows.map_ok(|row| vec![row])),
+            };
 
         let stage = self.stage.clone();
-        let results = rows
-            .map(move |row: Result<InputRow>| {
+        let results = units
+            .map(move |unit: Result<Vec<InputRow>>| {
                 let stage = stage.clone();
                 let env = env.clone();
                 async move {
-                    let row = row?;
+                    let unit = unit?;
+                    let Some(first) = unit.first().cloned() else {
+                        return Ok((None, vec![]));
+                    };
                     StageProgress::add(&env.progress.rows_started, 1);
-                    // A task per row: its request progresses even while the consumer of this
+                    // A task per unit: its requests progress even while the consumer of this
                     // stream is busy elsewhere. The task is aborted if the query is dropped.
                     let task = SpawnedTask::spawn(async move {
-                        let out = stage.process(row.clone(), &env).await;
+                        let out = if unit.len() == 1 && stage.grouping().is_none() {
+                            stage.process(first.clone(), &env).await
+                        } else {
+                            stage.process_group(unit, &env).await
+                        };
                         StageProgress::add(&env.progress.rows_done, 1);
-                        (row, out)
+                        (Some(first), out)
                     });
                     task.join()
                         .await
@@ -434,12 +534,16 @@ struct Assembler {
 }
 
 impl Assembler {
-    fn assemble(&self, rows: Vec<(InputRow, Vec<Vec<ScalarValue>>)>) -> Result<RecordBatch> {
+    fn assemble(
+        &self,
+        rows: Vec<(Option<InputRow>, Vec<Vec<ScalarValue>>)>,
+    ) -> Result<RecordBatch> {
         let mut batches: Vec<Arc<RecordBatch>> = vec![];
         let mut take: Vec<(usize, usize)> = vec![];
         let added = self.full_schema.fields().len() - self.kept.len();
         let mut cells: Vec<Vec<ScalarValue>> = vec![Vec::new(); added];
         for (row, outputs) in rows {
+            let Some(row) = row else { continue };
             let slot = match batches.iter().position(|b| Arc::ptr_eq(b, &row.batch)) {
                 Some(i) => i,
                 None => {

@@ -28,6 +28,30 @@ pub struct LlmOptions {
     pub few_shot: Arc<FewShot>,
 }
 
+/// Per-stage defaults of [`LlmOptions`].
+#[derive(Clone, Debug)]
+pub struct LlmDefaults {
+    pub endpoint: &'static str,
+    pub few_shot: &'static str,
+    pub temperature: f64,
+    pub top_p: Option<f64>,
+    pub top_k: Option<u32>,
+    pub max_tokens: u32,
+}
+
+impl Default for LlmDefaults {
+    fn default() -> Self {
+        LlmDefaults {
+            endpoint: "policy",
+            few_shot: "default",
+            temperature: 0.7,
+            top_p: None,
+            top_k: None,
+            max_tokens: 512,
+        }
+    }
+}
+
 pub const LLM_OPTIONS: &[&str] = &[
     "endpoint",
     "temperature",
@@ -41,15 +65,21 @@ pub const LLM_OPTIONS: &[&str] = &[
 
 impl LlmOptions {
     pub fn parse(args: &StageArgs) -> Result<Self> {
-        let few_shot = FewShot::resolve(&args.str_or("few_shot", "default")).map_err(|e| {
-            datafusion::error::DataFusionError::Plan(format!("{}: {e}", args.function()))
-        })?;
+        Self::parse_with(args, &LlmDefaults::default())
+    }
+
+    /// Parse with stage-specific defaults (sample and judge differ from the SL stages).
+    pub fn parse_with(args: &StageArgs, defaults: &LlmDefaults) -> Result<Self> {
+        let few_shot =
+            FewShot::resolve(&args.str_or("few_shot", defaults.few_shot)).map_err(|e| {
+                datafusion::error::DataFusionError::Plan(format!("{}: {e}", args.function()))
+            })?;
         Ok(LlmOptions {
-            endpoint: args.str_or("endpoint", "policy"),
-            temperature: args.parsed_or("temperature", 0.7)?,
-            top_p: args.parsed("top_p")?,
-            top_k: args.parsed("top_k")?,
-            max_tokens: args.parsed_or("max_tokens", 512)?,
+            endpoint: args.str_or("endpoint", defaults.endpoint),
+            temperature: args.parsed_or("temperature", defaults.temperature)?,
+            top_p: args.parsed("top_p")?.or(defaults.top_p),
+            top_k: args.parsed("top_k")?.or(defaults.top_k),
+            max_tokens: args.parsed_or("max_tokens", defaults.max_tokens)?,
             seed: args.parsed_or("seed", 42)?,
             system: args.str("system").map(str::to_string),
             few_shot: Arc::new(few_shot),
@@ -86,6 +116,8 @@ impl LlmOptions {
                 max_tokens: Some(self.max_tokens),
                 seed: Some(row_seed),
                 stop: vec![],
+                top_logprobs: None,
+                response_format: None,
             },
         }
     }

@@ -6,6 +6,8 @@
 //! | `respond(input, …)` | [`respond`] |
 //! | `critique(input, …)` | [`critique`] |
 //! | `revise(input, …)` | [`revise`] |
+//! | `sample(input, …)` | [`sample`] |
+//! | `judge(candidates, …)` | [`judge`] |
 //! | `helpful_sft(path, …)` | [`helpful`] |
 //! | `blend(cai, helpful, …)` | [`blend`] |
 
@@ -15,9 +17,12 @@ pub mod critique;
 pub mod exec;
 pub mod helpful;
 pub mod input;
+pub mod judge;
 pub mod llm_call;
 pub mod prompts;
 pub mod respond;
 pub mod revise;
 pub mod row;
+pub mod sample;
 pub mod transcript;
+pub mod verdict;
