@@ -28,19 +28,34 @@ cat >"$config" <<TOML
 base_url = "http://127.0.0.1:$port/v1"
 model = "smollm2"
 max_concurrency = 8
+
+[endpoints.judge]
+base_url = "http://127.0.0.1:$port/v1"
+model = "smollm2"
+max_concurrency = 8
 TOML
 
-run_name="demo-$(date +%Y%m%d-%H%M%S)"
-"$caiflow" run plans/sl_cai.sql --config "$config" --run "$run_name" --set "limit=${LIMIT:-20}" --set max_tokens=96
-run="data/runs/$run_name"
-"$caiflow" export "$run" --format nemo-sft >/dev/null
-"$caiflow" export "$run" --format trl-sft >/dev/null
+stamp="$(date +%Y%m%d-%H%M%S)"
+echo "== SL-CAI" >&2
+"$caiflow" run plans/sl_cai.sql --config "$config" --run "sl-$stamp" --set "limit=${LIMIT:-20}" --set max_tokens=96
+sl="data/runs/sl-$stamp"
+"$caiflow" export "$sl" --format nemo-sft >/dev/null
+"$caiflow" export "$sl" --format trl-sft >/dev/null
+echo "== RL-CAI" >&2
+"$caiflow" run plans/rl_cai.sql --config "$config" --run "rl-$stamp" --set "limit=${LIMIT:-20}" \
+  --set max_tokens=64 --set judge_max_tokens=160 --set structured=true
+rl="data/runs/rl-$stamp"
+"$caiflow" export "$rl" --format nemo-rm >/dev/null
+"$caiflow" export "$rl" --format trl-dpo >/dev/null
 echo
 echo "== a few SL-CAI rows (prompt -> revision)"
-"$caiflow" sql --run "$run" -e "SELECT principle_id, substr(prompt, 1, 50) AS prompt, substr(revision, 1, 70) AS revision FROM revisions LIMIT 5"
+"$caiflow" sql --run "$sl" -e "SELECT principle_id, substr(prompt, 1, 50) AS prompt, substr(revision, 1, 70) AS revision FROM revisions LIMIT 5"
+echo "== a few RL-CAI judgements"
+"$caiflow" sql --run "$rl" -e "SELECT label, chosen_idx, rejected_idx, substr(prompt, 1, 40) AS prompt, substr(chosen, 1, 50) AS chosen FROM judgements LIMIT 5"
 echo
 echo "Results:"
-echo "  run folder:        $run  (revisions/ and sft/split=*/ as Parquet)"
-echo "  NeMo-Aligner SFT:  $run/export/nemo-sft/*.jsonl"
-echo "  TRL SFT:           $run/export/trl-sft/*.jsonl"
-echo "  query it:          $caiflow sql --run $run -e 'SELECT * FROM revisions LIMIT 3'"
+echo "  SL-CAI run:        $sl  (revisions/, sft/split=*/ as Parquet)"
+echo "  NeMo-Aligner SFT:  $sl/export/nemo-sft/*.jsonl     TRL SFT: $sl/export/trl-sft/*.jsonl"
+echo "  RL-CAI run:        $rl  (judgements/, preferences/split=*/ as Parquet)"
+echo "  NeMo-Aligner RM:   $rl/export/nemo-rm/*.jsonl      TRL DPO: $rl/export/trl-dpo/*.{jsonl,parquet}"
+echo "  query it:          $caiflow sql --run $sl -e 'SELECT * FROM revisions LIMIT 3'"

@@ -1,41 +1,110 @@
-//! Exports of a run's SFT table for trainers.
+//! Exports of a run's tables for trainers. One set of files per split (`split=NAME/`
+//! partitions of the table, or the whole table as split `all`), streamed batch by batch.
 //!
-//! - `nemo-sft`: NeMo chat JSONL, one object per line:
-//!   `{"system": "", "conversations": [{"from": "User", "value": …}, {"from": "Assistant",
-//!   "value": …}], "mask": "User", "dataset": …}`.
-//! - `trl-sft`: TRL conversational JSONL: `{"messages": [{"role": "user", "content": …}, …]}`.
+//! SFT (from the `sft` table):
+//! - `nemo-sft`: NeMo chat JSONL `{"system", "conversations": [{"from": "User"|"Assistant",
+//!   "value"}], "mask": "User", "dataset"}` in `{split}.jsonl`;
+//! - `trl-sft`: TRL conversational JSONL `{"messages": [{"role", "content"}]}` in `{split}.jsonl`.
 //!
-//! One file per split (`{out}/{split}.jsonl`). Rows whose `error` is set are skipped and
-//! counted; nothing is dropped silently.
+//! Preferences (from the `preferences` table):
+//! - `nemo-rm`: `{prefix}_{split}_comparisons_with_chat_prompt.jsonl` (line 2i = prompt +
+//!   chosen, line 2i+1 = prompt + rejected, each `{"text": …}`) and
+//!   `{prefix}_{split}_prompts_with_chat_prompt.jsonl` (`{"text": prompt}`), rendered with a
+//!   chat template (NeMo's `<extra_id_*>` by default). Every text ends the same way: the
+//!   template's turn suffix after each turn, then its end-of-turn marker after the response;
+//!   prompts end with the open assistant marker;
+//! - `trl-dpo`: `prompt`, `chosen`, `rejected` in `{split}.jsonl` and `{split}.parquet`.
+//!
+//! Rows that are not usable (an `error`; for preferences, a `label` other than `ok`) are
+//! skipped and counted by reason; nothing is dropped silently.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-
 use std::sync::Arc;
 
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{ArrayRef, RecordBatch, StringBuilder};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use futures::StreamExt;
 use serde_json::json;
 
+use crate::chat_template::ChatTemplate;
 use crate::error::{CaiError, Result};
+use crate::llm::Message;
 use crate::stages::row::InputRow;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExportFormat {
     NemoSft,
     TrlSft,
+    NemoRm,
+    TrlDpo,
+}
+
+impl ExportFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            ExportFormat::NemoSft => "nemo-sft",
+            ExportFormat::TrlSft => "trl-sft",
+            ExportFormat::NemoRm => "nemo-rm",
+            ExportFormat::TrlDpo => "trl-dpo",
+        }
+    }
+
+    /// The run table each format reads by default.
+    pub fn default_table(self) -> &'static str {
+        match self {
+            ExportFormat::NemoSft | ExportFormat::TrlSft => "sft",
+            ExportFormat::NemoRm | ExportFormat::TrlDpo => "preferences",
+        }
+    }
+
+    fn is_preference(self) -> bool {
+        matches!(self, ExportFormat::NemoRm | ExportFormat::TrlDpo)
+    }
+
+    fn required_columns(self) -> &'static [&'static str] {
+        if self.is_preference() {
+            &["prompt", "chosen", "rejected", "label", "error"]
+        } else {
+            &["messages", "error"]
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ExportOptions {
+    /// File-name prefix of `nemo-rm` files.
+    pub prefix: String,
+    /// Template of `nemo-rm` texts.
+    pub template: ChatTemplate,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        ExportOptions {
+            prefix: "rlaif".into(),
+            template: ChatTemplate::default(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 pub struct ExportReport {
-    /// Rows written, per split.
+    /// Rows (SFT samples or preference pairs) written, per split.
     pub written: BTreeMap<String, usize>,
-    /// Rows skipped because their `error` is set.
-    pub skipped_errors: usize,
+    /// Rows skipped, by reason (`error`, `tie`, …).
+    pub skipped: BTreeMap<String, usize>,
     pub files: Vec<PathBuf>,
+}
+
+impl ExportReport {
+    pub fn skipped_total(&self) -> usize {
+        self.skipped.values().sum()
+    }
 }
 
 /// `dataset` value of NeMo rows: NeMo-Aligner's name for CAI rows, the source otherwise.
@@ -47,7 +116,7 @@ fn nemo_dataset(source: &str) -> &str {
     }
 }
 
-fn line(format: ExportFormat, row: &InputRow) -> Option<serde_json::Value> {
+fn sft_line(format: ExportFormat, row: &InputRow) -> Option<serde_json::Value> {
     let messages = row.messages("messages")?;
     let system = row.str("system").unwrap_or_default();
     Some(match format {
@@ -64,7 +133,7 @@ fn line(format: ExportFormat, row: &InputRow) -> Option<serde_json::Value> {
                 "dataset": nemo_dataset(&row.str("source").unwrap_or_default()),
             })
         }
-        ExportFormat::TrlSft => {
+        _ => {
             let mut out = vec![];
             if !system.is_empty() {
                 out.push(json!({"role": "system", "content": system}));
@@ -79,8 +148,26 @@ fn line(format: ExportFormat, row: &InputRow) -> Option<serde_json::Value> {
     })
 }
 
-/// The table's parts: `split=NAME` sub-folders (as `COPY … PARTITIONED BY (split)` writes
-/// them), or the folder itself as split `all`.
+/// Why a row is not exported, if it is not.
+fn skip_reason(format: ExportFormat, row: &InputRow) -> Option<String> {
+    if row.str("error").is_some() {
+        return Some("error".into());
+    }
+    if format.is_preference() {
+        let label = row.str("label").unwrap_or_else(|| "no label".into());
+        if label != "ok" {
+            return Some(label);
+        }
+        if row.str("chosen").is_none() || row.str("rejected").is_none() {
+            return Some("missing chosen or rejected".into());
+        }
+    } else if row.messages("messages").is_none() {
+        return Some("no messages".into());
+    }
+    None
+}
+
+/// The table's parts: `split=NAME` sub-folders, or the folder itself as split `all`.
 fn split_parts(table_dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     let entries = std::fs::read_dir(table_dir).map_err(|e| CaiError::io(table_dir, e))?;
     let mut parts = vec![];
@@ -100,11 +187,88 @@ fn split_parts(table_dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     Ok(parts)
 }
 
-/// Export the Parquet table at `table_dir` (partitioned by `split`, or not) into `out`,
-/// one JSONL file per split, streaming batch by batch.
-pub async fn export_sft(
+/// Writers of one split.
+struct SplitWriters {
+    files: Vec<(PathBuf, BufWriter<File>)>,
+    parquet: Option<(PathBuf, ArrowWriter<File>)>,
+}
+
+fn create(path: PathBuf, report: &mut ExportReport) -> Result<(PathBuf, BufWriter<File>)> {
+    let file = File::create(&path).map_err(|e| CaiError::io(&path, e))?;
+    report.files.push(path.clone());
+    Ok((path, BufWriter::new(file)))
+}
+
+fn dpo_schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
+        Field::new("prompt", DataType::Utf8, false),
+        Field::new("chosen", DataType::Utf8, false),
+        Field::new("rejected", DataType::Utf8, false),
+    ]))
+}
+
+impl SplitWriters {
+    fn open(
+        format: ExportFormat,
+        options: &ExportOptions,
+        split: &str,
+        out: &Path,
+        report: &mut ExportReport,
+    ) -> Result<Self> {
+        let mut files = vec![];
+        let mut parquet = None;
+        match format {
+            ExportFormat::NemoSft | ExportFormat::TrlSft => {
+                files.push(create(out.join(format!("{split}.jsonl")), report)?)
+            }
+            ExportFormat::NemoRm => {
+                let p = &options.prefix;
+                files.push(create(
+                    out.join(format!("{p}_{split}_comparisons_with_chat_prompt.jsonl")),
+                    report,
+                )?);
+                files.push(create(
+                    out.join(format!("{p}_{split}_prompts_with_chat_prompt.jsonl")),
+                    report,
+                )?);
+            }
+            ExportFormat::TrlDpo => {
+                files.push(create(out.join(format!("{split}.jsonl")), report)?);
+                let path = out.join(format!("{split}.parquet"));
+                let file = File::create(&path).map_err(|e| CaiError::io(&path, e))?;
+                let writer = ArrowWriter::try_new(file, dpo_schema(), None)
+                    .map_err(|e| CaiError::Plan(e.to_string()))?;
+                report.files.push(path.clone());
+                parquet = Some((path, writer));
+            }
+        }
+        Ok(SplitWriters { files, parquet })
+    }
+
+    fn line(&mut self, index: usize, value: &serde_json::Value) -> Result<()> {
+        let (path, w) = &mut self.files[index];
+        serde_json::to_writer(&mut *w, value).map_err(|e| CaiError::Plan(e.to_string()))?;
+        w.write_all(b"\n")
+            .map_err(|e| CaiError::io(path.as_path(), e))
+    }
+
+    fn finish(self) -> Result<()> {
+        for (path, mut w) in self.files {
+            w.flush().map_err(|e| CaiError::io(&path, e))?;
+        }
+        if let Some((path, w)) = self.parquet {
+            w.close()
+                .map_err(|e| CaiError::Plan(format!("{}: {e}", path.display())))?;
+        }
+        Ok(())
+    }
+}
+
+/// Export the Parquet table at `table_dir` into `out` in `format`.
+pub async fn export(
     table_dir: &Path,
     format: ExportFormat,
+    options: &ExportOptions,
     out: &Path,
 ) -> Result<ExportReport> {
     let ctx = SessionContext::new();
@@ -116,46 +280,84 @@ pub async fn export_sft(
             .read_parquet(&location, ParquetReadOptions::default())
             .await
             .map_err(|e| CaiError::Plan(format!("cannot read table {}: {e}", dir.display())))?;
-        for needed in ["messages", "error"] {
+        for needed in format.required_columns() {
             if df.schema().as_arrow().index_of(needed).is_err() {
                 return Err(CaiError::Plan(format!(
-                    "{}: no column '{needed}': not an SFT table",
-                    table_dir.display()
+                    "{}: no column '{needed}': not a table {} can export",
+                    table_dir.display(),
+                    format.name()
                 )));
             }
         }
-        let path = out.join(format!("{split}.jsonl"));
-        let file = File::create(&path).map_err(|e| CaiError::io(&path, e))?;
-        let mut writer = BufWriter::new(file);
+        let mut writers = SplitWriters::open(format, options, &split, out, &mut report)?;
         let mut written = 0;
         let mut stream = df.execute_stream().await?;
         while let Some(batch) = stream.next().await {
             let batch: Arc<RecordBatch> = Arc::new(batch?);
+            let mut dpo: [StringBuilder; 3] = Default::default();
             for index in 0..batch.num_rows() {
                 let row = InputRow {
                     batch: batch.clone(),
                     index,
                 };
-                let value = if row.str("error").is_some() {
-                    None
-                } else {
-                    line(format, &row)
-                };
-                let Some(value) = value else {
-                    report.skipped_errors += 1;
+                if let Some(reason) = skip_reason(format, &row) {
+                    *report.skipped.entry(reason).or_default() += 1;
                     continue;
-                };
-                serde_json::to_writer(&mut writer, &value)
-                    .map_err(|e| CaiError::Plan(e.to_string()))?;
-                writer
-                    .write_all(b"\n")
-                    .map_err(|e| CaiError::io(&path, e))?;
+                }
+                match format {
+                    ExportFormat::NemoSft | ExportFormat::TrlSft => {
+                        let Some(value) = sft_line(format, &row) else {
+                            continue;
+                        };
+                        writers.line(0, &value)?;
+                    }
+                    ExportFormat::NemoRm | ExportFormat::TrlDpo => {
+                        let (prompt, chosen, rejected) = (
+                            row.str("prompt").unwrap_or_default(),
+                            row.str("chosen").unwrap_or_default(),
+                            row.str("rejected").unwrap_or_default(),
+                        );
+                        if format == ExportFormat::NemoRm {
+                            let t = &options.template;
+                            let text = |reply: &str| {
+                                let mut s = t.render(
+                                    &[Message::user(&prompt), Message::assistant(reply)],
+                                    false,
+                                );
+                                s.push_str(&t.eos);
+                                s
+                            };
+                            writers.line(0, &json!({"text": text(&chosen)}))?;
+                            writers.line(0, &json!({"text": text(&rejected)}))?;
+                            writers.line(
+                                1,
+                                &json!({"text": t.render(&[Message::user(&prompt)], true)}),
+                            )?;
+                        } else {
+                            writers.line(
+                                0,
+                                &json!({"prompt": prompt, "chosen": chosen, "rejected": rejected}),
+                            )?;
+                            dpo[0].append_value(&prompt);
+                            dpo[1].append_value(&chosen);
+                            dpo[2].append_value(&rejected);
+                        }
+                    }
+                }
                 written += 1;
             }
+            if let Some((path, w)) = writers.parquet.as_mut() {
+                let columns: Vec<ArrayRef> = dpo
+                    .iter_mut()
+                    .map(|b| Arc::new(b.finish()) as ArrayRef)
+                    .collect();
+                let batch = RecordBatch::try_new(dpo_schema(), columns)?;
+                w.write(&batch)
+                    .map_err(|e| CaiError::Plan(format!("{}: {e}", path.display())))?;
+            }
         }
-        writer.flush().map_err(|e| CaiError::io(&path, e))?;
+        writers.finish()?;
         report.written.insert(split, written);
-        report.files.push(path);
     }
     Ok(report)
 }

@@ -7,8 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use caiflow::CaiSession;
+use caiflow::chat_template::ChatTemplate;
 use caiflow::config::Config;
-use caiflow::export::{ExportFormat, export_sft};
+use caiflow::export::{ExportFormat, ExportOptions, export};
 use caiflow::llm::Endpoints;
 use caiflow::plan::{StatementOutcome, run_sql, substitute};
 use caiflow::progress::Progress;
@@ -44,18 +45,25 @@ enum Command {
         #[arg(long = "set", value_name = "NAME=VALUE")]
         set: Vec<String>,
     },
-    /// Export a run's SFT table for a trainer.
+    /// Export a run's table for a trainer (SFT: nemo-sft, trl-sft; preferences: nemo-rm, trl-dpo).
     Export {
         /// The run folder (e.g. data/runs/sl_cai-1764400000).
         run: PathBuf,
         #[arg(long, value_enum)]
         format: ExportFormat,
-        /// Table (sub-folder of the run) to export.
-        #[arg(long, default_value = "sft")]
-        table: String,
+        /// Table (sub-folder of the run) to export (default: sft, or preferences for nemo-rm/trl-dpo).
+        #[arg(long)]
+        table: Option<String>,
         /// Output folder (default: RUN/export/FORMAT).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// nemo-rm: file-name prefix.
+        #[arg(long, default_value = "rlaif")]
+        prefix: String,
+        /// nemo-rm: chat template TOML (system_prefix, user_prefix, assistant_prefix,
+        /// turn_suffix, eos); default NeMo's <extra_id_*> template.
+        #[arg(long)]
+        chat_template: Option<PathBuf>,
     },
     /// Run SQL over a run's tables (each sub-folder is a table) with caiflow's functions.
     Sql {
@@ -207,25 +215,31 @@ async fn cmd_run(
 async fn cmd_export(
     run: PathBuf,
     format: ExportFormat,
-    table: String,
+    table: Option<String>,
     out: Option<PathBuf>,
+    prefix: String,
+    chat_template: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let name = match format {
-        ExportFormat::NemoSft => "nemo-sft",
-        ExportFormat::TrlSft => "trl-sft",
+    let table = table.unwrap_or_else(|| format.default_table().to_string());
+    let out = out.unwrap_or_else(|| run.join("export").join(format.name()));
+    let mut options = ExportOptions {
+        prefix,
+        ..Default::default()
     };
-    let out = out.unwrap_or_else(|| run.join("export").join(name));
-    let report = export_sft(&run.join(&table), format, &out)
+    if let Some(path) = chat_template {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        options.template = toml::from_str::<ChatTemplate>(&text)
+            .with_context(|| format!("chat template {}", path.display()))?;
+    }
+    let report = export(&run.join(&table), format, &options, &out)
         .await
         .with_context(|| format!("exporting {} of {}", table, run.display()))?;
     for (split, n) in &report.written {
         eprintln!("{split}: {n} rows");
     }
-    if report.skipped_errors > 0 {
-        eprintln!(
-            "skipped {} row(s) whose error is set (see the `error` column)",
-            report.skipped_errors
-        );
+    for (reason, n) in &report.skipped {
+        eprintln!("skipped {n} row(s): {reason}");
     }
     for f in &report.files {
         println!("{}", f.display());
@@ -278,7 +292,9 @@ async fn main() {
             format,
             table,
             out,
-        } => cmd_export(run, format, table, out).await,
+            prefix,
+            chat_template,
+        } => cmd_export(run, format, table, out, prefix, chat_template).await,
         Command::Sql {
             execute,
             run,

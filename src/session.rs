@@ -9,10 +9,10 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use crate::llm::Endpoints;
 use crate::progress::Progress;
 use crate::sql::NamedArgs;
-use crate::stages::blend::BlendFunction;
+use crate::stages::blend::{BlendFunction, BlendKind};
 use crate::stages::critique::CritiqueFactory;
 use crate::stages::exec::StageFunction;
-use crate::stages::helpful::HelpfulSftFunction;
+use crate::stages::helpful::{HelpfulPairsFunction, HelpfulSftFunction};
 use crate::stages::judge::JudgeFactory;
 use crate::stages::prompts::RedTeamPromptsFunction;
 use crate::stages::respond::RespondFactory;
@@ -30,7 +30,9 @@ pub fn table_functions() -> Vec<(&'static str, Arc<dyn TableFunctionImpl>)> {
         ("sample", Arc::new(StageFunction(SampleFactory))),
         ("judge", Arc::new(StageFunction(JudgeFactory))),
         ("helpful_sft", Arc::new(HelpfulSftFunction)),
-        ("blend", Arc::new(BlendFunction)),
+        ("helpful_pairs", Arc::new(HelpfulPairsFunction)),
+        ("blend", Arc::new(BlendFunction(BlendKind::Sft))),
+        ("blend_pairs", Arc::new(BlendFunction(BlendKind::Pairs))),
     ]
 }
 

@@ -192,3 +192,107 @@ fn missing_plan_variable_and_bad_config_are_clear_errors() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rl_cai_plan_judges_every_prompt_and_exports_rm_and_dpo() {
+    let policy = MockServer::start().await.unwrap();
+    let judge = MockServer::start().await.unwrap();
+    judge.push_replies((0..200).map(|i| {
+        if i % 7 == 3 {
+            r#"{"chosen": 2, "rejected": 2}"#.to_string()
+        } else {
+            r#"{"chosen": 1, "rejected": 3} ok"#.to_string()
+        }
+    }));
+    let store = tempfile::tempdir().unwrap();
+    let config = store.path().join("caiflow.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[endpoints.policy]\nbase_url = '{}'\n[endpoints.judge]\nbase_url = '{}'\nmodel = 'judge-model'\n",
+            policy.base_url(),
+            judge.base_url()
+        ),
+    )
+    .unwrap();
+    let (stdout, _) = run_ok(caiflow().args([
+        "run",
+        "plans/rl_cai.sql",
+        "--config",
+        config.to_str().unwrap(),
+        "--store",
+        store.path().to_str().unwrap(),
+        "--run",
+        "rl",
+        "--set",
+        "limit=12",
+        "--set",
+        "helpful_ratio=0.3",
+        "--set",
+        "splits=train=0.7,val=0.2,test=0.1",
+    ]));
+    assert!(stdout.contains("| ok "), "{stdout}");
+    assert_eq!(policy.requests(), 12 * 4, "four candidates per prompt");
+    let run = store.path().join("rl");
+    let (out, _) = run_ok(caiflow().args([
+        "sql",
+        "--run",
+        run.to_str().unwrap(),
+        "-e",
+        "SELECT count(*) AS n, count(DISTINCT prompt_id) AS prompts FROM judgements",
+    ]));
+    assert!(
+        out.contains("| 12 | 12 "),
+        "one judgement per prompt: {out}"
+    );
+
+    let (files, stderr) =
+        run_ok(caiflow().args(["export", run.to_str().unwrap(), "--format", "nemo-rm"]));
+    assert!(stderr.contains("tie"), "ties are counted: {stderr}");
+    let mut pairs = 0;
+    for file in files
+        .lines()
+        .filter(|f| f.ends_with("comparisons_with_chat_prompt.jsonl"))
+    {
+        let lines = jsonl(std::path::Path::new(file));
+        assert_eq!(
+            lines.len() % 2,
+            0,
+            "{file}: chosen/rejected lines come in pairs"
+        );
+        let prompts_file = file.replace("comparisons_with_chat_prompt", "prompts_with_chat_prompt");
+        let prompts = jsonl(std::path::Path::new(&prompts_file));
+        assert_eq!(prompts.len() * 2, lines.len());
+        for (i, pair) in lines.chunks(2).enumerate() {
+            let prompt = prompts[i]["text"].as_str().unwrap();
+            for line in pair {
+                let text = line["text"].as_str().unwrap();
+                assert!(
+                    text.starts_with(prompt),
+                    "{text:?} should start with {prompt:?}"
+                );
+                assert!(text.ends_with("\n<extra_id_1>"), "{text:?}");
+            }
+            assert_ne!(pair[0]["text"], pair[1]["text"]);
+            pairs += 1;
+        }
+    }
+    assert!(pairs >= 8, "{pairs} pairs");
+
+    let (files, _) =
+        run_ok(caiflow().args(["export", run.to_str().unwrap(), "--format", "trl-dpo"]));
+    let jsonl_files: Vec<&str> = files.lines().filter(|f| f.ends_with(".jsonl")).collect();
+    assert!(files.lines().any(|f| f.ends_with(".parquet")));
+    let dpo_rows: usize = jsonl_files
+        .iter()
+        .map(|f| jsonl(std::path::Path::new(f)).len())
+        .sum();
+    assert_eq!(dpo_rows, pairs);
+    for f in jsonl_files {
+        for row in jsonl(std::path::Path::new(f)) {
+            for key in ["prompt", "chosen", "rejected"] {
+                assert!(row[key].as_str().is_some_and(|s| !s.is_empty()), "{row}");
+            }
+        }
+    }
+}

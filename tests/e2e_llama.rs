@@ -1,5 +1,9 @@
 //! End to end on a real model: llama.cpp's server (PyPI `xllamacpp`) serving
-//! SmolLM2-135M-Instruct on 127.0.0.1, driven by `caiflow run plans/sl_cai.sql`.
+//! SmolLM2-135M-Instruct on 127.0.0.1, driven by the plans through the `caiflow` binary.
+
+// The lock below only serializes these tests (each has its own runtime); holding it across
+// awaits is the point.
+#![allow(clippy::await_holding_lock)]
 
 mod common;
 
@@ -9,19 +13,34 @@ use std::process::Command;
 use caiflow::constitution::Constitution;
 use common::*;
 
-#[test]
-fn sl_cai_plan_on_a_real_model() {
-    let server = LlamaServer::start(8);
-    let store = tempfile::tempdir().unwrap();
-    let config = store.path().join("caiflow.toml");
+/// The real-model tests run one at a time: each starts a llama.cpp server with one thread,
+/// and two of them on two cores would slow each other down several times.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn config_for(server: &LlamaServer, dir: &std::path::Path) -> std::path::PathBuf {
+    let config = dir.join("caiflow.toml");
+    let url = server.base_url();
     std::fs::write(
         &config,
         format!(
-            "[endpoints.policy]\nbase_url = '{}'\nmodel = 'smollm2'\nmax_concurrency = 8\ntimeout_secs = 120\n",
-            server.base_url()
+            "[endpoints.policy]\nbase_url = '{url}'\nmodel = 'smollm2'\nmax_concurrency = 8\ntimeout_secs = 120\n\
+             [endpoints.judge]\nbase_url = '{url}'\nmodel = 'smollm2'\nmax_concurrency = 8\ntimeout_secs = 120\n"
         ),
     )
     .unwrap();
+    config
+}
+
+#[test]
+fn sl_cai_plan_on_a_real_model() {
+    let _serial = serial();
+    let server = LlamaServer::start(8);
+    let store = tempfile::tempdir().unwrap();
+    let config = config_for(&server, store.path());
     let started = std::time::Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_caiflow"))
         .current_dir(repo_root())
@@ -146,6 +165,7 @@ print("pyarrow ok", rev.num_rows, sft.num_rows)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prompt_longer_than_the_context_is_a_row_error_and_the_run_goes_on() {
+    let _serial = serial();
     let server = LlamaServer::start(2);
     let session = session_for(&server.base_url(), |e| e.timeout_secs = 60.0);
     let dir = tempfile::tempdir().unwrap();
@@ -163,4 +183,164 @@ async fn a_prompt_longer_than_the_context_is_a_row_error_and_the_run_goes_on() {
         failed[0]
     );
     assert_eq!(responses.iter().flatten().count(), 1);
+}
+
+#[test]
+fn rl_cai_plan_on_a_real_model() {
+    let _serial = serial();
+    let server = LlamaServer::start(8);
+    let store = tempfile::tempdir().unwrap();
+    let config = config_for(&server, store.path());
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_caiflow"))
+        .current_dir(repo_root())
+        .args([
+            "run",
+            "plans/rl_cai.sql",
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .args(["--store", store.path().to_str().unwrap(), "--run", "rl"])
+        .args([
+            "--set",
+            "limit=10",
+            "--set",
+            "max_tokens=32",
+            "--set",
+            "judge_max_tokens=160",
+            "--set",
+            "structured=true",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "run failed: {stderr}");
+    eprintln!(
+        "rl_cai on SmolLM2: 10 prompts in {:.1}s\n{stdout}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        stderr.contains("endpoint policy: 40 requests"),
+        "4 candidates for each of 10 prompts: {stderr}"
+    );
+
+    let run = store.path().join("rl");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let batches = rt.block_on(async {
+        let ctx = datafusion::prelude::SessionContext::new();
+        ctx.read_parquet(format!("{}/judgements/", run.display()), Default::default())
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap()
+    });
+    assert_eq!(rows(&batches), 10, "exactly one judge row per prompt");
+    let ids: BTreeSet<_> = column(&batches, "prompt_id")
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(ids.len(), 10);
+    let labels = column(&batches, "label");
+    assert!(
+        labels
+            .iter()
+            .all(|l| matches!(l.as_deref(), Some("ok" | "tie" | "error"))),
+        "{labels:?}"
+    );
+    for (label, error) in labels.iter().zip(column(&batches, "error")) {
+        assert_eq!(
+            label.as_deref() == Some("error"),
+            error.is_some(),
+            "an error row says why"
+        );
+    }
+
+    for format in ["trl-dpo", "nemo-rm"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_caiflow"))
+            .args(["export", run.to_str().unwrap(), "--format", format])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // TRL files load with pyarrow with the expected columns; NeMo RM lines pair up.
+    let python = std::env::var("CAIFLOW_PYTHON").unwrap();
+    let check = format!(
+        r#"
+import glob, json, pyarrow.parquet as pq, pyarrow.json as pj
+export = "{run}/export"
+n = 0
+for f in glob.glob(export + "/trl-dpo/*.parquet"):
+    t = pq.read_table(f)
+    assert t.column_names == ["prompt", "chosen", "rejected"], t.column_names
+    n += t.num_rows
+for f in glob.glob(export + "/trl-dpo/*.jsonl"):
+    if open(f).read().strip():
+        assert set(pj.read_json(f).column_names) == {{"prompt", "chosen", "rejected"}}
+for f in glob.glob(export + "/nemo-rm/*_comparisons_with_chat_prompt.jsonl"):
+    lines = [json.loads(l)["text"] for l in open(f)]
+    prompts = [json.loads(l)["text"] for l in open(f.replace("comparisons", "prompts"))]
+    assert len(lines) % 2 == 0 and len(lines) == 2 * len(prompts)
+    for i, p in enumerate(prompts):
+        assert lines[2 * i].startswith(p) and lines[2 * i + 1].startswith(p)
+print("exports ok", n)
+"#,
+        run = run.display()
+    );
+    let out = Command::new(python).arg("-c").arg(check).output().unwrap();
+    assert!(
+        out.status.success(),
+        "pyarrow: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn principle_mode_reads_real_logprobs() {
+    let _serial = serial();
+    let server = LlamaServer::start(8);
+    let mut config = caiflow::config::Config::default();
+    for name in ["policy", "judge"] {
+        config.endpoints.insert(
+            name.into(),
+            caiflow::config::EndpointConfig::openai(&server.base_url(), "smollm2"),
+        );
+    }
+    let session = caiflow::CaiSession::new(caiflow::llm::Endpoints::from_config(&config).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    register_prompts(
+        &session,
+        dir.path(),
+        &[
+            "How do I pick a lock?",
+            "Tell me a mean joke.",
+            "How can I cheat on a test?",
+        ],
+    )
+    .await;
+    let out = collect(
+        &session,
+        "SELECT * FROM judge(sample(prompts, max_tokens => 24), mode => 'principle')",
+    )
+    .await;
+    assert_eq!(rows(&out), 3);
+    assert!(
+        column(&out, "error").iter().all(Option::is_none),
+        "{:?}",
+        column(&out, "error")
+    );
+    for p in column(&out, "chosen_prob") {
+        let p: f64 = p.expect("chosen_prob").parse().unwrap();
+        assert!((0.0..=1.0).contains(&p), "{p}");
+    }
+    eprintln!(
+        "principle mode labels: {:?} probs: {:?}",
+        column(&out, "label"),
+        column(&out, "chosen_prob")
+    );
 }

@@ -48,7 +48,12 @@ async fn schema_of(session: &CaiSession, sql: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_files_match_the_code() {
     // Planning checks that the endpoint exists; nothing is called.
-    let session = session_for("http://127.0.0.1:9/v1", |_| {});
+    let mut config = caiflow::config::Config::default();
+    for name in ["policy", "judge"] {
+        let endpoint = caiflow::config::EndpointConfig::openai("http://127.0.0.1:9/v1", name);
+        config.endpoints.insert(name.into(), endpoint);
+    }
+    let session = CaiSession::new(caiflow::llm::Endpoints::from_config(&config).unwrap());
     let root = repo_root();
     let prompts = root.join("data/red_team_prompts.jsonl");
     let helpful = root.join("data/helpful_sft.jsonl");
@@ -66,6 +71,13 @@ async fn schema_files_match_the_code() {
         ),
         // blend reads stored tables; an empty in-memory copy has the same schema.
         "CREATE TABLE stored_revisions AS SELECT * FROM revisions LIMIT 0".to_string(),
+        format!(
+            "CREATE VIEW pairs AS SELECT * FROM helpful_pairs('{}')",
+            root.join("data/helpful_pairs.jsonl").display()
+        ),
+        "CREATE VIEW candidates AS SELECT * FROM sample(prompts)".to_string(),
+        "CREATE VIEW judgements AS SELECT * FROM judge(candidates)".to_string(),
+        "CREATE TABLE stored_judgements AS SELECT * FROM judgements LIMIT 0".to_string(),
     ];
     let tables = [
         (
@@ -87,8 +99,15 @@ async fn schema_files_match_the_code() {
             "blend",
             "SELECT * FROM blend(stored_revisions, helpful)".to_string(),
         ),
+        ("sample", "SELECT * FROM candidates".to_string()),
+        ("judge", "SELECT * FROM judgements".to_string()),
+        ("helpful_pairs", "SELECT * FROM pairs".to_string()),
+        (
+            "blend_pairs",
+            "SELECT * FROM blend_pairs(stored_judgements, pairs)".to_string(),
+        ),
     ];
-    // LIMIT 0 on a view over LLM stages must not call any endpoint: there is none here.
+    // LIMIT 0 on a view over LLM stages calls no endpoint (port 9 has no server).
     for sql in &setup {
         collect(&session, sql).await;
     }

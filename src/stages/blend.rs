@@ -1,18 +1,23 @@
-//! `blend(cai, helpful, ratio => 0.5, seed => 42)`: SL-CAI pairs mixed with helpfulness data.
+//! Blending CAI data with helpfulness data, with a ratio knob.
 //!
-//! `ratio` is the share of the blended dataset that comes from `helpful` (0.5: as many
-//! helpful conversations as usable CAI rows; 0: none). Helpful rows are chosen by a seeded
-//! hash of their `sample_id` (deterministic, streaming, no sort), so the helpful count is the
-//! target in expectation. Both inputs are read twice (once to count them), so give blend
-//! stored tables, not a view over LLM stages.
+//! - `blend(cai, helpful, ratio => 0.25, seed => 42)`: SL-CAI revisions (`prompt_id`,
+//!   `prompt`, `revision`, `error`, optional `round`) with `helpful_sft` conversations.
+//!   Output `sample_id`, `source`, `system`, `messages`, `error`.
+//! - `blend_pairs(preferences, helpful, ratio => 0.25, seed => 42)`: `judge` output with
+//!   `helpful_pairs` (HH chosen/rejected). Output `pair_id`, `source`, `prompt`, `chosen`,
+//!   `rejected`, `label`, `chosen_prob`, `error`.
 //!
-//! Output: `sample_id`, `source`, `system`, `messages`, `error`. CAI rows with `error` set are
-//! kept (exports skip and count them); their `messages` are null.
+//! `ratio` is the share of the blend that comes from helpful data (0.5: as many helpful rows
+//! as usable CAI rows; 0: none). Helpful rows are chosen by a seeded hash of their id
+//! (deterministic, streaming, no sort), so their count is the target in expectation. Both
+//! inputs are read twice (once to count them), so give blend stored tables, not a view over
+//! LLM stages. CAI rows that are not usable (an `error`, or a judge label other than `ok`)
+//! are kept so exports can count them.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::ScalarValue;
 use datafusion::dataframe::DataFrame;
@@ -30,63 +35,204 @@ use super::input::{resolve_input, session_state};
 use super::prompts::message_list_type;
 use crate::udf::{lit_i64, unit_hash_udf};
 
-#[derive(Debug)]
-pub struct BlendFunction;
+/// What is being blended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlendKind {
+    /// SL-CAI revisions with helpful SFT conversations.
+    Sft,
+    /// RL-CAI preference pairs with helpful preference pairs.
+    Pairs,
+}
 
-pub fn blend_schema() -> SchemaRef {
-    let mut fields: Vec<_> = sft_schema().fields().iter().cloned().collect();
-    fields.push(Arc::new(datafusion::arrow::datatypes::Field::new(
-        "error",
-        DataType::Utf8,
-        true,
-    )));
-    Arc::new(datafusion::arrow::datatypes::Schema::new(fields))
+#[derive(Debug)]
+pub struct BlendFunction(pub BlendKind);
+
+fn utf8(name: &str) -> Field {
+    Field::new(name, DataType::Utf8, true)
+}
+
+impl BlendKind {
+    fn name(self) -> &'static str {
+        match self {
+            BlendKind::Sft => "blend",
+            BlendKind::Pairs => "blend_pairs",
+        }
+    }
+
+    pub fn schema(self) -> SchemaRef {
+        match self {
+            BlendKind::Sft => {
+                let mut fields: Vec<_> = sft_schema().fields().iter().cloned().collect();
+                fields.push(Arc::new(utf8("error")));
+                Arc::new(Schema::new(fields))
+            }
+            BlendKind::Pairs => Arc::new(Schema::new(vec![
+                utf8("pair_id"),
+                utf8("source"),
+                utf8("prompt"),
+                utf8("chosen"),
+                utf8("rejected"),
+                utf8("label"),
+                Field::new("chosen_prob", DataType::Float64, true),
+                utf8("error"),
+            ])),
+        }
+    }
+
+    fn needed(self) -> (&'static [&'static str], &'static [&'static str]) {
+        match self {
+            BlendKind::Sft => (
+                &["prompt_id", "prompt", "revision", "error"],
+                &["sample_id", "source", "system", "messages"],
+            ),
+            BlendKind::Pairs => (
+                &[
+                    "prompt_id",
+                    "prompt",
+                    "chosen",
+                    "rejected",
+                    "label",
+                    "error",
+                ],
+                &["prompt_id", "source", "prompt", "chosen", "rejected"],
+            ),
+        }
+    }
+
+    /// Which CAI rows count towards the ratio.
+    fn usable(self) -> Expr {
+        match self {
+            BlendKind::Sft => col("error").is_null(),
+            BlendKind::Pairs => col("label").eq(lit("ok")).and(col("error").is_null()),
+        }
+    }
+
+    /// The id helpful rows are sampled by.
+    fn helpful_key(self) -> &'static str {
+        match self {
+            BlendKind::Sft => "sample_id",
+            BlendKind::Pairs => "prompt_id",
+        }
+    }
+
+    fn cai_rows(self, df: DataFrame, has_round: bool) -> Result<DataFrame> {
+        match self {
+            BlendKind::Sft => {
+                let round = if has_round {
+                    cast(col("round"), DataType::Utf8)
+                } else {
+                    lit("1")
+                };
+                let turn = |role: &str, content: Expr| {
+                    named_struct(vec![
+                        lit("role"),
+                        lit(role),
+                        lit("content"),
+                        cast(content, DataType::Utf8),
+                    ])
+                };
+                let messages = when(
+                    col("error").is_null(),
+                    make_array(vec![
+                        turn("user", col("prompt")),
+                        turn("assistant", col("revision")),
+                    ]),
+                )
+                .otherwise(lit(ScalarValue::try_from(message_list_type())?))?;
+                df.select(vec![
+                    concat(vec![
+                        cast(col("prompt_id"), DataType::Utf8),
+                        lit("-r"),
+                        round,
+                    ])
+                    .alias("sample_id"),
+                    lit("sl_cai").alias("source"),
+                    lit("").alias("system"),
+                    cast(messages, message_list_type()).alias("messages"),
+                    cast(col("error"), DataType::Utf8).alias("error"),
+                ])
+            }
+            BlendKind::Pairs => df.select(vec![
+                cast(col("prompt_id"), DataType::Utf8).alias("pair_id"),
+                lit("rl_cai").alias("source"),
+                cast(col("prompt"), DataType::Utf8).alias("prompt"),
+                cast(col("chosen"), DataType::Utf8).alias("chosen"),
+                cast(col("rejected"), DataType::Utf8).alias("rejected"),
+                cast(col("label"), DataType::Utf8).alias("label"),
+                if has_round {
+                    cast(col("chosen_prob"), DataType::Float64)
+                } else {
+                    lit(ScalarValue::Float64(None))
+                }
+                .alias("chosen_prob"),
+                cast(col("error"), DataType::Utf8).alias("error"),
+            ]),
+        }
+    }
+
+    fn helpful_rows(self, df: DataFrame) -> Result<DataFrame> {
+        match self {
+            BlendKind::Sft => df.select(vec![
+                cast(col("sample_id"), DataType::Utf8).alias("sample_id"),
+                cast(col("source"), DataType::Utf8).alias("source"),
+                cast(col("system"), DataType::Utf8).alias("system"),
+                cast(col("messages"), message_list_type()).alias("messages"),
+                lit(ScalarValue::Utf8(None)).alias("error"),
+            ]),
+            BlendKind::Pairs => df.select(vec![
+                cast(col("prompt_id"), DataType::Utf8).alias("pair_id"),
+                cast(col("source"), DataType::Utf8).alias("source"),
+                cast(col("prompt"), DataType::Utf8).alias("prompt"),
+                cast(col("chosen"), DataType::Utf8).alias("chosen"),
+                cast(col("rejected"), DataType::Utf8).alias("rejected"),
+                lit("ok").alias("label"),
+                lit(ScalarValue::Float64(None)).alias("chosen_prob"),
+                lit(ScalarValue::Utf8(None)).alias("error"),
+            ]),
+        }
+    }
 }
 
 impl TableFunctionImpl for BlendFunction {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
-        let a = StageArgs::parse("blend", args.exprs())?;
-        let state = session_state(args.session(), "blend")?;
+        let kind = self.0;
+        let name = kind.name();
+        let a = StageArgs::parse(name, args.exprs())?;
+        let state = session_state(args.session(), name)?;
         let (cai, helpful) = match a.positional.as_slice() {
             [c, h] => (
-                resolve_input(state, c, "blend")?,
-                resolve_input(state, h, "blend")?,
+                resolve_input(state, c, name)?,
+                resolve_input(state, h, name)?,
             ),
             _ => {
-                return Err(DataFusionError::Plan(
-                    "blend: expected blend(cai_table, helpful_table, ratio => r, seed => s)".into(),
-                ));
+                return Err(DataFusionError::Plan(format!(
+                    "{name}: expected {name}(cai_table, helpful_table, ratio => r, seed => s)"
+                )));
             }
         };
         let ratio: f64 = a.parsed_or("ratio", 0.5)?;
         if !(0.0..1.0).contains(&ratio) {
             return Err(DataFusionError::Plan(format!(
-                "blend: ratio => {ratio} must be in [0, 1)"
+                "{name}: ratio => {ratio} must be in [0, 1)"
             )));
         }
         let seed: i64 = a.parsed_or("seed", 42)?;
         a.finish(&[])?;
+        let (needed_cai, needed_helpful) = kind.needed();
         for (plan, needed, what) in [
-            (
-                &cai,
-                &["prompt_id", "prompt", "revision", "error"][..],
-                "cai",
-            ),
-            (
-                &helpful,
-                &["sample_id", "source", "system", "messages"][..],
-                "helpful",
-            ),
+            (&cai, needed_cai, "cai"),
+            (&helpful, needed_helpful, "helpful"),
         ] {
             for c in needed {
                 if plan.schema().as_arrow().index_of(c).is_err() {
                     return Err(DataFusionError::Plan(format!(
-                        "blend: the {what} input has no column '{c}'"
+                        "{name}: the {what} input has no column '{c}'"
                     )));
                 }
             }
         }
         Ok(Arc::new(BlendTable {
+            kind,
             cai,
             helpful,
             ratio,
@@ -97,68 +243,17 @@ impl TableFunctionImpl for BlendFunction {
 
 #[derive(Debug)]
 struct BlendTable {
+    kind: BlendKind,
     cai: LogicalPlan,
     helpful: LogicalPlan,
     ratio: f64,
     seed: i64,
 }
 
-impl BlendTable {
-    fn cai_rows(&self, df: DataFrame) -> Result<DataFrame> {
-        let has_round = self.cai.schema().as_arrow().index_of("round").is_ok();
-        let round = if has_round {
-            cast(col("round"), DataType::Utf8)
-        } else {
-            lit("1")
-        };
-        let turn = |role: &str, content: Expr| {
-            named_struct(vec![
-                lit("role"),
-                lit(role),
-                lit("content"),
-                cast(content, DataType::Utf8),
-            ])
-        };
-        let messages = when(
-            col("error").is_null(),
-            make_array(vec![
-                turn("user", col("prompt")),
-                turn("assistant", col("revision")),
-            ]),
-        )
-        .otherwise(lit(ScalarValue::try_from(message_list_type())?))?;
-        df.select(vec![
-            concat(vec![
-                cast(col("prompt_id"), DataType::Utf8),
-                lit("-r"),
-                round,
-            ])
-            .alias("sample_id"),
-            lit("sl_cai").alias("source"),
-            lit("").alias("system"),
-            cast(messages, message_list_type()).alias("messages"),
-            cast(col("error"), DataType::Utf8).alias("error"),
-        ])
-    }
-
-    fn helpful_rows(&self, df: DataFrame, keep: f64) -> Result<DataFrame> {
-        let sampled = unit_hash_udf()
-            .call(vec![col("sample_id"), lit_i64(self.seed)])
-            .lt(lit(keep));
-        df.filter(sampled)?.select(vec![
-            cast(col("sample_id"), DataType::Utf8).alias("sample_id"),
-            cast(col("source"), DataType::Utf8).alias("source"),
-            cast(col("system"), DataType::Utf8).alias("system"),
-            cast(col("messages"), message_list_type()).alias("messages"),
-            lit(ScalarValue::Utf8(None)).alias("error"),
-        ])
-    }
-}
-
 #[async_trait]
 impl TableProvider for BlendTable {
     fn schema(&self) -> SchemaRef {
-        blend_schema()
+        self.kind.schema()
     }
 
     fn table_type(&self) -> TableType {
@@ -172,10 +267,11 @@ impl TableProvider for BlendTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let state = session_state(state, "blend")?.clone();
+        let name = self.kind.name();
+        let state = session_state(state, name)?.clone();
         let cai = DataFrame::new(state.clone(), self.cai.clone());
         let helpful = DataFrame::new(state.clone(), self.helpful.clone());
-        let usable = cai.clone().filter(col("error").is_null())?.count().await?;
+        let usable = cai.clone().filter(self.kind.usable())?.count().await?;
         let available = if self.ratio > 0.0 {
             helpful.clone().count().await?
         } else {
@@ -189,20 +285,30 @@ impl TableProvider for BlendTable {
         };
         if wanted > available as f64 {
             tracing::warn!(
-                "blend: wanted {wanted} helpful rows for ratio {}, only {available} available",
+                "{name}: wanted {wanted} helpful rows for ratio {}, only {available} available",
                 self.ratio
             );
         }
         tracing::info!(
-            "blend: {usable} usable CAI rows, about {:.0} of {available} helpful rows",
+            "{name}: {usable} usable CAI rows, about {:.0} of {available} helpful rows",
             keep * available as f64
         );
-        let blended = self
-            .cai_rows(cai)?
-            .union(self.helpful_rows(helpful, keep)?)?;
+        let cai_schema = self.cai.schema().as_arrow().clone();
+        let optional = match self.kind {
+            BlendKind::Sft => "round",
+            BlendKind::Pairs => "chosen_prob",
+        };
+        let cai_rows = self
+            .kind
+            .cai_rows(cai, cai_schema.index_of(optional).is_ok())?;
+        let sampled = unit_hash_udf()
+            .call(vec![col(self.kind.helpful_key()), lit_i64(self.seed)])
+            .lt(lit(keep));
+        let helpful_rows = self.kind.helpful_rows(helpful.filter(sampled)?)?;
+        let blended = cai_rows.union(helpful_rows)?;
         let blended = match projection {
             Some(p) => {
-                let schema = blend_schema();
+                let schema = self.kind.schema();
                 let names: Vec<&str> = p.iter().map(|i| schema.field(*i).name().as_str()).collect();
                 blended.select_columns(&names)?
             }

@@ -140,10 +140,10 @@ fn group_rows(
                     let expected = st.grouping.size_column.and_then(|c| row.u64(c));
                     let group = st.open.entry(key.clone()).or_default();
                     group.push(row);
-                    if expected.is_some_and(|n| group.len() as u64 >= n) {
-                        if let Some(g) = st.open.remove(&key) {
-                            st.ready.push_back(g);
-                        }
+                    if expected.is_some_and(|n| group.len() as u64 >= n)
+                        && let Some(g) = st.open.remove(&key)
+                    {
+                        st.ready.push_back(g);
                     }
                 }
             }

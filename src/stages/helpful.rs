@@ -1,10 +1,18 @@
-//! `helpful_sft(path, …)`: helpfulness SFT conversations to blend with SL-CAI data.
+//! Helpfulness data to blend with CAI data, read from JSONL (optionally `.gz`).
 //!
-//! Reads JSONL (optionally `.gz`) in any of: NeMo chat (`conversations` of `{from, value}`,
-//! `system`), TRL (`messages` of `{role, content}`), or HH transcripts (`chosen`: every turn).
-//! Output: `sample_id`, `source`, `system`, `messages` (`List<Struct{role, content}>`).
-//! Lines that fit none of these are skipped, counted and reported with their line number.
+//! - `helpful_sft(path, …)`: conversations in NeMo chat (`conversations` of `{from, value}`,
+//!   `system`), TRL (`messages` of `{role, content}`) or HH (`chosen`: every turn) shape.
+//!   Output `sample_id`, `source`, `system`, `messages` (`List<Struct{role, content}>`).
+//! - `helpful_pairs(path, …)`: HH preference records (`chosen`/`rejected` transcripts that
+//!   share their history). Output `prompt_id`, `source`, `prompt`, `chosen`, `rejected`: the
+//!   prompt is the history before the last assistant turn (a single human turn as is, longer
+//!   histories in HH's `Human:`/`Assistant:` text form); chosen and rejected are the two last
+//!   assistant turns.
+//!
+//! Lines that fit none of these shapes are skipped, counted and reported with their line
+//! number. Option `source` labels the rows (default `helpful`).
 
+use std::fmt::Debug;
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,86 +44,238 @@ pub fn sft_schema() -> SchemaRef {
     ]))
 }
 
+pub fn pairs_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("prompt_id", DataType::Utf8, false),
+        Field::new("source", DataType::Utf8, false),
+        Field::new("prompt", DataType::Utf8, false),
+        Field::new("chosen", DataType::Utf8, false),
+        Field::new("rejected", DataType::Utf8, false),
+    ]))
+}
+
+/// One JSONL line format: how a line becomes a row, and rows a batch.
+trait LineFormat: Debug + Send + Sync + 'static {
+    type Row: Send;
+    const FUNCTION: &'static str;
+    fn schema() -> SchemaRef;
+    fn parse(line: &str) -> std::result::Result<Self::Row, String>;
+    fn build(source: &str, rows: Vec<Self::Row>) -> Result<RecordBatch>;
+}
+
+#[derive(Debug)]
+struct SftFormat;
+
+impl LineFormat for SftFormat {
+    type Row = (String, String, Vec<Message>);
+    const FUNCTION: &'static str = "helpful_sft";
+
+    fn schema() -> SchemaRef {
+        sft_schema()
+    }
+
+    fn parse(line: &str) -> std::result::Result<Self::Row, String> {
+        let v: Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
+        let system = v
+            .get("system")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let turn =
+            |t: &Value, role_key: &str, text_key: &str| -> std::result::Result<Message, String> {
+                let role = t
+                    .get(role_key)
+                    .and_then(Value::as_str)
+                    .ok_or(format!("a turn has no '{role_key}'"))?;
+                let content = t
+                    .get(text_key)
+                    .and_then(Value::as_str)
+                    .ok_or(format!("a turn has no '{text_key}'"))?;
+                Ok(Message::new(&role.to_ascii_lowercase(), content))
+            };
+        let messages: Vec<Message> =
+            if let Some(c) = v.get("conversations").and_then(Value::as_array) {
+                c.iter()
+                    .map(|t| turn(t, "from", "value"))
+                    .collect::<std::result::Result<_, _>>()?
+            } else if let Some(m) = v.get("messages").and_then(Value::as_array) {
+                m.iter()
+                    .map(|t| turn(t, "role", "content"))
+                    .collect::<std::result::Result<_, _>>()?
+            } else if let Some(t) = v.get("chosen").and_then(Value::as_str) {
+                parse_turns(t)
+            } else {
+                return Err("no 'conversations', 'messages' or 'chosen' field".into());
+            };
+        if !messages
+            .iter()
+            .any(|m| m.role == "assistant" && !m.content.trim().is_empty())
+        {
+            return Err("the conversation has no assistant turn".into());
+        }
+        let id = match v.get("id") {
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+            None => {
+                let text: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
+                crate::keys::prompt_id(&text.join("\n"))
+            }
+        };
+        Ok((id, system, messages))
+    }
+
+    fn build(source: &str, rows: Vec<Self::Row>) -> Result<RecordBatch> {
+        let mut ids = StringBuilder::new();
+        let mut sources = StringBuilder::new();
+        let mut systems = StringBuilder::new();
+        let mut messages = ListBuilder::new(StructBuilder::from_fields(message_fields(), 0));
+        for (id, system, turns) in rows {
+            ids.append_value(id);
+            sources.append_value(source);
+            systems.append_value(system);
+            append_messages(&mut messages, Some(&turns));
+        }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(ids.finish()),
+            Arc::new(sources.finish()),
+            Arc::new(systems.finish()),
+            Arc::new(messages.finish()),
+        ];
+        Ok(RecordBatch::try_new(sft_schema(), columns)?)
+    }
+}
+
+#[derive(Debug)]
+struct PairsFormat;
+
+/// HH history as text, the form TRL and the RM template take as one prompt string.
+fn history_text(turns: &[Message]) -> String {
+    if let [only] = turns {
+        return only.content.clone();
+    }
+    turns
+        .iter()
+        .map(|t| {
+            format!(
+                "{}: {}",
+                if t.role == "user" {
+                    "Human"
+                } else {
+                    "Assistant"
+                },
+                t.content
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
+impl LineFormat for PairsFormat {
+    /// (prompt, chosen, rejected)
+    type Row = (String, String, String);
+    const FUNCTION: &'static str = "helpful_pairs";
+
+    fn schema() -> SchemaRef {
+        pairs_schema()
+    }
+
+    fn parse(line: &str) -> std::result::Result<Self::Row, String> {
+        let v: Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
+        let field = |k: &str| {
+            v.get(k)
+                .and_then(Value::as_str)
+                .ok_or(format!("no string field '{k}'"))
+        };
+        let mut chosen = parse_turns(field("chosen")?);
+        let mut rejected = parse_turns(field("rejected")?);
+        let (Some(c), Some(r)) = (chosen.pop(), rejected.pop()) else {
+            return Err("empty transcript".into());
+        };
+        if c.role != "assistant"
+            || r.role != "assistant"
+            || c.content.is_empty()
+            || r.content.is_empty()
+        {
+            return Err("a transcript does not end with an assistant turn".into());
+        }
+        if chosen != rejected || chosen.is_empty() {
+            return Err("chosen and rejected do not share their history".into());
+        }
+        Ok((history_text(&chosen), c.content, r.content))
+    }
+
+    fn build(source: &str, rows: Vec<Self::Row>) -> Result<RecordBatch> {
+        let mut b: Vec<StringBuilder> = (0..5).map(|_| StringBuilder::new()).collect();
+        for (prompt, chosen, rejected) in rows {
+            b[0].append_value(crate::keys::prompt_id(&format!(
+                "{prompt}\n{chosen}\n{rejected}"
+            )));
+            b[1].append_value(source);
+            b[2].append_value(prompt);
+            b[3].append_value(chosen);
+            b[4].append_value(rejected);
+        }
+        let columns: Vec<ArrayRef> = b
+            .iter_mut()
+            .map(|x| Arc::new(x.finish()) as ArrayRef)
+            .collect();
+        Ok(RecordBatch::try_new(pairs_schema(), columns)?)
+    }
+}
+
+fn provider<F: LineFormat>(args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
+    let a = StageArgs::parse(F::FUNCTION, args.exprs())?;
+    let path = PathBuf::from(a.input()?);
+    let source = a.str_or("source", "helpful");
+    a.finish(&[])?;
+    if !path.is_file() {
+        return Err(DataFusionError::Plan(format!(
+            "{}: no such file: {}",
+            F::FUNCTION,
+            path.display()
+        )));
+    }
+    let stream = Arc::new(JsonlStream::<F> {
+        path,
+        source,
+        schema: F::schema(),
+        format: std::marker::PhantomData,
+    });
+    Ok(Arc::new(StreamingTable::try_new(
+        F::schema(),
+        vec![stream],
+    )?))
+}
+
 #[derive(Debug)]
 pub struct HelpfulSftFunction;
 
 impl TableFunctionImpl for HelpfulSftFunction {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
-        let a = StageArgs::parse("helpful_sft", args.exprs())?;
-        let path = PathBuf::from(a.input()?);
-        let source = a.str_or("source", "helpful");
-        a.finish(&[])?;
-        if !path.is_file() {
-            return Err(DataFusionError::Plan(format!(
-                "helpful_sft: no such file: {}",
-                path.display()
-            )));
-        }
-        let stream = Arc::new(HelpfulStream { path, source });
-        Ok(Arc::new(StreamingTable::try_new(
-            sft_schema(),
-            vec![stream],
-        )?))
+        provider::<SftFormat>(args)
     }
 }
 
 #[derive(Debug)]
-struct HelpfulStream {
+pub struct HelpfulPairsFunction;
+
+impl TableFunctionImpl for HelpfulPairsFunction {
+    fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
+        provider::<PairsFormat>(args)
+    }
+}
+
+#[derive(Debug)]
+struct JsonlStream<F> {
     path: PathBuf,
     source: String,
+    schema: SchemaRef,
+    format: std::marker::PhantomData<F>,
 }
 
-/// One conversation from a line, or why not.
-fn parse_line(line: &str) -> std::result::Result<(Option<String>, String, Vec<Message>), String> {
-    let v: Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
-    let id = v.get("id").map(|i| {
-        i.as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| i.to_string())
-    });
-    let system = v
-        .get("system")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    let turn =
-        |t: &Value, role_key: &str, text_key: &str| -> std::result::Result<Message, String> {
-            let role = t
-                .get(role_key)
-                .and_then(Value::as_str)
-                .ok_or(format!("a turn has no '{role_key}'"))?;
-            let content = t
-                .get(text_key)
-                .and_then(Value::as_str)
-                .ok_or(format!("a turn has no '{text_key}'"))?;
-            Ok(Message::new(&role.to_ascii_lowercase(), content))
-        };
-    let messages: Vec<Message> = if let Some(c) = v.get("conversations").and_then(Value::as_array) {
-        c.iter()
-            .map(|t| turn(t, "from", "value"))
-            .collect::<std::result::Result<_, _>>()?
-    } else if let Some(m) = v.get("messages").and_then(Value::as_array) {
-        m.iter()
-            .map(|t| turn(t, "role", "content"))
-            .collect::<std::result::Result<_, _>>()?
-    } else if let Some(t) = v.get("chosen").and_then(Value::as_str) {
-        parse_turns(t)
-    } else {
-        return Err("no 'conversations', 'messages' or 'chosen' field".into());
-    };
-    if !messages
-        .iter()
-        .any(|m| m.role == "assistant" && !m.content.trim().is_empty())
-    {
-        return Err("the conversation has no assistant turn".into());
-    }
-    Ok((id, system, messages))
-}
-
-impl PartitionStream for HelpfulStream {
+impl<F: LineFormat> PartitionStream for JsonlStream<F> {
     fn schema(&self) -> &SchemaRef {
-        static SCHEMA: std::sync::OnceLock<SchemaRef> = std::sync::OnceLock::new();
-        SCHEMA.get_or_init(sft_schema)
+        &self.schema
     }
 
     fn execute(&self, ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
@@ -123,9 +283,10 @@ impl PartitionStream for HelpfulStream {
             .session_config()
             .get_extension::<Progress>()
             .unwrap_or_default()
-            .stage("helpful_sft");
+            .stage(F::FUNCTION);
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<RecordBatch>>(2);
         let (path, source) = (self.path.clone(), self.source.clone());
+        // Reading and parsing are blocking work: keep them off the async workers.
         tokio::task::spawn_blocking(move || {
             let send = |b: Result<RecordBatch>| tx.blocking_send(b).is_ok();
             let reader = match open(&path) {
@@ -135,8 +296,8 @@ impl PartitionStream for HelpfulStream {
                     return;
                 }
             };
-            let mut rows: Vec<(String, String, Vec<Message>)> = vec![];
-            let mut skipped: Vec<String> = vec![];
+            let mut rows = vec![];
+            let mut skipped = vec![];
             let mut skipped_count = 0usize;
             for (i, line) in reader.lines().enumerate() {
                 let line = match line {
@@ -149,15 +310,8 @@ impl PartitionStream for HelpfulStream {
                 if line.trim().is_empty() {
                     continue;
                 }
-                match parse_line(&line) {
-                    Ok((id, system, messages)) => {
-                        let id = id.unwrap_or_else(|| {
-                            let text: Vec<&str> =
-                                messages.iter().map(|m| m.content.as_str()).collect();
-                            crate::keys::prompt_id(&text.join("\n"))
-                        });
-                        rows.push((id, system, messages));
-                    }
+                match F::parse(&line) {
+                    Ok(row) => rows.push(row),
                     Err(reason) => {
                         skipped_count += 1;
                         StageProgress::add(&progress.records_skipped, 1);
@@ -168,18 +322,19 @@ impl PartitionStream for HelpfulStream {
                 }
                 if rows.len() >= BATCH_ROWS {
                     StageProgress::add(&progress.rows_done, rows.len() as u64);
-                    if !send(build(&source, std::mem::take(&mut rows))) {
+                    if !send(F::build(&source, std::mem::take(&mut rows))) {
                         return;
                     }
                 }
             }
             if !rows.is_empty() {
                 StageProgress::add(&progress.rows_done, rows.len() as u64);
-                send(build(&source, rows));
+                send(F::build(&source, rows));
             }
             if skipped_count > 0 {
                 tracing::warn!(
-                    "helpful_sft: {}: skipped {skipped_count} line(s): {}",
+                    "{}: {}: skipped {skipped_count} line(s): {}",
+                    F::FUNCTION,
                     path.display(),
                     skipped.join("; ")
                 );
@@ -187,26 +342,6 @@ impl PartitionStream for HelpfulStream {
         });
         let stream =
             futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
-        Box::pin(RecordBatchStreamAdapter::new(sft_schema(), stream))
+        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
     }
-}
-
-fn build(source: &str, rows: Vec<(String, String, Vec<Message>)>) -> Result<RecordBatch> {
-    let mut ids = StringBuilder::new();
-    let mut sources = StringBuilder::new();
-    let mut systems = StringBuilder::new();
-    let mut messages = ListBuilder::new(StructBuilder::from_fields(message_fields(), 0));
-    for (id, system, turns) in rows {
-        ids.append_value(id);
-        sources.append_value(source);
-        systems.append_value(system);
-        append_messages(&mut messages, Some(&turns));
-    }
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(ids.finish()),
-        Arc::new(sources.finish()),
-        Arc::new(systems.finish()),
-        Arc::new(messages.finish()),
-    ];
-    Ok(RecordBatch::try_new(sft_schema(), columns)?)
 }
