@@ -22,6 +22,8 @@ pub enum CaiError {
     MissingApiKey { endpoint: String, var: String },
     #[error("plan: {0}")]
     Plan(String),
+    #[error("store: {0}")]
+    Store(String),
     #[error(transparent)]
     DataFusion(#[from] datafusion::error::DataFusionError),
     #[error(transparent)]

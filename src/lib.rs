@@ -9,6 +9,7 @@ pub mod config;
 pub mod constitution;
 pub mod error;
 pub mod export;
+pub mod journal;
 pub mod keys;
 pub mod llm;
 pub mod plan;
@@ -16,6 +17,7 @@ pub mod progress;
 pub mod session;
 pub mod sql;
 pub mod stages;
+pub mod store;
 pub mod testing;
 pub mod udf;
 

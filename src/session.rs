@@ -6,6 +6,7 @@ use datafusion::catalog::TableFunctionImpl;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
+use crate::journal::Journal;
 use crate::llm::Endpoints;
 use crate::progress::Progress;
 use crate::sql::NamedArgs;
@@ -41,16 +42,25 @@ pub struct CaiSession {
     pub ctx: SessionContext,
     pub progress: Arc<Progress>,
     pub endpoints: Arc<Endpoints>,
+    pub journal: Option<Arc<Journal>>,
 }
 
 impl CaiSession {
     pub fn new(endpoints: Endpoints) -> Self {
+        Self::with_journal(endpoints, None)
+    }
+
+    /// A session whose LLM stages serve and record requests through `journal`.
+    pub fn with_journal(endpoints: Endpoints, journal: Option<Arc<Journal>>) -> Self {
         let endpoints = Arc::new(endpoints);
         let progress = Arc::new(Progress::default());
-        let config = SessionConfig::new()
+        let mut config = SessionConfig::new()
             .with_information_schema(true)
             .with_extension(endpoints.clone())
             .with_extension(progress.clone());
+        if let Some(j) = &journal {
+            config = config.with_extension(j.clone());
+        }
         let functions = table_functions();
         let state = SessionStateBuilder::new()
             .with_config(config)
@@ -69,6 +79,7 @@ impl CaiSession {
             ctx,
             progress,
             endpoints,
+            journal,
         }
     }
 }

@@ -45,6 +45,8 @@ use crate::progress::{Progress, StageProgress};
 pub struct StageEnv {
     pub endpoint: Option<Arc<Endpoint>>,
     pub progress: Arc<StageProgress>,
+    /// The run's request journal, when the session has one.
+    pub journal: Option<Arc<crate::journal::Journal>>,
 }
 
 /// One CAI stage, row by row. Implementations hold only plain options (serde data) and
@@ -373,6 +375,7 @@ impl StageExec {
         Ok(StageEnv {
             endpoint,
             progress: progress.stage(self.stage.name()),
+            journal: config.get_extension::<crate::journal::Journal>(),
         })
     }
 }

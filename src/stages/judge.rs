@@ -28,10 +28,10 @@ use rand::seq::SliceRandom;
 
 use super::args::StageArgs;
 use super::exec::{Grouping, RowStage, StageEnv, StageFactory};
-use super::llm_call::{LlmDefaults, LlmOptions, count_error, lineage_value, null_lineage, text};
+use super::llm_call::{LlmDefaults, LlmOptions, complete, count_error, null_lineage, text};
 use super::row::InputRow;
 use super::verdict::{Verdict, parse_verdict};
-use crate::llm::{ChatRequest, Message};
+use crate::llm::Message;
 
 pub const DEFAULT_JUDGE_CONSTITUTION: &str = include_str!("../../data/judge_constitution.txt");
 pub const DEFAULT_JUDGE_PRINCIPLES: &str = include_str!("../../data/judge_principles.txt");
@@ -233,19 +233,6 @@ impl Judge {
         candidates
     }
 
-    async fn call(
-        &self,
-        env: &StageEnv,
-        request: &ChatRequest,
-    ) -> (Result<crate::llm::Completion, String>, ScalarValue) {
-        let Some(endpoint) = env.endpoint.as_ref() else {
-            return (Err("judge has no endpoint".into()), null_lineage());
-        };
-        let outcome = endpoint.call(request).await;
-        let lineage = lineage_value(env, request, &outcome).unwrap_or_else(|_| null_lineage());
-        (outcome.result, lineage)
-    }
-
     async fn by_constitution(
         &self,
         env: &StageEnv,
@@ -273,7 +260,7 @@ impl Judge {
             if self.structured {
                 request.params.response_format = Some(verdict_format(n));
             }
-            let (result, lineage) = self.call(env, &request).await;
+            let (result, lineage) = complete(env, &request).await;
             let raw = match result {
                 Ok(c) => c.text,
                 Err(e) => {
@@ -362,7 +349,7 @@ impl Judge {
             request.params.max_tokens = Some(1);
             request.params.top_logprobs = Some(self.top_logprobs);
             async move {
-                let (result, lineage) = self.call(env, &request).await;
+                let (result, lineage) = complete(env, &request).await;
                 (a, b, swap, result, lineage)
             }
         });

@@ -12,7 +12,7 @@ use super::args::StageArgs;
 use super::exec::StageEnv;
 use super::row::InputRow;
 use crate::constitution::FewShot;
-use crate::llm::{CallOutcome, ChatRequest, Message, SamplingParams};
+use crate::llm::{CallOutcome, ChatRequest, Completion, Message, SamplingParams};
 use crate::progress::StageProgress;
 
 /// Options common to respond, critique and revise.
@@ -197,12 +197,38 @@ pub fn lineage_value(
 
 /// Send a request through the stage's endpoint; returns the text or the error, plus lineage.
 pub async fn call(env: &StageEnv, request: &ChatRequest) -> (Result<String, String>, ScalarValue) {
+    let (result, lineage) = complete(env, request).await;
+    (result.map(|c| c.text), lineage)
+}
+
+/// Send a request, or serve it from the run's journal when it was completed before (then
+/// `attempts` is 0 in the lineage). Every new outcome is journalled; failures are journalled
+/// as failures and never served.
+pub async fn complete(env: &StageEnv, request: &ChatRequest) -> (Result<Completion, String>, ScalarValue) {
     let Some(endpoint) = env.endpoint.as_ref() else {
         return (Err("stage has no endpoint".into()), null_lineage());
     };
-    let outcome = endpoint.call(request).await;
+    let journalled = env.journal.as_ref().and_then(|j| {
+        let hash = endpoint.request_hash(request);
+        j.lookup(&hash).map(|c| CallOutcome {
+            request_hash: hash,
+            result: Ok(c),
+            attempts: 0,
+            latency_ms: 0,
+        })
+    });
+    let outcome = match journalled {
+        Some(o) => o,
+        None => {
+            let o = endpoint.call(request).await;
+            if let Some(j) = &env.journal {
+                j.record(&o.request_hash, &o.result);
+            }
+            o
+        }
+    };
     let lineage = lineage_value(env, request, &outcome).unwrap_or_else(|_| null_lineage());
-    (outcome.result.map(|c| c.text), lineage)
+    (outcome.result, lineage)
 }
 
 pub fn text(value: Option<String>) -> ScalarValue {

@@ -1,0 +1,231 @@
+//! The request journal: every completed request of a run, keyed by its request hash (model,
+//! normalized messages, sampling parameters, seed, prompt-template version).
+//!
+//! A resume or re-run serves journalled results without calling the endpoint. Failures are
+//! journalled as failures (with their reason) and are never served: they are retried.
+//! Entries are buffered and written as a new segment object (`journal/{session}-{seq}.jsonl`)
+//! about once a second, so after `kill -9` at most the requests in flight and about a second
+//! of completions are sent again. Segments are objects, not appends, so the same journal
+//! works on S3. At the end of a run the segments are compacted into one.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::llm::Completion;
+use crate::store::RunStore;
+
+/// One journal line.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Line {
+    /// Request hash.
+    h: String,
+    ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    finish_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    prompt_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    completion_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    top_logprobs: Option<Vec<Vec<(String, f64)>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+impl Line {
+    fn completion(&self) -> Completion {
+        Completion {
+            text: self.text.clone().unwrap_or_default(),
+            finish_reason: self.finish_reason.clone(),
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.completion_tokens,
+            top_logprobs: self.top_logprobs.clone(),
+        }
+    }
+}
+
+/// Counts for `inspect` and the run summary.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JournalStats {
+    pub results: usize,
+    pub failures: usize,
+    pub segments: usize,
+    pub served: u64,
+    pub recorded: u64,
+}
+
+#[derive(Debug)]
+pub struct Journal {
+    store: RunStore,
+    results: RwLock<HashMap<String, Arc<Line>>>,
+    failures: AtomicU64,
+    segments: AtomicU64,
+    pending: Mutex<Vec<Line>>,
+    /// Unique per process, so concurrent or successive writers never overwrite a segment.
+    session: String,
+    seq: AtomicU64,
+    served: AtomicU64,
+    recorded: AtomicU64,
+}
+
+const FOLDER: &str = "journal";
+pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+impl Journal {
+    /// Load every segment of the run's journal.
+    pub async fn open(store: RunStore) -> Result<Journal> {
+        let mut results = HashMap::new();
+        let mut failures = 0u64;
+        let objects = store.list(FOLDER).await?;
+        for (path, _) in &objects {
+            let Some(bytes) = store.get(path).await? else { continue };
+            for raw in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                // A torn last line (a crash mid-write on a store without atomic puts) is skipped.
+                let Ok(line) = serde_json::from_slice::<Line>(raw) else { continue };
+                if line.ok {
+                    results.insert(line.h.clone(), Arc::new(line));
+                } else {
+                    failures += 1;
+                }
+            }
+        }
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        Ok(Journal {
+            store,
+            results: RwLock::new(results),
+            failures: AtomicU64::new(failures),
+            segments: AtomicU64::new(objects.len() as u64),
+            pending: Mutex::new(vec![]),
+            session: format!("{nanos:x}-{}", std::process::id()),
+            seq: AtomicU64::new(0),
+            served: AtomicU64::new(0),
+            recorded: AtomicU64::new(0),
+        })
+    }
+
+    /// A journalled result for this request hash.
+    pub fn lookup(&self, hash: &str) -> Option<Completion> {
+        let results = self.results.read().unwrap_or_else(|p| p.into_inner());
+        let line = results.get(hash)?;
+        self.served.fetch_add(1, Ordering::Relaxed);
+        Some(line.completion())
+    }
+
+    pub fn record(&self, hash: &str, result: &std::result::Result<Completion, String>) {
+        let line = match result {
+            Ok(c) => Line {
+                h: hash.to_string(),
+                ok: true,
+                text: Some(c.text.clone()),
+                finish_reason: c.finish_reason.clone(),
+                prompt_tokens: c.prompt_tokens,
+                completion_tokens: c.completion_tokens,
+                top_logprobs: c.top_logprobs.clone(),
+                error: None,
+            },
+            Err(e) => Line {
+                h: hash.to_string(),
+                ok: false,
+                text: None,
+                finish_reason: None,
+                prompt_tokens: None,
+                completion_tokens: None,
+                top_logprobs: None,
+                error: Some(e.clone()),
+            },
+        };
+        if line.ok {
+            let mut results = self.results.write().unwrap_or_else(|p| p.into_inner());
+            results.insert(line.h.clone(), Arc::new(line.clone()));
+        } else {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        self.recorded.fetch_add(1, Ordering::Relaxed);
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+    }
+
+    /// Write what is pending as a new segment.
+    pub async fn flush(&self) -> Result<()> {
+        let lines = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::with_capacity(lines.len() * 256);
+        for l in &lines {
+            serde_json::to_writer(&mut buf, l).map_err(|e| crate::error::CaiError::Store(e.to_string()))?;
+            buf.push(b'\n');
+        }
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let path = format!("{FOLDER}/{}-{seq:08}.jsonl", self.session);
+        if let Err(e) = self.store.put(&path, Bytes::from(buf)).await {
+            // Keep the lines for the next flush: nothing completed is lost to a hiccup.
+            self.pending.lock().unwrap_or_else(|p| p.into_inner()).splice(0..0, lines);
+            return Err(e);
+        }
+        self.segments.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Flush about once a second until the returned handle is aborted.
+    pub fn spawn_flusher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let journal = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(FLUSH_EVERY).await;
+                if let Err(e) = journal.flush().await {
+                    tracing::warn!("journal flush failed (will retry): {e}");
+                }
+            }
+        })
+    }
+
+    /// Rewrite the journal as one segment of its results (failures are dropped: they were
+    /// retried or are visible in the tables' `error` column).
+    pub async fn compact(&self) -> Result<()> {
+        self.flush().await?;
+        let before = self.store.list(FOLDER).await?;
+        if before.len() <= 1 {
+            return Ok(());
+        }
+        let mut buf = Vec::new();
+        {
+            let results = self.results.read().unwrap_or_else(|p| p.into_inner());
+            for line in results.values() {
+                serde_json::to_writer(&mut buf, line.as_ref()).map_err(|e| crate::error::CaiError::Store(e.to_string()))?;
+                buf.push(b'\n');
+            }
+        }
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let compacted = format!("{FOLDER}/{}-{seq:08}.jsonl", self.session);
+        self.store.put(&compacted, Bytes::from(buf)).await?;
+        for (path, _) in before {
+            if path != compacted {
+                let _ = self.store.delete_one(&path).await;
+            }
+        }
+        self.segments.store(1, Ordering::Relaxed);
+        self.failures.store(0, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub fn stats(&self) -> JournalStats {
+        JournalStats {
+            results: self.results.read().unwrap_or_else(|p| p.into_inner()).len(),
+            failures: self.failures.load(Ordering::Relaxed) as usize,
+            segments: self.segments.load(Ordering::Relaxed) as usize,
+            served: self.served.load(Ordering::Relaxed),
+            recorded: self.recorded.load(Ordering::Relaxed),
+        }
+    }
+}
