@@ -30,18 +30,17 @@ CREATE VIEW candidates AS
   SELECT * FROM sample(prompts, endpoint => '${policy}', temperatures => '${temperatures}',
                        max_tokens => ${max_tokens}, seed => ${seed});
 
-COPY (SELECT * FROM judge(candidates, endpoint => '${judge}', mode => '${mode}',
-                          max_tokens => ${judge_max_tokens}, structured => ${structured},
-                          constitution => '${judge_constitution}', attempts => ${attempts},
-                          seed => ${seed}))
-  TO '${run}/judgements/' STORED AS PARQUET;
+CREATE TABLE judgements AS
+  SELECT * FROM judge(candidates, endpoint => '${judge}', mode => '${mode}',
+                      max_tokens => ${judge_max_tokens}, structured => ${structured},
+                      constitution => '${judge_constitution}', attempts => ${attempts},
+                      seed => ${seed});
 
-CREATE EXTERNAL TABLE judgements STORED AS PARQUET LOCATION '${run}/judgements/';
 CREATE VIEW helpful AS SELECT * FROM helpful_pairs('${helpful_pairs}');
 
-COPY (SELECT *, split_of(pair_id, ${seed}, '${splits}') AS split
-      FROM blend_pairs(judgements, helpful, ratio => ${helpful_ratio}, seed => ${seed}))
-  TO '${run}/preferences/' STORED AS PARQUET PARTITIONED BY (split);
+CREATE TABLE preferences AS
+  SELECT *, split_of(pair_id, ${seed}, '${splits}') AS split
+  FROM blend_pairs(judgements, helpful, ratio => ${helpful_ratio}, seed => ${seed});
 
 -- The judge's verdicts, all accounted for.
 SELECT label, count(*) AS prompts FROM judgements GROUP BY label ORDER BY label;

@@ -1,8 +1,9 @@
 -- SL-CAI: red-team prompts -> respond -> critique -> revise -> blend with helpful data -> split.
 --
 -- The three LLM stages are views over each other, so they stream: a row's critique is sent
--- as soon as its response is back. Revisions are stored once (they are the expensive part),
--- then blended and split from the stored table.
+-- as soon as its response is back. `CREATE TABLE … AS` materializes a table in the run
+-- (Parquet; partitioned by `split` when it has that column); running the plan again reuses
+-- tables that did not change, and journalled requests are never sent twice.
 --
 -- Variables (override with: caiflow run plans/sl_cai.sql --set name=value):
 -- @var prompts = data/red_team_prompts.jsonl
@@ -31,20 +32,18 @@ CREATE VIEW critiques AS
                          temperature => ${temperature}, seed => ${seed},
                          constitution => '${constitution}', few_shot => '${few_shot}');
 
-COPY (SELECT * FROM revise(critiques, rounds => ${rounds}, endpoint => '${policy}',
-                           max_tokens => ${max_tokens}, temperature => ${temperature},
-                           seed => ${seed}, constitution => '${constitution}',
-                           few_shot => '${few_shot}'))
-  TO '${run}/revisions/' STORED AS PARQUET;
+CREATE TABLE revisions AS
+  SELECT * FROM revise(critiques, rounds => ${rounds}, endpoint => '${policy}',
+                       max_tokens => ${max_tokens}, temperature => ${temperature},
+                       seed => ${seed}, constitution => '${constitution}',
+                       few_shot => '${few_shot}');
 
-CREATE EXTERNAL TABLE revisions STORED AS PARQUET LOCATION '${run}/revisions/';
 CREATE VIEW helpful AS SELECT * FROM helpful_sft('${helpful}');
 
-COPY (SELECT *, split_of(sample_id, ${seed}, '${splits}') AS split
-      FROM blend(revisions, helpful, ratio => ${helpful_ratio}, seed => ${seed}))
-  TO '${run}/sft/' STORED AS PARQUET PARTITIONED BY (split);
+CREATE TABLE sft AS
+  SELECT *, split_of(sample_id, ${seed}, '${splits}') AS split
+  FROM blend(revisions, helpful, ratio => ${helpful_ratio}, seed => ${seed});
 
 -- What landed, per split and source.
-CREATE EXTERNAL TABLE sft STORED AS PARQUET LOCATION '${run}/sft/';
 SELECT split, source, count(*) AS rows, count(error) AS errors
 FROM sft GROUP BY split, source ORDER BY split, source;

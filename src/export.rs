@@ -1,5 +1,5 @@
-//! Exports of a run's tables for trainers. One set of files per split (`split=NAME/`
-//! partitions of the table, or the whole table as split `all`), streamed batch by batch.
+//! Exports of a run's tables for trainers. One set of files per split (the table's `split`
+//! column, or the whole table as split `all`), streamed batch by batch.
 //!
 //! SFT (from the `sft` table):
 //! - `nemo-sft`: NeMo chat JSONL `{"system", "conversations": [{"from": "User"|"Assistant",
@@ -22,12 +22,13 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringBuilder};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::dataframe::DataFrame;
 use datafusion::parquet::arrow::ArrowWriter;
-use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use futures::StreamExt;
 use serde_json::json;
 
@@ -167,26 +168,6 @@ fn skip_reason(format: ExportFormat, row: &InputRow) -> Option<String> {
     None
 }
 
-/// The table's parts: `split=NAME` sub-folders, or the folder itself as split `all`.
-fn split_parts(table_dir: &Path) -> Result<Vec<(String, PathBuf)>> {
-    let entries = std::fs::read_dir(table_dir).map_err(|e| CaiError::io(table_dir, e))?;
-    let mut parts = vec![];
-    for entry in entries {
-        let entry = entry.map_err(|e| CaiError::io(table_dir, e))?;
-        let name = entry.file_name().to_string_lossy().to_string();
-        if let Some(split) = name.strip_prefix("split=")
-            && entry.path().is_dir()
-        {
-            parts.push((split.to_string(), entry.path()));
-        }
-    }
-    parts.sort();
-    if parts.is_empty() {
-        parts.push(("all".to_string(), table_dir.to_path_buf()));
-    }
-    Ok(parts)
-}
-
 /// Writers of one split.
 struct SplitWriters {
     files: Vec<(PathBuf, BufWriter<File>)>,
@@ -264,100 +245,106 @@ impl SplitWriters {
     }
 }
 
-/// Export the Parquet table at `table_dir` into `out` in `format`.
+/// Export a table (a run's `sft` or `preferences`) into `out` in `format`, one set of files
+/// per value of its `split` column (or `all` without one), streaming batch by batch.
 pub async fn export(
-    table_dir: &Path,
+    df: DataFrame,
     format: ExportFormat,
     options: &ExportOptions,
     out: &Path,
 ) -> Result<ExportReport> {
-    let ctx = SessionContext::new();
+    for needed in format.required_columns() {
+        if df.schema().as_arrow().index_of(needed).is_err() {
+            return Err(CaiError::Plan(format!(
+                "no column '{needed}': not a table {} can export",
+                format.name()
+            )));
+        }
+    }
     std::fs::create_dir_all(out).map_err(|e| CaiError::io(out, e))?;
     let mut report = ExportReport::default();
-    for (split, dir) in split_parts(table_dir)? {
-        let location = format!("{}/", dir.display().to_string().trim_end_matches('/'));
-        let df = ctx
-            .read_parquet(&location, ParquetReadOptions::default())
-            .await
-            .map_err(|e| CaiError::Plan(format!("cannot read table {}: {e}", dir.display())))?;
-        for needed in format.required_columns() {
-            if df.schema().as_arrow().index_of(needed).is_err() {
-                return Err(CaiError::Plan(format!(
-                    "{}: no column '{needed}': not a table {} can export",
-                    table_dir.display(),
-                    format.name()
-                )));
+    let mut writers: BTreeMap<String, SplitWriters> = BTreeMap::new();
+    let mut dpo: BTreeMap<String, [StringBuilder; 3]> = BTreeMap::new();
+    let mut stream = df.execute_stream().await?;
+    while let Some(batch) = stream.next().await {
+        let batch: Arc<RecordBatch> = Arc::new(batch?);
+        for index in 0..batch.num_rows() {
+            let row = InputRow {
+                batch: batch.clone(),
+                index,
+            };
+            if let Some(reason) = skip_reason(format, &row) {
+                *report.skipped.entry(reason).or_default() += 1;
+                continue;
             }
-        }
-        let mut writers = SplitWriters::open(format, options, &split, out, &mut report)?;
-        let mut written = 0;
-        let mut stream = df.execute_stream().await?;
-        while let Some(batch) = stream.next().await {
-            let batch: Arc<RecordBatch> = Arc::new(batch?);
-            let mut dpo: [StringBuilder; 3] = Default::default();
-            for index in 0..batch.num_rows() {
-                let row = InputRow {
-                    batch: batch.clone(),
-                    index,
-                };
-                if let Some(reason) = skip_reason(format, &row) {
-                    *report.skipped.entry(reason).or_default() += 1;
-                    continue;
+            let split = row.str("split").unwrap_or_else(|| "all".to_string());
+            if !writers.contains_key(&split) {
+                let w = SplitWriters::open(format, options, &split, out, &mut report)?;
+                writers.insert(split.clone(), w);
+            }
+            let Some(w) = writers.get_mut(&split) else {
+                continue;
+            };
+            match format {
+                ExportFormat::NemoSft | ExportFormat::TrlSft => {
+                    let Some(value) = sft_line(format, &row) else {
+                        continue;
+                    };
+                    w.line(0, &value)?;
                 }
-                match format {
-                    ExportFormat::NemoSft | ExportFormat::TrlSft => {
-                        let Some(value) = sft_line(format, &row) else {
-                            continue;
+                ExportFormat::NemoRm | ExportFormat::TrlDpo => {
+                    let (prompt, chosen, rejected) = (
+                        row.str("prompt").unwrap_or_default(),
+                        row.str("chosen").unwrap_or_default(),
+                        row.str("rejected").unwrap_or_default(),
+                    );
+                    if format == ExportFormat::NemoRm {
+                        let t = &options.template;
+                        let text = |reply: &str| {
+                            let mut s = t.render(
+                                &[Message::user(&prompt), Message::assistant(reply)],
+                                false,
+                            );
+                            s.push_str(&t.eos);
+                            s
                         };
-                        writers.line(0, &value)?;
-                    }
-                    ExportFormat::NemoRm | ExportFormat::TrlDpo => {
-                        let (prompt, chosen, rejected) = (
-                            row.str("prompt").unwrap_or_default(),
-                            row.str("chosen").unwrap_or_default(),
-                            row.str("rejected").unwrap_or_default(),
-                        );
-                        if format == ExportFormat::NemoRm {
-                            let t = &options.template;
-                            let text = |reply: &str| {
-                                let mut s = t.render(
-                                    &[Message::user(&prompt), Message::assistant(reply)],
-                                    false,
-                                );
-                                s.push_str(&t.eos);
-                                s
-                            };
-                            writers.line(0, &json!({"text": text(&chosen)}))?;
-                            writers.line(0, &json!({"text": text(&rejected)}))?;
-                            writers.line(
-                                1,
-                                &json!({"text": t.render(&[Message::user(&prompt)], true)}),
-                            )?;
-                        } else {
-                            writers.line(
-                                0,
-                                &json!({"prompt": prompt, "chosen": chosen, "rejected": rejected}),
-                            )?;
-                            dpo[0].append_value(&prompt);
-                            dpo[1].append_value(&chosen);
-                            dpo[2].append_value(&rejected);
-                        }
+                        w.line(0, &json!({"text": text(&chosen)}))?;
+                        w.line(0, &json!({"text": text(&rejected)}))?;
+                        w.line(
+                            1,
+                            &json!({"text": t.render(&[Message::user(&prompt)], true)}),
+                        )?;
+                    } else {
+                        w.line(
+                            0,
+                            &json!({"prompt": prompt, "chosen": chosen, "rejected": rejected}),
+                        )?;
+                        let b = dpo.entry(split.clone()).or_default();
+                        b[0].append_value(&prompt);
+                        b[1].append_value(&chosen);
+                        b[2].append_value(&rejected);
                     }
                 }
-                written += 1;
             }
-            if let Some((path, w)) = writers.parquet.as_mut() {
-                let columns: Vec<ArrayRef> = dpo
+            *report.written.entry(split).or_default() += 1;
+        }
+        // Parquet rows go out once per input batch, per split.
+        for (split, builders) in dpo.iter_mut() {
+            if let Some((path, pw)) = writers.get_mut(split).and_then(|w| w.parquet.as_mut()) {
+                let columns: Vec<ArrayRef> = builders
                     .iter_mut()
                     .map(|b| Arc::new(b.finish()) as ArrayRef)
                     .collect();
                 let batch = RecordBatch::try_new(dpo_schema(), columns)?;
-                w.write(&batch)
-                    .map_err(|e| CaiError::Plan(format!("{}: {e}", path.display())))?;
+                if batch.num_rows() > 0 {
+                    pw.write(&batch)
+                        .map_err(|e| CaiError::Plan(format!("{}: {e}", path.display())))?;
+                }
             }
         }
-        writers.finish()?;
-        report.written.insert(split, written);
+    }
+    for (_, w) in writers {
+        w.finish()?;
     }
     Ok(report)
 }

@@ -86,10 +86,14 @@ impl Journal {
         let mut failures = 0u64;
         let objects = store.list(FOLDER).await?;
         for (path, _) in &objects {
-            let Some(bytes) = store.get(path).await? else { continue };
+            let Some(bytes) = store.get(path).await? else {
+                continue;
+            };
             for raw in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                 // A torn last line (a crash mid-write on a store without atomic puts) is skipped.
-                let Ok(line) = serde_json::from_slice::<Line>(raw) else { continue };
+                let Ok(line) = serde_json::from_slice::<Line>(raw) else {
+                    continue;
+                };
                 if line.ok {
                     results.insert(line.h.clone(), Arc::new(line));
                 } else {
@@ -152,7 +156,10 @@ impl Journal {
             self.failures.fetch_add(1, Ordering::Relaxed);
         }
         self.recorded.fetch_add(1, Ordering::Relaxed);
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(line);
     }
 
     /// Write what is pending as a new segment.
@@ -163,14 +170,18 @@ impl Journal {
         }
         let mut buf = Vec::with_capacity(lines.len() * 256);
         for l in &lines {
-            serde_json::to_writer(&mut buf, l).map_err(|e| crate::error::CaiError::Store(e.to_string()))?;
+            serde_json::to_writer(&mut buf, l)
+                .map_err(|e| crate::error::CaiError::Store(e.to_string()))?;
             buf.push(b'\n');
         }
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let path = format!("{FOLDER}/{}-{seq:08}.jsonl", self.session);
         if let Err(e) = self.store.put(&path, Bytes::from(buf)).await {
             // Keep the lines for the next flush: nothing completed is lost to a hiccup.
-            self.pending.lock().unwrap_or_else(|p| p.into_inner()).splice(0..0, lines);
+            self.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .splice(0..0, lines);
             return Err(e);
         }
         self.segments.fetch_add(1, Ordering::Relaxed);
@@ -202,7 +213,8 @@ impl Journal {
         {
             let results = self.results.read().unwrap_or_else(|p| p.into_inner());
             for line in results.values() {
-                serde_json::to_writer(&mut buf, line.as_ref()).map_err(|e| crate::error::CaiError::Store(e.to_string()))?;
+                serde_json::to_writer(&mut buf, line.as_ref())
+                    .map_err(|e| crate::error::CaiError::Store(e.to_string()))?;
                 buf.push(b'\n');
             }
         }

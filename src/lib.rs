@@ -14,6 +14,7 @@ pub mod keys;
 pub mod llm;
 pub mod plan;
 pub mod progress;
+pub mod run;
 pub mod session;
 pub mod sql;
 pub mod stages;

@@ -1,6 +1,6 @@
 //! The `caiflow` command line. Library errors get their context here (anyhow).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -10,9 +10,12 @@ use caiflow::CaiSession;
 use caiflow::chat_template::ChatTemplate;
 use caiflow::config::Config;
 use caiflow::export::{ExportFormat, ExportOptions, export};
+use caiflow::journal::Journal;
 use caiflow::llm::Endpoints;
 use caiflow::plan::{StatementOutcome, run_sql, substitute};
 use caiflow::progress::Progress;
+use caiflow::run::{RunOptions, Runner, TableOutcome, manifests, register_run_tables};
+use caiflow::store::RunStore;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -28,33 +31,53 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a plan (a SQL file) into a new run folder of the store.
+    /// Run a plan (a SQL file) into a run of the store; running it again resumes: committed
+    /// tables that did not change are reused and journalled requests are not sent again.
     Run {
         /// The plan, e.g. plans/sl_cai.sql.
         plan: PathBuf,
         /// Endpoint configuration (default: ./caiflow.toml if present, else a local server).
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Folder that holds runs.
+        /// Where runs live: a folder or s3://bucket/prefix.
         #[arg(long, default_value = "data/runs")]
-        store: PathBuf,
-        /// Name of the run folder (default: plan name and a timestamp).
+        store: String,
+        /// Name of the run (default: plan name and a timestamp). An existing run resumes.
         #[arg(long)]
         run: Option<String>,
         /// Plan variable, `name=value` (repeatable).
         #[arg(long = "set", value_name = "NAME=VALUE")]
         set: Vec<String>,
+        /// Recompute this table and everything that depends on it (repeatable).
+        #[arg(long = "from", value_name = "TABLE")]
+        from: Vec<String>,
+    },
+    /// Re-run only the requests that failed: recompute tables with error rows (or --table)
+    /// from the run's saved plan; everything else comes from the journal.
+    Repair {
+        /// The run: a folder (data/runs/NAME) or s3://bucket/prefix/NAME.
+        run: String,
+        /// Repair this table (and its dependents) even if it records no errors.
+        #[arg(long)]
+        table: Vec<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Show a run's tables (rows, errors, manifests) and journal.
+    Inspect {
+        /// The run: a folder (data/runs/NAME) or s3://bucket/prefix/NAME.
+        run: String,
     },
     /// Export a run's table for a trainer (SFT: nemo-sft, trl-sft; preferences: nemo-rm, trl-dpo).
     Export {
-        /// The run folder (e.g. data/runs/sl_cai-1764400000).
-        run: PathBuf,
+        /// The run: a folder (data/runs/NAME) or s3://bucket/prefix/NAME.
+        run: String,
         #[arg(long, value_enum)]
         format: ExportFormat,
-        /// Table (sub-folder of the run) to export (default: sft, or preferences for nemo-rm/trl-dpo).
+        /// Table to export (default: sft, or preferences for nemo-rm/trl-dpo).
         #[arg(long)]
         table: Option<String>,
-        /// Output folder (default: RUN/export/FORMAT).
+        /// Output folder (default: RUN/export/FORMAT for a local run, else ./export/FORMAT).
         #[arg(long)]
         out: Option<PathBuf>,
         /// nemo-rm: file-name prefix.
@@ -65,14 +88,14 @@ enum Command {
         #[arg(long)]
         chat_template: Option<PathBuf>,
     },
-    /// Run SQL over a run's tables (each sub-folder is a table) with caiflow's functions.
+    /// Run SQL with caiflow's functions, over a run's tables if --run is given.
     Sql {
         /// The SQL to run.
         #[arg(short = 'e', long = "execute")]
         execute: String,
-        /// A run folder whose tables to register.
+        /// A run whose tables to register (folder or s3://bucket/prefix/NAME).
         #[arg(long)]
-        run: Option<PathBuf>,
+        run: Option<String>,
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -88,10 +111,18 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
     }
 }
 
-fn session(config: Option<&Path>) -> anyhow::Result<CaiSession> {
-    let config = load_config(config)?;
-    let endpoints = Endpoints::from_config(&config)?;
-    Ok(CaiSession::new(endpoints))
+fn endpoints(config: Option<&Path>) -> anyhow::Result<Endpoints> {
+    Ok(Endpoints::from_config(&load_config(config)?)?)
+}
+
+/// `data/runs/NAME` or `s3://bucket/prefix/NAME` → the store and the run name.
+fn open_run(spec: &str) -> anyhow::Result<RunStore> {
+    let spec = spec.trim_end_matches('/');
+    let (store, run) = spec.rsplit_once('/').unwrap_or((".", spec));
+    if !spec.starts_with("s3://") && !Path::new(spec).is_dir() {
+        bail!("no run folder {spec}");
+    }
+    Ok(RunStore::open(store, run)?)
 }
 
 /// Print per-stage progress lines to stderr every few seconds while work goes on.
@@ -130,33 +161,104 @@ fn print_outcome(o: &StatementOutcome) {
     }
 }
 
-async fn register_run_tables(session: &CaiSession, run: &Path) -> anyhow::Result<Vec<String>> {
-    let mut names = vec![];
-    let entries =
-        std::fs::read_dir(run).with_context(|| format!("reading run folder {}", run.display()))?;
-    for entry in entries {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().to_string();
-        if !entry.path().is_dir() || name.starts_with('.') || name == "export" {
-            continue;
-        }
-        let location = format!("{}/", entry.path().display());
-        session
-            .ctx
-            .register_parquet(&name, &location, Default::default())
-            .await
-            .with_context(|| format!("registering table {name} from {location}"))?;
-        names.push(name);
+fn print_summary(session: &CaiSession) {
+    eprintln!("summary:");
+    for s in session.progress.snapshot() {
+        eprintln!("  {}", s.line());
     }
-    Ok(names)
+    for e in session.endpoints.iter() {
+        if e.counters
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+        {
+            eprintln!("  {}", e.summary());
+        }
+    }
+    if let Some(j) = &session.journal {
+        let s = j.stats();
+        eprintln!(
+            "  journal: {} requests served from the journal, {} new outcomes recorded ({} results stored)",
+            s.served, s.recorded, s.results
+        );
+    }
+}
+
+/// Exit code of a run stopped with Ctrl-C.
+const INTERRUPTED: i32 = 130;
+
+/// Run `sql` into `store`, with the journal, progress, summary and Ctrl-C handling.
+async fn execute_run(
+    store: RunStore,
+    endpoints: Endpoints,
+    sql: &str,
+    options: RunOptions,
+) -> anyhow::Result<()> {
+    store.check_writable().await?;
+    let journal = Arc::new(
+        Journal::open(store.clone())
+            .await
+            .context("opening the request journal")?,
+    );
+    let session = CaiSession::with_journal(endpoints, Some(journal.clone()));
+    let flusher = journal.spawn_flusher();
+    let reporter = spawn_progress(session.progress.clone());
+    let mut runner = Runner::new(&session, &store, options);
+    let result = {
+        let run = runner.run(sql, print_outcome);
+        tokio::pin!(run);
+        tokio::select! {
+            r = &mut run => Some(r),
+            _ = tokio::signal::ctrl_c() => None,
+        }
+        .map(Ok)
+        .unwrap_or_else(|| Err(()))
+    };
+    reporter.abort();
+    flusher.abort();
+    let result = match result {
+        Ok(r) => r,
+        Err(()) => {
+            // First Ctrl-C: no new requests, a short grace for those in flight, keep all.
+            eprintln!(
+                "caiflow: stopping (Ctrl-C again to stop at once); keeping completed requests"
+            );
+            caiflow::run::request_stop();
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            let _ = journal.flush().await;
+            print_summary(&session);
+            eprintln!("caiflow: interrupted; run the same command again to resume");
+            std::process::exit(INTERRUPTED);
+        }
+    };
+    journal
+        .flush()
+        .await
+        .context("writing the request journal")?;
+    print_summary(&session);
+    for (table, outcome) in &runner.tables {
+        match outcome {
+            TableOutcome::Reused => eprintln!("  table {table}: reused"),
+            TableOutcome::Computed { rows } => eprintln!("  table {table}: {rows} rows"),
+        }
+    }
+    result?;
+    if let Err(e) = journal.compact().await {
+        tracing::warn!("journal compaction failed (the journal stays valid): {e}");
+    }
+    Ok(())
 }
 
 async fn cmd_run(
     plan: PathBuf,
     config: Option<PathBuf>,
-    store: PathBuf,
+    store: String,
     run: Option<String>,
     set: Vec<String>,
+    from: Vec<String>,
 ) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&plan)
         .with_context(|| format!("reading plan {}", plan.display()))?;
@@ -171,57 +273,143 @@ async fn cmd_run(
             .unwrap_or(0);
         format!("{stem}-{secs}")
     });
-    let run_dir = store.join(&run_name);
-    std::fs::create_dir_all(&run_dir)
-        .with_context(|| format!("creating run folder {}", run_dir.display()))?;
     let mut vars = BTreeMap::new();
-    vars.insert("run".to_string(), run_dir.display().to_string());
-    vars.insert("store".to_string(), store.display().to_string());
     for kv in set {
         let Some((k, v)) = kv.split_once('=') else {
             bail!("--set '{kv}': expected NAME=VALUE");
         };
         vars.insert(k.trim().to_string(), v.to_string());
     }
+    let endpoints = endpoints(config.as_deref())?;
+    let run_store = RunStore::open(&store, &run_name)?;
+    vars.insert("run".to_string(), run_store.location(""));
+    vars.insert("store".to_string(), store.clone());
     let sql = substitute(&text, &vars).with_context(|| format!("plan {}", plan.display()))?;
-    let session = session(config.as_deref())?;
+    // Saved for `repair`: the plan and its variables.
+    run_store.put("plan.sql", text.clone().into()).await?;
+    run_store
+        .put("plan.vars.json", serde_json::to_vec_pretty(&vars)?.into())
+        .await?;
     eprintln!(
         "caiflow: running {} into {}",
         plan.display(),
-        run_dir.display()
+        run_store.display
     );
-    let reporter = spawn_progress(session.progress.clone());
-    let result = run_sql(&session, &sql, print_outcome).await;
-    reporter.abort();
-    eprintln!("summary:");
-    for s in session.progress.snapshot() {
-        eprintln!("  {}", s.line());
-    }
-    for e in session.endpoints.iter() {
-        if e.counters
-            .requests
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > 0
-        {
-            eprintln!("  {}", e.summary());
+    let options = RunOptions {
+        from: from.iter().map(|t| t.to_ascii_lowercase()).collect(),
+    };
+    execute_run(run_store.clone(), endpoints, &sql, options)
+        .await
+        .with_context(|| format!("plan {} failed", plan.display()))?;
+    eprintln!("caiflow: results in {}", run_store.display);
+    println!("{}", run_store.display);
+    Ok(())
+}
+
+async fn cmd_repair(
+    run: String,
+    tables: Vec<String>,
+    config: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let store = open_run(&run)?;
+    let text = store
+        .get("plan.sql")
+        .await?
+        .context("the run has no saved plan.sql")?;
+    let vars: BTreeMap<String, String> = match store.get("plan.vars.json").await? {
+        Some(b) => serde_json::from_slice(&b).context("plan.vars.json")?,
+        None => BTreeMap::new(),
+    };
+    let mut from: BTreeSet<String> = tables.iter().map(|t| t.to_ascii_lowercase()).collect();
+    if from.is_empty() {
+        for m in manifests(&store).await? {
+            if m.error_rows.unwrap_or(0) > 0 {
+                eprintln!(
+                    "table {}: {} row(s) with errors",
+                    m.table,
+                    m.error_rows.unwrap_or(0)
+                );
+                from.insert(m.table);
+            }
         }
     }
-    result.with_context(|| format!("plan {} failed", plan.display()))?;
-    eprintln!("caiflow: results in {}", run_dir.display());
-    println!("{}", run_dir.display());
+    if from.is_empty() {
+        eprintln!(
+            "caiflow: nothing to repair in {} (no table has error rows)",
+            store.display
+        );
+        return Ok(());
+    }
+    let sql = substitute(&String::from_utf8_lossy(&text), &vars)?;
+    execute_run(
+        store.clone(),
+        endpoints(config.as_deref())?,
+        &sql,
+        RunOptions { from },
+    )
+    .await?;
+    println!("{}", store.display);
+    Ok(())
+}
+
+async fn cmd_inspect(run: String) -> anyhow::Result<()> {
+    let store = open_run(&run)?;
+    println!("run {}", store.display);
+    let ms = manifests(&store).await?;
+    if ms.is_empty() {
+        println!("  no committed tables");
+    }
+    for m in &ms {
+        println!(
+            "  table {:<14} {:>8} rows {:>6} errors  partitioned by [{}]  data {}  fingerprint {}  finished {}",
+            m.table,
+            m.rows,
+            m.error_rows
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "-".into()),
+            m.partition_by.join(", "),
+            m.data,
+            m.fingerprint,
+            m.finished_unix
+        );
+    }
+    let journal = Journal::open(store.clone()).await?;
+    let s = journal.stats();
+    let bytes: u64 = store.list("journal").await?.iter().map(|(_, n)| n).sum();
+    println!(
+        "  journal: {} results, {} failures recorded, {} segment(s), {} bytes",
+        s.results, s.failures, s.segments, bytes
+    );
+    for m in &ms {
+        println!(
+            "\n-- {} ({} inputs: {})\n{}",
+            m.table,
+            m.inputs.len(),
+            m.inputs.keys().cloned().collect::<Vec<_>>().join(", "),
+            m.sql
+        );
+    }
     Ok(())
 }
 
 async fn cmd_export(
-    run: PathBuf,
+    run: String,
     format: ExportFormat,
     table: Option<String>,
     out: Option<PathBuf>,
     prefix: String,
     chat_template: Option<PathBuf>,
 ) -> anyhow::Result<()> {
+    let store = open_run(&run)?;
     let table = table.unwrap_or_else(|| format.default_table().to_string());
-    let out = out.unwrap_or_else(|| run.join("export").join(format.name()));
+    let out = out.unwrap_or_else(|| {
+        let base = if run.starts_with("s3://") {
+            PathBuf::from("export")
+        } else {
+            Path::new(&run).join("export")
+        };
+        base.join(format.name())
+    });
     let mut options = ExportOptions {
         prefix,
         ..Default::default()
@@ -232,9 +420,19 @@ async fn cmd_export(
         options.template = toml::from_str::<ChatTemplate>(&text)
             .with_context(|| format!("chat template {}", path.display()))?;
     }
-    let report = export(&run.join(&table), format, &options, &out)
+    let session = CaiSession::new(Endpoints::default());
+    let names = register_run_tables(&session, &store).await?;
+    if !names.contains(&table) {
+        bail!(
+            "run {} has no committed table '{table}' (it has: {})",
+            store.display,
+            names.join(", ")
+        );
+    }
+    let df = session.ctx.table(table.as_str()).await?;
+    let report = export(df, format, &options, &out)
         .await
-        .with_context(|| format!("exporting {} of {}", table, run.display()))?;
+        .with_context(|| format!("exporting {} of {}", table, store.display))?;
     for (split, n) in &report.written {
         eprintln!("{split}: {n} rows");
     }
@@ -249,12 +447,13 @@ async fn cmd_export(
 
 async fn cmd_sql(
     execute: String,
-    run: Option<PathBuf>,
+    run: Option<String>,
     config: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let session = session(config.as_deref())?;
+    let session = CaiSession::new(endpoints(config.as_deref())?);
     if let Some(run) = &run {
-        let names = register_run_tables(&session, run).await?;
+        let store = open_run(run)?;
+        let names = register_run_tables(&session, &store).await?;
         eprintln!("tables: {}", names.join(", "));
     }
     run_sql(&session, &execute, |o| {
@@ -286,7 +485,10 @@ async fn main() {
             store,
             run,
             set,
-        } => cmd_run(plan, config, store, run, set).await,
+            from,
+        } => cmd_run(plan, config, store, run, set, from).await,
+        Command::Repair { run, table, config } => cmd_repair(run, table, config).await,
+        Command::Inspect { run } => cmd_inspect(run).await,
         Command::Export {
             run,
             format,

@@ -41,7 +41,9 @@ impl RunStore {
     /// Open run `run` in `store` (a folder path or `s3://bucket[/prefix]`).
     pub fn open(store: &str, run: &str) -> Result<RunStore> {
         if run.is_empty() || run.contains('/') || run.starts_with('.') {
-            return Err(CaiError::Store(format!("run name '{run}' must be a plain folder name")));
+            return Err(CaiError::Store(format!(
+                "run name '{run}' must be a plain folder name"
+            )));
         }
         if let Some(rest) = store.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -53,8 +55,13 @@ impl RunStore {
                 .build()
                 .map_err(|e| store_err(&format!("S3 store {store}"), e))?;
             let prefix = prefix.trim_matches('/');
-            let root = if prefix.is_empty() { run.to_string() } else { format!("{prefix}/{run}") };
-            let store_url = Url::parse(&format!("s3://{bucket}")).map_err(|e| store_err(store, e))?;
+            let root = if prefix.is_empty() {
+                run.to_string()
+            } else {
+                format!("{prefix}/{run}")
+            };
+            let store_url =
+                Url::parse(&format!("s3://{bucket}")).map_err(|e| store_err(store, e))?;
             Ok(RunStore {
                 store: Arc::new(s3),
                 url: format!("s3://{bucket}/{root}/"),
@@ -65,8 +72,11 @@ impl RunStore {
         } else {
             let folder = std::path::Path::new(store).join(run);
             std::fs::create_dir_all(&folder).map_err(|e| CaiError::io(&folder, e))?;
-            let folder = folder.canonicalize().map_err(|e| CaiError::io(&folder, e))?;
-            let root = ObjectPath::from_absolute_path(&folder).map_err(|e| store_err(&folder.display().to_string(), e))?;
+            let folder = folder
+                .canonicalize()
+                .map_err(|e| CaiError::io(&folder, e))?;
+            let root = ObjectPath::from_absolute_path(&folder)
+                .map_err(|e| store_err(&folder.display().to_string(), e))?;
             Ok(RunStore {
                 store: Arc::new(LocalFileSystem::new()),
                 url: format!("{}/", folder.display()),
@@ -120,7 +130,10 @@ impl RunStore {
         match self.store.get(&self.path(relative)).await {
             Ok(r) => Ok(Some(r.bytes().await.map_err(|e| store_err(relative, e))?)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(store_err(&format!("reading {}/{relative}", self.display), e)),
+            Err(e) => Err(store_err(
+                &format!("reading {}/{relative}", self.display),
+                e,
+            )),
         }
     }
 
@@ -133,7 +146,13 @@ impl RunStore {
             .list(Some(&prefix))
             .map_ok(|m| {
                 let full = m.location.as_ref().to_string();
-                (full.strip_prefix(&root).unwrap_or(&full).trim_start_matches('/').to_string(), m.size)
+                (
+                    full.strip_prefix(&root)
+                        .unwrap_or(&full)
+                        .trim_start_matches('/')
+                        .to_string(),
+                    m.size,
+                )
             })
             .try_collect()
             .await

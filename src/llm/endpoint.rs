@@ -191,6 +191,14 @@ impl Endpoint {
     pub async fn call(&self, request: &ChatRequest) -> CallOutcome {
         let request_hash = self.request_hash(request);
         let started = Instant::now();
+        if crate::run::stopping() {
+            return CallOutcome {
+                request_hash,
+                result: Err("interrupted before sending (Ctrl-C)".into()),
+                attempts: 0,
+                latency_ms: 0,
+            };
+        }
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let mut attempts = 0;
         let result = loop {

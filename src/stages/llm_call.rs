@@ -204,7 +204,10 @@ pub async fn call(env: &StageEnv, request: &ChatRequest) -> (Result<String, Stri
 /// Send a request, or serve it from the run's journal when it was completed before (then
 /// `attempts` is 0 in the lineage). Every new outcome is journalled; failures are journalled
 /// as failures and never served.
-pub async fn complete(env: &StageEnv, request: &ChatRequest) -> (Result<Completion, String>, ScalarValue) {
+pub async fn complete(
+    env: &StageEnv,
+    request: &ChatRequest,
+) -> (Result<Completion, String>, ScalarValue) {
     let Some(endpoint) = env.endpoint.as_ref() else {
         return (Err("stage has no endpoint".into()), null_lineage());
     };
