@@ -12,6 +12,7 @@
 -- @var policy = policy
 -- @var max_tokens = 256
 -- @var temperature = 0.7
+-- @var revise_max_tokens = ${max_tokens}
 -- @var rounds = 1
 -- @var constitution = default
 -- @var few_shot = default
@@ -34,7 +35,7 @@ CREATE VIEW critiques AS
 
 CREATE TABLE revisions AS
   SELECT * FROM revise(critiques, rounds => ${rounds}, endpoint => '${policy}',
-                       max_tokens => ${max_tokens}, temperature => ${temperature},
+                       max_tokens => ${revise_max_tokens}, temperature => ${temperature},
                        seed => ${seed}, constitution => '${constitution}',
                        few_shot => '${few_shot}');
 

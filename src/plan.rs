@@ -25,7 +25,17 @@ pub fn declared_defaults(text: &str) -> BTreeMap<String, String> {
 pub fn substitute(text: &str, vars: &BTreeMap<String, String>) -> Result<String> {
     let mut merged = declared_defaults(text);
     merged.extend(vars.iter().map(|(k, v)| (k.clone(), v.clone())));
-    let vars = &merged;
+    // A declared default may name other variables (`-- @var revise_max_tokens = ${max_tokens}`).
+    let snapshot = merged.clone();
+    for value in merged.values_mut() {
+        if value.contains("${") {
+            *value = substitute_once(value, &snapshot)?;
+        }
+    }
+    substitute_once(text, &merged)
+}
+
+fn substitute_once(text: &str, vars: &BTreeMap<String, String>) -> Result<String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("${") {
@@ -195,6 +205,8 @@ mod tests {
         let mut v = BTreeMap::new();
         v.insert("a".to_string(), "1".to_string());
         assert_eq!(substitute("x ${a} ${b:-2} ${a:-9}", &v).unwrap(), "x 1 2 1");
+        let chained = "-- @var m = ${n}\n-- @var n = 5\nSELECT ${m}";
+        assert!(substitute(chained, &v).unwrap().ends_with("SELECT 5"));
         let declared = "-- @var n = 5\nSELECT ${n}, ${a}";
         assert!(substitute(declared, &v).unwrap().ends_with("SELECT 5, 1"));
         v.insert("n".into(), "7".into());

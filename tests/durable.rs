@@ -1,0 +1,257 @@
+//! Durable runs against a mock endpoint that counts requests by fingerprint: kill -9 and
+//! resume, re-runs, option changes, repair, and stores that cannot be written.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use caiflow::testing::{Fault, MockServer};
+use common::*;
+
+fn caiflow() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_caiflow"));
+    c.current_dir(repo_root());
+    c
+}
+
+struct Fixture {
+    server: MockServer,
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    async fn new(prompts: usize, latency_ms: u64) -> Fixture {
+        let server = MockServer::start().await.unwrap();
+        server.set_latency(Duration::from_millis(latency_ms));
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "[endpoints.policy]\nbase_url = '{}'\nmax_concurrency = 4\nretry = {{ max_attempts = 2, initial_backoff_ms = 10 }}\n",
+            server.base_url()
+        );
+        std::fs::write(dir.path().join("caiflow.toml"), config).unwrap();
+        let text: String = (0..prompts)
+            .map(|i| format!("{{\"prompt\": \"durable prompt {i}\"}}\n"))
+            .collect();
+        std::fs::write(dir.path().join("prompts.jsonl"), text).unwrap();
+        Fixture { server, dir }
+    }
+
+    fn args(&self, run: &str, extra: &[&str]) -> Vec<String> {
+        let mut a: Vec<String> = vec![
+            "run".into(),
+            "plans/sl_cai.sql".into(),
+            "--config".into(),
+            self.dir.path().join("caiflow.toml").display().to_string(),
+            "--store".into(),
+            self.dir.path().join("store").display().to_string(),
+            "--run".into(),
+            run.into(),
+            "--set".into(),
+            format!(
+                "prompts={}",
+                self.dir.path().join("prompts.jsonl").display()
+            ),
+            "--set".into(),
+            "max_tokens=16".into(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    }
+
+    fn run(&self, run: &str, extra: &[&str]) -> String {
+        let out = caiflow().args(self.args(run, extra)).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "run failed: {stderr}");
+        stderr
+    }
+
+    fn run_dir(&self, run: &str) -> std::path::PathBuf {
+        self.dir.path().join("store").join(run)
+    }
+
+    /// (prompt_id, revision) of the run's committed revisions table, sorted.
+    async fn revisions(&self, run: &str) -> Vec<(String, String)> {
+        let store =
+            caiflow::store::RunStore::open(self.dir.path().join("store").to_str().unwrap(), run)
+                .unwrap();
+        let session = caiflow::CaiSession::new(caiflow::llm::Endpoints::default());
+        caiflow::run::register_run_tables(&session, &store)
+            .await
+            .unwrap();
+        let out = collect(&session, "SELECT prompt_id, coalesce(revision, 'ERROR') AS r FROM revisions ORDER BY prompt_id, r").await;
+        column(&out, "prompt_id")
+            .into_iter()
+            .zip(column(&out, "r"))
+            .map(|(a, b)| (a.unwrap_or_default(), b.unwrap_or_default()))
+            .collect()
+    }
+}
+
+fn kill_after(mut cmd: Command, after: Duration) {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(after);
+    child.kill().unwrap(); // SIGKILL
+    let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_several_points_then_resume_equals_an_uninterrupted_run() {
+    // 40 prompts x 3 calls at 4 in flight and 60 ms each: about 2 s of requests.
+    let f = Fixture::new(40, 60).await;
+    f.run("clean", &[]);
+    let clean = f.revisions("clean").await;
+    assert_eq!(clean.len(), 40);
+    let clean_requests = f.server.requests();
+    assert_eq!(clean_requests, 120);
+
+    let before = f.server.requests();
+    let repeated_before = f.server.repeated();
+    for after_ms in [700u64, 1500, 2300] {
+        let mut cmd = caiflow();
+        cmd.args(f.args("killed", &[]));
+        kill_after(cmd, Duration::from_millis(after_ms));
+        // No table is visible until its manifest is committed.
+        let run = f.run_dir("killed");
+        for table in ["revisions", "sft"] {
+            if !run.join(table).join("_manifest.json").exists() {
+                let out = caiflow()
+                    .args(["sql", "--run", run.to_str().unwrap(), "-e", "SELECT 1"])
+                    .output()
+                    .unwrap();
+                let tables = String::from_utf8_lossy(&out.stderr).to_string();
+                assert!(
+                    !tables.contains(table),
+                    "{table} visible without a manifest: {tables}"
+                );
+            }
+        }
+    }
+    let stderr = f.run("killed", &[]);
+    assert_eq!(
+        f.revisions("killed").await,
+        clean,
+        "resumed run equals the uninterrupted one"
+    );
+    // The second run asks the same questions as the clean one (same seeds), so every request
+    // of it is a repeat of the clean run's; what counts is how often it repeated itself.
+    let sent = f.server.requests() - before;
+    let self_repeats = f.server.repeated() - repeated_before - 120;
+    eprintln!(
+        "killed 3 times: {sent} requests sent for 120 logical ones; {self_repeats} sent twice\n{stderr}"
+    );
+    // At most the requests in flight at each kill (4) plus about a second of completions
+    // (4 in flight / 60 ms = ~67 per second) per kill.
+    assert!(
+        self_repeats <= 3 * (4 + 70),
+        "{self_repeats} repeated requests"
+    );
+    assert!(sent < 120 + 3 * (4 + 70));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerun_reuses_everything_and_an_option_change_recomputes_only_what_depends_on_it() {
+    let f = Fixture::new(10, 0).await;
+    f.run("r", &[]);
+    assert_eq!(f.server.requests(), 30);
+
+    let stderr = f.run("r", &[]);
+    assert_eq!(f.server.requests(), 30, "nothing is sent again");
+    assert!(
+        stderr.contains("table revisions: reused") && stderr.contains("table sft: reused"),
+        "{stderr}"
+    );
+
+    // Change only the revision request: respond and critique come from the journal.
+    let stderr = f.run("r", &["--set", "revise_max_tokens=8"]);
+    assert_eq!(
+        f.server.requests(),
+        40,
+        "only the 10 revise requests are new: {stderr}"
+    );
+    assert!(
+        stderr.contains("table revisions: 10 rows") && stderr.contains("table sft:"),
+        "{stderr}"
+    );
+
+    // --from recomputes a table and its dependents, at no cost.
+    let stderr = f.run(
+        "r",
+        &["--set", "revise_max_tokens=8", "--from", "revisions"],
+    );
+    assert_eq!(f.server.requests(), 40);
+    assert!(
+        stderr.contains("30 requests served from the journal"),
+        "{stderr}"
+    );
+
+    let out = caiflow()
+        .args(["inspect", f.run_dir("r").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("table revisions") && text.contains("journal: 40 results"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_retries_only_failed_requests() {
+    let f = Fixture::new(12, 0).await;
+    // The first five requests fail with a non-retryable 400.
+    f.server.push_faults((0..5).map(|_| Fault::Status(400)));
+    f.run("r", &[]);
+    let failed = f
+        .revisions("r")
+        .await
+        .iter()
+        .filter(|(_, r)| r == "ERROR")
+        .count();
+    assert_eq!(failed, 5);
+    let before = f.server.requests();
+    let out = caiflow()
+        .args(["repair", f.run_dir("r").to_str().unwrap(), "--config"])
+        .arg(f.dir.path().join("caiflow.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sent = f.server.requests() - before;
+    assert!(f.revisions("r").await.iter().all(|(_, r)| r != "ERROR"));
+    // Each failed row needs at most its three calls; rows that were fine cost nothing.
+    assert!(
+        (5..=15).contains(&sent),
+        "{sent} requests for 5 failed rows"
+    );
+    let out = caiflow()
+        .args(["repair", f.run_dir("r").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to repair"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_store_is_a_clear_error_and_the_next_run_succeeds() {
+    let f = Fixture::new(3, 0).await;
+    let blocker = f.dir.path().join("not-a-folder");
+    std::fs::write(&blocker, "x").unwrap();
+    let mut args = f.args("r", &[]);
+    let store_at = args.iter().position(|a| a == "--store").unwrap() + 1;
+    args[store_at] = blocker.display().to_string();
+    let out = caiflow().args(&args).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not-a-folder"), "{err}");
+    assert_eq!(f.server.requests(), 0);
+    f.run("r", &[]);
+    assert!(Path::new(&f.run_dir("r").join("sft/_manifest.json")).exists());
+}
