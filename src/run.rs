@@ -74,13 +74,14 @@ fn manifest_path(table: &str) -> String {
 pub async fn manifests(store: &RunStore) -> Result<Vec<Manifest>> {
     let mut out = vec![];
     for (path, _) in store.list("").await? {
-        if path.ends_with("/_manifest.json") && path.matches('/').count() == 1 {
-            if let Some(bytes) = store.get(&path).await? {
-                let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
-                    CaiError::Store(format!("{}/{path}: not a manifest: {e}", store.display))
-                })?;
-                out.push(m);
-            }
+        if !(path.ends_with("/_manifest.json") && path.matches('/').count() == 1) {
+            continue;
+        }
+        if let Some(bytes) = store.get(&path).await? {
+            let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+                CaiError::Store(format!("{}/{path}: not a manifest: {e}", store.display))
+            })?;
+            out.push(m);
         }
     }
     Ok(out)

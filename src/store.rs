@@ -87,6 +87,14 @@ impl RunStore {
         }
     }
 
+    /// The local file of a path inside the run, when the store is a local folder.
+    pub fn local_path(&self, relative: &str) -> Option<std::path::PathBuf> {
+        if self.store_url.is_some() {
+            return None;
+        }
+        Some(std::path::Path::new(&self.display).join(relative))
+    }
+
     /// Make DataFusion read and write this store's URLs.
     pub fn register(&self, ctx: &SessionContext) {
         if let Some(url) = &self.store_url {

@@ -46,6 +46,8 @@ pub struct MockState {
     bodies: Mutex<Vec<Value>>,
     /// Fixed latency added to every answer.
     latency: Mutex<Duration>,
+    /// When the first request since the last reset arrived.
+    first_request: Mutex<Option<std::time::Instant>>,
     /// Canned answers served, in order, before the default one.
     replies: Mutex<VecDeque<String>>,
     /// Top log-probabilities of the first token, returned when a request asks for them.
@@ -130,6 +132,23 @@ impl MockServer {
             .clone()
     }
 
+    /// When the first request since [`MockServer::reset_first_request`] arrived.
+    pub fn first_request_at(&self) -> Option<std::time::Instant> {
+        *self
+            .state
+            .first_request
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn reset_first_request(&self) {
+        *self
+            .state
+            .first_request
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     /// Requests whose fingerprint was seen more than once.
     pub fn repeated(&self) -> u64 {
         let map = self
@@ -176,6 +195,11 @@ fn marker(text: &str, open: &str) -> Option<u64> {
 /// Shared bookkeeping; returns the fault to serve, if any.
 async fn admit(state: &MockState, body: &Value) -> Option<Fault> {
     state.requests.fetch_add(1, Ordering::SeqCst);
+    state
+        .first_request
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_or_insert_with(std::time::Instant::now);
     let fingerprint = hex::encode(Sha256::digest(body.to_string().as_bytes()));
     *state
         .by_fingerprint

@@ -102,8 +102,8 @@ fn kill_after(mut cmd: Command, after: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_several_points_then_resume_equals_an_uninterrupted_run() {
-    // 40 prompts x 3 calls at 4 in flight and 60 ms each: about 2 s of requests.
-    let f = Fixture::new(40, 60).await;
+    // 40 prompts x 3 calls at 4 in flight and 150 ms each: about 4.5 s of requests.
+    let f = Fixture::new(40, 150).await;
     f.run("clean", &[]);
     let clean = f.revisions("clean").await;
     assert_eq!(clean.len(), 40);
@@ -112,7 +112,7 @@ async fn kill_9_at_several_points_then_resume_equals_an_uninterrupted_run() {
 
     let before = f.server.requests();
     let repeated_before = f.server.repeated();
-    for after_ms in [700u64, 1500, 2300] {
+    for after_ms in [1000u64, 1600, 2200] {
         let mut cmd = caiflow();
         cmd.args(f.args("killed", &[]));
         kill_after(cmd, Duration::from_millis(after_ms));
@@ -254,4 +254,92 @@ async fn an_unwritable_store_is_a_clear_error_and_the_next_run_succeeds() {
     assert_eq!(f.server.requests(), 0);
     f.run("r", &[]);
     assert!(Path::new(&f.run_dir("r").join("sft/_manifest.json")).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_on_an_s3_store_resumes_and_reads_back() {
+    let moto = MotoServer::start();
+    let f = Fixture::new(16, 40).await;
+    let with_env = |mut c: Command| {
+        for (k, v) in moto.env() {
+            c.env(k, v);
+        }
+        c
+    };
+    let mut args = f.args("s3run", &[]);
+    let store_at = args.iter().position(|a| a == "--store").unwrap() + 1;
+
+    // A bucket that does not exist: a clear error, nothing sent.
+    args[store_at] = "s3://missing-bucket/runs".into();
+    let out = with_env(caiflow()).args(&args).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not writable") && err.contains("missing-bucket"),
+        "{err}"
+    );
+    assert_eq!(f.server.requests(), 0);
+
+    moto.create_bucket("caiflow");
+    args[store_at] = "s3://caiflow/runs".into();
+    // Killed mid-run: no table becomes visible.
+    let mut cmd = with_env(caiflow());
+    cmd.args(&args);
+    kill_after(cmd, Duration::from_millis(600));
+    let out = with_env(caiflow())
+        .args(["inspect", "s3://caiflow/runs/s3run"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("table sft"), "{text}");
+
+    let out = with_env(caiflow()).args(&args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = with_env(caiflow())
+        .args([
+            "sql",
+            "--run",
+            "s3://caiflow/runs/s3run",
+            "-e",
+            "SELECT count(*) AS n, count(DISTINCT prompt_id) AS p FROM revisions",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("| 16 | 16 |"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let export_dir = f.dir.path().join("exported");
+    let out = with_env(caiflow())
+        .args([
+            "export",
+            "s3://caiflow/runs/s3run",
+            "--format",
+            "trl-sft",
+            "--out",
+            export_dir.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: usize = std::fs::read_dir(&export_dir)
+        .unwrap()
+        .map(|e| {
+            std::fs::read_to_string(e.unwrap().path())
+                .unwrap()
+                .lines()
+                .count()
+        })
+        .sum();
+    assert!(rows >= 16, "{rows}");
 }

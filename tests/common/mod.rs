@@ -169,3 +169,74 @@ impl LlamaServer {
         format!("http://127.0.0.1:{}/v1", self.port)
     }
 }
+
+/// A real S3-compatible server (PyPI `moto[s3]`'s `moto_server`) on a free port, stopped on
+/// drop. Needs CAIFLOW_MOTO (the `moto_server` program), which `scripts/setup.sh` installs.
+pub struct MotoServer {
+    child: Child,
+    pub port: u16,
+}
+
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        unsafe_kill(self.child.id());
+        let _ = self.child.wait();
+    }
+}
+
+impl MotoServer {
+    pub fn start() -> MotoServer {
+        let program = std::env::var("CAIFLOW_MOTO")
+            .expect("CAIFLOW_MOTO is not set: run the tests through scripts/test.sh, which installs moto_server");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("free port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let child = Command::new(program)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let server = MotoServer { child, port };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not start in 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        server
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Create a bucket (moto accepts any credentials).
+    pub fn create_bucket(&self, bucket: &str) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        let req = format!(
+            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        );
+        s.write_all(req.as_bytes()).expect("write");
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        assert!(reply.starts_with("HTTP/1.1 200"), "create bucket: {reply}");
+    }
+
+    /// The environment the AWS client of object_store reads.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT", self.endpoint()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+    }
+}
