@@ -21,6 +21,23 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A committed table of a local run, read through its manifest.
+async fn committed_table(
+    run: &std::path::Path,
+    table: &str,
+) -> Vec<datafusion::arrow::array::RecordBatch> {
+    let (store, name) = (
+        run.parent().unwrap().to_str().unwrap(),
+        run.file_name().unwrap().to_str().unwrap(),
+    );
+    let store = caiflow::store::RunStore::open(store, name).unwrap();
+    let session = caiflow::CaiSession::new(caiflow::llm::Endpoints::default());
+    caiflow::run::register_run_tables(&session, &store)
+        .await
+        .unwrap();
+    collect(&session, &format!("SELECT * FROM {table}")).await
+}
+
 fn config_for(server: &LlamaServer, dir: &std::path::Path) -> std::path::PathBuf {
     let config = dir.join("caiflow.toml");
     let url = server.base_url();
@@ -82,15 +99,7 @@ fn sl_cai_plan_on_a_real_model() {
 
     // Read the stored table back with DataFusion directly for exact checks.
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let batches = rt.block_on(async {
-        let ctx = datafusion::prelude::SessionContext::new();
-        ctx.read_parquet(format!("{}/revisions/", run.display()), Default::default())
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap()
-    });
+    let batches = rt.block_on(committed_table(&run, "revisions"));
     assert_eq!(rows(&batches), 20);
     for col in ["response", "critique", "revision"] {
         for (i, v) in column(&batches, col).iter().enumerate() {
@@ -118,11 +127,14 @@ fn sl_cai_plan_on_a_real_model() {
     let check = format!(
         r#"
 import pyarrow.dataset as ds
-rev = ds.dataset("{run}/revisions", format="parquet").to_table()
+import json
+def data(table):
+    return "{run}/" + json.load(open("{run}/" + table + "/_manifest.json"))["data"]
+rev = ds.dataset(data("revisions"), format="parquet").to_table()
 assert rev.num_rows == 20, rev.num_rows
 for c in ["prompt_id", "prompt", "response", "critique", "revision", "principle_id", "round", "error", "revise_lineage"]:
     assert c in rev.column_names, c
-sft = ds.dataset("{run}/sft", format="parquet", partitioning="hive").to_table()
+sft = ds.dataset(data("sft"), format="parquet", partitioning="hive").to_table()
 assert set(sft.column("split").to_pylist()) <= {{"train", "test"}}
 assert sft.num_rows >= 20, sft.num_rows
 print("pyarrow ok", rev.num_rows, sft.num_rows)
@@ -227,15 +239,7 @@ fn rl_cai_plan_on_a_real_model() {
 
     let run = store.path().join("rl");
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let batches = rt.block_on(async {
-        let ctx = datafusion::prelude::SessionContext::new();
-        ctx.read_parquet(format!("{}/judgements/", run.display()), Default::default())
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap()
-    });
+    let batches = rt.block_on(committed_table(&run, "judgements"));
     assert_eq!(rows(&batches), 10, "exactly one judge row per prompt");
     let ids: BTreeSet<_> = column(&batches, "prompt_id")
         .into_iter()
