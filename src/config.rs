@@ -54,6 +54,12 @@ pub struct EndpointConfig {
     pub timeout_secs: f64,
     #[serde(default)]
     pub retry: RetryPolicy,
+    /// Adaptive concurrency and rate limits.
+    #[serde(default)]
+    pub scheduling: crate::llm::gate::GateConfig,
+    /// Abort the run when more than this share of requests fail (after 20 requests).
+    #[serde(default)]
+    pub max_error_rate: Option<f64>,
     /// NeMo only: how the conversation is sent.
     #[serde(default)]
     pub nemo_form: NemoPromptForm,
@@ -87,6 +93,8 @@ impl EndpointConfig {
             max_concurrency: default_concurrency(),
             timeout_secs: default_timeout(),
             retry: RetryPolicy::default(),
+            scheduling: Default::default(),
+            max_error_rate: None,
             nemo_form: NemoPromptForm::default(),
             chat_template: ChatTemplate::default(),
         }

@@ -51,6 +51,9 @@ enum Command {
         /// Recompute this table and everything that depends on it (repeatable).
         #[arg(long = "from", value_name = "TABLE")]
         from: Vec<String>,
+        /// Abort when more than this share of an endpoint's requests fail (after 20).
+        #[arg(long, value_name = "RATE")]
+        max_error_rate: Option<f64>,
     },
     /// Re-run only the requests that failed: recompute tables with error rows (or --table)
     /// from the run's saved plan; everything else comes from the journal.
@@ -125,20 +128,51 @@ fn open_run(spec: &str) -> anyhow::Result<RunStore> {
     Ok(RunStore::open(store, run)?)
 }
 
-/// Print per-stage progress lines to stderr every few seconds while work goes on.
+/// Live progress on stderr: a bar per stage on a terminal (indicatif), plain lines every
+/// few seconds otherwise (logs, CI).
 fn spawn_progress(progress: Arc<Progress>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut last = String::new();
-        loop {
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            let lines: Vec<String> = progress.snapshot().iter().map(|s| s.line()).collect();
-            let now = lines.join("\n");
-            if !now.is_empty() && now != last {
-                eprintln!("{now}");
-                last = now;
+    use std::io::IsTerminal;
+    if std::io::stderr().is_terminal() {
+        tokio::spawn(async move {
+            let bars = indicatif::MultiProgress::new();
+            let style = indicatif::ProgressStyle::with_template(
+                "{spinner} {prefix:<18} {pos:>8} rows {per_sec:>12} | {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+            let mut shown: BTreeMap<String, indicatif::ProgressBar> = BTreeMap::new();
+            loop {
+                for s in progress.snapshot() {
+                    let bar = shown.entry(s.name.clone()).or_insert_with(|| {
+                        let b = bars.add(indicatif::ProgressBar::new_spinner());
+                        b.set_style(style.clone());
+                        b.set_prefix(s.name.clone());
+                        b
+                    });
+                    bar.set_position(s.rows_done.load(std::sync::atomic::Ordering::Relaxed));
+                    bar.set_message(s.message());
+                    bar.tick();
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-        }
-    })
+        })
+    } else {
+        tokio::spawn(async move {
+            let mut last = String::new();
+            loop {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                let lines: Vec<String> = progress
+                    .snapshot()
+                    .iter()
+                    .map(|s| format!("{} | {}", s.line(), s.message()))
+                    .collect();
+                let now = lines.join("\n");
+                if !now.is_empty() && now != last {
+                    eprintln!("{now}");
+                    last = now;
+                }
+            }
+        })
+    }
 }
 
 fn print_outcome(o: &StatementOutcome) {
@@ -163,8 +197,8 @@ fn print_outcome(o: &StatementOutcome) {
 
 fn print_summary(session: &CaiSession) {
     eprintln!("summary:");
-    for s in session.progress.snapshot() {
-        eprintln!("  {}", s.line());
+    for line in caiflow::progress::summary_table(&session.progress.snapshot()).lines() {
+        eprintln!("  {line}");
     }
     for e in session.endpoints.iter() {
         if e.counters
@@ -259,6 +293,7 @@ async fn cmd_run(
     run: Option<String>,
     set: Vec<String>,
     from: Vec<String>,
+    max_error_rate: Option<f64>,
 ) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&plan)
         .with_context(|| format!("reading plan {}", plan.display()))?;
@@ -280,7 +315,16 @@ async fn cmd_run(
         };
         vars.insert(k.trim().to_string(), v.to_string());
     }
-    let endpoints = endpoints(config.as_deref())?;
+    let mut config = load_config(config.as_deref())?;
+    if let Some(rate) = max_error_rate {
+        if !(0.0..=1.0).contains(&rate) {
+            bail!("--max-error-rate {rate}: expected a share between 0 and 1");
+        }
+        for e in config.endpoints.values_mut() {
+            e.max_error_rate = Some(rate);
+        }
+    }
+    let endpoints = Endpoints::from_config(&config)?;
     let run_store = RunStore::open(&store, &run_name)?;
     vars.insert("run".to_string(), run_store.location(""));
     vars.insert("store".to_string(), store.clone());
@@ -487,7 +531,8 @@ async fn main() {
             run,
             set,
             from,
-        } => cmd_run(plan, config, store, run, set, from).await,
+            max_error_rate,
+        } => cmd_run(plan, config, store, run, set, from, max_error_rate).await,
         Command::Repair { run, table, config } => cmd_repair(run, table, config).await,
         Command::Inspect { run } => cmd_inspect(run).await,
         Command::Export {

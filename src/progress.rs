@@ -18,6 +18,11 @@ pub struct StageProgress {
     pub row_errors: AtomicU64,
     /// Input records a source could not turn into rows (reported, never silent).
     pub records_skipped: AtomicU64,
+    /// LLM requests of this stage, their attempts, journal hits and tokens.
+    pub requests: AtomicU64,
+    pub attempts: AtomicU64,
+    pub journal_hits: AtomicU64,
+    pub tokens: AtomicU64,
 }
 
 impl StageProgress {
@@ -29,11 +34,36 @@ impl StageProgress {
             rows_done: AtomicU64::new(0),
             row_errors: AtomicU64::new(0),
             records_skipped: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            attempts: AtomicU64::new(0),
+            journal_hits: AtomicU64::new(0),
+            tokens: AtomicU64::new(0),
         }
     }
 
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    /// Rates and counts for a progress bar's message.
+    pub fn message(&self) -> String {
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        let requests = Self::get(&self.requests);
+        let mut m = format!(
+            "{:.1} req/s {:.0} tok/s {} errors",
+            requests.saturating_sub(Self::get(&self.journal_hits)) as f64 / secs,
+            Self::get(&self.tokens) as f64 / secs,
+            Self::get(&self.row_errors)
+        );
+        let hits = Self::get(&self.journal_hits);
+        if hits > 0 {
+            m.push_str(&format!(" {hits} from journal"));
+        }
+        m
     }
 
     pub fn line(&self) -> String {
@@ -53,6 +83,31 @@ impl StageProgress {
         }
         s
     }
+}
+
+/// The end-of-run table: per stage rows, requests, retries, errors, tokens, wall time.
+pub fn summary_table(stages: &[Arc<StageProgress>]) -> String {
+    let get = StageProgress::get;
+    let mut out = format!(
+        "{:<18} {:>8} {:>9} {:>8} {:>8} {:>9} {:>10} {:>8}\n",
+        "stage", "rows", "requests", "retries", "errors", "journal", "tokens", "wall s"
+    );
+    for s in stages {
+        let requests = get(&s.requests);
+        let sent = requests.saturating_sub(get(&s.journal_hits));
+        out.push_str(&format!(
+            "{:<18} {:>8} {:>9} {:>8} {:>8} {:>9} {:>10} {:>8.1}\n",
+            s.name,
+            get(&s.rows_done),
+            requests,
+            get(&s.attempts).saturating_sub(sent),
+            get(&s.row_errors),
+            get(&s.journal_hits),
+            get(&s.tokens),
+            s.started.elapsed().as_secs_f64()
+        ));
+    }
+    out
 }
 
 /// All stages of a session, by name (two `respond(...)` calls share one entry).

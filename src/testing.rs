@@ -33,6 +33,25 @@ pub enum Fault {
     Garbage,
     /// 200 with empty content.
     Empty,
+    /// The connection is dropped mid-response.
+    Drop,
+}
+
+/// How the server behaves under load (the load-and-fault endpoint of benchmarks).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LoadProfile {
+    /// Requests served at once; more wait in a queue (a server's batch size).
+    pub capacity: Option<usize>,
+    /// Latency of every answer, ± `jitter` (a share: 0.2 = ±20 %).
+    pub latency: Duration,
+    pub jitter: f64,
+    /// Extra time per generated token (`max_tokens` of the request, else 16).
+    pub per_token: Duration,
+    /// Probability that a request gets a fault, chosen evenly among 500, 429 with
+    /// Retry-After, a hang, a dropped connection, a non-JSON 200 and empty content.
+    pub fault_rate: f64,
+    /// How long a hang lasts (make it longer than the client's timeout).
+    pub hang: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -50,6 +69,8 @@ pub struct MockState {
     first_request: Mutex<Option<std::time::Instant>>,
     /// Canned answers served, in order, before the default one.
     replies: Mutex<VecDeque<String>>,
+    profile: Mutex<LoadProfile>,
+    capacity: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
     /// Top log-probabilities of the first token, returned when a request asks for them.
     logprobs: Mutex<Option<Vec<(String, f64)>>>,
 }
@@ -69,12 +90,16 @@ impl Drop for MockServer {
 impl MockServer {
     /// Start on a free port of 127.0.0.1.
     pub async fn start() -> std::io::Result<MockServer> {
+        Self::start_on("127.0.0.1:0").await
+    }
+
+    async fn serve(listener: tokio::net::TcpListener) -> std::io::Result<MockServer> {
         let state = Arc::new(MockState::default());
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
+            .route("/stats", axum::routing::get(stats_handler))
             .route("/generate", put(generate))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -96,6 +121,29 @@ impl MockServer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .extend(faults);
+    }
+
+    /// Behave like a loaded server (capacity, latency with jitter, random faults).
+    pub fn set_profile(&self, profile: LoadProfile) {
+        *self
+            .state
+            .capacity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = profile
+            .capacity
+            .map(|c| Arc::new(tokio::sync::Semaphore::new(c)));
+        *self.state.latency.lock().unwrap_or_else(|p| p.into_inner()) = profile.latency;
+        *self.state.profile.lock().unwrap_or_else(|p| p.into_inner()) = profile;
+    }
+
+    /// Counters as JSON: requests, distinct and repeated fingerprints, peak concurrency.
+    pub fn stats(&self) -> Value {
+        stats(&self.state)
+    }
+
+    /// Start on a given address (the `caiflow-mock` binary).
+    pub async fn start_on(addr: &str) -> std::io::Result<MockServer> {
+        Self::serve(tokio::net::TcpListener::bind(addr).await?).await
     }
 
     /// Answer the next requests with these texts, in order.
@@ -212,9 +260,39 @@ async fn admit(state: &MockState, body: &Value) -> Option<Fault> {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .push(body.clone());
-    let latency = *state.latency.lock().unwrap_or_else(|p| p.into_inner());
+    let profile = state
+        .profile
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let mut latency = *state.latency.lock().unwrap_or_else(|p| p.into_inner());
+    if profile.jitter > 0.0 && !latency.is_zero() {
+        let f = 1.0 + profile.jitter * (2.0 * rand::random::<f64>() - 1.0);
+        latency = latency.mul_f64(f.max(0.0));
+    }
+    if !profile.per_token.is_zero() {
+        let tokens = body.get("max_tokens").and_then(Value::as_u64).unwrap_or(16) as u32;
+        latency += profile.per_token * tokens;
+    }
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
+    }
+    if profile.fault_rate > 0.0 && rand::random::<f64>() < profile.fault_rate {
+        let hang = if profile.hang.is_zero() {
+            Duration::from_secs(5)
+        } else {
+            profile.hang
+        };
+        return Some(match rand::random::<u32>() % 6 {
+            0 => Fault::Status(500),
+            1 => Fault::RateLimited {
+                retry_after_secs: 0,
+            },
+            2 => Fault::Hang(hang),
+            3 => Fault::Drop,
+            4 => Fault::Garbage,
+            _ => Fault::Empty,
+        });
     }
     let text = last_user_text(body);
     let conversation = body.to_string();
@@ -253,12 +331,34 @@ async fn serve_fault(fault: Option<Fault>) -> Result<(), Response> {
             Ok(())
         }
         Some(Fault::Garbage) => Err((StatusCode::OK, "<html>definitely not json").into_response()),
+        Some(Fault::Drop) => {
+            // A body that fails mid-stream: the server drops the connection.
+            let failing = futures::stream::once(async { Err::<bytes::Bytes, std::io::Error>(std::io::Error::other("dropped")) });
+            Err((StatusCode::OK, axum::body::Body::from_stream(failing)).into_response())
+        }
         Some(Fault::Empty) => Err((
             StatusCode::OK,
             json!({"choices": [{"message": {"role": "assistant", "content": ""}, "finish_reason": "stop"}]}).to_string(),
         )
             .into_response()),
     }
+}
+
+fn stats(state: &MockState) -> Value {
+    let map = state
+        .by_fingerprint
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    json!({
+        "requests": state.requests.load(Ordering::SeqCst),
+        "distinct": map.len(),
+        "repeated": map.values().map(|n| n.saturating_sub(1)).sum::<u64>(),
+        "peak_in_flight": state.peak_in_flight.load(Ordering::SeqCst),
+    })
+}
+
+async fn stats_handler(State(state): State<Arc<MockState>>) -> Response {
+    (StatusCode::OK, stats(&state).to_string()).into_response()
 }
 
 /// A deterministic answer that shows what it answered.
@@ -282,6 +382,15 @@ async fn chat(State(state): State<Arc<MockState>>, body: axum::Json<Value>) -> R
     let peak = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     state.peak_in_flight.fetch_max(peak, Ordering::SeqCst);
     let _guard = InFlight(&state);
+    let capacity = state
+        .capacity
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let _slot = match &capacity {
+        Some(c) => c.clone().acquire_owned().await.ok(),
+        None => None,
+    };
     if let Err(r) = serve_fault(admit(&state, &body).await).await {
         return r;
     }

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use tokio::sync::Semaphore;
 
+use super::gate::{Gate, GateConfig};
 use super::nemo::NemoBackend;
 use super::openai::{ApiKey, OpenAiBackend};
 use super::retry::RetryPolicy;
@@ -18,6 +18,9 @@ use crate::error::{CaiError, Result};
 /// Bumped whenever the way stages build prompts changes, so old journalled results are not
 /// reused for new prompts.
 pub const PROMPT_TEMPLATE_VERSION: u32 = 1;
+
+/// Requests an endpoint must have answered before its error rate can abort a run.
+pub const MIN_ERROR_SAMPLE: u64 = 20;
 
 /// The result of one logical request after all attempts.
 #[derive(Clone, Debug)]
@@ -44,8 +47,12 @@ pub struct Endpoint {
     pub name: String,
     pub model: String,
     backend: Arc<dyn Backend>,
-    budget: Arc<Semaphore>,
+    gate: Arc<Gate>,
     max_concurrency: usize,
+    /// Abort the run when more than this share of requests fail (after a minimum sample).
+    max_error_rate: Option<f64>,
+    /// Set when no request to this endpoint can succeed any more (refused key, error rate).
+    aborted: std::sync::OnceLock<String>,
     timeout: Duration,
     retry: RetryPolicy,
     /// The server's address, for the reachability check (None for in-process backends).
@@ -67,8 +74,10 @@ impl Endpoint {
             name: name.to_string(),
             model: model.to_string(),
             backend,
-            budget: Arc::new(Semaphore::new(max_concurrency)),
+            gate: Gate::new(max_concurrency, GateConfig::default()),
             max_concurrency,
+            max_error_rate: None,
+            aborted: std::sync::OnceLock::new(),
             timeout,
             retry,
             base_url: None,
@@ -112,14 +121,15 @@ impl Endpoint {
     pub fn summary(&self) -> String {
         let c = &self.counters;
         format!(
-            "endpoint {}: {} requests, {} attempts, {} failed, {} completion tokens, peak {} in flight (budget {})",
+            "endpoint {}: {} requests, {} attempts, {} failed, {} completion tokens, peak {} in flight (budget {}, limit now {})",
             self.name,
             c.requests.load(Ordering::Relaxed),
             c.attempts.load(Ordering::Relaxed),
             c.failures.load(Ordering::Relaxed),
             c.completion_tokens.load(Ordering::Relaxed),
             c.peak_in_flight.load(Ordering::Relaxed),
-            self.max_concurrency
+            self.max_concurrency,
+            self.gate.limit()
         )
     }
 
@@ -161,11 +171,43 @@ impl Endpoint {
             config.retry.clone(),
         );
         endpoint.base_url = Some(config.base_url.clone());
+        endpoint.gate = Gate::new(config.max_concurrency, config.scheduling.clone());
+        endpoint.max_error_rate = config.max_error_rate;
         Ok(endpoint)
     }
 
     pub fn max_concurrency(&self) -> usize {
         self.max_concurrency
+    }
+
+    /// Why this endpoint gave up, if it did: the query must fail with this message.
+    pub fn aborted(&self) -> Option<&str> {
+        self.aborted.get().map(String::as_str)
+    }
+
+    pub fn set_max_error_rate(&mut self, rate: Option<f64>) {
+        self.max_error_rate = rate;
+    }
+
+    fn abort(&self, why: String) {
+        if self.aborted.set(why.clone()).is_ok() {
+            tracing::error!("{why}");
+        }
+    }
+
+    /// After a logical request: is the endpoint plainly broken?
+    fn check_error_rate(&self, last_error: &str) {
+        let Some(limit) = self.max_error_rate else {
+            return;
+        };
+        let done = self.counters.requests.load(Ordering::Relaxed);
+        let failed = self.counters.failures.load(Ordering::Relaxed);
+        if done >= MIN_ERROR_SAMPLE && failed as f64 / done as f64 > limit {
+            self.abort(format!(
+                "endpoint '{}': {failed} of {done} requests failed, above the maximum error rate {limit} (last error: {last_error})",
+                self.name
+            ));
+        }
     }
 
     /// Stable identity of a request: model, normalized messages, sampling parameters (seed
@@ -189,12 +231,23 @@ impl Endpoint {
     /// the endpoint's budget is held only while an attempt is on the wire, not while backing
     /// off, so a throttled row does not block healthy ones.
     pub async fn call(&self, request: &ChatRequest) -> CallOutcome {
+        self.call_with_priority(request, 0).await
+    }
+
+    /// Send a request; among waiting requests, a higher `priority` (a later turn of a row)
+    /// is sent first.
+    pub async fn call_with_priority(&self, request: &ChatRequest, priority: u32) -> CallOutcome {
         let request_hash = self.request_hash(request);
         let started = Instant::now();
-        if crate::run::stopping() {
+        let refusal = if crate::run::stopping() {
+            Some("interrupted before sending (Ctrl-C)".to_string())
+        } else {
+            self.aborted().map(str::to_string)
+        };
+        if let Some(why) = refusal {
             return CallOutcome {
                 request_hash,
-                result: Err("interrupted before sending (Ctrl-C)".into()),
+                result: Err(why),
                 attempts: 0,
                 latency_ms: 0,
             };
@@ -205,16 +258,23 @@ impl Endpoint {
             attempts += 1;
             self.counters.attempts.fetch_add(1, Ordering::Relaxed);
             let attempt = {
-                let _permit = match self.budget.acquire().await {
-                    Ok(p) => p,
-                    Err(_) => break Err("endpoint closed".to_string()),
-                };
+                let _permit = self.gate.acquire(priority).await;
                 let now = self.counters.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
                 self.counters
                     .peak_in_flight
                     .fetch_max(now, Ordering::Relaxed);
+                let sent = Instant::now();
                 let r = tokio::time::timeout(self.timeout, self.backend.complete(request)).await;
                 self.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+                let (overloaded, tokens) = match &r {
+                    Ok(Ok(c)) => (
+                        false,
+                        c.prompt_tokens.unwrap_or(0) + c.completion_tokens.unwrap_or(0),
+                    ),
+                    Ok(Err(e)) => (e.overloaded, 0),
+                    Err(_) => (true, 0),
+                };
+                self.gate.on_done(sent.elapsed(), overloaded, tokens);
                 r
             };
             let error = match attempt {
@@ -232,6 +292,12 @@ impl Endpoint {
                     self.timeout.as_secs_f64()
                 )),
             };
+            if error.refused {
+                self.abort(format!(
+                    "endpoint '{}' refused the request ({}): check its API key (api_key_env) and URL",
+                    self.name, error.message
+                ));
+            }
             if !error.retryable || attempts >= self.retry.max_attempts {
                 let kind = if error.retryable {
                     "gave up"
@@ -246,8 +312,9 @@ impl Endpoint {
             tracing::debug!(endpoint = %self.name, attempt = attempts, error = %error.message, "retrying");
             tokio::time::sleep(self.retry.delay(attempts, error.retry_after)).await;
         };
-        if result.is_err() {
+        if let Err(e) = &result {
             self.counters.failures.fetch_add(1, Ordering::Relaxed);
+            self.check_error_rate(e);
         }
         CallOutcome {
             request_hash,

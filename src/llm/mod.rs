@@ -2,6 +2,7 @@
 //! shared concurrency budget, per-attempt timeout and retries every stage relies on.
 
 pub mod endpoint;
+pub mod gate;
 pub mod nemo;
 pub mod openai;
 pub mod retry;
@@ -84,6 +85,10 @@ pub struct AttemptError {
     pub retryable: bool,
     /// The server's `Retry-After`, when it sent one.
     pub retry_after: Option<Duration>,
+    /// The server refused us (401/403: a bad or missing key): no request to it can succeed.
+    pub refused: bool,
+    /// The server pushed back (429, timeout): a signal for adaptive concurrency.
+    pub overloaded: bool,
 }
 
 impl AttemptError {
@@ -92,13 +97,14 @@ impl AttemptError {
             message: message.into(),
             retryable: true,
             retry_after: None,
+            refused: false,
+            overloaded: false,
         }
     }
     pub fn fatal(message: impl Into<String>) -> Self {
         AttemptError {
-            message: message.into(),
             retryable: false,
-            retry_after: None,
+            ..Self::retryable(message)
         }
     }
 }
@@ -119,11 +125,14 @@ pub(crate) fn status_error(
 ) -> AttemptError {
     let snippet: String = body.chars().take(300).collect();
     let message = format!("HTTP {}: {}", status.as_u16(), snippet.trim());
-    let retryable = status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error();
+    let code = status.as_u16();
+    let retryable = code == 408 || code == 429 || status.is_server_error();
     AttemptError {
         message,
         retryable,
         retry_after: retry::parse_retry_after(headers),
+        refused: code == 401 || code == 403,
+        overloaded: code == 429 || code == 503,
     }
 }
 

@@ -80,6 +80,9 @@ impl RowStage for Critique {
     fn endpoint(&self) -> Option<&str> {
         Some(&self.options.endpoint)
     }
+    fn priority(&self) -> u32 {
+        1
+    }
 
     async fn process(&self, row: InputRow, env: &StageEnv) -> Vec<Vec<ScalarValue>> {
         let round = ScalarValue::UInt32(Some(self.round));

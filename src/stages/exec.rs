@@ -47,6 +47,8 @@ pub struct StageEnv {
     pub progress: Arc<StageProgress>,
     /// The run's request journal, when the session has one.
     pub journal: Option<Arc<crate::journal::Journal>>,
+    /// Scheduling priority of this stage's requests (deeper stages first).
+    pub priority: u32,
 }
 
 /// One CAI stage, row by row. Implementations hold only plain options (serde data) and
@@ -61,6 +63,11 @@ pub trait RowStage: fmt::Debug + Send + Sync + 'static {
     /// The endpoint this stage calls, if any.
     fn endpoint(&self) -> Option<&str> {
         None
+    }
+    /// How deep in a row's conversation this stage's requests are: waiting requests of
+    /// deeper stages are sent first, so rows finish before new rows start (depth-first).
+    fn priority(&self) -> u32 {
+        0
     }
     /// Process one input row into one or more output rows, one value per output field.
     /// Row-level failures are data (an `error` cell), never an `Err`.
@@ -376,6 +383,7 @@ impl StageExec {
             endpoint,
             progress: progress.stage(self.stage.name()),
             journal: config.get_extension::<crate::journal::Journal>(),
+            priority: self.stage.priority(),
         })
     }
 }
@@ -512,9 +520,16 @@ impl ExecutionPlan for StageExec {
             projection: self.projection.clone(),
         });
         let schema = self.schema();
+        let watched = endpoint.clone();
         let batches = results
             .ready_chunks(batch_size)
-            .map(move |chunk| assembler.assemble(chunk.into_iter().collect::<Result<Vec<_>>>()?))
+            .map(move |chunk| {
+                // An endpoint that gave up (refused key, error rate) fails the query.
+                if let Some(why) = watched.as_ref().and_then(|e| e.aborted()) {
+                    return Err(DataFusionError::Execution(why.to_string()));
+                }
+                assembler.assemble(chunk.into_iter().collect::<Result<Vec<_>>>()?)
+            })
             .try_filter(|b| futures::future::ready(b.num_rows() > 0));
         // Before the first row: is the endpoint there at all? (Fails fast, naming the URL.)
         let preflight = async move {

@@ -491,6 +491,9 @@ impl RowStage for Judge {
     fn endpoint(&self) -> Option<&str> {
         Some(&self.options.endpoint)
     }
+    fn priority(&self) -> u32 {
+        1
+    }
     fn grouping(&self) -> Option<Grouping> {
         Some(Grouping {
             key: "prompt_id",

@@ -220,16 +220,25 @@ pub async fn complete(
             latency_ms: 0,
         })
     });
+    let p = &env.progress;
+    StageProgress::add(&p.requests, 1);
     let outcome = match journalled {
-        Some(o) => o,
+        Some(o) => {
+            StageProgress::add(&p.journal_hits, 1);
+            o
+        }
         None => {
-            let o = endpoint.call(request).await;
+            let o = endpoint.call_with_priority(request, env.priority).await;
             if let Some(j) = &env.journal {
                 j.record(&o.request_hash, &o.result);
             }
+            StageProgress::add(&p.attempts, o.attempts as u64);
             o
         }
     };
+    if let Ok(c) = &outcome.result {
+        StageProgress::add(&p.tokens, c.completion_tokens.unwrap_or(0));
+    }
     let lineage = lineage_value(env, request, &outcome).unwrap_or_else(|_| null_lineage());
     (outcome.result, lineage)
 }

@@ -224,6 +224,9 @@ impl RowStage for Revise {
     fn endpoint(&self) -> Option<&str> {
         Some(&self.options.endpoint)
     }
+    fn priority(&self) -> u32 {
+        2
+    }
 
     async fn process(&self, row: InputRow, env: &StageEnv) -> Vec<Vec<ScalarValue>> {
         self.rounds(&row, env)
