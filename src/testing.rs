@@ -65,6 +65,8 @@ pub struct MockState {
     bodies: Mutex<Vec<Value>>,
     /// Fixed latency added to every answer.
     latency: Mutex<Duration>,
+    /// Skip keeping request bodies (long benchmarks).
+    forget_bodies: std::sync::atomic::AtomicBool,
     /// When the first request since the last reset arrived.
     first_request: Mutex<Option<std::time::Instant>>,
     /// Canned answers served, in order, before the default one.
@@ -134,6 +136,12 @@ impl MockServer {
             .map(|c| Arc::new(tokio::sync::Semaphore::new(c)));
         *self.state.latency.lock().unwrap_or_else(|p| p.into_inner()) = profile.latency;
         *self.state.profile.lock().unwrap_or_else(|p| p.into_inner()) = profile;
+    }
+
+    /// Keep request bodies for [`MockServer::bodies`] (the default) or not (long benchmarks,
+    /// where they would dominate memory).
+    pub fn keep_bodies(&self, keep: bool) {
+        self.state.forget_bodies.store(!keep, Ordering::SeqCst);
     }
 
     /// Counters as JSON: requests, distinct and repeated fingerprints, peak concurrency.
@@ -255,11 +263,13 @@ async fn admit(state: &MockState, body: &Value) -> Option<Fault> {
         .unwrap_or_else(|p| p.into_inner())
         .entry(fingerprint)
         .or_default() += 1;
-    state
-        .bodies
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(body.clone());
+    if !state.forget_bodies.load(Ordering::Relaxed) {
+        state
+            .bodies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(body.clone());
+    }
     let profile = state
         .profile
         .lock()
