@@ -129,6 +129,7 @@ fn main() {
         // Utilization.
         let c = 64usize;
         let server = MockServer::start().await.expect("mock");
+        server.keep_bodies(false);
         server.set_profile(LoadProfile {
             capacity: Some(c),
             latency: Duration::from_millis(50),
@@ -145,6 +146,7 @@ fn main() {
 
         // Zero latency: one stage vs a plain HTTP loop.
         let server = MockServer::start().await.expect("mock");
+        server.keep_bodies(false);
         let s = session(&server.base_url(), c, |_| {});
         let started = Instant::now();
         count(&s, &format!("SELECT count(*) FROM respond(red_team_prompts('{}'), few_shot => 'none')", prompts.display())).await;

@@ -198,6 +198,14 @@ impl Judgement {
         }
     }
 
+    /// An error row that keeps the lineage of the request that failed.
+    fn failed(num: usize, order: Vec<u32>, message: String, lineage: Option<ScalarValue>) -> Self {
+        Judgement {
+            lineage,
+            ..Self::error(num as u32, order, message)
+        }
+    }
+
     fn cells(self) -> Vec<ScalarValue> {
         let order: Vec<ScalarValue> = self
             .order
@@ -264,9 +272,7 @@ impl Judge {
             let raw = match result {
                 Ok(c) => c.text,
                 Err(e) => {
-                    let mut j = Judgement::error(n as u32, order, format!("judge: {e}"));
-                    j.lineage = Some(lineage);
-                    return j;
+                    return Judgement::failed(n, order, format!("judge: {e}"), Some(lineage));
                 }
             };
             match parse_verdict(&raw, n) {
@@ -362,9 +368,7 @@ impl Judge {
             let completion = match result {
                 Ok(c) => c,
                 Err(e) => {
-                    let mut j = Judgement::error(n as u32, order, format!("judge: {e}"));
-                    j.lineage = lineage;
-                    return j;
+                    return Judgement::failed(n, order, format!("judge: {e}"), lineage);
                 }
             };
             let Some(top) = completion.top_logprobs.as_ref().filter(|t| !t.is_empty()) else {
@@ -373,27 +377,17 @@ impl Judge {
                     .as_ref()
                     .map(|e| e.name.as_str())
                     .unwrap_or("?");
-                let mut j = Judgement::error(
-                    n as u32,
-                    order,
-                    format!(
-                        "judge: endpoint '{name}' returned no logprobs; principle mode needs a server that returns top_logprobs"
-                    ),
+                let why = format!(
+                    "judge: endpoint '{name}' returned no logprobs; principle mode needs a server that returns top_logprobs"
                 );
-                j.lineage = lineage;
-                return j;
+                return Judgement::failed(n, order, why, lineage);
             };
             let Some(p_a) = option_a_probability(top) else {
-                let mut j = Judgement::error(
-                    n as u32,
-                    order,
-                    format!(
-                        "judge: neither A nor B among the top {} tokens (answer {:?})",
-                        self.top_logprobs, completion.text
-                    ),
+                let why = format!(
+                    "judge: neither A nor B among the top {} tokens (answer {:?})",
+                    self.top_logprobs, completion.text
                 );
-                j.lineage = lineage;
-                return j;
+                return Judgement::failed(n, order, why, lineage);
             };
             let mut p_first = if swap { 1.0 - p_a } else { p_a }; // P(candidate a preferred over b)
             if let Some((lo, hi)) = self.clamp {

@@ -52,17 +52,6 @@ impl Default for LlmDefaults {
     }
 }
 
-pub const LLM_OPTIONS: &[&str] = &[
-    "endpoint",
-    "temperature",
-    "top_p",
-    "top_k",
-    "max_tokens",
-    "seed",
-    "system",
-    "few_shot",
-];
-
 impl LlmOptions {
     pub fn parse(args: &StageArgs) -> Result<Self> {
         Self::parse_with(args, &LlmDefaults::default())
