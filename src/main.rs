@@ -101,6 +101,9 @@ enum Command {
         run: Option<String>,
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Rows of each query's result to print.
+        #[arg(long, default_value_t = 100)]
+        max_rows: usize,
     },
 }
 
@@ -494,6 +497,7 @@ async fn cmd_sql(
     execute: String,
     run: Option<String>,
     config: Option<PathBuf>,
+    max_rows: usize,
 ) -> anyhow::Result<()> {
     let session = CaiSession::new(endpoints(config.as_deref())?);
     if let Some(run) = &run {
@@ -501,7 +505,7 @@ async fn cmd_sql(
         let names = register_run_tables(&session, &store).await?;
         eprintln!("tables: {}", names.join(", "));
     }
-    run_sql(&session, &execute, |o| {
+    run_sql(&session, &execute, max_rows, |o| {
         if let Some(p) = &o.preview {
             println!("{p}");
         } else {
@@ -547,7 +551,8 @@ async fn main() {
             execute,
             run,
             config,
-        } => cmd_sql(execute, run, config).await,
+            max_rows,
+        } => cmd_sql(execute, run, config, max_rows).await,
     };
     if let Err(e) = result {
         eprintln!("caiflow: error: {e:#}");

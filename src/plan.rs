@@ -129,66 +129,72 @@ pub struct StatementOutcome {
     pub preview: Option<String>,
 }
 
-/// Rows of a query's result shown in the preview.
-const PREVIEW_ROWS: usize = 10;
+/// Where a statement is, for error messages: its plan line when the statement count agrees
+/// with the parser's, else its number.
+pub fn place_of(lines: &[usize], statements: usize, index: usize) -> String {
+    match lines.get(index) {
+        Some(line) if lines.len() == statements => format!("line {line} (statement {})", index + 1),
+        _ => format!("statement {}", index + 1),
+    }
+}
 
-/// Run every statement of `sql` in order. Query results are streamed (only a preview is
-/// kept); DDL and `COPY` run to completion.
+/// Run one statement, streaming its result; queries (`SELECT`, `WITH`) keep a pretty-printed
+/// preview of their first `max_rows` rows. Returns the row count and the preview.
+pub async fn execute_with_preview(
+    session: &CaiSession,
+    sql: &str,
+    max_rows: usize,
+) -> Result<(usize, Option<String>)> {
+    let df = session.ctx.sql(sql).await?;
+    let head = sql.trim_start().to_ascii_uppercase();
+    let is_query = head.starts_with("SELECT") || head.starts_with("WITH");
+    let mut stream = df.execute_stream().await?;
+    let (mut rows, mut preview, mut kept) = (0, vec![], 0);
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        rows += batch.num_rows();
+        if kept < max_rows && batch.num_rows() > 0 {
+            let take = (max_rows - kept).min(batch.num_rows());
+            preview.push(batch.slice(0, take));
+            kept += take;
+        }
+    }
+    let mut shown = if is_query && !preview.is_empty() {
+        Some(pretty_format_batches(&preview)?.to_string())
+    } else {
+        None
+    };
+    if let Some(p) = shown.as_mut().filter(|_| rows > kept) {
+        p.push_str(&format!("\n(first {kept} of {rows} rows)"));
+    }
+    Ok((rows, shown))
+}
+
+/// Run every statement of `sql` in order (no run store: `caiflow sql`). Query results are
+/// streamed; up to `max_rows` of each are kept for display.
 pub async fn run_sql(
     session: &CaiSession,
     sql: &str,
+    max_rows: usize,
     mut on_done: impl FnMut(&StatementOutcome),
 ) -> Result<Vec<StatementOutcome>> {
     let statements =
         DFParser::parse_sql(sql).map_err(|e| CaiError::Plan(format!("SQL syntax: {e}")))?;
     let lines = statement_lines(sql);
-    let place = |index: usize| match lines.get(index) {
-        Some(line) if lines.len() == statements.len() => {
-            format!("line {line} (statement {})", index + 1)
-        }
-        _ => format!("statement {}", index + 1),
-    };
+    let count = statements.len();
     let mut outcomes = vec![];
-    for (index, statement) in statements.clone().into_iter().enumerate() {
+    for (index, statement) in statements.into_iter().enumerate() {
         let text = statement.to_string();
         let started = Instant::now();
-        let state = session.ctx.state();
-        let plan = state
-            .statement_to_plan(statement)
+        let (rows, preview) = execute_with_preview(session, &text, max_rows)
             .await
-            .map_err(|e| CaiError::Plan(format!("{}: {e}", place(index))))?;
-        let run = async {
-            let df = session.ctx.execute_logical_plan(plan).await?;
-            df.execute_stream().await
-        };
-        let mut stream = run
-            .await
-            .map_err(|e| CaiError::Plan(format!("{}: {e}", place(index))))?;
-        let mut rows = 0;
-        let mut preview = vec![];
-        let mut preview_rows = 0;
-        while let Some(batch) = stream.next().await {
-            let batch =
-                batch.map_err(|e| CaiError::Plan(format!("statement {}: {e}", index + 1)))?;
-            rows += batch.num_rows();
-            if preview_rows < PREVIEW_ROWS && batch.num_rows() > 0 {
-                let take = (PREVIEW_ROWS - preview_rows).min(batch.num_rows());
-                preview.push(batch.slice(0, take));
-                preview_rows += take;
-            }
-        }
-        let is_query = text.trim_start().to_ascii_uppercase().starts_with("SELECT")
-            || text.trim_start().to_ascii_uppercase().starts_with("WITH");
+            .map_err(|e| CaiError::Plan(format!("{}: {e}", place_of(&lines, count, index))))?;
         let outcome = StatementOutcome {
             index,
             sql: text,
             rows,
             seconds: started.elapsed().as_secs_f64(),
-            preview: if is_query && !preview.is_empty() {
-                Some(pretty_format_batches(&preview)?.to_string())
-            } else {
-                None
-            },
+            preview,
         };
         on_done(&outcome);
         outcomes.push(outcome);

@@ -15,16 +15,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::sql::parser::{DFParser, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::Statement;
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{CaiError, Result};
-use crate::plan::{StatementOutcome, statement_lines};
+use crate::plan::{StatementOutcome, execute_with_preview, place_of, statement_lines};
 use crate::session::CaiSession;
 use crate::store::RunStore;
 
@@ -198,10 +196,7 @@ impl<'a> Runner<'a> {
             DFParser::parse_sql(sql).map_err(|e| CaiError::Plan(format!("SQL syntax: {e}")))?;
         let lines = statement_lines(sql);
         let count = statements.len();
-        let place = |index: usize| match lines.get(index) {
-            Some(line) if lines.len() == count => format!("line {line} (statement {})", index + 1),
-            _ => format!("statement {}", index + 1),
-        };
+        let place = |index: usize| place_of(&lines, count, index);
         for (index, statement) in statements.into_iter().enumerate() {
             let text = statement.to_string();
             let started = Instant::now();
@@ -245,31 +240,7 @@ impl<'a> Runner<'a> {
 
     /// Run a statement that is not materialized; queries keep a preview of their first rows.
     async fn execute(&self, sql: &str) -> Result<(usize, Option<String>)> {
-        let df = self.session.ctx.sql(sql).await?;
-        let is_query = matches!(
-            sql.trim_start()
-                .get(..6)
-                .map(|s| s.to_ascii_uppercase())
-                .as_deref(),
-            Some("SELECT") | Some("WITH ")
-        );
-        let mut stream = df.execute_stream().await?;
-        let (mut rows, mut preview, mut kept) = (0, vec![], 0);
-        while let Some(batch) = stream.next().await {
-            let batch = batch?;
-            rows += batch.num_rows();
-            if kept < 10 && batch.num_rows() > 0 {
-                let take = (10 - kept).min(batch.num_rows());
-                preview.push(batch.slice(0, take));
-                kept += take;
-            }
-        }
-        let preview = if is_query && !preview.is_empty() {
-            Some(pretty_format_batches(&preview)?.to_string())
-        } else {
-            None
-        };
-        Ok((rows, preview))
+        execute_with_preview(self.session, sql, 10).await
     }
 
     async fn materialize(&mut self, name: &str, text: &str, query: &str) -> Result<u64> {
