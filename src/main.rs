@@ -244,33 +244,36 @@ async fn execute_run(
     let result = {
         let run = runner.run(sql, print_outcome);
         tokio::pin!(run);
-        tokio::select! {
+        let first = tokio::select! {
             r = &mut run => Some(r),
             _ = tokio::signal::ctrl_c() => None,
+        };
+        match first {
+            Some(r) => r,
+            None => {
+                // First Ctrl-C: no new requests, and no table is committed; the run keeps
+                // being driven for a short grace so requests in flight finish and are
+                // journalled. A second Ctrl-C stops at once.
+                eprintln!(
+                    "caiflow: stopping (Ctrl-C again to stop at once); keeping completed requests"
+                );
+                caiflow::run::request_stop();
+                tokio::select! {
+                    _ = &mut run => {}
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+                reporter.abort();
+                flusher.abort();
+                let _ = journal.flush().await;
+                print_summary(&session);
+                eprintln!("caiflow: interrupted; run the same command again to resume");
+                std::process::exit(INTERRUPTED);
+            }
         }
-        .map(Ok)
-        .unwrap_or_else(|| Err(()))
     };
     reporter.abort();
     flusher.abort();
-    let result = match result {
-        Ok(r) => r,
-        Err(()) => {
-            // First Ctrl-C: no new requests, a short grace for those in flight, keep all.
-            eprintln!(
-                "caiflow: stopping (Ctrl-C again to stop at once); keeping completed requests"
-            );
-            caiflow::run::request_stop();
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            let _ = journal.flush().await;
-            print_summary(&session);
-            eprintln!("caiflow: interrupted; run the same command again to resume");
-            std::process::exit(INTERRUPTED);
-        }
-    };
     journal
         .flush()
         .await

@@ -343,3 +343,42 @@ async fn a_run_on_an_s3_store_resumes_and_reads_back() {
         .sum();
     assert!(rows >= 16, "{rows}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_gracefully_keeps_completed_work_and_exits_130() {
+    let f = Fixture::new(40, 150).await;
+    let child = caiflow()
+        .args(f.args("stopped", &[]))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    let run = f.run_dir("stopped");
+    assert!(
+        !run.join("revisions/_manifest.json").exists(),
+        "nothing is committed"
+    );
+    let sent_before = f.server.requests();
+    assert!(sent_before > 0 && sent_before < 120, "{sent_before}");
+
+    f.run("stopped", &[]);
+    assert_eq!(f.revisions("stopped").await.len(), 40);
+    // Everything completed before the stop was kept: nothing is asked twice.
+    assert_eq!(
+        f.server.repeated(),
+        0,
+        "{} requests in all",
+        f.server.requests()
+    );
+    assert_eq!(f.server.requests(), 120);
+}
