@@ -180,6 +180,15 @@ impl Endpoint {
         self.max_concurrency
     }
 
+    /// Why no request may be sent now: the run is stopping, or the endpoint gave up.
+    fn halted(&self) -> Option<String> {
+        if crate::run::stopping() {
+            Some("interrupted before sending (Ctrl-C)".to_string())
+        } else {
+            self.aborted().map(str::to_string)
+        }
+    }
+
     /// Why this endpoint gave up, if it did: the query must fail with this message.
     pub fn aborted(&self) -> Option<&str> {
         self.aborted.get().map(String::as_str)
@@ -239,12 +248,7 @@ impl Endpoint {
     pub async fn call_with_priority(&self, request: &ChatRequest, priority: u32) -> CallOutcome {
         let request_hash = self.request_hash(request);
         let started = Instant::now();
-        let refusal = if crate::run::stopping() {
-            Some("interrupted before sending (Ctrl-C)".to_string())
-        } else {
-            self.aborted().map(str::to_string)
-        };
-        if let Some(why) = refusal {
+        if let Some(why) = self.halted() {
             return CallOutcome {
                 request_hash,
                 result: Err(why),
@@ -259,6 +263,11 @@ impl Endpoint {
             self.counters.attempts.fetch_add(1, Ordering::Relaxed);
             let attempt = {
                 let _permit = self.gate.acquire(priority).await;
+                // Checked again once a slot is free: the run may have stopped, or the endpoint
+                // given up, while this request waited or backed off.
+                if let Some(why) = self.halted() {
+                    break Err(why);
+                }
                 let now = self.counters.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
                 self.counters
                     .peak_in_flight
