@@ -15,9 +15,7 @@ async fn a_refused_key_fails_the_query_fast() {
     server.push_faults((0..500).map(|_| Fault::Status(401)));
     let session = session_for(&server.base_url(), |e| e.max_concurrency = 4);
     let dir = tempfile::tempdir().unwrap();
-    let prompts: Vec<String> = (0..200).map(|i| format!("p{i}")).collect();
-    let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
-    register_prompts(&session, dir.path(), &refs).await;
+    register_numbered_prompts(&session, dir.path(), "p", 200).await;
     let started = Instant::now();
     let err = session
         .ctx
@@ -49,9 +47,7 @@ async fn a_broken_endpoint_aborts_at_the_maximum_error_rate() {
         e.max_error_rate = Some(0.5);
     });
     let dir = tempfile::tempdir().unwrap();
-    let prompts: Vec<String> = (0..300).map(|i| format!("p{i}")).collect();
-    let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
-    register_prompts(&session, dir.path(), &refs).await;
+    register_numbered_prompts(&session, dir.path(), "p", 300).await;
     let err = session
         .ctx
         .sql("SELECT * FROM respond(prompts)")
@@ -71,7 +67,7 @@ async fn a_broken_endpoint_aborts_at_the_maximum_error_rate() {
     let server = MockServer::start().await.unwrap();
     server.push_faults((0..20).map(|_| Fault::Status(500)));
     let session = session_for(&server.base_url(), |e| e.retry.max_attempts = 1);
-    register_prompts(&session, dir.path(), &refs[..40]).await;
+    register_numbered_prompts(&session, dir.path(), "p", 40).await;
     let out = collect(&session, "SELECT error FROM respond(prompts)").await;
     assert_eq!(rows(&out), 40);
     assert_eq!(column(&out, "error").iter().flatten().count(), 20);
@@ -96,9 +92,7 @@ async fn ten_percent_mixed_faults_are_all_recovered() {
         e.retry.max_backoff_ms = 20;
     });
     let dir = tempfile::tempdir().unwrap();
-    let prompts: Vec<String> = (0..150).map(|i| format!("p{i}")).collect();
-    let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
-    register_prompts(&session, dir.path(), &refs).await;
+    register_numbered_prompts(&session, dir.path(), "p", 150).await;
     let out = collect(
         &session,
         "SELECT error FROM critique(respond(prompts, few_shot => 'none'), few_shot => 'none')",
@@ -123,9 +117,7 @@ async fn rows_progress_depth_first() {
     server.set_latency(Duration::from_millis(15));
     let session = session_for(&server.base_url(), |e| e.max_concurrency = 1);
     let dir = tempfile::tempdir().unwrap();
-    let prompts: Vec<String> = (0..8).map(|i| format!("prompt {i}")).collect();
-    let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
-    register_prompts(&session, dir.path(), &refs).await;
+    register_numbered_prompts(&session, dir.path(), "prompt ", 8).await;
     collect(
         &session,
         "SELECT * FROM critique(respond(prompts, few_shot => 'none'), few_shot => 'none')",

@@ -12,11 +12,7 @@ async fn respond_critique_revise_chain_with_rounds() {
     let server = MockServer::start().await.unwrap();
     let session = session_for(&server.base_url(), |_| {});
     let dir = tempfile::tempdir().unwrap();
-    let prompts: Vec<String> = (0..12)
-        .map(|i| format!("red team prompt number {i}"))
-        .collect();
-    let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
-    register_prompts(&session, dir.path(), &refs).await;
+    register_numbered_prompts(&session, dir.path(), "red team prompt number ", 12).await;
     collect(
         &session,
         "CREATE VIEW r AS SELECT * FROM respond(prompts, max_tokens => 16, few_shot => 'none')",
@@ -144,9 +140,7 @@ async fn filters_and_limits_are_pushed_below_the_stage() {
     let server = MockServer::start().await.unwrap();
     let session = session_for(&server.base_url(), |_| {});
     let dir = tempfile::tempdir().unwrap();
-    let prompts: Vec<String> = (0..30).map(|i| format!("p{i}")).collect();
-    let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
-    register_prompts(&session, dir.path(), &refs).await;
+    register_numbered_prompts(&session, dir.path(), "p", 30).await;
     let out = collect(
         &session,
         "SELECT * FROM respond(prompts) WHERE prompt IN ('p1', 'p2', 'p3')",

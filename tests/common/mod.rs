@@ -80,6 +80,18 @@ pub async fn register_prompts(session: &CaiSession, dir: &Path, prompts: &[&str]
     .await;
 }
 
+/// `n` prompts `"{prefix}{i}"`, as the owned strings and the slices tests pass around.
+pub fn numbered(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}")).collect()
+}
+
+/// Register `n` numbered prompts as table `prompts`.
+pub async fn register_numbered_prompts(session: &CaiSession, dir: &Path, prefix: &str, n: usize) {
+    let prompts = numbered(prefix, n);
+    let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    register_prompts(session, dir, &refs).await;
+}
+
 /// Where shared fixtures live; `None` (the test then says so and skips) unless CI demands them.
 pub fn fixture(relative: &str) -> Option<PathBuf> {
     let path = repo_root()
