@@ -96,8 +96,12 @@ impl Journal {
                 continue;
             };
             for raw in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                // A torn last line (a crash mid-write on a store without atomic puts) is skipped.
+                // A torn last line (a crash mid-write) is skipped, and said.
                 let Ok(line) = serde_json::from_slice::<Line>(raw) else {
+                    tracing::warn!(
+                        "journal {path}: skipped an unreadable line ({} bytes)",
+                        raw.len()
+                    );
                     continue;
                 };
                 if line.ok {

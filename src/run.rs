@@ -251,7 +251,15 @@ impl<'a> Runner<'a> {
         let forced =
             self.options.from.contains(name) || inputs.keys().any(|i| self.recomputed.contains(i));
         let existing = match self.store.get(&manifest_path(name)).await? {
-            Some(bytes) => serde_json::from_slice::<Manifest>(&bytes).ok(),
+            Some(bytes) => match serde_json::from_slice::<Manifest>(&bytes) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::warn!(
+                        "table {name}: unreadable manifest ({e}); recomputing the table"
+                    );
+                    None
+                }
+            },
             None => None,
         };
         if let Some(m) = existing

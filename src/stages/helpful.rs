@@ -23,12 +23,13 @@ use datafusion::catalog::streaming::StreamingTable;
 use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
 use serde_json::Value;
 
 use super::args::StageArgs;
-use super::prompts::{append_messages, io_err, message_fields, message_list_type, open};
+use super::prompts::{
+    append_messages, blocking_source, io_err, message_fields, message_list_type, open,
+};
 use super::transcript::parse_turns;
 use crate::llm::Message;
 use crate::progress::{Progress, StageProgress};
@@ -284,10 +285,8 @@ impl<F: LineFormat> PartitionStream for JsonlStream<F> {
             .get_extension::<Progress>()
             .unwrap_or_default()
             .stage(F::FUNCTION);
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<RecordBatch>>(2);
         let (path, source) = (self.path.clone(), self.source.clone());
-        // Reading and parsing are blocking work: keep them off the async workers.
-        tokio::task::spawn_blocking(move || {
+        blocking_source(self.schema.clone(), move |tx| {
             let send = |b: Result<RecordBatch>| tx.blocking_send(b).is_ok();
             let reader = match open(&path) {
                 Ok(r) => r,
@@ -339,9 +338,6 @@ impl<F: LineFormat> PartitionStream for JsonlStream<F> {
                     skipped.join("; ")
                 );
             }
-        });
-        let stream =
-            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
-        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
+        })
     }
 }

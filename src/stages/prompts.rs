@@ -144,20 +144,28 @@ impl PartitionStream for PromptStream {
             .get_extension::<Progress>()
             .unwrap_or_default()
             .stage("red_team_prompts");
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<RecordBatch>>(2);
         let options = self.options.clone();
         let schema = self.schema.clone();
-        // File reading and JSON parsing are blocking work: keep them off the async workers.
-        tokio::task::spawn_blocking(move || {
+        blocking_source(self.schema.clone(), move |tx| {
             let mut reader = Reader::new(schema, options, progress, tx.clone());
             if let Err(e) = reader.run() {
                 let _ = tx.blocking_send(Err(e));
             }
-        });
-        let stream =
-            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
-        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
+        })
     }
+}
+
+/// A record batch stream fed by blocking work (file reading and parsing) on a blocking
+/// thread, with room for two batches in between so the reader stays just ahead.
+pub(crate) fn blocking_source(
+    schema: SchemaRef,
+    work: impl FnOnce(tokio::sync::mpsc::Sender<Result<RecordBatch>>) + Send + 'static,
+) -> SendableRecordBatchStream {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<RecordBatch>>(2);
+    tokio::task::spawn_blocking(move || work(tx));
+    let stream =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
+    Box::pin(RecordBatchStreamAdapter::new(schema, stream))
 }
 
 /// One extracted record.
