@@ -28,6 +28,8 @@ pub enum BackendKind {
     Openai,
     /// NeMo text-generation server, `PUT /generate`.
     Nemo,
+    /// A GGUF model run inside caiflow by llama.cpp: no server at all.
+    Embedded,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -39,7 +41,9 @@ pub struct EndpointConfig {
     #[serde(default)]
     pub api: crate::llm::openai::OpenAiApi,
     /// For OpenAI-compatible servers, the URL that `/chat/completions` is appended to
-    /// (for example `http://127.0.0.1:8080/v1`); for NeMo, the server root.
+    /// (for example `http://127.0.0.1:8080/v1`); for NeMo, the server root. Unused by
+    /// `embedded`.
+    #[serde(default)]
     pub base_url: String,
     #[serde(default = "default_model")]
     pub model: String,
@@ -66,6 +70,42 @@ pub struct EndpointConfig {
     /// NeMo only: turn markers for the string form and for finding the answer.
     #[serde(default)]
     pub chat_template: ChatTemplate,
+    /// Embedded only: the GGUF file. Default: `$CAIFLOW_MODEL`, else [`DEFAULT_MODEL_PATH`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_path: Option<String>,
+    /// Embedded only: decode threads. Default: 1 on machines with 2 cores or fewer (llama.cpp
+    /// with 2 threads on 2 shared cores runs 3-4x slower), otherwise half the cores, at most 8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
+    /// Embedded only: context (prompt + answer) of each sequence, in tokens. Default 2048.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_tokens: Option<u32>,
+}
+
+/// The model `caiflow model pull` installs, relative to the working directory.
+pub const DEFAULT_MODEL_PATH: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+impl EndpointConfig {
+    /// The GGUF file an embedded endpoint loads.
+    pub fn resolved_model_path(&self) -> std::path::PathBuf {
+        match &self.model_path {
+            Some(p) => p.into(),
+            None => std::env::var_os("CAIFLOW_MODEL")
+                .map(Into::into)
+                .unwrap_or_else(|| DEFAULT_MODEL_PATH.into()),
+        }
+    }
+
+    pub fn resolved_threads(&self) -> usize {
+        self.threads.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            if cores <= 2 { 1 } else { (cores / 2).min(8) }
+        })
+    }
+
+    pub fn resolved_context_tokens(&self) -> u32 {
+        self.context_tokens.unwrap_or(2048)
+    }
 }
 
 fn default_model() -> String {
@@ -77,10 +117,6 @@ fn default_concurrency() -> usize {
 fn default_timeout() -> f64 {
     120.0
 }
-
-/// Where the endpoints point when there is no `caiflow.toml`: a local OpenAI-compatible
-/// server (llama.cpp's, vLLM, Ollama …). `CAIFLOW_BASE_URL` overrides the address.
-pub const DEFAULT_BASE_URL: &str = "http://127.0.0.1:8080/v1";
 
 impl EndpointConfig {
     pub fn openai(base_url: &str, model: &str) -> Self {
@@ -97,8 +133,25 @@ impl EndpointConfig {
             max_error_rate: None,
             nemo_form: NemoPromptForm::default(),
             chat_template: ChatTemplate::default(),
+            model_path: None,
+            threads: None,
+            context_tokens: None,
         }
     }
+
+    /// A model run in process; `model_path` None means the default model.
+    pub fn embedded(model_path: Option<&str>) -> Self {
+        let mut e = Self::openai("", "default");
+        e.kind = BackendKind::Embedded;
+        e.model_path = model_path.map(str::to_string);
+        e.timeout_secs = default_embedded_timeout();
+        e
+    }
+}
+
+/// Requests wait in the engine while others decode, so an embedded attempt gets more time.
+fn default_embedded_timeout() -> f64 {
+    600.0
 }
 
 impl Config {
@@ -113,13 +166,18 @@ impl Config {
         Ok(config)
     }
 
-    /// The configuration used without a file: `policy` and `judge` on one local server.
+    /// The configuration used without a file: `policy` and `judge` are the embedded model
+    /// (one engine serves both), or, when `CAIFLOW_BASE_URL` is set, that OpenAI-compatible
+    /// server.
     pub fn local_default() -> Config {
-        let base =
-            std::env::var("CAIFLOW_BASE_URL").unwrap_or_else(|_| DEFAULT_BASE_URL.to_string());
+        let base = std::env::var("CAIFLOW_BASE_URL").ok();
         let mut endpoints = BTreeMap::new();
         for name in ["policy", "judge"] {
-            endpoints.insert(name.to_string(), EndpointConfig::openai(&base, "default"));
+            let endpoint = match &base {
+                Some(url) => EndpointConfig::openai(url, "default"),
+                None => EndpointConfig::embedded(None),
+            };
+            endpoints.insert(name.to_string(), endpoint);
         }
         Config { endpoints }
     }
@@ -139,6 +197,19 @@ impl Config {
             if e.retry.max_attempts == 0 {
                 return Err(CaiError::Config(format!(
                     "endpoints.{name}.retry.max_attempts must be at least 1"
+                )));
+            }
+            if e.kind == BackendKind::Embedded {
+                if e.threads == Some(0) || e.context_tokens == Some(0) {
+                    return Err(CaiError::Config(format!(
+                        "endpoints.{name}: threads and context_tokens must be at least 1"
+                    )));
+                }
+                continue;
+            }
+            if e.model_path.is_some() || e.threads.is_some() || e.context_tokens.is_some() {
+                return Err(CaiError::Config(format!(
+                    "endpoints.{name}: model_path, threads and context_tokens only apply to kind = \"embedded\""
                 )));
             }
             url::Url::parse(&e.base_url).map_err(|err| {

@@ -12,6 +12,7 @@ pub mod export;
 pub mod journal;
 pub mod keys;
 pub mod llm;
+pub mod models;
 pub mod plan;
 pub mod progress;
 pub mod run;

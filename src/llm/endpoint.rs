@@ -91,7 +91,16 @@ impl Endpoint {
     /// row into a retried error.
     pub async fn preflight(&self) -> Result<(), String> {
         let Some(base_url) = &self.base_url else {
-            return Ok(());
+            return self
+                .reachable
+                .get_or_init(|| async {
+                    self.backend
+                        .prepare()
+                        .await
+                        .map_err(|e| format!("endpoint '{}': {e}", self.name))
+                })
+                .await
+                .clone();
         };
         self.reachable
             .get_or_init(|| async {
@@ -161,16 +170,34 @@ impl Endpoint {
                 config.chat_template.clone(),
                 config.nemo_form,
             )),
+            #[cfg(feature = "embedded")]
+            BackendKind::Embedded => Arc::new(super::embedded::EmbeddedBackend::new(config)),
+            #[cfg(not(feature = "embedded"))]
+            BackendKind::Embedded => {
+                return Err(CaiError::Config(format!(
+                    "endpoint '{name}' is embedded, but this caiflow was built without the `embedded` feature"
+                )));
+            }
         };
+        #[cfg(feature = "embedded")]
+        let model = if config.kind == BackendKind::Embedded && config.model == "default" {
+            super::embedded::EmbeddedBackend::model_name(config)
+        } else {
+            config.model.clone()
+        };
+        #[cfg(not(feature = "embedded"))]
+        let model = config.model.clone();
         let mut endpoint = Self::new(
             name,
-            &config.model,
+            &model,
             backend,
             config.max_concurrency,
             Duration::from_secs_f64(config.timeout_secs),
             config.retry.clone(),
         );
-        endpoint.base_url = Some(config.base_url.clone());
+        if config.kind != BackendKind::Embedded {
+            endpoint.base_url = Some(config.base_url.clone());
+        }
         endpoint.gate = Gate::new(config.max_concurrency, config.scheduling.clone());
         endpoint.max_error_rate = config.max_error_rate;
         Ok(endpoint)

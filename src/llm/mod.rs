@@ -1,6 +1,8 @@
 //! The LLM layer: one [`Backend`] trait, HTTP backends, and [`Endpoint`], which adds the
 //! shared concurrency budget, per-attempt timeout and retries every stage relies on.
 
+#[cfg(feature = "embedded")]
+pub mod embedded;
 pub mod endpoint;
 pub mod gate;
 pub mod nemo;
@@ -113,6 +115,12 @@ impl AttemptError {
 /// concurrency live in [`Endpoint`] so every backend gets them alike.
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync + Debug {
+    /// Get ready before the first request (an in-process model loads here), so a missing
+    /// model fails the query once, with its reason, instead of failing every row.
+    async fn prepare(&self) -> Result<(), String> {
+        Ok(())
+    }
+
     async fn complete(&self, request: &ChatRequest) -> Result<Completion, AttemptError>;
 }
 
@@ -142,13 +150,18 @@ pub(crate) fn transport_error(e: reqwest::Error) -> AttemptError {
     if e.is_builder() {
         AttemptError::fatal(format!("invalid request: {e}"))
     } else {
-        let mut message = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            message.push_str(": ");
-            message.push_str(&s.to_string());
-            source = s.source();
-        }
-        AttemptError::retryable(message)
+        AttemptError::retryable(error_chain(&e))
     }
+}
+
+/// An error and its sources, `outer: inner: …` (reqwest hides the useful part in sources).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    message
 }
