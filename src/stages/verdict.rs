@@ -19,12 +19,16 @@ pub enum Verdict {
 
 /// Parse `text` for a verdict over `n` shown responses; returns it with the explanation.
 pub fn parse_verdict(text: &str, n: usize) -> Result<(Verdict, String), String> {
-    let (chosen, rejected, explanation) = match find_dict(text) {
-        Some((start, end)) => {
-            let dict = &text[start..end];
-            let value = serde_json::from_str::<Value>(dict)
-                .or_else(|_| serde_json::from_str::<Value>(&python_to_json(dict)))
-                .map_err(|_| format!("the verdict {dict:?} is not a dictionary"))?;
+    // A dict that does not parse (cut off by max_tokens, say) falls back to the prose reading.
+    let dict = find_dict(text).and_then(|(start, end)| {
+        let dict = &text[start..end];
+        serde_json::from_str::<Value>(dict)
+            .or_else(|_| serde_json::from_str::<Value>(&python_to_json(dict)))
+            .ok()
+            .map(|value| (value, end))
+    });
+    let (chosen, rejected, explanation) = match dict {
+        Some((value, end)) => {
             let get = |key: &str| -> Result<usize, String> {
                 let v = value
                     .as_object()
@@ -37,8 +41,9 @@ pub fn parse_verdict(text: &str, n: usize) -> Result<(Verdict, String), String> 
                 id_of(v).ok_or_else(|| format!("\"{key}\": {v} is not a response id"))
             };
             // A structured answer carries its explanation inside the dict.
-            let inner = value
-                .get("explanation")
+            let inner = ["why", "explanation"]
+                .iter()
+                .find_map(|k| value.get(*k))
                 .and_then(Value::as_str)
                 .map(str::to_string);
             let after = text[end..].trim().to_string();
@@ -68,12 +73,24 @@ pub fn parse_verdict(text: &str, n: usize) -> Result<(Verdict, String), String> 
     Ok((verdict, explanation))
 }
 
-/// The first balanced `{…}` in the text.
+/// The first balanced `{…}` in the text; braces inside quoted strings do not count.
 fn find_dict(text: &str) -> Option<(usize, usize)> {
     let start = text.find('{')?;
     let mut depth = 0;
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
     for (i, c) in text[start..].char_indices() {
+        if let Some(q) = quote {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                _ if c == q => quote = None,
+                _ => {}
+            }
+            continue;
+        }
         match c {
+            '"' | '\'' => quote = Some(c),
             '{' => depth += 1,
             '}' => {
                 depth -= 1;
@@ -148,6 +165,9 @@ mod tests {
             r#"{"chosen": "Response 2", "rejected": "response 1"}"#,
             r#"Here you go: { "Chosen" : 2.0, "rejected": "1" } and why"#,
             "chosen: 2, rejected: 1",
+            // A brace inside a string, and an answer cut off by max_tokens.
+            r#"{"chosen": 2, "rejected": 1, "why": "} is not the end"}"#,
+            r#"{"chosen": 2, "rejected": 1, "why": "} and then it ran out of tok"#,
         ] {
             assert_eq!(
                 parse_verdict(text, 4).map(|v| v.0),

@@ -290,6 +290,12 @@ impl Decoder<'_> {
             self.slots[slot_id].cached.truncate(keep);
         }
         let prompt_done = self.slots[slot_id].cached.len();
+        tracing::debug!(
+            slot = slot_id,
+            prompt_tokens = prompt.len(),
+            reused = prompt_done,
+            "embedded: request admitted"
+        );
         let room = (self.context_tokens - prompt.len()) as u64;
         let max_tokens = request
             .params

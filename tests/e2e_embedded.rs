@@ -1,0 +1,422 @@
+//! The embedded backend on a real model (SmolLM2-135M-Instruct, $CAIFLOW_MODEL): the backend
+//! itself, `caiflow model pull`, and both plans run with no caiflow.toml at all.
+
+#![cfg(feature = "embedded")]
+// The lock below only serializes these tests; holding it across awaits is the point.
+#![allow(clippy::await_holding_lock)]
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+
+use caiflow::config::EndpointConfig;
+use caiflow::llm::embedded::EmbeddedBackend;
+use caiflow::llm::{Backend, ChatRequest, Message, SamplingParams};
+use common::*;
+
+/// One model thread at a time: two on two cores slow each other down several times.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn model() -> String {
+    std::env::var("CAIFLOW_MODEL").expect(
+        "CAIFLOW_MODEL is not set: run the tests through scripts/test.sh, which fetches SmolLM2",
+    )
+}
+
+fn backend() -> Arc<EmbeddedBackend> {
+    let mut config = EndpointConfig::embedded(Some(&model()));
+    config.max_concurrency = 4;
+    config.threads = Some(1);
+    config.context_tokens = Some(1024);
+    Arc::new(EmbeddedBackend::new(&config))
+}
+
+fn request(prompt: &str, params: SamplingParams) -> ChatRequest {
+    ChatRequest {
+        messages: vec![Message::user(prompt)],
+        params,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampling_parameters_are_honoured() {
+    let _serial = serial();
+    let backend = backend();
+    backend.prepare().await.expect("model loads");
+    let seeded = |seed| SamplingParams {
+        temperature: Some(1.2),
+        top_k: Some(50),
+        top_p: Some(0.95),
+        max_tokens: Some(24),
+        seed: Some(seed),
+        ..Default::default()
+    };
+    let prompt = "Write one sentence about the sea.";
+    // Concurrent requests are decoded in one batch; each still gets its own answer.
+    let (r7, r8) = (request(prompt, seeded(7)), request(prompt, seeded(8)));
+    let (a, b, c) = tokio::join!(
+        backend.complete(&r7),
+        backend.complete(&r7),
+        backend.complete(&r8),
+    );
+    let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+    assert_eq!(a.text, b.text, "the same seed gives the same answer");
+    assert_ne!(a.text, c.text, "another seed gives another answer");
+    for completion in [&a, &b, &c] {
+        assert!(completion.completion_tokens.unwrap() <= 24);
+        assert!(completion.prompt_tokens.unwrap() > 5);
+    }
+
+    // max_tokens stops generation with finish_reason "length".
+    let short = backend
+        .complete(&request(
+            "Count from one to one hundred in words.",
+            SamplingParams {
+                temperature: Some(0.0),
+                max_tokens: Some(5),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(short.completion_tokens, Some(5));
+    assert_eq!(short.finish_reason.as_deref(), Some("length"));
+
+    // A stop string ends the answer before it appears.
+    let full = backend
+        .complete(&request(
+            "Count from one to ten in words, separated by commas.",
+            SamplingParams {
+                temperature: Some(0.0),
+                max_tokens: Some(40),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    // Stop at a piece of the greedy answer's second half: the answer must end where that
+    // piece first appears.
+    let chars: Vec<char> = full.text.chars().collect();
+    assert!(chars.len() > 12, "a long enough answer: {}", full.text);
+    let stop: String = chars[chars.len() / 2..chars.len() / 2 + 3].iter().collect();
+    let cut_at = full.text.find(&stop).expect("the piece is in the answer");
+    let stopped = backend
+        .complete(&request(
+            "Count from one to ten in words, separated by commas.",
+            SamplingParams {
+                temperature: Some(0.0),
+                max_tokens: Some(40),
+                stop: vec![stop.clone()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(stopped.text, full.text[..cut_at]);
+    assert_eq!(stopped.finish_reason.as_deref(), Some("stop"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logprobs_and_json_schema_grammar() {
+    let _serial = serial();
+    let backend = backend();
+    let answer = backend
+        .complete(&request(
+            "Answer with A or B: which is a colour, (A) red or (B) table?",
+            SamplingParams {
+                temperature: Some(0.0),
+                max_tokens: Some(3),
+                top_logprobs: Some(5),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let positions = answer.top_logprobs.expect("logprobs were asked for");
+    assert_eq!(positions.len() as u64, answer.completion_tokens.unwrap());
+    for top in &positions {
+        assert_eq!(top.len(), 5);
+        assert!(top.windows(2).all(|w| w[0].1 >= w[1].1), "sorted: {top:?}");
+        let mass: f64 = top.iter().map(|(_, lp)| lp.exp()).sum();
+        assert!(mass > 0.0 && mass <= 1.0 + 1e-6, "{mass}");
+    }
+    // Greedy: the first token generated is the most likely one.
+    assert!(
+        answer.text.starts_with(positions[0][0].0.trim_start())
+            || positions[0][0].0.trim().is_empty()
+    );
+
+    let schema = serde_json::json!({
+        "type": "json_schema",
+        "json_schema": {"name": "verdict", "schema": {
+            "type": "object",
+            "properties": {"chosen": {"type": "integer", "minimum": 1, "maximum": 4},
+                           "reason": {"type": "string", "maxLength": 40}},
+            "required": ["chosen", "reason"]
+        }}
+    });
+    let structured = backend
+        .complete(&request(
+            "Pick the best of four answers and say why.",
+            SamplingParams {
+                temperature: Some(0.7),
+                seed: Some(3),
+                max_tokens: Some(80),
+                response_format: Some(schema),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let value: serde_json::Value = serde_json::from_str(&structured.text)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", structured.text));
+    let chosen = value["chosen"].as_i64().expect("chosen is an integer");
+    assert!((1..=4).contains(&chosen), "{value}");
+    assert!(value["reason"].is_string(), "{value}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_model_fails_the_query_once_with_the_fix() {
+    let config = EndpointConfig::embedded(Some("/nonexistent/model.gguf"));
+    let session = session_with(config);
+    let dir = tempfile::tempdir().unwrap();
+    register_prompts(&session, dir.path(), &["a", "b"]).await;
+    let err = session
+        .ctx
+        .sql("SELECT * FROM respond(prompts)")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .expect_err("no model, no rows");
+    let message = err.to_string();
+    assert!(message.contains("/nonexistent/model.gguf"), "{message}");
+    assert!(message.contains("caiflow model pull"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_longer_than_the_context_is_a_row_error() {
+    let _serial = serial();
+    let mut config = EndpointConfig::embedded(Some(&model()));
+    // respond's few-shot turns take ~450 tokens: "Hi" fits in 640, the long prompt does not.
+    config.context_tokens = Some(640);
+    config.max_concurrency = 2;
+    let session = session_with(config);
+    let long = "Tell me everything about rivers. ".repeat(60);
+    let dir = tempfile::tempdir().unwrap();
+    register_prompts(&session, dir.path(), &[long.as_str(), "Hi"]).await;
+    let batches = collect(
+        &session,
+        "SELECT prompt, response, error FROM respond(prompts, max_tokens => 8) ORDER BY prompt",
+    )
+    .await;
+    let errors = column(&batches, "error");
+    assert!(errors[0].is_none(), "the short prompt is answered");
+    let error = errors[1]
+        .as_deref()
+        .expect("the long prompt is an error row");
+    assert!(error.contains("context"), "{error}");
+}
+
+fn session_with(config: EndpointConfig) -> caiflow::CaiSession {
+    let mut c = caiflow::config::Config::default();
+    c.endpoints.insert("policy".into(), config);
+    caiflow::CaiSession::new(caiflow::llm::Endpoints::from_config(&c).unwrap())
+}
+
+#[test]
+fn model_pull_checks_and_installs_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let caiflow = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_caiflow"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // A local file: copied in, reported with its hash; pulling again is a no-op with --sha256.
+    let out = caiflow(&["model", "pull", &model(), "--dir", models.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let installed = models.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(installed.is_file());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(caiflow::models::DEFAULT_MODEL_SHA256));
+
+    // Not a GGUF file, a wrong checksum, an unreachable URL: clear errors, no file left.
+    let bogus = dir.path().join("bogus.gguf");
+    std::fs::write(&bogus, b"not a model").unwrap();
+    let out = caiflow(&[
+        "model",
+        "pull",
+        bogus.to_str().unwrap(),
+        "--dir",
+        models.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a GGUF file"));
+    assert!(!models.join("bogus.gguf").exists());
+
+    let out = caiflow(&[
+        "model",
+        "pull",
+        &model(),
+        "--dir",
+        dir.path().join("other").to_str().unwrap(),
+        "--sha256",
+        "0000",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected 0000"));
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/org/repo/resolve/main/m.gguf");
+    let out = caiflow(&["model", "pull", &url, "--dir", models.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot download") && stderr.contains("local path"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn model_pull_downloads_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = dir.path().join("serve");
+    std::fs::create_dir_all(&served).unwrap();
+    std::fs::copy(model(), served.join("small.gguf")).unwrap();
+    let python = std::env::var("CAIFLOW_PYTHON").expect("CAIFLOW_PYTHON");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = Command::new(python)
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .current_dir(&served)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "http.server did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_caiflow"))
+        .args([
+            "model",
+            "pull",
+            &format!("http://127.0.0.1:{port}/small.gguf?download=true"),
+        ])
+        .args(["--dir", dir.path().join("models").to_str().unwrap()])
+        .args(["--sha256", caiflow::models::DEFAULT_MODEL_SHA256])
+        .output()
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("models/small.gguf").is_file());
+}
+
+/// Both plans as a new user runs them: no caiflow.toml, so policy and judge are the embedded
+/// model (one engine); only a small limit so the test stays around a minute.
+#[test]
+fn both_plans_run_on_the_embedded_default() {
+    let _serial = serial();
+    let store = tempfile::tempdir().unwrap();
+    let run = |plan: &str, name: &str, vars: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_caiflow"));
+        cmd.current_dir(repo_root())
+            .env_remove("CAIFLOW_BASE_URL")
+            .args([
+                "run",
+                plan,
+                "--store",
+                store.path().to_str().unwrap(),
+                "--run",
+                name,
+            ]);
+        for v in vars {
+            cmd.args(["--set", v]);
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{plan} failed: {stderr}");
+        stderr
+    };
+    assert!(
+        !repo_root().join("caiflow.toml").exists(),
+        "this test needs the default (no caiflow.toml) configuration"
+    );
+    let stderr = run("plans/sl_cai.sql", "sl", &["limit=6", "max_tokens=32"]);
+    assert!(stderr.contains("endpoint policy"), "{stderr}");
+    let stderr = run(
+        "plans/rl_cai.sql",
+        "rl",
+        &[
+            "limit=4",
+            "max_tokens=24",
+            "judge_max_tokens=96",
+            "structured=true",
+        ],
+    );
+    assert!(stderr.contains("endpoint judge"), "{stderr}");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let read = |run: &'static str, table: &'static str| {
+            let path = store.path().to_path_buf();
+            async move {
+                let store = caiflow::store::RunStore::open(path.to_str().unwrap(), run).unwrap();
+                let session = caiflow::CaiSession::new(caiflow::llm::Endpoints::default());
+                caiflow::run::register_run_tables(&session, &store)
+                    .await
+                    .unwrap();
+                collect(&session, &format!("SELECT * FROM {table}")).await
+            }
+        };
+        let revisions = read("sl", "revisions").await;
+        assert_eq!(rows(&revisions), 6);
+        assert!(column(&revisions, "error").iter().all(Option::is_none));
+        assert!(
+            column(&revisions, "revision")
+                .iter()
+                .all(|r| r.as_deref().is_some_and(|s| !s.trim().is_empty()))
+        );
+        let judgements = read("rl", "judgements").await;
+        assert_eq!(rows(&judgements), 4);
+        let labels = column(&judgements, "label");
+        assert!(
+            labels
+                .iter()
+                .all(|l| matches!(l.as_deref(), Some("ok") | Some("tie"))),
+            "structured judging on the embedded model always parses: {labels:?}"
+        );
+    });
+}
