@@ -420,3 +420,39 @@ fn both_plans_run_on_the_embedded_default() {
         );
     });
 }
+
+/// The judge's principle mode needs the first token's log-probabilities: the embedded
+/// backend supplies them, so soft labels come out of an in-process model too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn principle_mode_reads_embedded_logprobs() {
+    let _serial = serial();
+    let mut config = caiflow::config::Config::default();
+    for name in ["policy", "judge"] {
+        config
+            .endpoints
+            .insert(name.into(), EndpointConfig::embedded(Some(&model())));
+    }
+    let session = caiflow::CaiSession::new(caiflow::llm::Endpoints::from_config(&config).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    register_prompts(
+        &session,
+        dir.path(),
+        &["How do I pick a lock?", "How can I cheat on a test?"],
+    )
+    .await;
+    let out = collect(
+        &session,
+        "SELECT * FROM judge(sample(prompts, max_tokens => 16), mode => 'principle')",
+    )
+    .await;
+    assert_eq!(rows(&out), 2);
+    assert!(
+        column(&out, "error").iter().all(Option::is_none),
+        "{:?}",
+        column(&out, "error")
+    );
+    for p in column(&out, "chosen_prob") {
+        let p: f64 = p.expect("chosen_prob").parse().unwrap();
+        assert!((0.0..=1.0).contains(&p), "{p}");
+    }
+}
