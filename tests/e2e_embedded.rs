@@ -456,3 +456,47 @@ async fn principle_mode_reads_embedded_logprobs() {
         assert!((0.0..=1.0).contains(&p), "{p}");
     }
 }
+
+/// A request that borrows another sequence's cached prefix (the few-shot turns every row
+/// shares) answers exactly as it does when its whole prompt is evaluated from scratch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_borrowed_prefix_gives_the_same_answer() {
+    let _serial = serial();
+    let engine = |sequences: usize| {
+        let mut config = EndpointConfig::embedded(Some(&model()));
+        config.max_concurrency = sequences;
+        config.threads = Some(1);
+        config.context_tokens = Some(768);
+        Arc::new(EmbeddedBackend::new(&config))
+    };
+    let system = "You are a careful, kind and honest assistant who answers briefly. ".repeat(12);
+    let ask = |question: &str| ChatRequest {
+        messages: vec![
+            Message::new("system", system.clone()),
+            Message::user(question),
+        ],
+        params: SamplingParams {
+            temperature: Some(0.0),
+            max_tokens: Some(24),
+            ..Default::default()
+        },
+    };
+    let questions = ["Name a fruit.", "Name a colour.", "Name an animal."];
+
+    let scratch = engine(1);
+    let mut expected = Vec::new();
+    for q in questions {
+        expected.push(scratch.complete(&ask(q)).await.unwrap().text);
+    }
+    drop(scratch);
+
+    // Two sequences: the first request fills one; the next two arrive together, so one reuses
+    // that sequence and the other borrows its prefix into the empty sequence.
+    let shared = engine(2);
+    let first = shared.complete(&ask(questions[0])).await.unwrap();
+    let (ask_second, ask_third) = (ask(questions[1]), ask(questions[2]));
+    let (second, third) = tokio::join!(shared.complete(&ask_second), shared.complete(&ask_third));
+    assert_eq!(first.text, expected[0]);
+    assert_eq!(second.unwrap().text, expected[1]);
+    assert_eq!(third.unwrap().text, expected[2]);
+}

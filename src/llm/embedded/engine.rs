@@ -151,6 +151,7 @@ fn run(settings: EngineSettings, inbox: Receiver<Job>, ready: Sender<Result<(), 
         slots: (0..sequences).map(|_| Slot::default()).collect(),
         context_tokens: settings.context_tokens as usize,
         batch: LlamaBatch::new(BATCH_TOKENS, 1),
+        waiting: Vec::new(),
     }
     .serve(inbox);
 }
@@ -199,7 +200,21 @@ struct Decoder<'m> {
     slots: Vec<Slot>,
     context_tokens: usize,
     batch: LlamaBatch<'static>,
+    /// Requests held back until a sequence has evaluated the prefix they share with it.
+    waiting: Vec<Admission>,
 }
+
+/// A tokenized request, ready for a sequence.
+struct Admission {
+    reply: Reply,
+    sampler: LlamaSampler,
+    prompt: Vec<LlamaToken>,
+    params: crate::llm::SamplingParams,
+}
+
+/// Copying a sequence's cache costs about as much as evaluating a token or two; below this
+/// many shared tokens it is not worth it.
+const WORTH_COPYING: usize = 32;
 
 impl Decoder<'_> {
     fn serve(mut self, inbox: Receiver<Job>) {
@@ -218,6 +233,9 @@ impl Decoder<'_> {
     /// Fill free slots from the inbox; blocks only when nothing is running. False when every
     /// handle is gone and nothing is left to do.
     fn admit(&mut self, inbox: &Receiver<Job>) -> bool {
+        for admission in std::mem::take(&mut self.waiting) {
+            self.place(admission);
+        }
         while self.slots.iter().any(|s| s.active.is_none()) {
             let idle = self.slots.iter().all(|s| s.active.is_none());
             let job = if idle {
@@ -232,13 +250,15 @@ impl Decoder<'_> {
                     Err(TryRecvError::Disconnected) => return true,
                 }
             };
-            self.start(job);
+            if let Some(admission) = self.prepare(job) {
+                self.place(admission);
+            }
         }
         true
     }
 
-    /// Tokenize a request and place it in the free slot whose cache shares the longest prefix.
-    fn start(&mut self, job: Job) {
+    /// Tokenize a request and build its sampler; a request that cannot run is answered here.
+    fn prepare(&mut self, job: Job) -> Option<Admission> {
         let Job { request, reply } = job;
         let prepared = (|| {
             let text = self
@@ -262,21 +282,63 @@ impl Decoder<'_> {
                 sampling::sampler_for(self.model, &request.params).map_err(AttemptError::fatal)?;
             Ok((prompt, sampler))
         })();
-        let (prompt, sampler) = match prepared {
-            Ok(p) => p,
+        match prepared {
+            Ok((prompt, sampler)) => Some(Admission {
+                reply,
+                sampler,
+                prompt,
+                params: request.params,
+            }),
             Err(e) => {
                 let _ = reply.send(Err(e));
-                return;
+                None
             }
-        };
-        let (slot_id, shared) = self
+        }
+    }
+
+    /// Put a request in the free slot whose cache shares the longest prefix with it — or hold
+    /// it back while another sequence is still evaluating a long prefix they share, so that
+    /// prefix is evaluated once and copied (the first wave of SL-CAI requests all start with
+    /// the same few-shot turns).
+    fn place(&mut self, admission: Admission) {
+        let Admission {
+            reply,
+            sampler,
+            prompt,
+            params,
+        } = admission;
+        let Some((slot_id, shared)) = self
             .slots
             .iter()
             .enumerate()
             .filter(|(_, s)| s.active.is_none())
             .map(|(i, s)| (i, common_prefix(&s.cached, &prompt)))
             .max_by_key(|&(_, n)| n)
-            .unwrap_or((0, 0));
+        else {
+            self.waiting.push(Admission {
+                reply,
+                sampler,
+                prompt,
+                params,
+            });
+            return;
+        };
+        let coming = self
+            .slots
+            .iter()
+            .filter_map(|s| s.active.as_ref().map(|g| (s, g)))
+            .map(|(s, g)| (s.cached.len(), common_prefix(&g.prompt, &prompt)))
+            .any(|(evaluated, common)| common >= shared + WORTH_COPYING && evaluated < common);
+        if coming {
+            self.waiting.push(Admission {
+                reply,
+                sampler,
+                prompt,
+                params,
+            });
+            return;
+        }
+        let shared = self.borrow_prefix(slot_id, shared, &prompt);
         // Keep at least the last prompt token to evaluate: its logits give the first token.
         let keep = shared.min(prompt.len() - 1);
         if self
@@ -297,10 +359,7 @@ impl Decoder<'_> {
             "embedded: request admitted"
         );
         let room = (self.context_tokens - prompt.len()) as u64;
-        let max_tokens = request
-            .params
-            .max_tokens
-            .map_or(room, |m| (m as u64).min(room));
+        let max_tokens = params.max_tokens.map_or(room, |m| (m as u64).min(room));
         self.slots[slot_id].active = Some(Generation {
             reply,
             sampler,
@@ -311,14 +370,52 @@ impl Decoder<'_> {
             text: Vec::new(),
             generated: 0,
             max_tokens,
-            stops: request.params.stop.clone(),
-            top_logprobs: request.params.top_logprobs.map(|n| n as usize),
+            stops: params.stop,
+            top_logprobs: params.top_logprobs.map(|n| n as usize),
             logprobs: Vec::new(),
         });
     }
 
+    /// When another sequence (busy or not) holds a much longer prefix of `prompt` than
+    /// `slot_id` does, copy that sequence's cache into `slot_id`: the first wave of requests
+    /// then evaluates the shared few-shot turns once instead of once per sequence. Returns
+    /// the prefix `slot_id` now holds. All cached tokens have been decoded (admission happens
+    /// between decodes), and a whole-sequence copy is what llama.cpp supports across
+    /// sequences with separate caches; the tail past the prefix is removed by the caller.
+    fn borrow_prefix(&mut self, slot_id: usize, own: usize, prompt: &[LlamaToken]) -> usize {
+        let donor = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != slot_id)
+            .map(|(i, s)| (i, common_prefix(&s.cached, prompt)))
+            .max_by_key(|&(_, n)| n);
+        match donor {
+            Some((donor, n)) if n >= own + WORTH_COPYING => {
+                if self
+                    .ctx
+                    .kv_cache_seq_cp(donor as i32, slot_id as i32, None, None)
+                    .is_err()
+                {
+                    return own;
+                }
+                let copied = self.slots[donor].cached.clone();
+                self.slots[slot_id].cached = copied;
+                tracing::debug!(
+                    from = donor,
+                    to = slot_id,
+                    tokens = n,
+                    "embedded: prefix borrowed"
+                );
+                n
+            }
+            _ => own,
+        }
+    }
+
     /// Requests whose caller gave up (timeout, cancelled query) stop using a slot.
     fn drop_abandoned(&mut self) {
+        self.waiting.retain(|a| !a.reply.is_closed());
         for slot in &mut self.slots {
             if slot.active.as_ref().is_some_and(|g| g.reply.is_closed()) {
                 slot.active = None;
