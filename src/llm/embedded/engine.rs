@@ -5,8 +5,10 @@
 //! batch carries the next token of every generating sequence plus as much pending prompt as
 //! fits, so new requests join between tokens instead of waiting for a round to end. A slot
 //! keeps the tokens its cache holds; a new request goes to the free slot sharing the longest
-//! prefix with its prompt and only the rest is evaluated (the few-shot turns every SL-CAI
-//! prompt starts with are evaluated once per slot, not once per request).
+//! prefix with its prompt and only the rest is evaluated. When another sequence holds (or is
+//! evaluating) a longer shared prefix, the request copies that sequence's cache (waiting for
+//! the evaluation first): the few-shot turns every SL-CAI prompt starts with are evaluated
+//! once, not once per request.
 
 use std::num::NonZeroU32;
 use std::path::PathBuf;
@@ -51,7 +53,7 @@ struct Job {
 /// frees the model.
 #[derive(Debug)]
 pub struct Engine {
-    jobs: std::sync::Mutex<Sender<Job>>,
+    jobs: Sender<Job>,
 }
 
 impl Engine {
@@ -72,16 +74,12 @@ impl Engine {
         ready_rx
             .recv()
             .map_err(|_| "the model thread stopped while loading".to_string())??;
-        Ok(Engine {
-            jobs: std::sync::Mutex::new(jobs),
-        })
+        Ok(Engine { jobs })
     }
 
     pub async fn submit(&self, request: ChatRequest) -> Result<Completion, AttemptError> {
         let (reply, answer) = oneshot::channel();
         self.jobs
-            .lock()
-            .map_err(|_| AttemptError::fatal("the model thread is gone"))?
             .send(Job { request, reply })
             .map_err(|_| AttemptError::fatal("the model thread is gone"))?;
         answer
