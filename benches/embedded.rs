@@ -12,7 +12,6 @@
 //! optimized, so a debug build of caiflow measures the same decode speed. Under plain
 //! `cargo test` a smoke run (8 requests of 16 tokens).
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,47 +21,10 @@ use caiflow::llm::openai::{OpenAiApi, OpenAiBackend};
 use caiflow::llm::{Backend, ChatRequest, Message, SamplingParams};
 use futures::StreamExt;
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 const SEQUENCES: usize = 8;
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_server(python: &str, model: &str) -> (Server, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let root = env!("CARGO_MANIFEST_DIR");
-    let child = Command::new(python)
-        .arg(format!("{root}/tests/support/llama_server.py"))
-        .args([model, &port.to_string(), &SEQUENCES.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the llama.cpp server");
-    let server = Server(child);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            use std::io::{Read, Write};
-            let _ = s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-            let mut buf = String::new();
-            let _ = s.read_to_string(&mut buf);
-            if buf.contains("\"ok\"") {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "llama server did not start");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    (server, format!("http://127.0.0.1:{port}/v1"))
-}
 
 fn prompts(n: usize) -> Vec<String> {
     let text = std::fs::read_to_string(concat!(
@@ -132,8 +94,6 @@ fn main() {
         .unwrap_or(if full { 128 } else { 16 });
     let model = std::env::var("CAIFLOW_MODEL")
         .expect("CAIFLOW_MODEL (a GGUF file) is not set: run through scripts/test.sh or set it");
-    let python = std::env::var("CAIFLOW_PYTHON")
-        .expect("CAIFLOW_PYTHON (a Python with xllamacpp) is not set: run through scripts/test.sh");
     let prompts = prompts(requests);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -152,7 +112,8 @@ fn main() {
         drive(backend, &prompts, max_tokens).await
     });
     let server = {
-        let (_server, url) = start_server(&python, &model);
+        let server = common::LlamaServer::start(SEQUENCES);
+        let url = server.base_url();
         rt.block_on(async {
             let backend: Arc<dyn Backend> = Arc::new(OpenAiBackend::new(
                 reqwest::Client::new(),

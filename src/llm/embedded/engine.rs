@@ -299,43 +299,30 @@ impl Decoder<'_> {
     /// prefix is evaluated once and copied (the first wave of SL-CAI requests all start with
     /// the same few-shot turns).
     fn place(&mut self, admission: Admission) {
+        let free = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.active.is_none())
+            .map(|(i, s)| (i, common_prefix(&s.cached, &admission.prompt)))
+            .max_by_key(|&(_, n)| n);
+        let own = free.map_or(0, |(_, n)| n);
+        let coming = self
+            .slots
+            .iter()
+            .filter_map(|s| s.active.as_ref().map(|g| (s, g)))
+            .map(|(s, g)| (s.cached.len(), common_prefix(&g.prompt, &admission.prompt)))
+            .any(|(evaluated, common)| common >= own + WORTH_COPYING && evaluated < common);
+        let Some((slot_id, shared)) = free.filter(|_| !coming) else {
+            self.waiting.push(admission);
+            return;
+        };
         let Admission {
             reply,
             sampler,
             prompt,
             params,
         } = admission;
-        let Some((slot_id, shared)) = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.active.is_none())
-            .map(|(i, s)| (i, common_prefix(&s.cached, &prompt)))
-            .max_by_key(|&(_, n)| n)
-        else {
-            self.waiting.push(Admission {
-                reply,
-                sampler,
-                prompt,
-                params,
-            });
-            return;
-        };
-        let coming = self
-            .slots
-            .iter()
-            .filter_map(|s| s.active.as_ref().map(|g| (s, g)))
-            .map(|(s, g)| (s.cached.len(), common_prefix(&g.prompt, &prompt)))
-            .any(|(evaluated, common)| common >= shared + WORTH_COPYING && evaluated < common);
-        if coming {
-            self.waiting.push(Admission {
-                reply,
-                sampler,
-                prompt,
-                params,
-            });
-            return;
-        }
         let shared = self.borrow_prefix(slot_id, shared, &prompt);
         // Keep at least the last prompt token to evaluate: its logits give the first token.
         let keep = shared.min(prompt.len() - 1);
