@@ -104,6 +104,7 @@ fn backend() -> Result<&'static LlamaBackend, String> {
 
 /// The thread body: load, report readiness, then serve until every handle is dropped.
 fn run(settings: EngineSettings, inbox: Receiver<Job>, ready: Sender<Result<(), String>>) {
+    let started = std::time::Instant::now();
     let loaded = (|| {
         let backend = backend()?;
         let model =
@@ -141,6 +142,14 @@ fn run(settings: EngineSettings, inbox: Receiver<Job>, ready: Sender<Result<(), 
             return;
         }
     };
+    tracing::info!(
+        "embedded model {} loaded in {:.1} s: {} sequences x {} tokens, {} thread(s)",
+        settings.model_path.display(),
+        started.elapsed().as_secs_f64(),
+        sequences,
+        settings.context_tokens,
+        threads
+    );
     let _ = ready.send(Ok(()));
     Decoder {
         model: &model,
