@@ -186,15 +186,7 @@ async fn a_missing_model_fails_the_query_once_with_the_fix() {
     let session = session_with(config);
     let dir = tempfile::tempdir().unwrap();
     register_prompts(&session, dir.path(), &["a", "b"]).await;
-    let err = session
-        .ctx
-        .sql("SELECT * FROM respond(prompts)")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .expect_err("no model, no rows");
-    let message = err.to_string();
+    let message = query_error(&session, "SELECT * FROM respond(prompts)").await;
     assert!(message.contains("/nonexistent/model.gguf"), "{message}");
     assert!(message.contains("caiflow model pull"), "{message}");
 }

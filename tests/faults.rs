@@ -17,15 +17,7 @@ async fn a_refused_key_fails_the_query_fast() {
     let dir = tempfile::tempdir().unwrap();
     register_numbered_prompts(&session, dir.path(), "p", 200).await;
     let started = Instant::now();
-    let err = session
-        .ctx
-        .sql("SELECT * FROM respond(prompts)")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = query_error(&session, "SELECT * FROM respond(prompts)").await;
     assert!(
         err.contains("refused") && err.contains("API key") && err.contains("HTTP 401"),
         "{err}"
@@ -48,15 +40,7 @@ async fn a_broken_endpoint_aborts_at_the_maximum_error_rate() {
     });
     let dir = tempfile::tempdir().unwrap();
     register_numbered_prompts(&session, dir.path(), "p", 300).await;
-    let err = session
-        .ctx
-        .sql("SELECT * FROM respond(prompts)")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = query_error(&session, "SELECT * FROM respond(prompts)").await;
     assert!(
         err.contains("above the maximum error rate 0.5") && err.contains("HTTP 500"),
         "{err}"

@@ -326,15 +326,7 @@ async fn unknown_and_unreachable_endpoints_fail_fast_naming_them() {
     let down = session_for(&url, |_| {});
     register_prompts(&down, dir.path(), &["x", "y"]).await;
     let started = std::time::Instant::now();
-    let err = down
-        .ctx
-        .sql("SELECT * FROM respond(prompts)")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = query_error(&down, "SELECT * FROM respond(prompts)").await;
     assert!(err.contains(&url) && err.contains("unreachable"), "{err}");
     assert!(
         started.elapsed() < std::time::Duration::from_secs(2),

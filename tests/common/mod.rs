@@ -37,6 +37,17 @@ pub async fn collect(session: &CaiSession, sql: &str) -> Vec<RecordBatch> {
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
+/// The message of a query that must fail when its result is collected.
+pub async fn query_error(session: &CaiSession, sql: &str) -> String {
+    match session.ctx.sql(sql).await {
+        Err(e) => panic!("{sql} should plan and fail while running, but did not plan: {e}"),
+        Ok(df) => match df.collect().await {
+            Ok(_) => panic!("{sql} should have failed"),
+            Err(e) => e.to_string(),
+        },
+    }
+}
+
 pub fn rows(batches: &[RecordBatch]) -> usize {
     batches.iter().map(|b| b.num_rows()).sum()
 }
