@@ -492,3 +492,49 @@ async fn a_borrowed_prefix_gives_the_same_answer() {
     assert_eq!(second.unwrap().text, expected[1]);
     assert_eq!(third.unwrap().text, expected[2]);
 }
+
+/// A caller that gives up (an attempt timeout, a cancelled query) frees its sequence at once:
+/// the next request does not wait for the abandoned answer to finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_request_frees_its_sequence() {
+    let _serial = serial();
+    let mut config = EndpointConfig::embedded(Some(&model()));
+    config.max_concurrency = 1;
+    config.threads = Some(1);
+    config.context_tokens = Some(1024);
+    let backend = Arc::new(EmbeddedBackend::new(&config));
+    backend.prepare().await.unwrap();
+    let long = request(
+        "Write a long story about a lighthouse keeper.",
+        SamplingParams {
+            temperature: Some(0.0),
+            max_tokens: Some(900),
+            ..Default::default()
+        },
+    );
+    let gave_up = tokio::time::timeout(
+        std::time::Duration::from_millis(500),
+        backend.complete(&long),
+    )
+    .await;
+    assert!(gave_up.is_err(), "900 tokens cannot be done in 0.5 s");
+    let started = std::time::Instant::now();
+    let short = backend
+        .complete(&request(
+            "Say hi.",
+            SamplingParams {
+                temperature: Some(0.0),
+                max_tokens: Some(4),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    assert!(short.completion_tokens.unwrap() <= 4);
+    // 900 tokens on one sequence take ~40 s here; the short answer takes well under 10.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "waited {:?}: the abandoned request kept its sequence",
+        started.elapsed()
+    );
+}
