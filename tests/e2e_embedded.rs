@@ -538,3 +538,37 @@ async fn an_abandoned_request_frees_its_sequence() {
         started.elapsed()
     );
 }
+
+/// `api = "completions"` (base models without a chat template): the turns are tokenized as
+/// they are, so the prompt has no template tokens around it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_api_skips_the_chat_template() {
+    let _serial = serial();
+    let with = |api| {
+        let mut config = EndpointConfig::embedded(Some(&model()));
+        config.api = api;
+        config.max_concurrency = 1;
+        Arc::new(EmbeddedBackend::new(&config))
+    };
+    let params = SamplingParams {
+        temperature: Some(0.0),
+        max_tokens: Some(8),
+        ..Default::default()
+    };
+    let question = request("The capital of France is", params);
+    let chat = with(caiflow::llm::openai::OpenAiApi::Chat)
+        .complete(&question)
+        .await
+        .unwrap();
+    let raw = with(caiflow::llm::openai::OpenAiApi::Completions)
+        .complete(&question)
+        .await
+        .unwrap();
+    let (chat_tokens, raw_tokens) = (chat.prompt_tokens.unwrap(), raw.prompt_tokens.unwrap());
+    assert!(raw_tokens < 10, "just the text: {raw_tokens} tokens");
+    assert!(
+        chat_tokens > raw_tokens + 5,
+        "template turns around it: {chat_tokens}"
+    );
+    assert!(!raw.text.trim().is_empty());
+}

@@ -68,6 +68,15 @@ pub struct ChatRequest {
     pub params: SamplingParams,
 }
 
+impl ChatRequest {
+    /// The turns' contents separated by blank lines: the single prompt a completions-style
+    /// endpoint (a base model without a chat template) gets.
+    pub fn joined_text(&self) -> String {
+        let parts: Vec<&str> = self.messages.iter().map(|m| m.content.as_str()).collect();
+        parts.join("\n\n")
+    }
+}
+
 /// What a backend returns for one successful attempt.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Completion {

@@ -63,7 +63,7 @@ impl OpenAiBackend {
         let mut body = match self.api {
             OpenAiApi::Chat => json!({ "model": self.model, "messages": request.messages }),
             OpenAiApi::Completions => {
-                json!({ "model": self.model, "prompt": completion_prompt(request) })
+                json!({ "model": self.model, "prompt": request.joined_text() })
             }
         };
         let obj = body.as_object_mut().expect("json! object");
@@ -103,16 +103,6 @@ impl OpenAiBackend {
         }
         body
     }
-}
-
-/// The completions API takes one string: the turns' contents, separated by blank lines.
-fn completion_prompt(request: &ChatRequest) -> String {
-    let parts: Vec<&str> = request
-        .messages
-        .iter()
-        .map(|m| m.content.as_str())
-        .collect();
-    parts.join("\n\n")
 }
 
 #[derive(Deserialize)]

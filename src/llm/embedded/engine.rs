@@ -46,6 +46,8 @@ type Reply = oneshot::Sender<Result<Completion, AttemptError>>;
 
 struct Job {
     request: ChatRequest,
+    /// Tokenize the joined turns as they are instead of rendering the chat template.
+    raw_prompt: bool,
     reply: Reply,
 }
 
@@ -77,10 +79,18 @@ impl Engine {
         Ok(Engine { jobs })
     }
 
-    pub async fn submit(&self, request: ChatRequest) -> Result<Completion, AttemptError> {
+    pub async fn submit(
+        &self,
+        request: ChatRequest,
+        raw_prompt: bool,
+    ) -> Result<Completion, AttemptError> {
         let (reply, answer) = oneshot::channel();
         self.jobs
-            .send(Job { request, reply })
+            .send(Job {
+                request,
+                raw_prompt,
+                reply,
+            })
             .map_err(|_| AttemptError::fatal("the model thread is gone"))?;
         answer
             .await
@@ -266,12 +276,19 @@ impl Decoder<'_> {
 
     /// Tokenize a request and build its sampler; a request that cannot run is answered here.
     fn prepare(&mut self, job: Job) -> Option<Admission> {
-        let Job { request, reply } = job;
+        let Job {
+            request,
+            raw_prompt,
+            reply,
+        } = job;
         let prepared = (|| {
-            let text = self
-                .renderer
-                .render(&request.messages)
-                .map_err(AttemptError::fatal)?;
+            let text = if raw_prompt {
+                request.joined_text()
+            } else {
+                self.renderer
+                    .render(&request.messages)
+                    .map_err(AttemptError::fatal)?
+            };
             let prompt = self.model.vocab().tokenize(text.as_bytes(), true, true);
             if prompt.is_empty() {
                 return Err(AttemptError::fatal(

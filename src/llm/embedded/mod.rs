@@ -22,6 +22,8 @@ pub use engine::EngineSettings;
 #[derive(Debug)]
 pub struct EmbeddedBackend {
     settings: EngineSettings,
+    /// `api = "completions"`: send the turns joined, without the chat template (base models).
+    raw_prompt: bool,
     engine: tokio::sync::OnceCell<Result<Arc<engine::Engine>, String>>,
 }
 
@@ -34,6 +36,7 @@ impl EmbeddedBackend {
                 sequences: config.max_concurrency,
                 context_tokens: config.resolved_context_tokens(),
             },
+            raw_prompt: config.api == crate::llm::openai::OpenAiApi::Completions,
             engine: tokio::sync::OnceCell::new(),
         }
     }
@@ -67,7 +70,7 @@ impl Backend for EmbeddedBackend {
 
     async fn complete(&self, request: &ChatRequest) -> Result<Completion, AttemptError> {
         let engine = self.engine().await.map_err(AttemptError::fatal)?;
-        engine.submit(request.clone()).await
+        engine.submit(request.clone(), self.raw_prompt).await
     }
 }
 
