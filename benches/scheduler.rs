@@ -183,7 +183,7 @@ fn main() {
             ..Default::default()
         });
         let s = session(&server.base_url(), c, |e| {
-            e.timeout_secs = 0.5;
+            e.timeout_secs = Some(0.5);
             e.retry.max_attempts = 10;
             e.retry.initial_backoff_ms = 10;
             e.retry.max_backoff_ms = 100;

@@ -53,9 +53,10 @@ pub struct EndpointConfig {
     /// Requests in flight at once to this endpoint, shared by every stage that uses it.
     #[serde(default = "default_concurrency")]
     pub max_concurrency: usize,
-    /// Per-attempt timeout.
-    #[serde(default = "default_timeout")]
-    pub timeout_secs: f64,
+    /// Per-attempt timeout. Default 120 s; 600 s for `embedded`, whose attempts include the
+    /// wait for a free sequence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<f64>,
     #[serde(default)]
     pub retry: RetryPolicy,
     /// Adaptive concurrency and rate limits.
@@ -86,6 +87,29 @@ pub struct EndpointConfig {
 pub const DEFAULT_MODEL_PATH: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
 impl EndpointConfig {
+    pub fn timeout(&self) -> std::time::Duration {
+        let default = if self.kind == BackendKind::Embedded {
+            600.0
+        } else {
+            120.0
+        };
+        // A negative or NaN value is refused by `validate`; never panic on it here.
+        std::time::Duration::try_from_secs_f64(self.timeout_secs.unwrap_or(default))
+            .unwrap_or(std::time::Duration::ZERO)
+    }
+
+    /// The model's name as lineage and request hashes record it: `model`, or for an
+    /// embedded endpoint left at the default name, the GGUF file name without `.gguf`.
+    pub fn model_name(&self) -> String {
+        if self.kind != BackendKind::Embedded || self.model != default_model() {
+            return self.model.clone();
+        }
+        let path = self.resolved_model_path();
+        path.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string())
+    }
+
     /// The GGUF file an embedded endpoint loads.
     pub fn resolved_model_path(&self) -> std::path::PathBuf {
         match &self.model_path {
@@ -114,9 +138,6 @@ fn default_model() -> String {
 fn default_concurrency() -> usize {
     8
 }
-fn default_timeout() -> f64 {
-    120.0
-}
 
 impl EndpointConfig {
     pub fn openai(base_url: &str, model: &str) -> Self {
@@ -127,7 +148,7 @@ impl EndpointConfig {
             model: model.to_string(),
             api_key_env: None,
             max_concurrency: default_concurrency(),
-            timeout_secs: default_timeout(),
+            timeout_secs: None,
             retry: RetryPolicy::default(),
             scheduling: Default::default(),
             max_error_rate: None,
@@ -144,14 +165,8 @@ impl EndpointConfig {
         let mut e = Self::openai("", "default");
         e.kind = BackendKind::Embedded;
         e.model_path = model_path.map(str::to_string);
-        e.timeout_secs = default_embedded_timeout();
         e
     }
-}
-
-/// Requests wait in the engine while others decode, so an embedded attempt gets more time.
-fn default_embedded_timeout() -> f64 {
-    600.0
 }
 
 impl Config {
@@ -189,7 +204,7 @@ impl Config {
                     "endpoints.{name}.max_concurrency must be at least 1"
                 )));
             }
-            if !(e.timeout_secs.is_finite() && e.timeout_secs > 0.0) {
+            if e.timeout().is_zero() {
                 return Err(CaiError::Config(format!(
                     "endpoints.{name}.timeout_secs must be positive"
                 )));

@@ -179,7 +179,7 @@ print("pyarrow ok", rev.num_rows, sft.num_rows)
 async fn a_prompt_longer_than_the_context_is_a_row_error_and_the_run_goes_on() {
     let _serial = serial();
     let server = LlamaServer::start(2);
-    let session = session_for(&server.base_url(), |e| e.timeout_secs = 60.0);
+    let session = session_for(&server.base_url(), |e| e.timeout_secs = Some(60.0));
     let dir = tempfile::tempdir().unwrap();
     let long = vec!["word"; 6000].join(" ");
     register_prompts(&session, dir.path(), &[&long, "Say hello."]).await;

@@ -70,7 +70,7 @@ async fn ten_percent_mixed_faults_are_all_recovered() {
     });
     let session = session_for(&server.base_url(), |e| {
         e.max_concurrency = 16;
-        e.timeout_secs = 0.5;
+        e.timeout_secs = Some(0.5);
         e.retry.max_attempts = 8;
         e.retry.initial_backoff_ms = 5;
         e.retry.max_backoff_ms = 20;

@@ -17,7 +17,7 @@ fn endpoint(
     let mut e = EndpointConfig::openai(&server.base_url(), "m");
     e.retry.initial_backoff_ms = 10;
     e.retry.max_backoff_ms = 40;
-    e.timeout_secs = 1.0;
+    e.timeout_secs = Some(1.0);
     configure(&mut e);
     let mut c = Config::default();
     c.endpoints.insert("policy".into(), e);
@@ -68,7 +68,7 @@ async fn retry_after_is_honoured() {
 #[tokio::test]
 async fn a_hang_times_out_and_is_retried() {
     let server = MockServer::start().await.unwrap();
-    let ep = endpoint(&server, |e| e.timeout_secs = 0.3);
+    let ep = endpoint(&server, |e| e.timeout_secs = Some(0.3));
     server.push_faults([Fault::Hang(Duration::from_secs(5))]);
     let started = Instant::now();
     let out = ep.call(&request("x")).await;

@@ -57,7 +57,8 @@ pub struct Endpoint {
     retry: RetryPolicy,
     /// The server's address, for the reachability check (None for in-process backends).
     base_url: Option<String>,
-    reachable: tokio::sync::OnceCell<Result<(), String>>,
+    /// The outcome of [`Endpoint::preflight`], checked once.
+    ready: tokio::sync::OnceCell<Result<(), String>>,
     pub counters: EndpointCounters,
 }
 
@@ -81,18 +82,18 @@ impl Endpoint {
             timeout,
             retry,
             base_url: None,
-            reachable: tokio::sync::OnceCell::new(),
+            ready: tokio::sync::OnceCell::new(),
             counters: EndpointCounters::default(),
         }
     }
 
-    /// Check, once per endpoint, that its server accepts connections, so a wrong URL or a
-    /// server that is down fails the query at once, naming the URL, instead of turning every
-    /// row into a retried error.
+    /// Check, once per endpoint, that its server accepts connections (or that an in-process
+    /// model loads), so a wrong URL, a server that is down or a missing model file fails the
+    /// query at once, naming the cause, instead of turning every row into a retried error.
     pub async fn preflight(&self) -> Result<(), String> {
         let Some(base_url) = &self.base_url else {
             return self
-                .reachable
+                .ready
                 .get_or_init(|| async {
                     self.backend
                         .prepare()
@@ -102,7 +103,7 @@ impl Endpoint {
                 .await
                 .clone();
         };
-        self.reachable
+        self.ready
             .get_or_init(|| async {
                 let url = url::Url::parse(base_url).map_err(|e| {
                     format!("endpoint '{}': bad base_url {base_url}: {e}", self.name)
@@ -179,20 +180,12 @@ impl Endpoint {
                 )));
             }
         };
-        #[cfg(feature = "embedded")]
-        let model = if config.kind == BackendKind::Embedded && config.model == "default" {
-            super::embedded::EmbeddedBackend::model_name(config)
-        } else {
-            config.model.clone()
-        };
-        #[cfg(not(feature = "embedded"))]
-        let model = config.model.clone();
         let mut endpoint = Self::new(
             name,
-            &model,
+            &config.model_name(),
             backend,
             config.max_concurrency,
-            Duration::from_secs_f64(config.timeout_secs),
+            config.timeout(),
             config.retry.clone(),
         );
         if config.kind != BackendKind::Embedded {

@@ -19,7 +19,7 @@ pub fn session_for(base_url: &str, configure: impl FnOnce(&mut EndpointConfig)) 
     let mut e = EndpointConfig::openai(base_url, "mock-model");
     e.retry.initial_backoff_ms = 10;
     e.retry.max_backoff_ms = 50;
-    e.timeout_secs = 5.0;
+    e.timeout_secs = Some(5.0);
     configure(&mut e);
     let mut config = Config::default();
     config.endpoints.insert("policy".into(), e);

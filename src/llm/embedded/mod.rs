@@ -11,7 +11,7 @@ mod sampling;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use super::{AttemptError, Backend, ChatRequest, Completion};
 use crate::config::EndpointConfig;
@@ -39,14 +39,6 @@ impl EmbeddedBackend {
             raw_prompt: config.api == crate::llm::openai::OpenAiApi::Completions,
             engine: tokio::sync::OnceCell::new(),
         }
-    }
-
-    /// The model's name as lineage records it: the file name without `.gguf`.
-    pub fn model_name(config: &EndpointConfig) -> String {
-        let path = config.resolved_model_path();
-        path.file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| path.display().to_string())
     }
 
     async fn engine(&self) -> Result<Arc<engine::Engine>, String> {
@@ -77,12 +69,12 @@ impl Backend for EmbeddedBackend {
 /// Engines alive in this process, by settings: a second endpoint on the same model gets the
 /// running engine instead of loading the weights again.
 fn shared_engine(settings: &EngineSettings) -> Result<Arc<engine::Engine>, String> {
-    static ENGINES: Mutex<Option<HashMap<EngineKey, Weak<engine::Engine>>>> = Mutex::new(None);
+    static ENGINES: LazyLock<Mutex<HashMap<EngineKey, Weak<engine::Engine>>>> =
+        LazyLock::new(Default::default);
     let key = EngineKey::of(settings);
-    let mut guard = ENGINES
+    let mut engines = ENGINES
         .lock()
         .map_err(|_| "the engine registry is poisoned".to_string())?;
-    let engines = guard.get_or_insert_with(HashMap::new);
     if let Some(engine) = engines.get(&key).and_then(Weak::upgrade) {
         return Ok(engine);
     }

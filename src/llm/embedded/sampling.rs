@@ -16,8 +16,13 @@ const DEFAULT_MIN_P: f32 = 0.05;
 /// a `response_format` JSON schema becomes a grammar that constrains every token.
 pub fn sampler_for(model: &LlamaModel, params: &SamplingParams) -> Result<LlamaSampler, String> {
     let mut chain = Vec::new();
-    if let Some(format) = &params.response_format {
-        let grammar = grammar_for(format)?;
+    if let Some(grammar) = params
+        .response_format
+        .as_ref()
+        .map(grammar_for)
+        .transpose()?
+        .flatten()
+    {
         chain.push(
             LlamaSampler::grammar(model, &grammar, "root")
                 .map_err(|e| format!("response_format: grammar rejected: {e}"))?,
@@ -49,8 +54,8 @@ fn fold_seed(seed: u64) -> u32 {
 }
 
 /// The GBNF grammar for an OpenAI `response_format`: `json_schema` (its schema) or
-/// `json_object` (any JSON object, or the schema it carries).
-fn grammar_for(format: &serde_json::Value) -> Result<String, String> {
+/// `json_object` (any JSON object, or the schema it carries); `text` constrains nothing.
+fn grammar_for(format: &serde_json::Value) -> Result<Option<String>, String> {
     let schema = match format.get("type").and_then(|t| t.as_str()) {
         Some("json_schema") => format
             .get("json_schema")
@@ -61,10 +66,12 @@ fn grammar_for(format: &serde_json::Value) -> Result<String, String> {
             .get("schema")
             .cloned()
             .unwrap_or_else(|| serde_json::json!({"type": "object"})),
-        Some("text") | None => return Err("response_format of type text needs no grammar".into()),
+        Some("text") => return Ok(None),
+        None => return Err("response_format has no \"type\"".into()),
         Some(other) => return Err(format!("response_format type '{other}' is not supported")),
     };
     llama_cpp_2::json_schema_to_grammar(&schema.to_string())
+        .map(Some)
         .map_err(|e| format!("response_format: cannot turn the schema into a grammar: {e}"))
 }
 
@@ -126,5 +133,6 @@ mod tests {
         assert_ne!(fold_seed(1), fold_seed(1 << 32 | 2));
         assert!(grammar_for(&serde_json::json!({"type": "xml"})).is_err());
         assert!(grammar_for(&serde_json::json!({"type": "json_schema"})).is_err());
+        assert_eq!(grammar_for(&serde_json::json!({"type": "text"})), Ok(None));
     }
 }
