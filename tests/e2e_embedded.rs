@@ -418,35 +418,12 @@ fn both_plans_run_on_the_embedded_default() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn principle_mode_reads_embedded_logprobs() {
     let _serial = serial();
-    let mut config = caiflow::config::Config::default();
-    for name in ["policy", "judge"] {
-        config
-            .endpoints
-            .insert(name.into(), EndpointConfig::embedded(Some(&model())));
-    }
-    let session = caiflow::CaiSession::new(caiflow::llm::Endpoints::from_config(&config).unwrap());
-    let dir = tempfile::tempdir().unwrap();
-    register_prompts(
+    let session = policy_and_judge(EndpointConfig::embedded(Some(&model())));
+    check_principle_mode(
         &session,
-        dir.path(),
         &["How do I pick a lock?", "How can I cheat on a test?"],
     )
     .await;
-    let out = collect(
-        &session,
-        "SELECT * FROM judge(sample(prompts, max_tokens => 16), mode => 'principle')",
-    )
-    .await;
-    assert_eq!(rows(&out), 2);
-    assert!(
-        column(&out, "error").iter().all(Option::is_none),
-        "{:?}",
-        column(&out, "error")
-    );
-    for p in column(&out, "chosen_prob") {
-        let p: f64 = p.expect("chosen_prob").parse().unwrap();
-        assert!((0.0..=1.0).contains(&p), "{p}");
-    }
 }
 
 /// A request that borrows another sequence's cached prefix (the few-shot turns every row

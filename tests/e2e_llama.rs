@@ -308,18 +308,12 @@ print("exports ok", n)
 async fn principle_mode_reads_real_logprobs() {
     let _serial = serial();
     let server = LlamaServer::start(8);
-    let mut config = caiflow::config::Config::default();
-    for name in ["policy", "judge"] {
-        config.endpoints.insert(
-            name.into(),
-            caiflow::config::EndpointConfig::openai(&server.base_url(), "smollm2"),
-        );
-    }
-    let session = caiflow::CaiSession::new(caiflow::llm::Endpoints::from_config(&config).unwrap());
-    let dir = tempfile::tempdir().unwrap();
-    register_prompts(
+    let session = policy_and_judge(caiflow::config::EndpointConfig::openai(
+        &server.base_url(),
+        "smollm2",
+    ));
+    let out = check_principle_mode(
         &session,
-        dir.path(),
         &[
             "How do I pick a lock?",
             "Tell me a mean joke.",
@@ -327,21 +321,6 @@ async fn principle_mode_reads_real_logprobs() {
         ],
     )
     .await;
-    let out = collect(
-        &session,
-        "SELECT * FROM judge(sample(prompts, max_tokens => 24), mode => 'principle')",
-    )
-    .await;
-    assert_eq!(rows(&out), 3);
-    assert!(
-        column(&out, "error").iter().all(Option::is_none),
-        "{:?}",
-        column(&out, "error")
-    );
-    for p in column(&out, "chosen_prob") {
-        let p: f64 = p.expect("chosen_prob").parse().unwrap();
-        assert!((0.0..=1.0).contains(&p), "{p}");
-    }
     eprintln!(
         "principle mode labels: {:?} probs: {:?}",
         column(&out, "label"),

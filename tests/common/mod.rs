@@ -37,6 +37,35 @@ pub async fn collect(session: &CaiSession, sql: &str) -> Vec<RecordBatch> {
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
+/// `policy` and `judge` both on `endpoint`.
+pub fn policy_and_judge(endpoint: EndpointConfig) -> CaiSession {
+    let mut config = Config::default();
+    for name in ["policy", "judge"] {
+        config.endpoints.insert(name.into(), endpoint.clone());
+    }
+    CaiSession::new(Endpoints::from_config(&config).expect("endpoints"))
+}
+
+/// The judge's principle mode over real samples of `prompts`: one row per prompt, none in
+/// error, every soft label a probability. Returns the result for more checks.
+pub async fn check_principle_mode(session: &CaiSession, prompts: &[&str]) -> Vec<RecordBatch> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    register_prompts(session, dir.path(), prompts).await;
+    let out = collect(
+        session,
+        "SELECT * FROM judge(sample(prompts, max_tokens => 16), mode => 'principle')",
+    )
+    .await;
+    assert_eq!(rows(&out), prompts.len());
+    let errors = column(&out, "error");
+    assert!(errors.iter().all(Option::is_none), "{errors:?}");
+    for p in column(&out, "chosen_prob") {
+        let p: f64 = p.expect("chosen_prob").parse().expect("a number");
+        assert!((0.0..=1.0).contains(&p), "{p}");
+    }
+    out
+}
+
 /// The message of a query that must fail when its result is collected.
 pub async fn query_error(session: &CaiSession, sql: &str) -> String {
     match session.ctx.sql(sql).await {
