@@ -7,7 +7,7 @@
 --
 -- Variables (override with: caiflow run plans/sl_cai.sql --set name=value):
 -- @var prompts = data/red_team_prompts.jsonl
--- @var prompt_column = prompt
+-- @var prompt_column = auto
 -- @var limit = 1000000
 -- @var policy = policy
 -- @var max_tokens = 256

@@ -40,11 +40,16 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
         /// Where runs live: a folder or s3://bucket/prefix.
-        #[arg(long, default_value = "data/runs")]
+        #[arg(long, default_value = DEFAULT_STORE)]
         store: String,
-        /// Name of the run (default: plan name and a timestamp). An existing run resumes.
+        /// Name of the run. Default: the plan's name and a hash of the plan, the variables set
+        /// and the config, so the same command again continues (or reuses) the same run. An
+        /// existing run resumes.
         #[arg(long)]
         run: Option<String>,
+        /// Start a fresh run (a new name) instead of continuing the one this command made before.
+        #[arg(long, conflicts_with = "run")]
+        new: bool,
         /// Plan variable, `name=value` (repeatable).
         #[arg(long = "set", value_name = "NAME=VALUE")]
         set: Vec<String>,
@@ -129,14 +134,58 @@ enum ModelCommand {
     },
 }
 
-fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+/// The config file a command uses: the one named, else ./caiflow.toml if present (else none:
+/// the built-in embedded default).
+fn config_file(path: Option<&Path>) -> Option<PathBuf> {
     match path {
-        Some(p) => Config::load(p).with_context(|| format!("loading config {}", p.display())),
-        None if Path::new("caiflow.toml").is_file() => {
-            Config::load(Path::new("caiflow.toml")).context("loading ./caiflow.toml")
-        }
+        Some(p) => Some(p.to_path_buf()),
+        None if Path::new("caiflow.toml").is_file() => Some(PathBuf::from("caiflow.toml")),
+        None => None,
+    }
+}
+
+fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    match config_file(path) {
+        Some(p) => Config::load(&p).with_context(|| format!("loading config {}", p.display())),
         None => Ok(Config::local_default()),
     }
+}
+
+/// The default name of a run: the plan's file name and a hash of what defines the run (the
+/// plan's text, the variables set on the command line, the config's text), so running the
+/// same command again continues the same run instead of paying for every request again.
+fn default_run_name(
+    stem: &str,
+    plan_text: &str,
+    set: &BTreeMap<String, String>,
+    config: Option<&Path>,
+) -> anyhow::Result<String> {
+    use sha2::{Digest, Sha256};
+    let config_text = match config_file(config) {
+        Some(p) => std::fs::read_to_string(&p)
+            .with_context(|| format!("reading config {}", p.display()))?,
+        None => "(built-in embedded default)".to_string(),
+    };
+    let mut h = Sha256::new();
+    let mut part = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    part(plan_text.as_bytes());
+    for (k, v) in set {
+        part(k.as_bytes());
+        part(v.as_bytes());
+    }
+    part(config_text.as_bytes());
+    Ok(format!("{stem}-{}", hex::encode(&h.finalize()[..4])))
+}
+
+/// The command that continues a run, quoted for a POSIX shell.
+fn resume_command(words: &[String]) -> String {
+    let words: Vec<&str> = std::iter::once("caiflow")
+        .chain(words.iter().map(String::as_str))
+        .collect();
+    shlex::try_join(words).unwrap_or_else(|_| "caiflow run … (see above)".into())
 }
 
 fn endpoints(config: Option<&Path>) -> anyhow::Result<Endpoints> {
@@ -241,17 +290,24 @@ fn print_summary(session: &CaiSession) {
             s.served, s.recorded, s.results
         );
     }
+    for stage in session.progress.snapshot() {
+        for w in stage.warnings() {
+            eprintln!("  warning: {w}");
+        }
+    }
 }
 
 /// Exit code of a run stopped with Ctrl-C.
 const INTERRUPTED: i32 = 130;
 
 /// Run `sql` into `store`, with the journal, progress, summary and Ctrl-C handling.
+/// `resume` is the command that continues the run, printed whenever it stops early.
 async fn execute_run(
     store: RunStore,
     endpoints: Endpoints,
     sql: &str,
     options: RunOptions,
+    resume: &str,
 ) -> anyhow::Result<()> {
     store.check_writable().await?;
     let journal = Arc::new(
@@ -289,7 +345,7 @@ async fn execute_run(
                 flusher.abort();
                 let _ = journal.flush().await;
                 print_summary(&session);
-                eprintln!("caiflow: interrupted; run the same command again to resume");
+                eprintln!("caiflow: interrupted; completed requests are kept. To resume: {resume}");
                 std::process::exit(INTERRUPTED);
             }
         }
@@ -307,42 +363,91 @@ async fn execute_run(
             TableOutcome::Computed { rows } => eprintln!("  table {table}: {rows} rows"),
         }
     }
-    result?;
+    if let Err(e) = result {
+        eprintln!("caiflow: error: {e:#}");
+        eprintln!("caiflow: completed requests are kept. To continue: {resume}");
+        std::process::exit(1);
+    }
     if let Err(e) = journal.compact().await {
         tracing::warn!("journal compaction failed (the journal stays valid): {e}");
     }
     Ok(())
 }
 
-async fn cmd_run(
+struct RunArgs {
     plan: PathBuf,
     config: Option<PathBuf>,
     store: String,
     run: Option<String>,
+    new: bool,
     set: Vec<String>,
     from: Vec<String>,
     max_error_rate: Option<f64>,
-) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&plan)
+}
+
+impl RunArgs {
+    /// The arguments of `caiflow run` that continue run `name`.
+    fn resume_words(&self, name: &str) -> Vec<String> {
+        let mut w = vec!["run".to_string(), self.plan.display().to_string()];
+        if let Some(c) = &self.config {
+            w.extend(["--config".into(), c.display().to_string()]);
+        }
+        if self.store != DEFAULT_STORE {
+            w.extend(["--store".into(), self.store.clone()]);
+        }
+        w.extend(["--run".into(), name.to_string()]);
+        for kv in &self.set {
+            w.extend(["--set".into(), kv.clone()]);
+        }
+        for t in &self.from {
+            w.extend(["--from".into(), t.clone()]);
+        }
+        if let Some(r) = self.max_error_rate {
+            w.extend(["--max-error-rate".into(), r.to_string()]);
+        }
+        w
+    }
+}
+
+const DEFAULT_STORE: &str = "data/runs";
+
+async fn cmd_run(args: RunArgs) -> anyhow::Result<()> {
+    let plan = &args.plan;
+    let text = std::fs::read_to_string(plan)
         .with_context(|| format!("reading plan {}", plan.display()))?;
     let stem = plan
         .file_stem()
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_else(|| "run".into());
-    let run_name = run.unwrap_or_else(|| {
-        let secs = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        format!("{stem}-{secs}")
-    });
     let mut vars = BTreeMap::new();
-    for kv in set {
+    for kv in &args.set {
         let Some((k, v)) = kv.split_once('=') else {
             bail!("--set '{kv}': expected NAME=VALUE");
         };
         vars.insert(k.trim().to_string(), v.to_string());
     }
+    let run_name = match &args.run {
+        Some(name) => name.clone(),
+        None => {
+            let derived = default_run_name(&stem, &text, &vars, args.config.as_deref())?;
+            if args.new {
+                let secs = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                format!("{derived}-{secs}")
+            } else {
+                derived
+            }
+        }
+    };
+    let resume = resume_command(&args.resume_words(&run_name));
+    let (config, store, from, max_error_rate) = (
+        args.config.clone(),
+        args.store.clone(),
+        args.from.clone(),
+        args.max_error_rate,
+    );
     let mut config = load_config(config.as_deref())?;
     if let Some(rate) = max_error_rate {
         if !(0.0..=1.0).contains(&rate) {
@@ -364,14 +469,19 @@ async fn cmd_run(
         .put("plan.vars.json", serde_json::to_vec_pretty(&vars)?.into())
         .await?;
     eprintln!(
-        "caiflow: running {} into {}",
+        "caiflow: running {} into {} (run {run_name}: the same command continues it{})",
         plan.display(),
-        run_store.display
+        run_store.display,
+        if args.run.is_none() {
+            "; --new starts afresh"
+        } else {
+            ""
+        }
     );
     let options = RunOptions {
         from: from.iter().map(|t| t.to_ascii_lowercase()).collect(),
     };
-    execute_run(run_store.clone(), endpoints, &sql, options)
+    execute_run(run_store.clone(), endpoints, &sql, options, &resume)
         .await
         .with_context(|| format!("plan {} failed", plan.display()))?;
     eprintln!("caiflow: results in {}", run_store.display);
@@ -414,11 +524,19 @@ async fn cmd_repair(
         return Ok(());
     }
     let sql = substitute(&String::from_utf8_lossy(&text), &vars)?;
+    let mut words = vec!["repair".to_string(), run.clone()];
+    for t in &tables {
+        words.extend(["--table".into(), t.clone()]);
+    }
+    if let Some(c) = &config {
+        words.extend(["--config".into(), c.display().to_string()]);
+    }
     execute_run(
         store.clone(),
         endpoints(config.as_deref())?,
         &sql,
         RunOptions { from },
+        &resume_command(&words),
     )
     .await?;
     println!("{}", store.display);
@@ -582,10 +700,23 @@ async fn main() {
             config,
             store,
             run,
+            new,
             set,
             from,
             max_error_rate,
-        } => cmd_run(plan, config, store, run, set, from, max_error_rate).await,
+        } => {
+            cmd_run(RunArgs {
+                plan,
+                config,
+                store,
+                run,
+                new,
+                set,
+                from,
+                max_error_rate,
+            })
+            .await
+        }
         Command::Repair { run, table, config } => cmd_repair(run, table, config).await,
         Command::Inspect { run } => cmd_inspect(run).await,
         Command::Export {

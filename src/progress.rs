@@ -23,11 +23,17 @@ pub struct StageProgress {
     pub attempts: AtomicU64,
     pub journal_hits: AtomicU64,
     pub tokens: AtomicU64,
+    /// Whether the stage sends LLM requests (a source that reads files does not).
+    pub llm: bool,
+    /// What the end-of-run summary must warn about (e.g. an input with no records).
+    warnings: Mutex<Vec<String>>,
 }
 
 impl StageProgress {
-    fn new(name: &str) -> Self {
+    fn new(name: &str, llm: bool) -> Self {
         StageProgress {
+            llm,
+            warnings: Mutex::new(vec![]),
             name: name.to_string(),
             started: Instant::now(),
             rows_started: AtomicU64::new(0),
@@ -39,6 +45,28 @@ impl StageProgress {
             journal_hits: AtomicU64::new(0),
             tokens: AtomicU64::new(0),
         }
+    }
+
+    /// Keep a warning for the end-of-run summary.
+    pub fn warn(&self, message: String) {
+        tracing::warn!("{message}");
+        self.warnings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(message);
+    }
+
+    /// The stage's warnings, and "received 0 rows" for an LLM stage that ran on nothing.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = self
+            .warnings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if self.llm && Self::get(&self.rows_started) == 0 {
+            out.push(format!("{} received 0 rows: nothing was generated", self.name));
+        }
+        out
     }
 
     pub fn add(counter: &AtomicU64, n: u64) {
@@ -117,11 +145,21 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// The counters of a source stage (one that reads data, sends no requests).
     pub fn stage(&self, name: &str) -> Arc<StageProgress> {
+        self.entry(name, false)
+    }
+
+    /// The counters of a stage that sends LLM requests.
+    pub fn llm_stage(&self, name: &str) -> Arc<StageProgress> {
+        self.entry(name, true)
+    }
+
+    fn entry(&self, name: &str, llm: bool) -> Arc<StageProgress> {
         let mut stages = self.stages.lock().unwrap_or_else(|p| p.into_inner());
         stages
             .entry(name.to_string())
-            .or_insert_with(|| Arc::new(StageProgress::new(name)))
+            .or_insert_with(|| Arc::new(StageProgress::new(name, llm)))
             .clone()
     }
 

@@ -381,7 +381,11 @@ impl StageExec {
         };
         Ok(StageEnv {
             endpoint,
-            progress: progress.stage(self.stage.name()),
+            progress: if self.stage.endpoint().is_some() {
+                progress.llm_stage(self.stage.name())
+            } else {
+                progress.stage(self.stage.name())
+            },
             journal: config.get_extension::<crate::journal::Journal>(),
             priority: self.stage.priority(),
         })

@@ -7,6 +7,13 @@
 //! - HH preference records (`chosen`/`rejected`): the first human turn of `chosen`;
 //! - plain JSONL, CSV or Parquet with a prompt column (`column => 'prompt'`).
 //!
+//! Without `column` (or with `column => 'auto'`, the shipped plans' default) the format is
+//! detected: per JSON record `transcript`, then `chosen`, then `prompt`; for CSV and Parquet
+//! the first of the columns `prompt`, `transcript`, `chosen` (transcripts are cut to their
+//! first human turn). A named column is read as plain text and wins over detection.
+//!
+//! A file with records of which none can be read is an error (naming the file, the count and
+//! the first reasons), so a wrong format never turns into an empty, "successful" run.
 //! Output: `prompt_id` (hash of the normalized prompt, or `id_column`), `prompt`, `source`,
 //! `harmlessness_score`, and with `turns => 'all'` a `conversation` column holding every
 //! turn up to the last human one. A record whose prompt cannot be extracted is skipped,
@@ -25,6 +32,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 use datafusion::catalog::streaming::StreamingTable;
 use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl, TableProvider};
+use datafusion::common::plan_err;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -102,7 +110,12 @@ impl TableFunctionImpl for RedTeamPromptsFunction {
             }
         };
         let options = PromptOptions {
-            column: a.str("column").map(str::to_string),
+            // 'auto' (or '') means: detect the format, as if no column were named.
+            column: a
+                .str("column")
+                .map(str::trim)
+                .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case("auto"))
+                .map(str::to_string),
             id_column: a.str("id_column").map(str::to_string),
             source: a.str("source").map(str::to_string),
             dedup: a.bool_or("dedup", true)?,
@@ -168,6 +181,14 @@ pub(crate) fn blocking_source(
     Box::pin(RecordBatchStreamAdapter::new(schema, stream))
 }
 
+/// How a CSV or Parquet text column is read.
+#[derive(Clone, Copy, Debug)]
+enum TextKind {
+    Plain,
+    /// An HH transcript, with the `source` its rows get.
+    Transcript(&'static str),
+}
+
 /// One extracted record.
 struct Record {
     prompt: String,
@@ -186,6 +207,8 @@ struct Reader {
     pending: Vec<Record>,
     skipped: Vec<(usize, String)>,
     skipped_count: usize,
+    /// Records whose prompt was extracted (duplicates included).
+    read: usize,
     duplicates: usize,
     /// Set when the consumer went away (a LIMIT was reached): stop reading.
     closed: bool,
@@ -207,6 +230,7 @@ impl Reader {
             pending: vec![],
             skipped: vec![],
             skipped_count: 0,
+            read: 0,
             duplicates: 0,
             closed: false,
         }
@@ -224,8 +248,7 @@ impl Reader {
             self.read_json(open(&path)?)?;
         }
         self.flush()?;
-        self.report();
-        Ok(())
+        self.report()
     }
 
     fn read_json(&mut self, reader: Box<dyn BufRead>) -> Result<()> {
@@ -305,6 +328,17 @@ impl Reader {
         } else {
             return Err("no 'transcript', 'chosen' or 'prompt' field (name the prompt field with column => '…')".into());
         };
+        self.from_transcript(transcript, id, source, score)
+    }
+
+    /// A record from an HH transcript: its first human turn (and the turns, if asked).
+    fn from_transcript(
+        &self,
+        transcript: &str,
+        id: Option<String>,
+        source: &'static str,
+        score: Option<f64>,
+    ) -> std::result::Result<Record, String> {
         let prompt = first_human_turn(transcript)?;
         let conversation = match self.options.turns {
             Turns::First => None,
@@ -317,6 +351,50 @@ impl Reader {
             score,
             conversation,
         })
+    }
+
+    /// The column a CSV or Parquet file's prompts come from, and how to read it: the named
+    /// column as plain text, else the first of `prompt`, `transcript`, `chosen`.
+    fn text_column(&self, columns: &[&str]) -> Result<(usize, TextKind)> {
+        let find = |name: &str| columns.iter().position(|c| *c == name);
+        if let Some(column) = &self.options.column {
+            return match find(column) {
+                Some(i) => Ok((i, TextKind::Plain)),
+                None => plan_err!(
+                    "red_team_prompts: {} has no column '{column}' (columns: {})",
+                    self.options.path.display(),
+                    columns.join(", ")
+                ),
+            };
+        }
+        for (name, kind) in [
+            ("prompt", TextKind::Plain),
+            ("transcript", TextKind::Transcript("hh-red-team")),
+            ("chosen", TextKind::Transcript("hh-preference")),
+        ] {
+            if let Some(i) = find(name) {
+                return Ok((i, kind));
+            }
+        }
+        plan_err!(
+            "red_team_prompts: {} has no 'prompt', 'transcript' or 'chosen' column (columns: {}); name it with column => '…'",
+            self.options.path.display(),
+            columns.join(", ")
+        )
+    }
+
+    /// A record from one cell of a CSV or Parquet text column.
+    fn from_cell(
+        &self,
+        kind: TextKind,
+        text: &str,
+        id: Option<String>,
+        format: &'static str,
+    ) -> std::result::Result<Record, String> {
+        match kind {
+            TextKind::Plain => self.plain(text, id, format, None),
+            TextKind::Transcript(source) => self.from_transcript(text, id, source, None),
+        }
     }
 
     fn plain(
@@ -347,18 +425,7 @@ impl Reader {
                 DataFusionError::Execution(format!("{}: {e}", self.options.path.display()))
             })?
             .clone();
-        let column = self
-            .options
-            .column
-            .clone()
-            .unwrap_or_else(|| "prompt".into());
-        let col = headers.iter().position(|h| h == column).ok_or_else(|| {
-            DataFusionError::Plan(format!(
-                "red_team_prompts: {} has no column '{column}' (columns: {})",
-                self.options.path.display(),
-                headers.iter().collect::<Vec<_>>().join(", ")
-            ))
-        })?;
+        let (col, kind) = self.text_column(&headers.iter().collect::<Vec<_>>())?;
         let id_col = match &self.options.id_column {
             Some(c) => Some(headers.iter().position(|h| h == c).ok_or_else(|| {
                 DataFusionError::Plan(format!(
@@ -377,13 +444,9 @@ impl Reader {
                 ),
             };
             let extracted = record.and_then(|r| {
-                let prompt = r.get(col).ok_or("row has too few fields")?;
-                self.plain(
-                    prompt,
-                    id_col.and_then(|i| r.get(i)).map(str::to_string),
-                    "csv",
-                    None,
-                )
+                let text = r.get(col).ok_or("row has too few fields")?;
+                let id = id_col.and_then(|i| r.get(i)).map(str::to_string);
+                self.from_cell(kind, text, id, "csv")
             });
             self.accept(line, extracted)?;
             if self.closed {
@@ -397,18 +460,13 @@ impl Reader {
         use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
         let file = File::open(path).map_err(|e| io_err(path, e))?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
-        let column = self
-            .options
-            .column
-            .clone()
-            .unwrap_or_else(|| "prompt".into());
         let arrow_schema = builder.schema().clone();
-        let col = arrow_schema.index_of(&column).map_err(|_| {
-            DataFusionError::Plan(format!(
-                "red_team_prompts: {} has no column '{column}'",
-                path.display()
-            ))
-        })?;
+        let names: Vec<&str> = arrow_schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        let (col, kind) = self.text_column(&names)?;
         let id_col = match &self.options.id_column {
             Some(c) => Some(arrow_schema.index_of(c).map_err(|_| {
                 DataFusionError::Plan(format!(
@@ -438,7 +496,7 @@ impl Reader {
                     .filter(|a| a.is_valid(i))
                     .map(|a| a.value(i).to_string());
                 let record = if prompts.is_valid(i) {
-                    self.plain(prompts.value(i), id, "parquet", None)
+                    self.from_cell(kind, prompts.value(i), id, "parquet")
                 } else {
                     Err("null prompt".into())
                 };
@@ -461,6 +519,7 @@ impl Reader {
                 }
             }
             Ok(mut r) => {
+                self.read += 1;
                 if let Some(s) = &self.options.source {
                     r.source = s.clone();
                 }
@@ -492,33 +551,57 @@ impl Reader {
         Ok(())
     }
 
-    fn report(&self) {
-        if self.skipped_count > 0 {
-            let listed: Vec<String> = self
-                .skipped
-                .iter()
-                .map(|(l, r)| format!("line {l}: {r}"))
-                .collect();
-            let more = self.skipped_count.saturating_sub(self.skipped.len());
+    /// The skipped records (the first few by line), or `None` if none were skipped.
+    fn skip_summary(&self) -> Option<String> {
+        if self.skipped_count == 0 {
+            return None;
+        }
+        let listed: Vec<String> = self
+            .skipped
+            .iter()
+            .map(|(l, r)| format!("line {l}: {r}"))
+            .collect();
+        let more = self.skipped_count.saturating_sub(self.skipped.len());
+        Some(format!(
+            "{}{}",
+            listed.join("; "),
+            if more > 0 {
+                format!("; and {more} more")
+            } else {
+                String::new()
+            }
+        ))
+    }
+
+    /// Report what was skipped; an error if records were there but none could be read.
+    fn report(&self) -> Result<()> {
+        let path = self.options.path.display();
+        if let Some(listed) = self.skip_summary() {
+            if self.read == 0 && !self.closed {
+                return plan_err!(
+                    "red_team_prompts: {path}: none of its {} record(s) could be read: {listed}{}",
+                    self.skipped_count,
+                    if self.options.column.is_some() {
+                        " (is `column` right? without it the format is detected)"
+                    } else {
+                        " (name the prompt field with column => '…')"
+                    }
+                );
+            }
             tracing::warn!(
-                "red_team_prompts: {}: skipped {} record(s) whose prompt could not be extracted: {}{}",
-                self.options.path.display(),
+                "red_team_prompts: {path}: skipped {} record(s) whose prompt could not be extracted: {listed}",
                 self.skipped_count,
-                listed.join("; "),
-                if more > 0 {
-                    format!("; and {more} more")
-                } else {
-                    String::new()
-                }
             );
+        } else if self.read == 0 {
+            self.progress.warn(format!("0 prompts read from {path} (it has no records)"));
         }
         if self.duplicates > 0 {
             tracing::info!(
-                "red_team_prompts: {}: dropped {} duplicate prompt(s) (dedup => false keeps them)",
-                self.options.path.display(),
+                "red_team_prompts: {path}: dropped {} duplicate prompt(s) (dedup => false keeps them)",
                 self.duplicates
             );
         }
+        Ok(())
     }
 }
 
