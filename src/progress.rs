@@ -64,7 +64,10 @@ impl StageProgress {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         if self.llm && Self::get(&self.rows_started) == 0 {
-            out.push(format!("{} received 0 rows: nothing was generated", self.name));
+            out.push(format!(
+                "{} received 0 rows: nothing was generated",
+                self.name
+            ));
         }
         out
     }

@@ -101,7 +101,11 @@ fn sql(run: &Path, query: &str) -> String {
         .args(["sql", "--run", run.to_str().expect("path"), "-e", query])
         .output()
         .expect("caiflow sql");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
@@ -195,7 +199,10 @@ async fn the_same_command_after_kill_9_resumes_the_run() {
         .expect("spawn");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while server.requests() < 60 {
-        assert!(std::time::Instant::now() < deadline, "the run never got half-way");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never got half-way"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     child.kill().expect("kill -9");
@@ -204,33 +211,34 @@ async fn the_same_command_after_kill_9_resumes_the_run() {
     assert!(before < 120, "killed before the end ({before} requests)");
 
     // The same command, no --run.
-    let stderr = ok(
-        plan_command("plans/sl_cai.sql", &config, &store, &prompts)
-            .output()
-            .expect("run"),
-    );
+    let stderr = ok(plan_command("plans/sl_cai.sql", &config, &store, &prompts)
+        .output()
+        .expect("run"));
     let run = only_run(&store);
-    assert_eq!(sql(&run, query), clean, "the resumed run equals an uninterrupted one");
+    assert_eq!(
+        sql(&run, query),
+        clean,
+        "the resumed run equals an uninterrupted one"
+    );
     let repeats = server.repeated();
     eprintln!("killed after {before} requests; {repeats} sent twice\n{stderr}");
-    assert!(repeats <= 4, "at most the 4 requests in flight are repeated: {repeats}");
+    assert!(
+        repeats <= 4,
+        "at most the 4 requests in flight are repeated: {repeats}"
+    );
     assert_eq!(server.requests(), 120 + repeats);
 
     // A finished run is reused: the same command sends nothing.
-    let stderr = ok(
-        plan_command("plans/sl_cai.sql", &config, &store, &prompts)
-            .output()
-            .expect("run"),
-    );
+    let stderr = ok(plan_command("plans/sl_cai.sql", &config, &store, &prompts)
+        .output()
+        .expect("run"));
     assert_eq!(server.requests(), 120 + repeats, "{stderr}");
     assert!(stderr.contains("table revisions: reused"), "{stderr}");
     // --new starts afresh, in a run of its own.
-    ok(
-        plan_command("plans/sl_cai.sql", &config, &store, &prompts)
-            .arg("--new")
-            .output()
-            .expect("run"),
-    );
+    ok(plan_command("plans/sl_cai.sql", &config, &store, &prompts)
+        .arg("--new")
+        .output()
+        .expect("run"));
     let runs = std::fs::read_dir(&store).expect("store").count();
     assert_eq!(runs, 2);
 }
@@ -256,7 +264,10 @@ async fn a_stop_prints_the_command_that_resumes() {
         .find(|l| l.contains("To continue: caiflow run plans/sl_cai.sql"))
         .unwrap_or_else(|| panic!("no resume command in: {stderr}"));
     assert!(hint.contains(&format!("--run {name}")), "{hint}");
-    assert!(hint.contains(&format!("prompts={}", prompts.display())), "{hint}");
+    assert!(
+        hint.contains(&format!("prompts={}", prompts.display())),
+        "{hint}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -304,6 +315,9 @@ async fn a_file_whose_every_record_is_unreadable_fails_before_any_request() {
         stderr.contains(&format!("warning: 0 prompts read from {}", empty.display())),
         "{stderr}"
     );
-    assert!(stderr.contains("warning: respond received 0 rows"), "{stderr}");
+    assert!(
+        stderr.contains("warning: respond received 0 rows"),
+        "{stderr}"
+    );
     assert_eq!(server.requests(), 0);
 }

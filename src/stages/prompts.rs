@@ -328,11 +328,11 @@ impl Reader {
         } else {
             return Err("no 'transcript', 'chosen' or 'prompt' field (name the prompt field with column => '…')".into());
         };
-        self.from_transcript(transcript, id, source, score)
+        self.transcript_record(transcript, id, source, score)
     }
 
     /// A record from an HH transcript: its first human turn (and the turns, if asked).
-    fn from_transcript(
+    fn transcript_record(
         &self,
         transcript: &str,
         id: Option<String>,
@@ -377,14 +377,14 @@ impl Reader {
             }
         }
         plan_err!(
-            "red_team_prompts: {} has no 'prompt', 'transcript' or 'chosen' column (columns: {}); name it with column => '…'",
+            "red_team_prompts: {} has no column 'prompt' (nor 'transcript' or 'chosen'; columns: {}); name the prompt column with column => '…'",
             self.options.path.display(),
             columns.join(", ")
         )
     }
 
     /// A record from one cell of a CSV or Parquet text column.
-    fn from_cell(
+    fn cell_record(
         &self,
         kind: TextKind,
         text: &str,
@@ -393,7 +393,7 @@ impl Reader {
     ) -> std::result::Result<Record, String> {
         match kind {
             TextKind::Plain => self.plain(text, id, format, None),
-            TextKind::Transcript(source) => self.from_transcript(text, id, source, None),
+            TextKind::Transcript(source) => self.transcript_record(text, id, source, None),
         }
     }
 
@@ -446,7 +446,7 @@ impl Reader {
             let extracted = record.and_then(|r| {
                 let text = r.get(col).ok_or("row has too few fields")?;
                 let id = id_col.and_then(|i| r.get(i)).map(str::to_string);
-                self.from_cell(kind, text, id, "csv")
+                self.cell_record(kind, text, id, "csv")
             });
             self.accept(line, extracted)?;
             if self.closed {
@@ -496,7 +496,7 @@ impl Reader {
                     .filter(|a| a.is_valid(i))
                     .map(|a| a.value(i).to_string());
                 let record = if prompts.is_valid(i) {
-                    self.from_cell(kind, prompts.value(i), id, "parquet")
+                    self.cell_record(kind, prompts.value(i), id, "parquet")
                 } else {
                     Err("null prompt".into())
                 };
@@ -593,7 +593,8 @@ impl Reader {
                 self.skipped_count,
             );
         } else if self.read == 0 {
-            self.progress.warn(format!("0 prompts read from {path} (it has no records)"));
+            self.progress
+                .warn(format!("0 prompts read from {path} (it has no records)"));
         }
         if self.duplicates > 0 {
             tracing::info!(
