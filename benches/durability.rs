@@ -8,7 +8,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use caiflow::testing::MockServer;
+use caiflow_testkit::MockServer;
 
 fn caiflow(dir: &std::path::Path, server: &MockServer, run: &str, rows: usize) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_caiflow"));

@@ -15,10 +15,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use caiflow::config::EndpointConfig;
-use caiflow::llm::embedded::EmbeddedBackend;
-use caiflow::llm::openai::{OpenAiApi, OpenAiBackend};
-use caiflow::llm::{Backend, ChatRequest, Message, SamplingParams};
+use caiflow_embedded::EmbeddedBackend;
+use caiflow_llm::config::EndpointConfig;
+use caiflow_llm::openai::{OpenAiApi, OpenAiBackend};
+use caiflow_llm::{Backend, ChatRequest, Message, SamplingParams};
 use futures::StreamExt;
 
 #[path = "../tests/common/mod.rs"]
@@ -102,7 +102,7 @@ fn main() {
 
     let mut embedded_config = EndpointConfig::embedded(Some(&model));
     embedded_config.max_concurrency = SEQUENCES;
-    embedded_config.threads = Some(1);
+    embedded_config.embedded_mut().expect("embedded").threads = Some(1);
     let threads = 1;
     println!(
         "embedded vs llama.cpp server: {requests} chat requests, greedy, max_tokens {max_tokens}, {SEQUENCES} at once, {threads} thread"

@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use caiflow::CaiSession;
-use caiflow::config::{Config, EndpointConfig};
-use caiflow::llm::Endpoints;
-use caiflow::testing::{LoadProfile, MockServer};
+use caiflow_engine::CaiSession;
+use caiflow_llm::Endpoints;
+use caiflow_llm::config::{Config, EndpointConfig};
+use caiflow_testkit::{LoadProfile, MockServer};
 
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")

@@ -10,7 +10,9 @@ setup_test_tools
 echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "== cargo clippy" >&2
-cargo clippy --all-targets --quiet -- -D warnings
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== cargo check --no-default-features (no embedded backend, no C++)" >&2
+cargo check --workspace --exclude caiflow-embedded --no-default-features --quiet
 echo "== cargo test" >&2
 # Test binaries run one at a time: the real-model test wants the cores to itself.
-cargo test --all-targets --no-fail-fast -- --test-threads=2
+cargo test --workspace --all-targets --no-fail-fast -- --test-threads=2

@@ -1,4 +1,5 @@
-//! The `caiflow` command line. Library errors get their context here (anyhow).
+//! The `caiflow` command line: parse, dispatch to the library crates, print progress and
+//! errors. Library errors get their context here (anyhow); nothing else lives here.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -6,16 +7,17 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use caiflow::CaiSession;
-use caiflow::chat_template::ChatTemplate;
-use caiflow::config::Config;
-use caiflow::export::{ExportFormat, ExportOptions, export};
-use caiflow::journal::Journal;
-use caiflow::llm::Endpoints;
-use caiflow::plan::{StatementOutcome, run_sql, substitute};
-use caiflow::progress::Progress;
-use caiflow::run::{RunOptions, Runner, TableOutcome, manifests, register_run_tables};
-use caiflow::store::RunStore;
+use caiflow_engine::CaiSession;
+use caiflow_engine::export::{ExportFormat, ExportOptions, export};
+use caiflow_engine::progress::Progress;
+use caiflow_llm::chat_template::ChatTemplate;
+use caiflow_llm::config::Config;
+use caiflow_llm::{CancellationToken, Endpoints};
+use caiflow_run::journal::Journal;
+use caiflow_run::plan::{StatementOutcome, run_sql, substitute};
+use caiflow_run::run::{RunOptions, TableOutcome, manifests, register_run_tables};
+use caiflow_run::store::RunStore;
+use caiflow_run::{PlanRun, RunEnd};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -80,7 +82,8 @@ enum Command {
     Export {
         /// The run: a folder (data/runs/NAME) or s3://bucket/prefix/NAME.
         run: String,
-        #[arg(long, value_enum)]
+        /// nemo-sft, trl-sft, nemo-rm or trl-dpo.
+        #[arg(long)]
         format: ExportFormat,
         /// Table to export (default: sft, or preferences for nemo-rm/trl-dpo).
         #[arg(long)]
@@ -188,8 +191,8 @@ fn resume_command(words: &[String]) -> String {
     shlex::try_join(words).unwrap_or_else(|_| "caiflow run … (see above)".into())
 }
 
-fn endpoints(config: Option<&Path>) -> anyhow::Result<Endpoints> {
-    Ok(Endpoints::from_config(&load_config(config)?)?)
+fn endpoints(config: Option<&Path>, stop: CancellationToken) -> anyhow::Result<Endpoints> {
+    Ok(caiflow_engine::endpoints(&load_config(config)?, stop)?)
 }
 
 /// `data/runs/NAME` or `s3://bucket/prefix/NAME` → the store and the run name.
@@ -269,9 +272,9 @@ fn print_outcome(o: &StatementOutcome) {
     }
 }
 
-fn print_summary(session: &CaiSession) {
+fn print_summary(session: &CaiSession, journal: &Journal) {
     eprintln!("summary:");
-    for line in caiflow::progress::summary_table(&session.progress.snapshot()).lines() {
+    for line in caiflow_engine::progress::summary_table(&session.progress.snapshot()).lines() {
         eprintln!("  {line}");
     }
     for e in session.endpoints.iter() {
@@ -283,13 +286,11 @@ fn print_summary(session: &CaiSession) {
             eprintln!("  {}", e.summary());
         }
     }
-    if let Some(j) = &session.journal {
-        let s = j.stats();
-        eprintln!(
-            "  journal: {} requests served from the journal, {} new outcomes recorded ({} results stored)",
-            s.served, s.recorded, s.results
-        );
-    }
+    let s = journal.stats();
+    eprintln!(
+        "  journal: {} requests served from the journal, {} new outcomes recorded ({} results stored)",
+        s.served, s.recorded, s.results
+    );
     for stage in session.progress.snapshot() {
         for w in stage.warnings() {
             eprintln!("  warning: {w}");
@@ -300,7 +301,8 @@ fn print_summary(session: &CaiSession) {
 /// Exit code of a run stopped with Ctrl-C.
 const INTERRUPTED: i32 = 130;
 
-/// Run `sql` into `store`, with the journal, progress, summary and Ctrl-C handling.
+/// Run `sql` into `store` with progress, the summary and Ctrl-C handling: the first Ctrl-C
+/// stops sending and gives requests in flight a grace period, a second stops at once.
 /// `resume` is the command that continues the run, printed whenever it stops early.
 async fn execute_run(
     store: RunStore,
@@ -309,70 +311,63 @@ async fn execute_run(
     options: RunOptions,
     resume: &str,
 ) -> anyhow::Result<()> {
-    store.check_writable().await?;
-    let journal = Arc::new(
-        Journal::open(store.clone())
-            .await
-            .context("opening the request journal")?,
-    );
-    let session = CaiSession::with_journal(endpoints, Some(journal.clone()));
-    let flusher = journal.spawn_flusher();
-    let reporter = spawn_progress(session.progress.clone());
-    let mut runner = Runner::new(&session, &store, options);
-    let result = {
-        let run = runner.run(sql, print_outcome);
-        tokio::pin!(run);
-        let first = tokio::select! {
-            r = &mut run => Some(r),
-            _ = tokio::signal::ctrl_c() => None,
-        };
-        match first {
-            Some(r) => r,
-            None => {
-                // First Ctrl-C: no new requests, and no table is committed; the run keeps
-                // being driven for a short grace so requests in flight finish and are
-                // journalled. A second Ctrl-C stops at once.
+    let stop = options.stop.clone();
+    let run = PlanRun::open(store, endpoints)
+        .await
+        .context("opening the run")?;
+    let stats = run.journal.stats();
+    if let Some(scheme) = &stats.stale_scheme {
+        eprintln!(
+            "caiflow: {} journalled requests were keyed by hash scheme {scheme}, not {}: they will be sent again",
+            stats.stale,
+            caiflow_llm::REQUEST_HASH_SCHEME
+        );
+    }
+    let reporter = spawn_progress(run.session.progress.clone());
+    let hard_stop = CancellationToken::new();
+    let interrupts = {
+        let (stop, hard_stop) = (stop.clone(), hard_stop.clone());
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
                 eprintln!(
                     "caiflow: stopping (Ctrl-C again to stop at once); keeping completed requests"
                 );
-                caiflow::run::request_stop();
-                tokio::select! {
-                    _ = &mut run => {}
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-                reporter.abort();
-                flusher.abort();
-                let _ = journal.flush().await;
-                print_summary(&session);
-                eprintln!("caiflow: interrupted; completed requests are kept. To resume: {resume}");
-                std::process::exit(INTERRUPTED);
+                stop.cancel();
             }
-        }
+            if tokio::signal::ctrl_c().await.is_ok() {
+                hard_stop.cancel();
+            }
+        })
     };
+    let (end, tables) = run
+        .execute(sql, options, STOP_GRACE, hard_stop, print_outcome)
+        .await;
+    interrupts.abort();
     reporter.abort();
-    flusher.abort();
-    journal
-        .flush()
-        .await
-        .context("writing the request journal")?;
-    print_summary(&session);
-    for (table, outcome) in &runner.tables {
+    print_summary(&run.session, &run.journal);
+    match end {
+        RunEnd::Interrupted => {
+            eprintln!("caiflow: interrupted; completed requests are kept. To resume: {resume}");
+            std::process::exit(INTERRUPTED);
+        }
+        RunEnd::Failed(e) => {
+            eprintln!("caiflow: error: {:#}", anyhow::Error::from(e));
+            eprintln!("caiflow: completed requests are kept. To continue: {resume}");
+            std::process::exit(1);
+        }
+        RunEnd::Finished => {}
+    }
+    for (table, outcome) in &tables {
         match outcome {
             TableOutcome::Reused => eprintln!("  table {table}: reused"),
             TableOutcome::Computed { rows } => eprintln!("  table {table}: {rows} rows"),
         }
     }
-    if let Err(e) = result {
-        eprintln!("caiflow: error: {e:#}");
-        eprintln!("caiflow: completed requests are kept. To continue: {resume}");
-        std::process::exit(1);
-    }
-    if let Err(e) = journal.compact().await {
-        tracing::warn!("journal compaction failed (the journal stays valid): {e}");
-    }
     Ok(())
 }
+
+/// How long requests in flight may finish after the first Ctrl-C.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 struct RunArgs {
     plan: PathBuf,
@@ -457,7 +452,8 @@ async fn cmd_run(args: RunArgs) -> anyhow::Result<()> {
             e.max_error_rate = Some(rate);
         }
     }
-    let endpoints = Endpoints::from_config(&config)?;
+    let stop = CancellationToken::new();
+    let endpoints = caiflow_engine::endpoints(&config, stop.clone())?;
     let run_store = RunStore::open(&store, &run_name)?;
     vars.insert("run".to_string(), run_store.location(""));
     vars.insert("store".to_string(), store.clone());
@@ -480,6 +476,7 @@ async fn cmd_run(args: RunArgs) -> anyhow::Result<()> {
     );
     let options = RunOptions {
         from: from.iter().map(|t| t.to_ascii_lowercase()).collect(),
+        stop,
     };
     execute_run(run_store.clone(), endpoints, &sql, options, &resume)
         .await
@@ -524,6 +521,7 @@ async fn cmd_repair(
         return Ok(());
     }
     let sql = substitute(&String::from_utf8_lossy(&text), &vars)?;
+    let stop = CancellationToken::new();
     let mut words = vec!["repair".to_string(), run.clone()];
     for t in &tables {
         words.extend(["--table".into(), t.clone()]);
@@ -533,9 +531,9 @@ async fn cmd_repair(
     }
     execute_run(
         store.clone(),
-        endpoints(config.as_deref())?,
+        endpoints(config.as_deref(), stop.clone())?,
         &sql,
-        RunOptions { from },
+        RunOptions { from, stop },
         &resume_command(&words),
     )
     .await?;
@@ -642,7 +640,7 @@ async fn cmd_sql(
     config: Option<PathBuf>,
     max_rows: usize,
 ) -> anyhow::Result<()> {
-    let session = CaiSession::new(endpoints(config.as_deref())?);
+    let session = CaiSession::new(endpoints(config.as_deref(), CancellationToken::new())?);
     if let Some(run) = &run {
         let store = open_run(run)?;
         let names = register_run_tables(&session, &store).await?;
@@ -664,11 +662,11 @@ async fn cmd_model_pull(
     dir: PathBuf,
     sha256: Option<String>,
 ) -> anyhow::Result<()> {
-    let source = caiflow::models::Source::parse(source.as_deref());
-    if !matches!(source, caiflow::models::Source::File(_)) {
+    let source = caiflow_llm::models::Source::parse(source.as_deref());
+    if !matches!(source, caiflow_llm::models::Source::File(_)) {
         eprintln!("fetching {} into {}", source.file_name(), dir.display());
     }
-    let pulled = caiflow::models::pull(&source, &dir, sha256.as_deref()).await?;
+    let pulled = caiflow_llm::models::pull(&source, &dir, sha256.as_deref()).await?;
     let state = if pulled.already_present {
         "already present"
     } else {

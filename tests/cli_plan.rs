@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use caiflow::testing::MockServer;
+use caiflow_testkit::MockServer;
 use common::*;
 
 fn caiflow() -> Command {

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use caiflow::testing::{Fault, MockServer};
+use caiflow_testkit::{Fault, MockServer};
 use common::*;
 
 fn caiflow() -> Command {
@@ -73,11 +73,13 @@ impl Fixture {
 
     /// (prompt_id, revision) of the run's committed revisions table, sorted.
     async fn revisions(&self, run: &str) -> Vec<(String, String)> {
-        let store =
-            caiflow::store::RunStore::open(self.dir.path().join("store").to_str().unwrap(), run)
-                .unwrap();
-        let session = caiflow::CaiSession::new(caiflow::llm::Endpoints::default());
-        caiflow::run::register_run_tables(&session, &store)
+        let store = caiflow_run::store::RunStore::open(
+            self.dir.path().join("store").to_str().unwrap(),
+            run,
+        )
+        .unwrap();
+        let session = caiflow_engine::CaiSession::new(caiflow_llm::Endpoints::default());
+        caiflow_run::run::register_run_tables(&session, &store)
             .await
             .unwrap();
         let out = collect(&session, "SELECT prompt_id, coalesce(revision, 'ERROR') AS r FROM revisions ORDER BY prompt_id, r").await;
@@ -199,6 +201,38 @@ async fn rerun_reuses_everything_and_an_option_change_recomputes_only_what_depen
         text.contains("table revisions") && text.contains("journal: 40 results"),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_keyed_by_another_hash_scheme_is_said_before_anything_is_sent() {
+    let f = Fixture::new(10, 0).await;
+    f.run("r", &[]);
+    assert_eq!(f.server.requests(), 30);
+    let scheme = f.run_dir("r").join("journal").join("SCHEME");
+    assert_eq!(
+        std::fs::read_to_string(&scheme).unwrap().trim(),
+        caiflow_llm::REQUEST_HASH_SCHEME
+    );
+    // As a journal written before the canonical hash looks: no SCHEME file.
+    std::fs::remove_file(&scheme).unwrap();
+    let stderr = f.run("r", &["--from", "revisions"]);
+    let said = stderr
+        .lines()
+        .position(|l| {
+            l.contains("30 journalled requests were keyed by hash scheme caiflow-request-v1")
+        })
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        stderr
+            .lines()
+            .nth(said)
+            .unwrap()
+            .contains("will be sent again")
+    );
+    assert_eq!(f.server.requests(), 60, "they were sent again, as said");
+    // The journal is this scheme's now: the next run is served from it.
+    let stderr = f.run("r", &["--from", "revisions"]);
+    assert_eq!(f.server.requests(), 60, "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,9 +10,9 @@ mod common;
 use std::process::Command;
 use std::sync::Arc;
 
-use caiflow::config::EndpointConfig;
-use caiflow::llm::embedded::EmbeddedBackend;
-use caiflow::llm::{Backend, ChatRequest, Message, SamplingParams};
+use caiflow_embedded::EmbeddedBackend;
+use caiflow_llm::config::EndpointConfig;
+use caiflow_llm::{Backend, ChatRequest, Message, SamplingParams};
 use common::*;
 
 /// One model thread at a time: two on two cores slow each other down several times.
@@ -31,8 +31,8 @@ fn model() -> String {
 fn backend() -> Arc<EmbeddedBackend> {
     let mut config = EndpointConfig::embedded(Some(&model()));
     config.max_concurrency = 4;
-    config.threads = Some(1);
-    config.context_tokens = Some(1024);
+    config.embedded_mut().expect("embedded").threads = Some(1);
+    config.embedded_mut().expect("embedded").context_tokens = Some(1024);
     Arc::new(EmbeddedBackend::new(&config))
 }
 
@@ -196,7 +196,7 @@ async fn a_prompt_longer_than_the_context_is_a_row_error() {
     let _serial = serial();
     let mut config = EndpointConfig::embedded(Some(&model()));
     // respond's few-shot turns take ~450 tokens: "Hi" fits in 640, the long prompt does not.
-    config.context_tokens = Some(640);
+    config.embedded_mut().expect("embedded").context_tokens = Some(640);
     config.max_concurrency = 2;
     let session = session_with(config);
     let long = "Tell me everything about rivers. ".repeat(60);
@@ -215,10 +215,12 @@ async fn a_prompt_longer_than_the_context_is_a_row_error() {
     assert!(error.contains("context"), "{error}");
 }
 
-fn session_with(config: EndpointConfig) -> caiflow::CaiSession {
-    let mut c = caiflow::config::Config::default();
+fn session_with(config: EndpointConfig) -> caiflow_engine::CaiSession {
+    let mut c = caiflow_llm::config::Config::default();
     c.endpoints.insert("policy".into(), config);
-    caiflow::CaiSession::new(caiflow::llm::Endpoints::from_config(&c).unwrap())
+    caiflow_engine::CaiSession::new(
+        caiflow_engine::endpoints(&c, caiflow_llm::CancellationToken::new()).unwrap(),
+    )
 }
 
 #[test]
@@ -240,7 +242,9 @@ fn model_pull_checks_and_installs_files() {
     );
     let installed = models.join("SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(installed.is_file());
-    assert!(String::from_utf8_lossy(&out.stdout).contains(caiflow::models::DEFAULT_MODEL_SHA256));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(caiflow_llm::models::DEFAULT_MODEL_SHA256)
+    );
 
     // Not a GGUF file, a wrong checksum, an unreachable URL: clear errors, no file left.
     let bogus = dir.path().join("bogus.gguf");
@@ -323,7 +327,7 @@ fn model_pull_downloads_over_http() {
             &format!("http://127.0.0.1:{port}/small.gguf?download=true"),
         ])
         .args(["--dir", dir.path().join("models").to_str().unwrap()])
-        .args(["--sha256", caiflow::models::DEFAULT_MODEL_SHA256])
+        .args(["--sha256", caiflow_llm::models::DEFAULT_MODEL_SHA256])
         .output()
         .unwrap();
     let _ = server.kill();
@@ -385,9 +389,10 @@ fn both_plans_run_on_the_embedded_default() {
         let read = |run: &'static str, table: &'static str| {
             let path = store.path().to_path_buf();
             async move {
-                let store = caiflow::store::RunStore::open(path.to_str().unwrap(), run).unwrap();
-                let session = caiflow::CaiSession::new(caiflow::llm::Endpoints::default());
-                caiflow::run::register_run_tables(&session, &store)
+                let store =
+                    caiflow_run::store::RunStore::open(path.to_str().unwrap(), run).unwrap();
+                let session = caiflow_engine::CaiSession::new(caiflow_llm::Endpoints::default());
+                caiflow_run::run::register_run_tables(&session, &store)
                     .await
                     .unwrap();
                 collect(&session, &format!("SELECT * FROM {table}")).await
@@ -434,8 +439,8 @@ async fn a_borrowed_prefix_gives_the_same_answer() {
     let engine = |sequences: usize| {
         let mut config = EndpointConfig::embedded(Some(&model()));
         config.max_concurrency = sequences;
-        config.threads = Some(1);
-        config.context_tokens = Some(768);
+        config.embedded_mut().expect("embedded").threads = Some(1);
+        config.embedded_mut().expect("embedded").context_tokens = Some(768);
         Arc::new(EmbeddedBackend::new(&config))
     };
     let system = "You are a careful, kind and honest assistant who answers briefly. ".repeat(12);
@@ -477,8 +482,8 @@ async fn an_abandoned_request_frees_its_sequence() {
     let _serial = serial();
     let mut config = EndpointConfig::embedded(Some(&model()));
     config.max_concurrency = 1;
-    config.threads = Some(1);
-    config.context_tokens = Some(1024);
+    config.embedded_mut().expect("embedded").threads = Some(1);
+    config.embedded_mut().expect("embedded").context_tokens = Some(1024);
     let backend = Arc::new(EmbeddedBackend::new(&config));
     backend.prepare().await.unwrap();
     let long = request(
@@ -523,7 +528,7 @@ async fn completions_api_skips_the_chat_template() {
     let _serial = serial();
     let with = |api| {
         let mut config = EndpointConfig::embedded(Some(&model()));
-        config.api = api;
+        config.embedded_mut().expect("embedded").api = api;
         config.max_concurrency = 1;
         Arc::new(EmbeddedBackend::new(&config))
     };
@@ -533,11 +538,11 @@ async fn completions_api_skips_the_chat_template() {
         ..Default::default()
     };
     let question = request("The capital of France is", params);
-    let chat = with(caiflow::llm::openai::OpenAiApi::Chat)
+    let chat = with(caiflow_llm::openai::OpenAiApi::Chat)
         .complete(&question)
         .await
         .unwrap();
-    let raw = with(caiflow::llm::openai::OpenAiApi::Completions)
+    let raw = with(caiflow_llm::openai::OpenAiApi::Completions)
         .complete(&question)
         .await
         .unwrap();

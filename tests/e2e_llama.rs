@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::process::Command;
 
-use caiflow::constitution::Constitution;
+use caiflow_engine::constitution::Constitution;
 use common::*;
 
 /// The real-model tests run one at a time: each starts a llama.cpp server with one thread,
@@ -30,9 +30,9 @@ async fn committed_table(
         run.parent().unwrap().to_str().unwrap(),
         run.file_name().unwrap().to_str().unwrap(),
     );
-    let store = caiflow::store::RunStore::open(store, name).unwrap();
-    let session = caiflow::CaiSession::new(caiflow::llm::Endpoints::default());
-    caiflow::run::register_run_tables(&session, &store)
+    let store = caiflow_run::store::RunStore::open(store, name).unwrap();
+    let session = caiflow_engine::CaiSession::new(caiflow_llm::Endpoints::default());
+    caiflow_run::run::register_run_tables(&session, &store)
         .await
         .unwrap();
     collect(&session, &format!("SELECT * FROM {table}")).await
@@ -308,7 +308,7 @@ print("exports ok", n)
 async fn principle_mode_reads_real_logprobs() {
     let _serial = serial();
     let server = LlamaServer::start(8);
-    let session = policy_and_judge(caiflow::config::EndpointConfig::openai(
+    let session = policy_and_judge(caiflow_llm::config::EndpointConfig::openai(
         &server.base_url(),
         "smollm2",
     ));

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use caiflow::testing::{Fault, LoadProfile, MockServer};
+use caiflow_testkit::{Fault, LoadProfile, MockServer};
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

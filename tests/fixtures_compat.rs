@@ -4,9 +4,9 @@
 
 mod common;
 
-use caiflow::CaiSession;
-use caiflow::constitution::{FewShot, load_constitution};
-use caiflow::llm::Endpoints;
+use caiflow_engine::CaiSession;
+use caiflow_engine::constitution::{FewShot, load_constitution};
+use caiflow_llm::Endpoints;
 use common::*;
 
 #[test]
@@ -81,7 +81,7 @@ async fn the_nemo_constitution_drives_critique_and_revise() {
     let Some(path) = fixture("nemo-aligner/CritiqueRevisionInstructions.json") else {
         return;
     };
-    let server = caiflow::testing::MockServer::start().await.unwrap();
+    let server = caiflow_testkit::MockServer::start().await.unwrap();
     let s = session_for(&server.base_url(), |_| {});
     let dir = tempfile::tempdir().unwrap();
     register_prompts(&s, dir.path(), &["a", "b", "c"]).await;

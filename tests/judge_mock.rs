@@ -2,10 +2,10 @@
 
 mod common;
 
-use caiflow::CaiSession;
-use caiflow::config::{Config, EndpointConfig};
-use caiflow::llm::Endpoints;
-use caiflow::testing::{Fault, MockServer};
+use caiflow_engine::CaiSession;
+use caiflow_llm::Endpoints;
+use caiflow_llm::config::{Config, EndpointConfig};
+use caiflow_testkit::{Fault, MockServer};
 use common::*;
 use datafusion::arrow::array::RecordBatch;
 

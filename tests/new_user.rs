@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use caiflow::testing::MockServer;
+use caiflow_testkit::MockServer;
 use common::*;
 use serde_json::{Value, json};
 

@@ -4,8 +4,8 @@ mod common;
 
 use std::io::Write;
 
-use caiflow::CaiSession;
-use caiflow::llm::Endpoints;
+use caiflow_engine::CaiSession;
+use caiflow_llm::Endpoints;
 use common::*;
 
 fn session() -> CaiSession {
@@ -160,7 +160,7 @@ async fn prompt_ids_are_stable_hashes_of_the_normalized_prompt() {
     .await;
     assert_eq!(
         column(&out, "prompt_id")[0].as_deref(),
-        Some(caiflow::keys::prompt_id("How do I do it?").as_str())
+        Some(caiflow_engine::keys::prompt_id("How do I do it?").as_str())
     );
 }
 

@@ -4,7 +4,7 @@
 
 mod common;
 
-use caiflow::CaiSession;
+use caiflow_engine::CaiSession;
 use common::*;
 use datafusion::arrow::datatypes::{DataType, Field};
 use serde_json::{Value, json};
@@ -48,12 +48,12 @@ async fn schema_of(session: &CaiSession, sql: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_files_match_the_code() {
     // Planning checks that the endpoint exists; nothing is called.
-    let mut config = caiflow::config::Config::default();
+    let mut config = caiflow_llm::config::Config::default();
     for name in ["policy", "judge"] {
-        let endpoint = caiflow::config::EndpointConfig::openai("http://127.0.0.1:9/v1", name);
+        let endpoint = caiflow_llm::config::EndpointConfig::openai("http://127.0.0.1:9/v1", name);
         config.endpoints.insert(name.into(), endpoint);
     }
-    let session = CaiSession::new(caiflow::llm::Endpoints::from_config(&config).unwrap());
+    let session = CaiSession::new(caiflow_llm::Endpoints::from_config(&config).unwrap());
     let root = repo_root();
     let prompts = root.join("data/red_team_prompts.jsonl");
     let helpful = root.join("data/helpful_sft.jsonl");

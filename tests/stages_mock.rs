@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use caiflow::testing::{Fault, MockServer};
+use caiflow_testkit::{Fault, MockServer};
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,7 +166,7 @@ async fn few_shot_turns_come_before_the_prompt() {
     .await;
     let body = &server.bodies()[0];
     let messages = body["messages"].as_array().unwrap();
-    let few_shot = caiflow::constitution::FewShot::resolve("default").unwrap();
+    let few_shot = caiflow_engine::constitution::FewShot::resolve("default").unwrap();
     assert_eq!(messages.len(), 1 + few_shot.samples.len() * 6 + 1);
     assert_eq!(messages[0]["role"], "system");
     assert_eq!(messages.last().unwrap()["content"], "the real prompt");

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use caiflow::CaiSession;
-use caiflow::config::{Config, EndpointConfig};
-use caiflow::llm::Endpoints;
+use caiflow_engine::CaiSession;
+use caiflow_llm::Endpoints;
+use caiflow_llm::config::{Config, EndpointConfig};
 use datafusion::arrow::array::RecordBatch;
 
 pub fn repo_root() -> PathBuf {
@@ -37,13 +37,14 @@ pub async fn collect(session: &CaiSession, sql: &str) -> Vec<RecordBatch> {
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
-/// `policy` and `judge` both on `endpoint`.
+/// `policy` and `judge` both on `endpoint` (of any kind this build has).
 pub fn policy_and_judge(endpoint: EndpointConfig) -> CaiSession {
     let mut config = Config::default();
     for name in ["policy", "judge"] {
         config.endpoints.insert(name.into(), endpoint.clone());
     }
-    CaiSession::new(Endpoints::from_config(&config).expect("endpoints"))
+    let endpoints = caiflow_engine::endpoints(&config, caiflow_llm::CancellationToken::new());
+    CaiSession::new(endpoints.expect("endpoints"))
 }
 
 /// The judge's principle mode over real samples of `prompts`: one row per prompt, none in

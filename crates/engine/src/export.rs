@@ -1,0 +1,374 @@
+//! Exports of a run's tables for trainers. One set of files per split (the table's `split`
+//! column, or the whole table as split `all`), streamed batch by batch.
+//!
+//! SFT (from the `sft` table):
+//! - `nemo-sft`: NeMo chat JSONL `{"system", "conversations": [{"from": "User"|"Assistant",
+//!   "value"}], "mask": "User", "dataset"}` in `{split}.jsonl`;
+//! - `trl-sft`: TRL conversational JSONL `{"messages": [{"role", "content"}]}` in `{split}.jsonl`.
+//!
+//! Preferences (from the `preferences` table):
+//! - `nemo-rm`: `{prefix}_{split}_comparisons_with_chat_prompt.jsonl` (line 2i = prompt +
+//!   chosen, line 2i+1 = prompt + rejected, each `{"text": …}`) and
+//!   `{prefix}_{split}_prompts_with_chat_prompt.jsonl` (`{"text": prompt}`), rendered with a
+//!   chat template (NeMo's `<extra_id_*>` by default). Every text ends the same way: the
+//!   template's turn suffix after each turn, then its end-of-turn marker after the response;
+//!   prompts end with the open assistant marker;
+//! - `trl-dpo`: `prompt`, `chosen`, `rejected` in `{split}.jsonl` and `{split}.parquet`.
+//!
+//! Rows that are not usable (an `error`; for preferences, a `label` other than `ok`) are
+//! skipped and counted by reason; nothing is dropped silently.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch, StringBuilder};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::dataframe::DataFrame;
+use datafusion::parquet::arrow::ArrowWriter;
+use futures::StreamExt;
+use serde_json::json;
+
+use crate::error::{EngineError, Result};
+use crate::stages::row::InputRow;
+use caiflow_llm::Message;
+use caiflow_llm::chat_template::ChatTemplate;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportFormat {
+    NemoSft,
+    TrlSft,
+    NemoRm,
+    TrlDpo,
+}
+
+impl std::str::FromStr for ExportFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|f| f.name()).collect();
+                format!(
+                    "unknown export format '{s}' (expected one of: {})",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
+impl ExportFormat {
+    pub const ALL: [ExportFormat; 4] = [
+        ExportFormat::NemoSft,
+        ExportFormat::TrlSft,
+        ExportFormat::NemoRm,
+        ExportFormat::TrlDpo,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ExportFormat::NemoSft => "nemo-sft",
+            ExportFormat::TrlSft => "trl-sft",
+            ExportFormat::NemoRm => "nemo-rm",
+            ExportFormat::TrlDpo => "trl-dpo",
+        }
+    }
+
+    /// The run table each format reads by default.
+    pub fn default_table(self) -> &'static str {
+        match self {
+            ExportFormat::NemoSft | ExportFormat::TrlSft => "sft",
+            ExportFormat::NemoRm | ExportFormat::TrlDpo => "preferences",
+        }
+    }
+
+    fn is_preference(self) -> bool {
+        matches!(self, ExportFormat::NemoRm | ExportFormat::TrlDpo)
+    }
+
+    fn required_columns(self) -> &'static [&'static str] {
+        if self.is_preference() {
+            &["prompt", "chosen", "rejected", "label", "error"]
+        } else {
+            &["messages", "error"]
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ExportOptions {
+    /// File-name prefix of `nemo-rm` files.
+    pub prefix: String,
+    /// Template of `nemo-rm` texts.
+    pub template: ChatTemplate,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        ExportOptions {
+            prefix: "rlaif".into(),
+            template: ChatTemplate::default(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct ExportReport {
+    /// Rows (SFT samples or preference pairs) written, per split.
+    pub written: BTreeMap<String, usize>,
+    /// Rows skipped, by reason (`error`, `tie`, …).
+    pub skipped: BTreeMap<String, usize>,
+    pub files: Vec<PathBuf>,
+}
+
+impl ExportReport {
+    pub fn skipped_total(&self) -> usize {
+        self.skipped.values().sum()
+    }
+}
+
+/// `dataset` value of NeMo rows: NeMo-Aligner's name for CAI rows, the source otherwise.
+fn nemo_dataset(source: &str) -> &str {
+    if source == "sl_cai" {
+        "sl_cai_samples"
+    } else {
+        source
+    }
+}
+
+fn sft_line(format: ExportFormat, row: &InputRow) -> Option<serde_json::Value> {
+    let messages = row.messages("messages")?;
+    let system = row.str("system").unwrap_or_default();
+    Some(match format {
+        ExportFormat::NemoSft => {
+            let conversations: Vec<_> = messages
+                .iter()
+                .filter(|m| m.role != "system")
+                .map(|m| json!({"from": if m.role == "assistant" { "Assistant" } else { "User" }, "value": m.content}))
+                .collect();
+            json!({
+                "system": system,
+                "conversations": conversations,
+                "mask": "User",
+                "dataset": nemo_dataset(&row.str("source").unwrap_or_default()),
+            })
+        }
+        _ => {
+            let mut out = vec![];
+            if !system.is_empty() {
+                out.push(json!({"role": "system", "content": system}));
+            }
+            out.extend(
+                messages
+                    .iter()
+                    .map(|m| json!({"role": m.role, "content": m.content})),
+            );
+            json!({ "messages": out })
+        }
+    })
+}
+
+/// Why a row is not exported, if it is not.
+fn skip_reason(format: ExportFormat, row: &InputRow) -> Option<String> {
+    if row.str("error").is_some() {
+        return Some("error".into());
+    }
+    if format.is_preference() {
+        let label = row.str("label").unwrap_or_else(|| "no label".into());
+        if label != "ok" {
+            return Some(label);
+        }
+        if row.str("chosen").is_none() || row.str("rejected").is_none() {
+            return Some("missing chosen or rejected".into());
+        }
+    } else if row.messages("messages").is_none() {
+        return Some("no messages".into());
+    }
+    None
+}
+
+/// Writers of one split.
+struct SplitWriters {
+    files: Vec<(PathBuf, BufWriter<File>)>,
+    parquet: Option<(PathBuf, ArrowWriter<File>)>,
+}
+
+fn create(path: PathBuf, report: &mut ExportReport) -> Result<(PathBuf, BufWriter<File>)> {
+    let file = File::create(&path).map_err(|e| EngineError::io(&path, e))?;
+    report.files.push(path.clone());
+    Ok((path, BufWriter::new(file)))
+}
+
+fn dpo_schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
+        Field::new("prompt", DataType::Utf8, false),
+        Field::new("chosen", DataType::Utf8, false),
+        Field::new("rejected", DataType::Utf8, false),
+    ]))
+}
+
+impl SplitWriters {
+    fn open(
+        format: ExportFormat,
+        options: &ExportOptions,
+        split: &str,
+        out: &Path,
+        report: &mut ExportReport,
+    ) -> Result<Self> {
+        let mut files = vec![];
+        let mut parquet = None;
+        match format {
+            ExportFormat::NemoSft | ExportFormat::TrlSft => {
+                files.push(create(out.join(format!("{split}.jsonl")), report)?)
+            }
+            ExportFormat::NemoRm => {
+                let p = &options.prefix;
+                files.push(create(
+                    out.join(format!("{p}_{split}_comparisons_with_chat_prompt.jsonl")),
+                    report,
+                )?);
+                files.push(create(
+                    out.join(format!("{p}_{split}_prompts_with_chat_prompt.jsonl")),
+                    report,
+                )?);
+            }
+            ExportFormat::TrlDpo => {
+                files.push(create(out.join(format!("{split}.jsonl")), report)?);
+                let path = out.join(format!("{split}.parquet"));
+                let file = File::create(&path).map_err(|e| EngineError::io(&path, e))?;
+                let writer = ArrowWriter::try_new(file, dpo_schema(), None)
+                    .map_err(|e| EngineError::Plan(e.to_string()))?;
+                report.files.push(path.clone());
+                parquet = Some((path, writer));
+            }
+        }
+        Ok(SplitWriters { files, parquet })
+    }
+
+    fn line(&mut self, index: usize, value: &serde_json::Value) -> Result<()> {
+        let (path, w) = &mut self.files[index];
+        serde_json::to_writer(&mut *w, value).map_err(|e| EngineError::Plan(e.to_string()))?;
+        w.write_all(b"\n")
+            .map_err(|e| EngineError::io(path.as_path(), e))
+    }
+
+    fn finish(self) -> Result<()> {
+        for (path, mut w) in self.files {
+            w.flush().map_err(|e| EngineError::io(&path, e))?;
+        }
+        if let Some((path, w)) = self.parquet {
+            w.close()
+                .map_err(|e| EngineError::Plan(format!("{}: {e}", path.display())))?;
+        }
+        Ok(())
+    }
+}
+
+/// Export a table (a run's `sft` or `preferences`) into `out` in `format`, one set of files
+/// per value of its `split` column (or `all` without one), streaming batch by batch.
+pub async fn export(
+    df: DataFrame,
+    format: ExportFormat,
+    options: &ExportOptions,
+    out: &Path,
+) -> Result<ExportReport> {
+    for needed in format.required_columns() {
+        if df.schema().as_arrow().index_of(needed).is_err() {
+            return Err(EngineError::Plan(format!(
+                "no column '{needed}': not a table {} can export",
+                format.name()
+            )));
+        }
+    }
+    std::fs::create_dir_all(out).map_err(|e| EngineError::io(out, e))?;
+    let mut report = ExportReport::default();
+    let mut writers: BTreeMap<String, SplitWriters> = BTreeMap::new();
+    let mut dpo: BTreeMap<String, [StringBuilder; 3]> = BTreeMap::new();
+    let mut stream = df.execute_stream().await?;
+    while let Some(batch) = stream.next().await {
+        let batch: Arc<RecordBatch> = Arc::new(batch?);
+        for index in 0..batch.num_rows() {
+            let row = InputRow {
+                batch: batch.clone(),
+                index,
+            };
+            if let Some(reason) = skip_reason(format, &row) {
+                *report.skipped.entry(reason).or_default() += 1;
+                continue;
+            }
+            let split = row.str("split").unwrap_or_else(|| "all".to_string());
+            if !writers.contains_key(&split) {
+                let w = SplitWriters::open(format, options, &split, out, &mut report)?;
+                writers.insert(split.clone(), w);
+            }
+            let Some(w) = writers.get_mut(&split) else {
+                continue;
+            };
+            match format {
+                ExportFormat::NemoSft | ExportFormat::TrlSft => {
+                    let Some(value) = sft_line(format, &row) else {
+                        continue;
+                    };
+                    w.line(0, &value)?;
+                }
+                ExportFormat::NemoRm | ExportFormat::TrlDpo => {
+                    let (prompt, chosen, rejected) = (
+                        row.str("prompt").unwrap_or_default(),
+                        row.str("chosen").unwrap_or_default(),
+                        row.str("rejected").unwrap_or_default(),
+                    );
+                    if format == ExportFormat::NemoRm {
+                        let t = &options.template;
+                        let text = |reply: &str| {
+                            let mut s = t.render(
+                                &[Message::user(&prompt), Message::assistant(reply)],
+                                false,
+                            );
+                            s.push_str(&t.eos);
+                            s
+                        };
+                        w.line(0, &json!({"text": text(&chosen)}))?;
+                        w.line(0, &json!({"text": text(&rejected)}))?;
+                        w.line(
+                            1,
+                            &json!({"text": t.render(&[Message::user(&prompt)], true)}),
+                        )?;
+                    } else {
+                        w.line(
+                            0,
+                            &json!({"prompt": prompt, "chosen": chosen, "rejected": rejected}),
+                        )?;
+                        let b = dpo.entry(split.clone()).or_default();
+                        b[0].append_value(&prompt);
+                        b[1].append_value(&chosen);
+                        b[2].append_value(&rejected);
+                    }
+                }
+            }
+            *report.written.entry(split).or_default() += 1;
+        }
+        // Parquet rows go out once per input batch, per split.
+        for (split, builders) in dpo.iter_mut() {
+            if let Some((path, pw)) = writers.get_mut(split).and_then(|w| w.parquet.as_mut()) {
+                let columns: Vec<ArrayRef> = builders
+                    .iter_mut()
+                    .map(|b| Arc::new(b.finish()) as ArrayRef)
+                    .collect();
+                let batch = RecordBatch::try_new(dpo_schema(), columns)?;
+                if batch.num_rows() > 0 {
+                    pw.write(&batch)
+                        .map_err(|e| EngineError::Plan(format!("{}: {e}", path.display())))?;
+                }
+            }
+        }
+    }
+    for (_, w) in writers {
+        w.finish()?;
+    }
+    Ok(report)
+}

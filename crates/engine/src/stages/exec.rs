@@ -1,0 +1,615 @@
+//! The stage contract: a [`RowStage`] says what one row becomes; [`StageFunction`] makes it
+//! a DataFusion table function; [`StageExec`] streams it.
+//!
+//! Rows flow one at a time: each input row is processed in its own task as soon as the
+//! input yields it (up to a window of rows in flight), and finished rows leave in small
+//! batches as soon as they are ready (`ready_chunks`), so a downstream stage starts on a
+//! row while this stage still works on others: no barrier between stages, and memory is
+//! bounded by the window, not the table.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
+use datafusion::arrow::compute::interleave;
+use datafusion::arrow::datatypes::{Field, FieldRef, Schema, SchemaRef};
+use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{Column, ScalarValue};
+use datafusion::common::{exec_datafusion_err, exec_err, plan_datafusion_err, plan_err};
+use datafusion::datasource::TableType;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{
+    Expr, LogicalPlan, LogicalPlanBuilder, TableProviderFilterPushDown,
+};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{
+    Boundedness, EmissionType, ReplaceChildrenOptions,
+};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
+};
+use datafusion_common_runtime::SpawnedTask;
+use futures::{StreamExt, TryStreamExt};
+
+use super::args::StageArgs;
+use super::input::{resolve_input, session_state};
+use super::row::InputRow;
+use crate::progress::{Progress, StageProgress};
+use caiflow_llm::{Endpoint, Endpoints};
+
+/// What a stage needs at execution time, looked up from the session by name.
+#[derive(Debug, Clone)]
+pub struct StageEnv {
+    pub endpoint: Option<Arc<Endpoint>>,
+    pub progress: Arc<StageProgress>,
+    /// The run's request journal, when the session has one.
+    pub journal: Option<Arc<crate::journal::JournalHandle>>,
+    /// Scheduling priority of this stage's requests (deeper stages first).
+    pub priority: u32,
+}
+
+/// One CAI stage, row by row. Implementations hold only plain options (serde data) and
+/// endpoint names, never live clients.
+#[async_trait]
+pub trait RowStage: fmt::Debug + Send + Sync + 'static {
+    fn name(&self) -> &str;
+    /// Input columns that must exist.
+    fn required_columns(&self) -> Vec<&'static str>;
+    /// Columns added; an input column of the same name is replaced.
+    fn output_fields(&self) -> Vec<Field>;
+    /// The endpoint this stage calls, if any.
+    fn endpoint(&self) -> Option<&str> {
+        None
+    }
+    /// How deep in a row's conversation this stage's requests are: waiting requests of
+    /// deeper stages are sent first, so rows finish before new rows start (depth-first).
+    fn priority(&self) -> u32 {
+        0
+    }
+    /// Process one input row into one or more output rows, one value per output field.
+    /// Row-level failures are data (an `error` cell), never an `Err`.
+    async fn process(&self, row: InputRow, env: &StageEnv) -> Vec<Vec<ScalarValue>>;
+    /// Rows that must be seen together (a prompt's candidates, for a judge). `None`: one
+    /// row at a time.
+    fn grouping(&self) -> Option<Grouping> {
+        None
+    }
+    /// Input columns carried to the output; `None` carries all that are not replaced.
+    /// Grouping stages carry the columns that are the same for the whole group.
+    fn carried_columns(&self) -> Option<Vec<&'static str>> {
+        None
+    }
+    /// Process a group (grouping stages); the first row's carried columns go to the output.
+    async fn process_group(&self, rows: Vec<InputRow>, env: &StageEnv) -> Vec<Vec<ScalarValue>> {
+        match rows.into_iter().next() {
+            Some(row) => self.process(row, env).await,
+            None => vec![],
+        }
+    }
+}
+
+/// How a grouping stage groups its input: by `key`; a group is complete when it holds as
+/// many rows as its `size_column` says (then it is processed at once, while later groups
+/// still stream in); groups still open when the input ends are processed then.
+#[derive(Clone, Debug)]
+pub struct Grouping {
+    pub key: &'static str,
+    pub size_column: Option<&'static str>,
+}
+
+/// Turn a row stream into a stream of groups (see [`Grouping`]). Memory holds only groups
+/// that are still open.
+fn group_rows(
+    rows: impl futures::Stream<Item = Result<InputRow>> + Send + Unpin + 'static,
+    grouping: Grouping,
+) -> impl futures::Stream<Item = Result<Vec<InputRow>>> + Send {
+    struct State<S> {
+        rows: S,
+        open: std::collections::HashMap<String, Vec<InputRow>>,
+        ready: std::collections::VecDeque<Vec<InputRow>>,
+        done: bool,
+        grouping: Grouping,
+    }
+    let state = State {
+        rows,
+        open: Default::default(),
+        ready: Default::default(),
+        done: false,
+        grouping,
+    };
+    futures::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(group) = st.ready.pop_front() {
+                return Some((Ok(group), st));
+            }
+            if st.done {
+                if st.open.is_empty() {
+                    return None;
+                }
+                let mut keys: Vec<String> = st.open.keys().cloned().collect();
+                keys.sort();
+                for k in keys {
+                    if let Some(g) = st.open.remove(&k) {
+                        st.ready.push_back(g);
+                    }
+                }
+                continue;
+            }
+            match st.rows.next().await {
+                None => st.done = true,
+                Some(Err(e)) => return Some((Err(e), st)),
+                Some(Ok(row)) => {
+                    let Some(key) = row.str(st.grouping.key) else {
+                        st.ready.push_back(vec![row]);
+                        continue;
+                    };
+                    let expected = st.grouping.size_column.and_then(|c| row.u64(c));
+                    let group = st.open.entry(key.clone()).or_default();
+                    group.push(row);
+                    if expected.is_some_and(|n| group.len() as u64 >= n)
+                        && let Some(g) = st.open.remove(&key)
+                    {
+                        st.ready.push_back(g);
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Builds a [`RowStage`] from a call's arguments; one per SQL function.
+pub trait StageFactory: fmt::Debug + Send + Sync + 'static {
+    fn function_name(&self) -> &'static str;
+    fn build(&self, args: &StageArgs, input_schema: &Schema) -> Result<Arc<dyn RowStage>>;
+}
+
+/// The table function wrapper shared by all row stages.
+#[derive(Debug)]
+pub struct StageFunction<F: StageFactory>(pub F);
+
+impl<F: StageFactory> TableFunctionImpl for StageFunction<F> {
+    fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
+        let name = self.0.function_name();
+        let parsed = StageArgs::parse(name, args.exprs())?;
+        let state = session_state(args.session(), name)?;
+        let check_endpoint = |endpoint: &str| -> Result<()> {
+            let endpoints = state.config().get_extension::<Endpoints>().ok_or_else(|| {
+                plan_datafusion_err!("{name}: the session has no endpoints configured")
+            })?;
+            endpoints
+                .get(endpoint)
+                .map(|_| ())
+                .map_err(|e| plan_datafusion_err!("{name}: {e}"))
+        };
+        let input = resolve_input(state, parsed.input()?, name)?;
+        let input_schema = input.schema().as_arrow().clone();
+        let stage = self.0.build(&parsed, &input_schema)?;
+        parsed.finish(&[])?;
+        if let Some(endpoint) = stage.endpoint() {
+            check_endpoint(endpoint)?;
+        }
+        Ok(Arc::new(StageTable::try_new(stage, input)?))
+    }
+}
+
+/// The provider a stage call returns: the input plan plus the stage.
+#[derive(Debug)]
+pub struct StageTable {
+    stage: Arc<dyn RowStage>,
+    input: LogicalPlan,
+    schema: SchemaRef,
+    /// Input columns carried through (those not replaced by the stage's own).
+    kept: Vec<usize>,
+}
+
+impl StageTable {
+    pub fn try_new(stage: Arc<dyn RowStage>, input: LogicalPlan) -> Result<Self> {
+        let input_schema = input.schema().as_arrow().clone();
+        for required in stage.required_columns() {
+            if input_schema.index_of(required).is_err() {
+                let have: Vec<&str> = input_schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect();
+                return plan_err!(
+                    "{}: input has no column '{required}' (it has: {})",
+                    stage.name(),
+                    have.join(", ")
+                );
+            }
+        }
+        let added = stage.output_fields();
+        let kept: Vec<usize> = (0..input_schema.fields().len())
+            .filter(|i| {
+                !added
+                    .iter()
+                    .any(|a| a.name() == input_schema.field(*i).name())
+            })
+            .collect();
+        let mut fields: Vec<FieldRef> = kept
+            .iter()
+            .map(|i| input_schema.fields()[*i].clone())
+            .collect();
+        fields.extend(added.into_iter().map(|f| Arc::new(f.with_nullable(true))));
+        Ok(StageTable {
+            stage,
+            input,
+            schema: Arc::new(Schema::new(fields)),
+            kept,
+        })
+    }
+
+    fn added_names(&self) -> Vec<String> {
+        self.stage
+            .output_fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect()
+    }
+}
+
+fn unqualify(expr: &Expr) -> Result<Expr> {
+    expr.clone()
+        .transform(|e| match e {
+            Expr::Column(c) => Ok(Transformed::yes(Expr::Column(Column::new_unqualified(
+                c.name,
+            )))),
+            other => Ok(Transformed::no(other)),
+        })
+        .map(|t| t.data)
+}
+
+#[async_trait]
+impl TableProvider for StageTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    /// Filters on carried-through input columns run before the stage, so no request is
+    /// made for a row the query throws away.
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        let added = self.added_names();
+        Ok(filters
+            .iter()
+            .map(|f| {
+                let touches_added = f.column_refs().iter().any(|c| added.contains(&c.name));
+                if touches_added || f.is_volatile() {
+                    TableProviderFilterPushDown::Unsupported
+                } else {
+                    TableProviderFilterPushDown::Exact
+                }
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let mut builder = LogicalPlanBuilder::from(self.input.clone());
+        for f in filters {
+            builder = builder.filter(unqualify(f)?)?;
+        }
+        // Every input row yields at least one output row, so limiting the input is safe;
+        // a grouping stage yields one row per group, so there it is not.
+        if let Some(n) = limit.filter(|_| self.stage.grouping().is_none()) {
+            builder = builder.limit(0, Some(n))?;
+        }
+        let state = session_state(state, self.stage.name())?;
+        let input = state.create_physical_plan(&builder.build()?).await?;
+        Ok(Arc::new(StageExec::try_new(
+            self.stage.clone(),
+            input,
+            self.schema.clone(),
+            self.kept.clone(),
+            projection.cloned(),
+        )?))
+    }
+}
+
+/// The physical node: streams its input through the stage.
+#[derive(Debug)]
+pub struct StageExec {
+    stage: Arc<dyn RowStage>,
+    input: Arc<dyn ExecutionPlan>,
+    full_schema: SchemaRef,
+    kept: Vec<usize>,
+    projection: Option<Vec<usize>>,
+    properties: Arc<PlanProperties>,
+}
+
+impl StageExec {
+    fn try_new(
+        stage: Arc<dyn RowStage>,
+        input: Arc<dyn ExecutionPlan>,
+        full_schema: SchemaRef,
+        kept: Vec<usize>,
+        projection: Option<Vec<usize>>,
+    ) -> Result<Self> {
+        let schema = match &projection {
+            Some(p) => Arc::new(full_schema.project(p)?),
+            None => full_schema.clone(),
+        };
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema),
+            input.output_partitioning().clone(),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        Ok(StageExec {
+            stage,
+            input,
+            full_schema,
+            kept,
+            projection,
+            properties,
+        })
+    }
+
+    fn env(&self, context: &TaskContext) -> Result<StageEnv> {
+        let config = context.session_config();
+        let progress = config.get_extension::<Progress>().unwrap_or_default();
+        let endpoint = match self.stage.endpoint() {
+            None => None,
+            Some(name) => {
+                let endpoints = config.get_extension::<Endpoints>().ok_or_else(|| {
+                    exec_datafusion_err!(
+                        "{}: the session has no endpoints configured",
+                        self.stage.name()
+                    )
+                })?;
+                Some(
+                    endpoints
+                        .get(name)
+                        .map_err(|e| plan_datafusion_err!("{e}"))?,
+                )
+            }
+        };
+        Ok(StageEnv {
+            endpoint,
+            progress: if self.stage.endpoint().is_some() {
+                progress.llm_stage(self.stage.name())
+            } else {
+                progress.stage(self.stage.name())
+            },
+            journal: config.get_extension::<crate::journal::JournalHandle>(),
+            priority: self.stage.priority(),
+        })
+    }
+}
+
+impl DisplayAs for StageExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "StageExec: {}", self.stage.name())?;
+        if let Some(e) = self.stage.endpoint() {
+            write!(f, " endpoint={e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for StageExec {
+    fn name(&self) -> &str {
+        "StageExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.len() != 1 {
+            return Err(DataFusionError::Internal(
+                "StageExec has exactly one child".into(),
+            ));
+        }
+        Ok(Arc::new(StageExec::try_new(
+            self.stage.clone(),
+            children.swap_remove(0),
+            self.full_schema.clone(),
+            self.kept.clone(),
+            self.projection.clone(),
+        )?))
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(
+                datafusion::physical_plan::execution_plan::ChildrenPropertiesMode::Recompute,
+            ),
+        )
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let env = Arc::new(self.env(&context)?);
+        let endpoint = env.endpoint.clone();
+        // Enough rows in flight to keep the endpoint's whole budget busy from this partition,
+        // plus headroom so a finished slot is refilled at once.
+        let window = env
+            .endpoint
+            .as_ref()
+            .map(|e| e.max_concurrency() * 2)
+            .unwrap_or(64)
+            .max(2);
+        let batch_size = context.session_config().batch_size();
+        let input = self.input.execute(partition, context)?;
+
+        let rows = input
+            .map_ok(|batch| {
+                let batch = Arc::new(batch);
+                futures::stream::iter((0..batch.num_rows()).map(move |index| {
+                    Ok(InputRow {
+                        batch: batch.clone(),
+                        index,
+                    })
+                }))
+            })
+            .try_flatten();
+        // The unit of work: one row, or one group of rows for grouping stages.
+        let units: futures::stream::BoxStream<'static, Result<Vec<InputRow>>> =
+            match self.stage.grouping() {
+                Some(grouping) => Box::pin(group_rows(Box::pin(rows), grouping)),
+                None => Box::pin(rows.map_ok(|row| vec![row])),
+            };
+
+        let stage = self.stage.clone();
+        let results = units
+            .map(move |unit: Result<Vec<InputRow>>| {
+                let stage = stage.clone();
+                let env = env.clone();
+                async move {
+                    let unit = unit?;
+                    let Some(first) = unit.first().cloned() else {
+                        return Ok((None, vec![]));
+                    };
+                    StageProgress::add(&env.progress.rows_started, 1);
+                    // A task per unit: its requests progress even while the consumer of this
+                    // stream is busy elsewhere. The task is aborted if the query is dropped.
+                    let task = SpawnedTask::spawn(async move {
+                        let out = if unit.len() == 1 && stage.grouping().is_none() {
+                            stage.process(first.clone(), &env).await
+                        } else {
+                            stage.process_group(unit, &env).await
+                        };
+                        StageProgress::add(&env.progress.rows_done, 1);
+                        (Some(first), out)
+                    });
+                    task.join()
+                        .await
+                        .map_err(|e| DataFusionError::External(Box::new(e)))
+                }
+            })
+            .buffer_unordered(window);
+
+        let assembler = Arc::new(Assembler {
+            full_schema: self.full_schema.clone(),
+            kept: self.kept.clone(),
+            projection: self.projection.clone(),
+        });
+        let schema = self.schema();
+        let watched = endpoint.clone();
+        let batches = results
+            .ready_chunks(batch_size)
+            .map(move |chunk| {
+                // An endpoint that gave up (refused key, error rate) fails the query.
+                if let Some(why) = watched.as_ref().and_then(|e| e.aborted()) {
+                    return exec_err!("{why}");
+                }
+                assembler.assemble(chunk.into_iter().collect::<Result<Vec<_>>>()?)
+            })
+            .try_filter(|b| futures::future::ready(b.num_rows() > 0));
+        // Before the first row: is the endpoint there at all? (Fails fast, naming the URL.)
+        let preflight = async move {
+            match endpoint {
+                Some(e) => e
+                    .preflight()
+                    .await
+                    .map_err(|e| DataFusionError::External(Box::new(e))),
+                None => Ok(()),
+            }
+        };
+        let stream =
+            futures::stream::once(async move { preflight.await.map(|_| batches) }).try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+}
+
+/// Builds an output batch from finished rows that may come from several input batches.
+struct Assembler {
+    full_schema: SchemaRef,
+    kept: Vec<usize>,
+    projection: Option<Vec<usize>>,
+}
+
+impl Assembler {
+    fn assemble(
+        &self,
+        rows: Vec<(Option<InputRow>, Vec<Vec<ScalarValue>>)>,
+    ) -> Result<RecordBatch> {
+        let mut batches: Vec<Arc<RecordBatch>> = vec![];
+        let mut take: Vec<(usize, usize)> = vec![];
+        let added = self.full_schema.fields().len() - self.kept.len();
+        let mut cells: Vec<Vec<ScalarValue>> = vec![Vec::new(); added];
+        for (row, outputs) in rows {
+            let Some(row) = row else { continue };
+            let slot = match batches.iter().position(|b| Arc::ptr_eq(b, &row.batch)) {
+                Some(i) => i,
+                None => {
+                    batches.push(row.batch.clone());
+                    batches.len() - 1
+                }
+            };
+            for out in outputs {
+                if out.len() != added {
+                    return Err(DataFusionError::Internal(format!(
+                        "stage produced {} values, schema has {added} added columns",
+                        out.len()
+                    )));
+                }
+                take.push((slot, row.index));
+                for (j, v) in out.into_iter().enumerate() {
+                    cells[j].push(v);
+                }
+            }
+        }
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.full_schema.fields().len());
+        for &c in &self.kept {
+            let arrays: Vec<&dyn datafusion::arrow::array::Array> =
+                batches.iter().map(|b| b.column(c).as_ref()).collect();
+            columns.push(interleave(&arrays, &take)?);
+        }
+        for (j, values) in cells.into_iter().enumerate() {
+            let field = self.full_schema.field(self.kept.len() + j);
+            let array = if values.is_empty() {
+                datafusion::arrow::array::new_empty_array(field.data_type())
+            } else {
+                ScalarValue::iter_to_array(values)?
+            };
+            columns.push(array);
+        }
+        let options = RecordBatchOptions::new().with_row_count(Some(take.len()));
+        let batch = RecordBatch::try_new_with_options(self.full_schema.clone(), columns, &options)?;
+        match &self.projection {
+            Some(p) => Ok(batch.project(p)?),
+            None => Ok(batch),
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! What every LLM-calling stage shares: its options (endpoint, sampling, seed, few-shot),
+//! request building, and the lineage it records for each request.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, Fields};
+use datafusion::common::ScalarValue;
+use datafusion::common::plan_datafusion_err;
+use datafusion::common::scalar::ScalarStructBuilder;
+use datafusion::error::Result;
+
+use super::args::StageArgs;
+use super::exec::StageEnv;
+use super::row::InputRow;
+use crate::constitution::FewShot;
+use crate::progress::StageProgress;
+use caiflow_llm::{CallOutcome, ChatRequest, Completion, Message, SamplingParams};
+
+/// Options common to respond, critique and revise.
+#[derive(Clone, Debug)]
+pub struct LlmOptions {
+    pub endpoint: String,
+    pub temperature: f64,
+    pub top_p: Option<f64>,
+    pub top_k: Option<u32>,
+    pub max_tokens: u32,
+    pub seed: u64,
+    pub system: Option<String>,
+    pub few_shot: Arc<FewShot>,
+}
+
+/// Per-stage defaults of [`LlmOptions`].
+#[derive(Clone, Debug)]
+pub struct LlmDefaults {
+    pub endpoint: &'static str,
+    pub few_shot: &'static str,
+    pub temperature: f64,
+    pub top_p: Option<f64>,
+    pub top_k: Option<u32>,
+    pub max_tokens: u32,
+}
+
+impl Default for LlmDefaults {
+    fn default() -> Self {
+        LlmDefaults {
+            endpoint: "policy",
+            few_shot: "default",
+            temperature: 0.7,
+            top_p: None,
+            top_k: None,
+            max_tokens: 512,
+        }
+    }
+}
+
+impl LlmOptions {
+    pub fn parse(args: &StageArgs) -> Result<Self> {
+        Self::parse_with(args, &LlmDefaults::default())
+    }
+
+    /// Parse with stage-specific defaults (sample and judge differ from the SL stages).
+    pub fn parse_with(args: &StageArgs, defaults: &LlmDefaults) -> Result<Self> {
+        let few_shot = FewShot::resolve(&args.str_or("few_shot", defaults.few_shot))
+            .map_err(|e| plan_datafusion_err!("{}: {e}", args.function()))?;
+        Ok(LlmOptions {
+            endpoint: args.str_or("endpoint", defaults.endpoint),
+            temperature: args.parsed_or("temperature", defaults.temperature)?,
+            top_p: args.parsed("top_p")?.or(defaults.top_p),
+            top_k: args.parsed("top_k")?.or(defaults.top_k),
+            max_tokens: args.parsed_or("max_tokens", defaults.max_tokens)?,
+            seed: args.parsed_or("seed", 42)?,
+            system: args.str("system").map(str::to_string),
+            few_shot: Arc::new(few_shot),
+        })
+    }
+
+    /// System prompt and few-shot turns, then the row's own turns.
+    pub fn messages(&self, turns: Vec<Message>) -> Vec<Message> {
+        let mut messages = Vec::with_capacity(turns.len() + 1 + self.few_shot.samples.len() * 6);
+        if let Some(s) = &self.system {
+            messages.push(Message::new("system", s));
+        }
+        messages.extend(self.few_shot.messages());
+        messages.extend(turns);
+        messages
+    }
+
+    /// A request whose sampling seed is derived from the stage seed and the row's keys, so
+    /// each row samples differently but reproducibly.
+    pub fn request(&self, turns: Vec<Message>, key: &[&[u8]]) -> ChatRequest {
+        let mut parts: Vec<&[u8]> = vec![b"sampling"];
+        let seed = self.seed.to_le_bytes();
+        parts.push(&seed);
+        parts.extend_from_slice(key);
+        let b = crate::keys::seed_bytes(&parts);
+        // 31 bits: some servers keep the seed in a signed 32-bit integer.
+        let row_seed = (u32::from_le_bytes([b[0], b[1], b[2], b[3]]) >> 1) as u64;
+        ChatRequest {
+            messages: self.messages(turns),
+            params: SamplingParams {
+                temperature: Some(self.temperature),
+                top_p: self.top_p,
+                top_k: self.top_k,
+                max_tokens: Some(self.max_tokens),
+                seed: Some(row_seed),
+                stop: vec![],
+                top_logprobs: None,
+                response_format: None,
+            },
+        }
+    }
+}
+
+/// The row's conversation: the `conversation` column when the input has one (multi-turn
+/// red-team transcripts), otherwise the single user turn `prompt`.
+pub fn base_turns(row: &InputRow) -> Option<Vec<Message>> {
+    if let Some(turns) = row.messages("conversation").filter(|t| !t.is_empty()) {
+        return Some(turns);
+    }
+    row.str("prompt").map(|p| vec![Message::user(p)])
+}
+
+fn lineage_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("request_hash", DataType::Utf8, true),
+        Field::new("model", DataType::Utf8, true),
+        Field::new("endpoint", DataType::Utf8, true),
+        Field::new("temperature", DataType::Float64, true),
+        Field::new("top_p", DataType::Float64, true),
+        Field::new("top_k", DataType::UInt32, true),
+        Field::new("max_tokens", DataType::UInt32, true),
+        Field::new("seed", DataType::UInt64, true),
+        Field::new("attempts", DataType::UInt32, true),
+        Field::new("latency_ms", DataType::UInt64, true),
+        Field::new("prompt_tokens", DataType::UInt64, true),
+        Field::new("completion_tokens", DataType::UInt64, true),
+        Field::new("finish_reason", DataType::Utf8, true),
+    ])
+}
+
+/// `{stage}_lineage`: one struct per LLM stage, so chained stages keep every stage's lineage
+/// side by side instead of overwriting flat columns.
+pub fn lineage_field(stage: &str) -> Field {
+    Field::new(
+        format!("{stage}_lineage"),
+        DataType::Struct(lineage_fields()),
+        true,
+    )
+}
+
+pub fn null_lineage() -> ScalarValue {
+    ScalarValue::try_from(DataType::Struct(lineage_fields())).unwrap_or(ScalarValue::Null)
+}
+
+pub fn lineage_value(
+    env: &StageEnv,
+    request: &ChatRequest,
+    outcome: &CallOutcome,
+) -> Result<ScalarValue> {
+    let fields = lineage_fields();
+    let p = &request.params;
+    let completion = outcome.result.as_ref().ok();
+    let endpoint = env.endpoint.as_ref();
+    let values = vec![
+        ScalarValue::Utf8(Some(outcome.request_hash.to_string())),
+        ScalarValue::Utf8(endpoint.map(|e| e.model.clone())),
+        ScalarValue::Utf8(endpoint.map(|e| e.name.clone())),
+        ScalarValue::Float64(p.temperature),
+        ScalarValue::Float64(p.top_p),
+        ScalarValue::UInt32(p.top_k),
+        ScalarValue::UInt32(p.max_tokens),
+        ScalarValue::UInt64(p.seed),
+        ScalarValue::UInt32(Some(outcome.attempts)),
+        ScalarValue::UInt64(Some(outcome.latency_ms)),
+        ScalarValue::UInt64(completion.and_then(|c| c.prompt_tokens)),
+        ScalarValue::UInt64(completion.and_then(|c| c.completion_tokens)),
+        ScalarValue::Utf8(completion.and_then(|c| c.finish_reason.clone())),
+    ];
+    let mut builder = ScalarStructBuilder::new();
+    for (f, v) in fields.iter().zip(values) {
+        builder = builder.with_scalar(f.as_ref().clone(), v);
+    }
+    builder.build()
+}
+
+/// Send a request through the stage's endpoint; returns the text or the error, plus lineage.
+pub async fn call(env: &StageEnv, request: &ChatRequest) -> (Result<String, String>, ScalarValue) {
+    let (result, lineage) = complete(env, request).await;
+    (result.map(|c| c.text), lineage)
+}
+
+/// Send a request, or serve it from the run's journal when it was completed before (then
+/// `attempts` is 0 in the lineage). Every new outcome is journalled; failures are journalled
+/// as failures and never served.
+pub async fn complete(
+    env: &StageEnv,
+    request: &ChatRequest,
+) -> (Result<Completion, String>, ScalarValue) {
+    let Some(endpoint) = env.endpoint.as_ref() else {
+        return (Err("stage has no endpoint".into()), null_lineage());
+    };
+    // The one hash of this request: the journal's key, the endpoint's and the lineage's.
+    let hash = endpoint.request_hash(request);
+    let journalled = env.journal.as_ref().and_then(|j| {
+        j.0.lookup(&hash).map(|c| CallOutcome {
+            request_hash: hash.clone(),
+            result: Ok(c),
+            attempts: 0,
+            latency_ms: 0,
+        })
+    });
+    let p = &env.progress;
+    StageProgress::add(&p.requests, 1);
+    let outcome = match journalled {
+        Some(o) => {
+            StageProgress::add(&p.journal_hits, 1);
+            o
+        }
+        None => {
+            let o = endpoint
+                .call_with_priority(request, hash, env.priority)
+                .await;
+            if let Some(j) = &env.journal {
+                j.0.record(&o.request_hash, &o.result);
+            }
+            StageProgress::add(&p.attempts, o.attempts as u64);
+            o
+        }
+    };
+    if let Ok(c) = &outcome.result {
+        StageProgress::add(&p.tokens, c.completion_tokens.unwrap_or(0));
+    }
+    let lineage = lineage_value(env, request, &outcome).unwrap_or_else(|_| null_lineage());
+    // A row's failure is data: the text of the error goes into its `error` column.
+    (outcome.result.map_err(|e| e.to_string()), lineage)
+}
+
+pub fn text(value: Option<String>) -> ScalarValue {
+    ScalarValue::Utf8(value)
+}
+
+/// Count an output row's error in the stage's progress.
+pub fn count_error(env: &StageEnv, error: &Option<String>) {
+    if error.is_some() {
+        StageProgress::add(&env.progress.row_errors, 1);
+    }
+}
+
+/// Why a row was skipped: an upstream stage failed (its error is carried) or a needed
+/// input cell is null.
+pub fn upstream_error(row: &InputRow, missing: &str) -> String {
+    match row.str("error") {
+        Some(e) => e,
+        None => format!("input column '{missing}' is null"),
+    }
+}

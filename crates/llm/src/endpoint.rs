@@ -1,0 +1,405 @@
+//! A named endpoint: backend + shared concurrency budget + timeout + retries + counters.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{BackendConfig, Config, EndpointConfig};
+use crate::error::{LlmError, Result};
+use crate::gate::{Gate, GateConfig};
+use crate::hash::RequestHash;
+use crate::nemo::NemoBackend;
+use crate::openai::{ApiKey, OpenAiBackend};
+use crate::retry::RetryPolicy;
+use crate::{AttemptError, Backend, ChatRequest, Completion};
+
+/// Builds the backends of endpoint kinds this crate does not implement itself (the embedded
+/// model, in its own crate), so the LLM layer needs no dependency on them.
+pub trait BackendFactory: Send + Sync {
+    fn backend(&self, name: &str, config: &EndpointConfig) -> Result<Arc<dyn Backend>>;
+}
+
+/// Requests an endpoint must have answered before its error rate can abort a run.
+pub const MIN_ERROR_SAMPLE: u64 = 20;
+
+/// The result of one logical request after all attempts.
+#[derive(Clone, Debug)]
+pub struct CallOutcome {
+    pub request_hash: RequestHash,
+    pub result: Result<Completion, LlmError>,
+    pub attempts: u32,
+    pub latency_ms: u64,
+}
+
+/// Live counters, read by the progress reporter.
+#[derive(Debug, Default)]
+pub struct EndpointCounters {
+    pub requests: AtomicU64,
+    pub attempts: AtomicU64,
+    pub failures: AtomicU64,
+    pub completion_tokens: AtomicU64,
+    pub in_flight: AtomicU64,
+    pub peak_in_flight: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct Endpoint {
+    pub name: String,
+    pub model: String,
+    backend: Arc<dyn Backend>,
+    gate: Arc<Gate>,
+    max_concurrency: usize,
+    /// Abort the run when more than this share of requests fail (after a minimum sample).
+    max_error_rate: Option<f64>,
+    /// Set when no request to this endpoint can succeed any more (refused key, error rate).
+    aborted: std::sync::OnceLock<String>,
+    timeout: Duration,
+    retry: RetryPolicy,
+    /// The server's address, for the reachability check (None for in-process backends).
+    base_url: Option<String>,
+    /// The outcome of [`Endpoint::preflight`], checked once.
+    ready: tokio::sync::OnceCell<Result<(), LlmError>>,
+    /// Cancelled when the run stops: nothing more is sent.
+    stop: CancellationToken,
+    pub counters: EndpointCounters,
+}
+
+impl Endpoint {
+    pub fn new(
+        name: &str,
+        model: &str,
+        backend: Arc<dyn Backend>,
+        max_concurrency: usize,
+        timeout: Duration,
+        retry: RetryPolicy,
+    ) -> Self {
+        Endpoint {
+            name: name.to_string(),
+            model: model.to_string(),
+            backend,
+            gate: Gate::new(max_concurrency, GateConfig::default()),
+            max_concurrency,
+            max_error_rate: None,
+            aborted: std::sync::OnceLock::new(),
+            timeout,
+            retry,
+            base_url: None,
+            ready: tokio::sync::OnceCell::new(),
+            stop: CancellationToken::new(),
+            counters: EndpointCounters::default(),
+        }
+    }
+
+    /// Check, once per endpoint, that its server accepts connections (or that an in-process
+    /// model loads), so a wrong URL, a server that is down or a missing model file fails the
+    /// query at once, naming the cause, instead of turning every row into a retried error.
+    pub async fn preflight(&self) -> Result<(), LlmError> {
+        let unavailable = |at: Option<&str>, reason: String| LlmError::Unavailable {
+            endpoint: self.name.clone(),
+            at: at.map(str::to_string),
+            reason,
+        };
+        let Some(base_url) = &self.base_url else {
+            return self
+                .ready
+                .get_or_init(|| async {
+                    self.backend
+                        .prepare()
+                        .await
+                        .map_err(|e| unavailable(None, e.to_string()))
+                })
+                .await
+                .clone();
+        };
+        self.ready
+            .get_or_init(|| async {
+                let url = url::Url::parse(base_url)
+                    .map_err(|e| unavailable(None, format!("bad base_url {base_url}: {e}")))?;
+                let host = url.host_str().unwrap_or("localhost").to_string();
+                let port = url.port_or_known_default().unwrap_or(80);
+                let connect = tokio::net::TcpStream::connect((host.as_str(), port));
+                match tokio::time::timeout(Duration::from_secs(10), connect).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(unavailable(Some(base_url), format!("is unreachable: {e}"))),
+                    Err(_) => Err(unavailable(
+                        Some(base_url),
+                        "is unreachable: no answer to connect in 10 s".into(),
+                    )),
+                }
+            })
+            .await
+            .clone()
+    }
+
+    /// One line for the run summary.
+    pub fn summary(&self) -> String {
+        let c = &self.counters;
+        format!(
+            "endpoint {}: {} requests, {} attempts, {} failed, {} completion tokens, peak {} in flight (budget {}, limit now {})",
+            self.name,
+            c.requests.load(Ordering::Relaxed),
+            c.attempts.load(Ordering::Relaxed),
+            c.failures.load(Ordering::Relaxed),
+            c.completion_tokens.load(Ordering::Relaxed),
+            c.peak_in_flight.load(Ordering::Relaxed),
+            self.max_concurrency,
+            self.gate.limit()
+        )
+    }
+
+    pub fn from_config(
+        name: &str,
+        config: &EndpointConfig,
+        client: reqwest::Client,
+        factory: Option<&dyn BackendFactory>,
+    ) -> Result<Self> {
+        let backend: Arc<dyn Backend> = match &config.backend {
+            BackendConfig::Openai(o) => {
+                let api_key = match &o.api_key_env {
+                    None => None,
+                    Some(var) => Some(ApiKey(std::env::var(var).map_err(|_| {
+                        LlmError::MissingApiKey {
+                            endpoint: name.to_string(),
+                            var: var.clone(),
+                        }
+                    })?)),
+                };
+                Arc::new(OpenAiBackend::new(
+                    client,
+                    o.api,
+                    &o.base_url,
+                    &config.model,
+                    api_key,
+                ))
+            }
+            BackendConfig::Nemo(n) => Arc::new(NemoBackend::new(
+                client,
+                &n.base_url,
+                n.chat_template.clone(),
+                n.nemo_form,
+            )),
+            BackendConfig::Embedded(_) => match factory {
+                Some(f) => f.backend(name, config)?,
+                None => {
+                    return Err(LlmError::Config(format!(
+                        "endpoint '{name}' is embedded, but this caiflow was built without the `embedded` feature"
+                    )));
+                }
+            },
+        };
+        let mut endpoint = Self::new(
+            name,
+            &config.model_name(),
+            backend,
+            config.max_concurrency,
+            config.timeout(),
+            config.retry.clone(),
+        );
+        endpoint.base_url = config.base_url().map(str::to_string);
+        endpoint.gate = Gate::new(config.max_concurrency, config.scheduling.clone());
+        endpoint.max_error_rate = config.max_error_rate;
+        Ok(endpoint)
+    }
+
+    pub fn max_concurrency(&self) -> usize {
+        self.max_concurrency
+    }
+
+    /// Why no request may be sent now: the run is stopping, or the endpoint gave up.
+    fn halted(&self) -> Option<LlmError> {
+        if self.stop.is_cancelled() {
+            Some(LlmError::Interrupted)
+        } else {
+            self.aborted().map(|why| LlmError::Aborted(why.to_string()))
+        }
+    }
+
+    /// Why this endpoint gave up, if it did: the query must fail with this message.
+    pub fn aborted(&self) -> Option<&str> {
+        self.aborted.get().map(String::as_str)
+    }
+
+    pub fn set_max_error_rate(&mut self, rate: Option<f64>) {
+        self.max_error_rate = rate;
+    }
+
+    fn abort(&self, why: String) {
+        if self.aborted.set(why.clone()).is_ok() {
+            tracing::error!("{why}");
+        }
+    }
+
+    /// After a logical request: is the endpoint plainly broken?
+    fn check_error_rate(&self, last_error: &LlmError) {
+        let Some(limit) = self.max_error_rate else {
+            return;
+        };
+        let done = self.counters.requests.load(Ordering::Relaxed);
+        let failed = self.counters.failures.load(Ordering::Relaxed);
+        if done >= MIN_ERROR_SAMPLE && failed as f64 / done as f64 > limit {
+            self.abort(format!(
+                "endpoint '{}': {failed} of {done} requests failed, above the maximum error rate {limit} (last error: {last_error})",
+                self.name
+            ));
+        }
+    }
+
+    /// Stable identity of a request to this endpoint's model (see [`crate::hash`]).
+    pub fn request_hash(&self, request: &ChatRequest) -> RequestHash {
+        RequestHash::of(&self.model, request)
+    }
+
+    /// Send a request with retries. Never fails: the outcome says what happened. A permit of
+    /// the endpoint's budget is held only while an attempt is on the wire, not while backing
+    /// off, so a throttled row does not block healthy ones.
+    pub async fn call(&self, request: &ChatRequest) -> CallOutcome {
+        self.call_with_priority(request, self.request_hash(request), 0)
+            .await
+    }
+
+    /// Send a request whose hash the caller computed (once, for the journal too); among
+    /// waiting requests, a higher `priority` (a later turn of a row) is sent first.
+    pub async fn call_with_priority(
+        &self,
+        request: &ChatRequest,
+        request_hash: RequestHash,
+        priority: u32,
+    ) -> CallOutcome {
+        let started = Instant::now();
+        if let Some(why) = self.halted() {
+            return CallOutcome {
+                request_hash,
+                result: Err(why),
+                attempts: 0,
+                latency_ms: 0,
+            };
+        }
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let mut attempts = 0;
+        let result = loop {
+            attempts += 1;
+            self.counters.attempts.fetch_add(1, Ordering::Relaxed);
+            let attempt = {
+                let _permit = self.gate.acquire(priority).await;
+                // Checked again once a slot is free: the run may have stopped, or the endpoint
+                // given up, while this request waited or backed off.
+                if let Some(why) = self.halted() {
+                    break Err(why);
+                }
+                let now = self.counters.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+                self.counters
+                    .peak_in_flight
+                    .fetch_max(now, Ordering::Relaxed);
+                let sent = Instant::now();
+                let r = tokio::time::timeout(self.timeout, self.backend.complete(request)).await;
+                self.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+                let (overloaded, tokens) = match &r {
+                    Ok(Ok(c)) => (
+                        false,
+                        c.prompt_tokens.unwrap_or(0) + c.completion_tokens.unwrap_or(0),
+                    ),
+                    Ok(Err(e)) => (e.overloaded, 0),
+                    Err(_) => (true, 0),
+                };
+                self.gate.on_done(sent.elapsed(), overloaded, tokens);
+                r
+            };
+            let error = match attempt {
+                Ok(Ok(completion)) => {
+                    if let Some(t) = completion.completion_tokens {
+                        self.counters
+                            .completion_tokens
+                            .fetch_add(t, Ordering::Relaxed);
+                    }
+                    break Ok(completion);
+                }
+                Ok(Err(e)) => e,
+                Err(_) => AttemptError::retryable(format!(
+                    "timed out after {:.1}s",
+                    self.timeout.as_secs_f64()
+                )),
+            };
+            if error.refused {
+                self.abort(format!(
+                    "endpoint '{}' refused the request ({}): check its API key (api_key_env) and URL",
+                    self.name, error.message
+                ));
+            }
+            if !error.retryable || attempts >= self.retry.max_attempts {
+                break Err(LlmError::Failed {
+                    endpoint: self.name.clone(),
+                    message: error.message,
+                    attempts,
+                    retryable: error.retryable,
+                });
+            }
+            tracing::debug!(endpoint = %self.name, attempt = attempts, error = %error.message, "retrying");
+            tokio::time::sleep(self.retry.delay(attempts, error.retry_after)).await;
+        };
+        if let Err(e) = &result {
+            self.counters.failures.fetch_add(1, Ordering::Relaxed);
+            self.check_error_rate(e);
+        }
+        CallOutcome {
+            request_hash,
+            result,
+            attempts,
+            latency_ms: started.elapsed().as_millis() as u64,
+        }
+    }
+}
+
+/// All endpoints of a session, by name. Stage plans hold names only and look the live
+/// endpoint up here at execution time (a session-config extension), so plans stay plain data.
+#[derive(Debug, Default)]
+pub struct Endpoints {
+    by_name: BTreeMap<String, Arc<Endpoint>>,
+}
+
+impl Endpoints {
+    /// The endpoints of `config` with the HTTP backends only (an `embedded` endpoint is an
+    /// error naming the missing feature).
+    pub fn from_config(config: &Config) -> Result<Self> {
+        Self::from_config_with(config, None, CancellationToken::new())
+    }
+
+    /// The endpoints of `config`; `factory` builds the kinds this crate does not know, and
+    /// cancelling `stop` halts every endpoint (nothing more is sent).
+    pub fn from_config_with(
+        config: &Config,
+        factory: Option<&dyn BackendFactory>,
+        stop: CancellationToken,
+    ) -> Result<Self> {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| LlmError::HttpClient(Arc::new(e)))?;
+        let mut by_name = BTreeMap::new();
+        for (name, e) in &config.endpoints {
+            let mut endpoint = Endpoint::from_config(name, e, client.clone(), factory)?;
+            endpoint.stop = stop.clone();
+            by_name.insert(name.clone(), Arc::new(endpoint));
+        }
+        Ok(Endpoints { by_name })
+    }
+
+    pub fn insert(&mut self, endpoint: Endpoint) {
+        self.by_name
+            .insert(endpoint.name.clone(), Arc::new(endpoint));
+    }
+
+    pub fn get(&self, name: &str) -> Result<Arc<Endpoint>> {
+        self.by_name
+            .get(name)
+            .cloned()
+            .ok_or_else(|| LlmError::UnknownEndpoint(name.to_string()))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Endpoint>> {
+        self.by_name.values()
+    }
+}

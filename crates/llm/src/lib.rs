@@ -1,0 +1,188 @@
+//! caiflow's LLM layer: the request and completion types, one [`Backend`] trait, the HTTP
+//! backends (OpenAI-compatible, NeMo), and [`Endpoint`], which adds what every stage relies
+//! on: the shared concurrency budget and scheduler, per-attempt timeouts, retries, the fault
+//! policy and the canonical request hash. Endpoint configuration (`caiflow.toml`) lives here.
+//!
+//! It owns talking to models and must not know about tables: no DataFusion, no Arrow, no
+//! runs or journals. Other backends (the embedded llama.cpp engine) plug in through
+//! [`BackendFactory`]; a run's stop is a [`CancellationToken`] handed to [`Endpoints`].
+
+pub mod chat_template;
+pub mod config;
+pub mod endpoint;
+pub mod error;
+pub mod gate;
+pub mod hash;
+pub mod models;
+pub mod nemo;
+pub mod openai;
+pub mod retry;
+
+use std::fmt::Debug;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use endpoint::{BackendFactory, CallOutcome, Endpoint, Endpoints};
+pub use error::LlmError;
+pub use hash::{REQUEST_HASH_SCHEME, RequestHash};
+pub use tokio_util::sync::CancellationToken;
+
+/// One chat turn. Roles are lower-case OpenAI roles: `system`, `user`, `assistant`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: &str, content: impl Into<String>) -> Self {
+        Message {
+            role: role.to_string(),
+            content: content.into(),
+        }
+    }
+    pub fn user(content: impl Into<String>) -> Self {
+        Self::new("user", content)
+    }
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self::new("assistant", content)
+    }
+}
+
+/// Sampling parameters. `None` leaves the server's default in place; only set fields are sent.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SamplingParams {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+    /// Ask for this many most likely tokens (with log-probabilities) at each position.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<u32>,
+    /// Sent as the OpenAI `response_format` (e.g. a JSON schema the answer must follow).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<serde_json::Value>,
+}
+
+/// A request as the stages build it: backend-neutral.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatRequest {
+    pub messages: Vec<Message>,
+    pub params: SamplingParams,
+}
+
+impl ChatRequest {
+    /// The turns' contents separated by blank lines: the single prompt a completions-style
+    /// endpoint (a base model without a chat template) gets.
+    pub fn joined_text(&self) -> String {
+        let parts: Vec<&str> = self.messages.iter().map(|m| m.content.as_str()).collect();
+        parts.join("\n\n")
+    }
+}
+
+/// What a backend returns for one successful attempt.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Completion {
+    pub text: String,
+    pub finish_reason: Option<String>,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    /// Per generated token, its most likely alternatives as (token text, log-probability);
+    /// present when the request asked for `top_logprobs` and the server returned them.
+    pub top_logprobs: Option<Vec<Vec<(String, f64)>>>,
+}
+
+/// Why one attempt failed, and whether another attempt may succeed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttemptError {
+    pub message: String,
+    pub retryable: bool,
+    /// The server's `Retry-After`, when it sent one.
+    pub retry_after: Option<Duration>,
+    /// The server refused us (401/403: a bad or missing key): no request to it can succeed.
+    pub refused: bool,
+    /// The server pushed back (429, timeout): a signal for adaptive concurrency.
+    pub overloaded: bool,
+}
+
+impl AttemptError {
+    pub fn retryable(message: impl Into<String>) -> Self {
+        AttemptError {
+            message: message.into(),
+            retryable: true,
+            retry_after: None,
+            refused: false,
+            overloaded: false,
+        }
+    }
+    pub fn fatal(message: impl Into<String>) -> Self {
+        AttemptError {
+            retryable: false,
+            ..Self::retryable(message)
+        }
+    }
+}
+
+/// A model server protocol. Implementations do exactly one attempt; retries, timeouts and
+/// concurrency live in [`Endpoint`] so every backend gets them alike.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync + Debug {
+    /// Get ready before the first request (an in-process model loads here), so a missing
+    /// model fails the query once, with its reason, instead of failing every row.
+    async fn prepare(&self) -> Result<(), LlmError> {
+        Ok(())
+    }
+
+    async fn complete(&self, request: &ChatRequest) -> Result<Completion, AttemptError>;
+}
+
+/// Classify an HTTP status the way DESIGN §4 says: 408, 429 and 5xx are worth retrying,
+/// any other 4xx is the caller's fault and is not.
+pub(crate) fn status_error(
+    status: reqwest::StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    body: &str,
+) -> AttemptError {
+    let snippet: String = body.chars().take(300).collect();
+    let message = format!("HTTP {}: {}", status.as_u16(), snippet.trim());
+    let code = status.as_u16();
+    let retryable = code == 408 || code == 429 || status.is_server_error();
+    AttemptError {
+        message,
+        retryable,
+        retry_after: retry::parse_retry_after(headers),
+        refused: code == 401 || code == 403,
+        overloaded: code == 429 || code == 503,
+    }
+}
+
+/// Turn a transport error into an attempt error; all of them are retryable (connection
+/// refused, reset, body cut short), except a request we could not even build.
+pub(crate) fn transport_error(e: reqwest::Error) -> AttemptError {
+    if e.is_builder() {
+        AttemptError::fatal(format!("invalid request: {e}"))
+    } else {
+        AttemptError::retryable(error_chain(&e))
+    }
+}
+
+/// An error and its sources, `outer: inner: …` (reqwest hides the useful part in sources).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    message
+}

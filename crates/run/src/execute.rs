@@ -1,0 +1,100 @@
+//! Driving a plan run to its end: the journal opened and flushed, the run stopped gracefully
+//! when its stop token is cancelled (requests in flight get a grace period to finish and be
+//! journalled; nothing is committed), the journal compacted after a successful run.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use caiflow_engine::CaiSession;
+use caiflow_llm::{CancellationToken, Endpoints};
+
+use crate::error::{Result, RunError};
+use crate::journal::Journal;
+use crate::plan::StatementOutcome;
+use crate::run::{RunOptions, Runner, TableOutcome};
+use crate::store::RunStore;
+
+/// A run being executed: its store, journal and session (whose progress a caller may show
+/// while it runs).
+pub struct PlanRun {
+    pub store: RunStore,
+    pub journal: Arc<Journal>,
+    pub session: CaiSession,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub enum RunEnd {
+    /// Every statement ran; the tables were committed (or reused).
+    Finished,
+    /// Stopped by its stop token: completed requests are journalled, nothing half-done is
+    /// committed; running it again continues.
+    Interrupted,
+    /// A statement failed; what completed before is kept.
+    Failed(RunError),
+}
+
+impl PlanRun {
+    /// Open a run for writing: the store must be writable (checked before anything is sent)
+    /// and its journal readable.
+    pub async fn open(store: RunStore, endpoints: Endpoints) -> Result<PlanRun> {
+        store.check_writable().await?;
+        let journal = Arc::new(Journal::open(store.clone()).await?);
+        journal.prepare_for_writing().await?;
+        let session = CaiSession::with_journal(endpoints, Some(journal.clone()));
+        Ok(PlanRun {
+            store,
+            journal,
+            session,
+        })
+    }
+
+    /// Run `sql`'s statements in order. When `options.stop` is cancelled, the run is driven
+    /// for up to `grace` more (or until `hard_stop` is cancelled) so requests in flight finish
+    /// and are journalled; then the journal is flushed and the run ends `Interrupted`.
+    /// Returns how it ended and what happened to each materialized table.
+    pub async fn execute(
+        &self,
+        sql: &str,
+        options: RunOptions,
+        grace: Duration,
+        hard_stop: CancellationToken,
+        on_done: impl FnMut(&StatementOutcome),
+    ) -> (RunEnd, Vec<(String, TableOutcome)>) {
+        let stop = options.stop.clone();
+        let flusher = self.journal.spawn_flusher();
+        let mut runner = Runner::new(&self.session, &self.store, options);
+        let finished = {
+            let run = runner.run(sql, on_done);
+            tokio::pin!(run);
+            let first = tokio::select! {
+                r = &mut run => Some(r),
+                _ = stop.cancelled() => None,
+            };
+            if first.is_none() {
+                tokio::select! {
+                    _ = &mut run => {}
+                    _ = tokio::time::sleep(grace) => {}
+                    _ = hard_stop.cancelled() => {}
+                }
+            }
+            first
+        };
+        flusher.abort();
+        let tables = std::mem::take(&mut runner.tables);
+        let flushed = self.journal.flush().await;
+        let end = match (finished, flushed) {
+            (None, _) => RunEnd::Interrupted,
+            (Some(Err(_)), _) if stop.is_cancelled() => RunEnd::Interrupted,
+            (Some(Err(e)), _) => RunEnd::Failed(e),
+            (Some(Ok(())), Err(e)) => RunEnd::Failed(e),
+            (Some(Ok(())), Ok(())) => {
+                if let Err(e) = self.journal.compact().await {
+                    tracing::warn!("journal compaction failed (the journal stays valid): {e}");
+                }
+                RunEnd::Finished
+            }
+        };
+        (end, tables)
+    }
+}

@@ -1,0 +1,19 @@
+//! caiflow's runs: a plan (a SQL file with variables, [`plan`]) run into a run folder of a
+//! store (local or S3, [`store`]), where `CREATE TABLE` materializes committed tables and
+//! unchanged ones are reused ([`run`]), every request outcome is journalled so a resumed run
+//! sends nothing twice ([`journal`]), and a stop is graceful ([`execute`]).
+//!
+//! It owns durability: what is stored, committed and resumed. It must not know how a stage
+//! builds its requests or how a backend talks to a model; it drives the engine's session and
+//! hands the stages its journal. Stopping is a [`caiflow_llm::CancellationToken`] passed
+//! down, never a global.
+
+pub mod error;
+pub mod execute;
+pub mod journal;
+pub mod plan;
+pub mod run;
+pub mod store;
+
+pub use error::{Result, RunError};
+pub use execute::{PlanRun, RunEnd};

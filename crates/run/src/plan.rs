@@ -1,0 +1,236 @@
+//! Plans: SQL files with `${name}` / `${name:-default}` variables, run statement by statement.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::sql::parser::DFParser;
+use futures::StreamExt;
+
+use crate::error::{Result, RunError};
+use caiflow_engine::CaiSession;
+
+/// Defaults a plan declares for itself, one per line: `-- @var name = value`.
+pub fn declared_defaults(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("-- @var "))
+        .filter_map(|d| d.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// Replace `${name}` and `${name:-default}`, with values from `vars`, then the plan's
+/// `-- @var` defaults, then the inline default. A variable with none of these is an error
+/// naming it (and the line), never an empty string.
+pub fn substitute(text: &str, vars: &BTreeMap<String, String>) -> Result<String> {
+    let mut merged = declared_defaults(text);
+    merged.extend(vars.iter().map(|(k, v)| (k.clone(), v.clone())));
+    // A declared default may name other variables (`-- @var revise_max_tokens = ${max_tokens}`).
+    let snapshot = merged.clone();
+    for value in merged.values_mut() {
+        if value.contains("${") {
+            *value = substitute_once(value, &snapshot)?;
+        }
+    }
+    substitute_once(text, &merged)
+}
+
+fn substitute_once(text: &str, vars: &BTreeMap<String, String>) -> Result<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}').ok_or_else(|| {
+            RunError::Plan(format!(
+                "unclosed '${{' near: {}",
+                &rest[start..rest.len().min(start + 40)]
+            ))
+        })?;
+        let inner = &after[..end];
+        let (name, default) = match inner.split_once(":-") {
+            Some((n, d)) => (n.trim(), Some(d)),
+            None => (inner.trim(), None),
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(RunError::Plan(format!(
+                "invalid variable name '${{{inner}}}'"
+            )));
+        }
+        match vars.get(name).map(String::as_str).or(default) {
+            Some(v) => out.push_str(v),
+            None => {
+                let line = text[..text.len() - rest.len() + start]
+                    .lines()
+                    .count()
+                    .max(1);
+                return Err(RunError::Plan(format!(
+                    "variable '{name}' (line {line}) has no value: pass --set {name}=… or write ${{{name}:-default}}"
+                )));
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The 1-based line where each top-level statement starts (semicolons inside quotes and
+/// comments do not count), so errors can point into the plan file.
+pub fn statement_lines(sql: &str) -> Vec<usize> {
+    let mut starts = vec![];
+    let mut line = 1;
+    let mut at_start = true;
+    let mut chars = sql.chars().peekable();
+    let mut quote: Option<char> = None;
+    while let Some(c) = chars.next() {
+        if c == '\n' {
+            line += 1;
+        }
+        if let Some(q) = quote {
+            if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '\'' | '"' => quote = Some(c),
+            '-' if chars.peek() == Some(&'-') => {
+                for n in chars.by_ref() {
+                    if n == '\n' {
+                        line += 1;
+                        break;
+                    }
+                }
+                continue;
+            }
+            ';' => {
+                at_start = true;
+                continue;
+            }
+            _ => {}
+        }
+        if at_start && !c.is_whitespace() {
+            starts.push(line);
+            at_start = false;
+        }
+    }
+    starts
+}
+
+/// What a finished statement reports.
+#[derive(Debug)]
+pub struct StatementOutcome {
+    pub index: usize,
+    pub sql: String,
+    pub rows: usize,
+    pub seconds: f64,
+    /// A pretty-printed preview for queries that return rows (first rows only).
+    pub preview: Option<String>,
+}
+
+/// Where a statement is, for error messages: its plan line when the statement count agrees
+/// with the parser's, else its number.
+pub fn place_of(lines: &[usize], statements: usize, index: usize) -> String {
+    match lines.get(index) {
+        Some(line) if lines.len() == statements => format!("line {line} (statement {})", index + 1),
+        _ => format!("statement {}", index + 1),
+    }
+}
+
+/// Run one statement, streaming its result; queries (`SELECT`, `WITH`) keep a pretty-printed
+/// preview of their first `max_rows` rows. Returns the row count and the preview.
+pub async fn execute_with_preview(
+    session: &CaiSession,
+    sql: &str,
+    max_rows: usize,
+) -> Result<(usize, Option<String>)> {
+    let df = session.ctx.sql(sql).await?;
+    let head = sql.trim_start().to_ascii_uppercase();
+    let is_query = head.starts_with("SELECT") || head.starts_with("WITH");
+    let mut stream = df.execute_stream().await?;
+    let (mut rows, mut preview, mut kept) = (0, vec![], 0);
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        rows += batch.num_rows();
+        if kept < max_rows && batch.num_rows() > 0 {
+            let take = (max_rows - kept).min(batch.num_rows());
+            preview.push(batch.slice(0, take));
+            kept += take;
+        }
+    }
+    let mut shown = if is_query && !preview.is_empty() {
+        Some(pretty_format_batches(&preview)?.to_string())
+    } else {
+        None
+    };
+    if let Some(p) = shown.as_mut().filter(|_| rows > kept) {
+        p.push_str(&format!("\n(first {kept} of {rows} rows)"));
+    }
+    Ok((rows, shown))
+}
+
+/// Run every statement of `sql` in order (no run store: `caiflow sql`). Query results are
+/// streamed; up to `max_rows` of each are kept for display.
+pub async fn run_sql(
+    session: &CaiSession,
+    sql: &str,
+    max_rows: usize,
+    mut on_done: impl FnMut(&StatementOutcome),
+) -> Result<Vec<StatementOutcome>> {
+    let statements =
+        DFParser::parse_sql(sql).map_err(|e| RunError::Plan(format!("SQL syntax: {e}")))?;
+    let lines = statement_lines(sql);
+    let count = statements.len();
+    let mut outcomes = vec![];
+    for (index, statement) in statements.into_iter().enumerate() {
+        let text = statement.to_string();
+        let started = Instant::now();
+        let (rows, preview) = execute_with_preview(session, &text, max_rows)
+            .await
+            .map_err(|e| RunError::Plan(format!("{}: {e}", place_of(&lines, count, index))))?;
+        let outcome = StatementOutcome {
+            index,
+            sql: text,
+            rows,
+            seconds: started.elapsed().as_secs_f64(),
+            preview,
+        };
+        on_done(&outcome);
+        outcomes.push(outcome);
+    }
+    Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn substitutes_values_and_defaults() {
+        let mut v = BTreeMap::new();
+        v.insert("a".to_string(), "1".to_string());
+        assert_eq!(substitute("x ${a} ${b:-2} ${a:-9}", &v).unwrap(), "x 1 2 1");
+        let chained = "-- @var m = ${n}\n-- @var n = 5\nSELECT ${m}";
+        assert!(substitute(chained, &v).unwrap().ends_with("SELECT 5"));
+        let declared = "-- @var n = 5\nSELECT ${n}, ${a}";
+        assert!(substitute(declared, &v).unwrap().ends_with("SELECT 5, 1"));
+        v.insert("n".into(), "7".into());
+        assert!(substitute(declared, &v).unwrap().ends_with("SELECT 7, 1"));
+    }
+
+    #[test]
+    fn statement_lines_skip_quotes_and_comments() {
+        let sql = "-- a; comment\nSELECT 'x;y';\n\nSELECT 2; SELECT\n3";
+        assert_eq!(statement_lines(sql), vec![2, 4, 4]);
+    }
+
+    #[test]
+    fn missing_variable_is_named() {
+        let e = substitute("SELECT 1;\nSELECT ${nope}", &BTreeMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'nope'") && e.contains("line 2"), "{e}");
+        assert!(substitute("${unclosed", &BTreeMap::new()).is_err());
+    }
+}

@@ -1,0 +1,191 @@
+//! Where runs live: a local folder (default `data/runs`) or `s3://bucket/prefix`, both through
+//! `object_store`. S3 settings come from the usual `AWS_*` variables (`AWS_ENDPOINT` and
+//! `AWS_ALLOW_HTTP=true` for S3-compatible servers).
+//!
+//! A run is a folder: `{table}/{attempt}/…parquet` data, `{table}/_manifest.json` (the
+//! commit: a table exists once its manifest is written, and the manifest names the attempt
+//! folder to read, so a half-written attempt is never seen), `journal/` (request journal
+//! segments) and `plan.sql` (the plan as last run, for `repair`).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use datafusion::prelude::SessionContext;
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use url::Url;
+
+use crate::error::{Result, RunError};
+
+#[derive(Clone, Debug)]
+pub struct RunStore {
+    store: Arc<dyn ObjectStore>,
+    /// The run folder inside the store.
+    root: ObjectPath,
+    /// URL prefix DataFusion uses for the run folder (`file:///…/` or `s3://bucket/…/`).
+    url: String,
+    /// The store's own URL (`s3://bucket`), to register with DataFusion; None when local.
+    store_url: Option<Url>,
+    /// What the user named, for messages.
+    pub display: String,
+}
+
+fn store_err(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> RunError {
+    RunError::StoreOp {
+        what: what.to_string(),
+        source: Box::new(e),
+    }
+}
+
+impl RunStore {
+    /// Open run `run` in `store` (a folder path or `s3://bucket[/prefix]`).
+    pub fn open(store: &str, run: &str) -> Result<RunStore> {
+        if run.is_empty() || run.contains('/') || run.starts_with('.') {
+            return Err(RunError::Store(format!(
+                "run name '{run}' must be a plain folder name"
+            )));
+        }
+        if let Some(rest) = store.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(RunError::Store(format!("store '{store}' names no bucket")));
+            }
+            let s3 = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .build()
+                .map_err(|e| store_err(&format!("S3 store {store}"), e))?;
+            let prefix = prefix.trim_matches('/');
+            let root = if prefix.is_empty() {
+                run.to_string()
+            } else {
+                format!("{prefix}/{run}")
+            };
+            let store_url =
+                Url::parse(&format!("s3://{bucket}")).map_err(|e| store_err(store, e))?;
+            Ok(RunStore {
+                store: Arc::new(s3),
+                url: format!("s3://{bucket}/{root}/"),
+                root: ObjectPath::from(root),
+                store_url: Some(store_url),
+                display: format!("{}/{run}", store.trim_end_matches('/')),
+            })
+        } else {
+            let folder = std::path::Path::new(store).join(run);
+            std::fs::create_dir_all(&folder).map_err(|e| RunError::io(&folder, e))?;
+            let folder = folder
+                .canonicalize()
+                .map_err(|e| RunError::io(&folder, e))?;
+            let root = ObjectPath::from_absolute_path(&folder)
+                .map_err(|e| store_err(&folder.display().to_string(), e))?;
+            Ok(RunStore {
+                store: Arc::new(LocalFileSystem::new()),
+                url: format!("{}/", folder.display()),
+                root,
+                store_url: None,
+                display: folder.display().to_string(),
+            })
+        }
+    }
+
+    /// The local file of a path inside the run, when the store is a local folder.
+    pub fn local_path(&self, relative: &str) -> Option<std::path::PathBuf> {
+        if self.store_url.is_some() {
+            return None;
+        }
+        Some(std::path::Path::new(&self.display).join(relative))
+    }
+
+    /// Make DataFusion read and write this store's URLs.
+    pub fn register(&self, ctx: &SessionContext) {
+        if let Some(url) = &self.store_url {
+            ctx.register_object_store(url, self.store.clone());
+        }
+    }
+
+    /// The DataFusion location of a path inside the run (ends with `/` for folders).
+    pub fn location(&self, relative: &str) -> String {
+        format!("{}{relative}", self.url)
+    }
+
+    fn path(&self, relative: &str) -> ObjectPath {
+        relative
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .fold(self.root.clone(), |p, part| p.join(part))
+    }
+
+    /// Fail early, with a clear message, when the store cannot be written.
+    pub async fn check_writable(&self) -> Result<()> {
+        let probe = self.path(".write-probe");
+        self.store
+            .put(&probe, PutPayload::from_static(b"ok"))
+            .await
+            .map_err(|e| store_err(&format!("store {} is not writable", self.display), e))?;
+        let _ = self.store.delete(&probe).await;
+        Ok(())
+    }
+
+    pub async fn put(&self, relative: &str, bytes: Bytes) -> Result<()> {
+        self.store
+            .put(&self.path(relative), PutPayload::from_bytes(bytes))
+            .await
+            .map(|_| ())
+            .map_err(|e| store_err(&format!("writing {}/{relative}", self.display), e))
+    }
+
+    /// The object's bytes, or None when it does not exist.
+    pub async fn get(&self, relative: &str) -> Result<Option<Bytes>> {
+        match self.store.get(&self.path(relative)).await {
+            Ok(r) => Ok(Some(r.bytes().await.map_err(|e| store_err(relative, e))?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(store_err(
+                &format!("reading {}/{relative}", self.display),
+                e,
+            )),
+        }
+    }
+
+    /// Objects under a folder of the run, as paths relative to the run, sorted.
+    pub async fn list(&self, relative: &str) -> Result<Vec<(String, u64)>> {
+        let prefix = self.path(relative);
+        let root = self.root.as_ref().to_string();
+        let mut out: Vec<(String, u64)> = self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|m| {
+                let full = m.location.as_ref().to_string();
+                (
+                    full.strip_prefix(&root)
+                        .unwrap_or(&full)
+                        .trim_start_matches('/')
+                        .to_string(),
+                    m.size,
+                )
+            })
+            .try_collect()
+            .await
+            .map_err(|e| store_err(&format!("listing {}/{relative}", self.display), e))?;
+        out.sort();
+        Ok(out)
+    }
+
+    pub async fn delete_one(&self, relative: &str) -> Result<()> {
+        self.store
+            .delete(&self.path(relative))
+            .await
+            .map_err(|e| store_err(&format!("deleting {}/{relative}", self.display), e))
+    }
+
+    /// Delete every object under a folder of the run (best effort: leftovers are harmless,
+    /// since only what a manifest names is ever read).
+    pub async fn delete_folder(&self, relative: &str) {
+        if let Ok(objects) = self.list(relative).await {
+            for (path, _) in objects {
+                let _ = self.store.delete(&self.path(&path)).await;
+            }
+        }
+    }
+}
