@@ -236,6 +236,46 @@ async fn a_journal_keyed_by_another_hash_scheme_is_said_before_anything_is_sent(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editing_an_input_file_recomputes_what_depends_on_it_and_sends_only_the_new_rows() {
+    let f = Fixture::new(10, 0).await;
+    f.run("r", &[]);
+    assert_eq!(f.server.requests(), 30);
+    let ids = |rows: &[(String, String)]| -> std::collections::BTreeSet<String> {
+        rows.iter().map(|(id, _)| id.clone()).collect()
+    };
+    let before = ids(&f.revisions("r").await);
+    let prompts = f.dir.path().join("prompts.jsonl");
+
+    // Rewritten with the same content (a new modification time): nothing recomputes.
+    let text = std::fs::read_to_string(&prompts).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&prompts, &text).unwrap();
+    let stderr = f.run("r", &[]);
+    assert!(stderr.contains("table revisions: reused"), "{stderr}");
+    assert_eq!(f.server.requests(), 30);
+
+    // One prompt edited: the tables recompute; only that prompt's three calls are new.
+    std::fs::write(
+        &prompts,
+        text.replace("durable prompt 3\"", "durable prompt 3, edited\""),
+    )
+    .unwrap();
+    let stderr = f.run("r", &[]);
+    assert!(
+        stderr.contains("table revisions: 10 rows") && stderr.contains("table sft:"),
+        "{stderr}"
+    );
+    assert_eq!(f.server.requests(), 33, "{stderr}");
+    let after = ids(&f.revisions("r").await);
+    assert_eq!(after.len(), 10);
+    assert_eq!(
+        before.intersection(&after).count(),
+        9,
+        "one prompt (and its id) changed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repair_retries_only_failed_requests() {
     let f = Fixture::new(12, 0).await;
     // The first five requests fail with a non-retryable 400.

@@ -10,6 +10,7 @@
 
 pub mod error;
 pub mod execute;
+pub mod inputs;
 pub mod journal;
 pub mod plan;
 pub mod run;

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Result, RunError};
+use crate::inputs::{FileFingerprints, references};
 use crate::plan::{StatementOutcome, execute_with_preview, place_of, statement_lines};
 use crate::store::RunStore;
 use caiflow_engine::CaiSession;
@@ -101,14 +102,6 @@ pub async fn register_run_tables(session: &CaiSession, store: &RunStore) -> Resu
     Ok(names)
 }
 
-/// Identifiers in a statement's text (names of views and tables it may use).
-fn identifiers(sql: &str) -> BTreeSet<String> {
-    sql.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .filter(|t| !t.is_empty())
-        .map(|t| t.to_ascii_lowercase())
-        .collect()
-}
-
 fn hash(parts: &[&str]) -> String {
     let mut h = Sha256::new();
     for p in parts {
@@ -144,6 +137,8 @@ pub struct Runner<'a> {
     /// Tables recomputed in this run (their dependents must be too).
     recomputed: BTreeSet<String>,
     pub tables: Vec<(String, TableOutcome)>,
+    /// Content fingerprints of the files statements name.
+    files: FileFingerprints,
 }
 
 impl<'a> Runner<'a> {
@@ -155,15 +150,30 @@ impl<'a> Runner<'a> {
             fingerprints: HashMap::new(),
             recomputed: BTreeSet::new(),
             tables: vec![],
+            files: FileFingerprints::default(),
         }
     }
 
-    fn inputs_of(&self, text: &str, own: &str) -> BTreeMap<String, String> {
-        identifiers(text)
+    /// The plan's views and tables `statement` reads, and the files it names (`file:PATH`),
+    /// each with its fingerprint.
+    fn inputs_of(
+        &mut self,
+        statement: &DFStatement,
+        own: &str,
+    ) -> Result<BTreeMap<String, String>> {
+        let refs = references(statement);
+        let mut inputs: BTreeMap<String, String> = refs
+            .names
             .into_iter()
             .filter(|i| i != own)
             .filter_map(|i| self.fingerprints.get(&i).map(|f| (i, f.clone())))
-            .collect()
+            .collect();
+        for literal in refs.literals {
+            if let Some(fp) = self.files.of(&literal)? {
+                inputs.insert(format!("file:{literal}"), fp);
+            }
+        }
+        Ok(inputs)
     }
 
     fn fingerprint(&self, text: &str, inputs: &BTreeMap<String, String>) -> String {
@@ -182,6 +192,7 @@ impl<'a> Runner<'a> {
         mut on_done: impl FnMut(&StatementOutcome),
     ) -> Result<()> {
         self.store.register(&self.session.ctx);
+        self.files = FileFingerprints::load(self.store).await?;
         let statements =
             DFParser::parse_sql(sql).map_err(|e| RunError::Plan(format!("SQL syntax: {e}")))?;
         let lines = statement_lines(sql);
@@ -195,15 +206,20 @@ impl<'a> Runner<'a> {
                     Statement::CreateTable(ct) if ct.query.is_some() => {
                         let name = ct.name.to_string().to_ascii_lowercase();
                         let query = ct.query.as_ref().map(|q| q.to_string()).unwrap_or_default();
-                        let rows = self.materialize(&name, &text, &query).await.map_err(|e| {
-                            RunError::Plan(format!("{}: table {name}: {e}", place(index)))
-                        })?;
+                        let inputs = self.inputs_of(&statement, &name)?;
+                        let rows = self
+                            .materialize(&name, &text, &query, inputs)
+                            .await
+                            .map_err(|e| {
+                                RunError::Plan(format!("{}: table {name}: {e}", place(index)))
+                            })?;
+                        self.files.save(self.store).await?;
                         (rows as usize, None)
                     }
                     other => {
                         if let Statement::CreateView(v) = other {
                             let name = v.name.to_string().to_ascii_lowercase();
-                            let inputs = self.inputs_of(&text, &name);
+                            let inputs = self.inputs_of(&statement, &name)?;
                             let fp = self.fingerprint(&text, &inputs);
                             self.fingerprints.insert(name, fp);
                         }
@@ -233,8 +249,13 @@ impl<'a> Runner<'a> {
         execute_with_preview(self.session, sql, 10).await
     }
 
-    async fn materialize(&mut self, name: &str, text: &str, query: &str) -> Result<u64> {
-        let inputs = self.inputs_of(text, name);
+    async fn materialize(
+        &mut self,
+        name: &str,
+        text: &str,
+        query: &str,
+        inputs: BTreeMap<String, String>,
+    ) -> Result<u64> {
         let fingerprint = self.fingerprint(text, &inputs);
         self.fingerprints
             .insert(name.to_string(), fingerprint.clone());
