@@ -35,33 +35,7 @@ struct Cli {
 enum Command {
     /// Run a plan (a SQL file) into a run of the store; running it again resumes: committed
     /// tables that did not change are reused and journalled requests are not sent again.
-    Run {
-        /// The plan, e.g. plans/sl_cai.sql.
-        plan: PathBuf,
-        /// Endpoint configuration (default: ./caiflow.toml if present, else the embedded model).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Where runs live: a folder or s3://bucket/prefix.
-        #[arg(long, default_value = DEFAULT_STORE)]
-        store: String,
-        /// Name of the run. Default: the plan's name and a hash of the plan, the variables set
-        /// and the config, so the same command again continues (or reuses) the same run. An
-        /// existing run resumes.
-        #[arg(long)]
-        run: Option<String>,
-        /// Start a fresh run (a new name) instead of continuing the one this command made before.
-        #[arg(long, conflicts_with = "run")]
-        new: bool,
-        /// Plan variable, `name=value` (repeatable).
-        #[arg(long = "set", value_name = "NAME=VALUE")]
-        set: Vec<String>,
-        /// Recompute this table and everything that depends on it (repeatable).
-        #[arg(long = "from", value_name = "TABLE")]
-        from: Vec<String>,
-        /// Abort when more than this share of an endpoint's requests fail (after 20).
-        #[arg(long, value_name = "RATE")]
-        max_error_rate: Option<f64>,
-    },
+    Run(RunArgs),
     /// Re-run only the requests that failed: recompute tables with error rows (or --table)
     /// from the run's saved plan; everything else comes from the journal.
     Repair {
@@ -369,14 +343,32 @@ async fn execute_run(
 /// How long requests in flight may finish after the first Ctrl-C.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
+#[derive(clap::Args)]
 struct RunArgs {
+    /// The plan, e.g. plans/sl_cai.sql.
     plan: PathBuf,
+    /// Endpoint configuration (default: ./caiflow.toml if present, else the embedded model).
+    #[arg(long)]
     config: Option<PathBuf>,
+    /// Where runs live: a folder or s3://bucket/prefix.
+    #[arg(long, default_value = DEFAULT_STORE)]
     store: String,
+    /// Name of the run. Default: the plan's name and a hash of the plan, the variables set
+    /// and the config, so the same command again continues (or reuses) the same run. An
+    /// existing run resumes.
+    #[arg(long)]
     run: Option<String>,
+    /// Start a fresh run (a new name) instead of continuing the one this command made before.
+    #[arg(long, conflicts_with = "run")]
     new: bool,
+    /// Plan variable, `name=value` (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
     set: Vec<String>,
+    /// Recompute this table and everything that depends on it (repeatable).
+    #[arg(long = "from", value_name = "TABLE")]
     from: Vec<String>,
+    /// Abort when more than this share of an endpoint's requests fail (after 20).
+    #[arg(long, value_name = "RATE")]
     max_error_rate: Option<f64>,
 }
 
@@ -693,28 +685,7 @@ async fn main() {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run {
-            plan,
-            config,
-            store,
-            run,
-            new,
-            set,
-            from,
-            max_error_rate,
-        } => {
-            cmd_run(RunArgs {
-                plan,
-                config,
-                store,
-                run,
-                new,
-                set,
-                from,
-                max_error_rate,
-            })
-            .await
-        }
+        Command::Run(args) => cmd_run(args).await,
         Command::Repair { run, table, config } => cmd_repair(run, table, config).await,
         Command::Inspect { run } => cmd_inspect(run).await,
         Command::Export {
