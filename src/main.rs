@@ -123,7 +123,7 @@ fn config_file(path: Option<&Path>) -> Option<PathBuf> {
 
 fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
     match config_file(path) {
-        Some(p) => Config::load(&p).with_context(|| format!("loading config {}", p.display())),
+        Some(p) => Ok(Config::load(&p)?),
         None => Ok(Config::local_default()),
     }
 }

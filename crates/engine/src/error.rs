@@ -1,16 +1,18 @@
 //! The engine's errors. The CLI adds context with `anyhow`; the library names the problem.
 
+// Messages carry their causes (`cannot read X: No such file…`), so a cause is a plain field,
+// not an error `source`: printing the chain would say it twice.
+
 use std::path::PathBuf;
 
 /// Everything that can go wrong in the engine outside a single LLM row (row failures are
 /// data: they land in the `error` column instead of failing the query).
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: {message}")]
     BadFile { path: PathBuf, message: String },
@@ -18,11 +20,10 @@ pub enum EngineError {
     Llm(#[from] caiflow_llm::LlmError),
     #[error("plan: {0}")]
     Plan(String),
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Json {
         path: PathBuf,
-        #[source]
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
     #[error(transparent)]
     DataFusion(#[from] datafusion::error::DataFusionError),
@@ -36,7 +37,7 @@ impl EngineError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         EngineError::Io {
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 

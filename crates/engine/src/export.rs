@@ -241,8 +241,7 @@ impl SplitWriters {
                 files.push(create(out.join(format!("{split}.jsonl")), report)?);
                 let path = out.join(format!("{split}.parquet"));
                 let file = File::create(&path).map_err(|e| EngineError::io(&path, e))?;
-                let writer = ArrowWriter::try_new(file, dpo_schema(), None)
-                    .map_err(|e| EngineError::Plan(e.to_string()))?;
+                let writer = ArrowWriter::try_new(file, dpo_schema(), None)?;
                 report.files.push(path.clone());
                 parquet = Some((path, writer));
             }
@@ -252,7 +251,10 @@ impl SplitWriters {
 
     fn line(&mut self, index: usize, value: &serde_json::Value) -> Result<()> {
         let (path, w) = &mut self.files[index];
-        serde_json::to_writer(&mut *w, value).map_err(|e| EngineError::Plan(e.to_string()))?;
+        serde_json::to_writer(&mut *w, value).map_err(|e| EngineError::Json {
+            path: path.clone(),
+            cause: e,
+        })?;
         w.write_all(b"\n")
             .map_err(|e| EngineError::io(path.as_path(), e))
     }

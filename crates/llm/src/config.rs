@@ -296,17 +296,37 @@ fn default_concurrency() -> usize {
     8
 }
 
+/// A TOML error on one line: where, and what (toml's own message spans several lines).
+fn toml_error(text: &str, e: &toml::de::Error) -> LlmError {
+    let place = e
+        .span()
+        .map(|span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: ")
+        })
+        .unwrap_or_default();
+    let message: Vec<&str> = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    LlmError::Config(format!("{place}{}", message.join(" ")))
+}
+
 impl Config {
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|e| LlmError::io(path, e))?;
         Self::parse(&text).map_err(|e| LlmError::ConfigFile {
             path: path.to_path_buf(),
-            source: Box::new(e),
+            cause: Box::new(e),
         })
     }
 
     pub fn parse(text: &str) -> Result<Config> {
-        let config: Config = toml::from_str(text).map_err(|e| LlmError::Config(e.to_string()))?;
+        let config: Config = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
         config.validate()?;
         Ok(config)
     }

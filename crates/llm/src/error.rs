@@ -1,23 +1,21 @@
 //! The LLM layer's errors. Row failures are values ([`crate::CallOutcome::result`]); the
 //! stages turn them into the `error` column, so they are `Clone` and keep their causes.
 
+// Messages carry their causes (`cannot read X: No such file…`), so a cause is a plain field,
+// not an error `source`: printing the chain would say it twice.
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum LlmError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: Arc<std::io::Error>,
+        cause: Arc<std::io::Error>,
     },
-    #[error("{path}: {source}")]
-    ConfigFile {
-        path: PathBuf,
-        #[source]
-        source: Box<LlmError>,
-    },
+    #[error("{path}: {cause}")]
+    ConfigFile { path: PathBuf, cause: Box<LlmError> },
     #[error("configuration: {0}")]
     Config(String),
     #[error("unknown endpoint '{0}' (define it under [endpoints.{0}] in caiflow.toml)")]
@@ -25,7 +23,7 @@ pub enum LlmError {
     #[error("environment variable {var} (API key of endpoint '{endpoint}') is not set")]
     MissingApiKey { endpoint: String, var: String },
     #[error("HTTP client: {0}")]
-    HttpClient(#[source] Arc<reqwest::Error>),
+    HttpClient(Arc<reqwest::Error>),
     /// The endpoint cannot take requests at all (server unreachable, model not loadable).
     #[error("endpoint '{endpoint}'{}", match at { Some(url) => format!(" at {url} {reason}"), None => format!(": {reason}") })]
     Unavailable {
@@ -56,7 +54,7 @@ impl LlmError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         LlmError::Io {
             path: path.into(),
-            source: Arc::new(source),
+            cause: Arc::new(source),
         }
     }
 }

@@ -1,31 +1,31 @@
 //! The run layer's errors.
 
+// Messages carry their causes (`cannot read X: No such file…`), so a cause is a plain field,
+// not an error `source`: printing the chain would say it twice.
+
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("plan: {0}")]
     Plan(String),
     #[error("store: {0}")]
     Store(String),
     /// A store operation failed: what was being done, and the store's own error.
-    #[error("{what}: {source}")]
+    #[error("{what}: {cause}")]
     StoreOp {
         what: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        cause: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("{what}: {source}")]
+    #[error("{what}: {cause}")]
     Json {
         what: String,
-        #[source]
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
     /// The run was stopped (Ctrl-C): completed requests are journalled, nothing committed.
     #[error("interrupted: the table was not committed")]
@@ -46,7 +46,7 @@ impl RunError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         RunError::Io {
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 }

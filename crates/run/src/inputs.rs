@@ -129,7 +129,7 @@ impl FileFingerprints {
         }
         let bytes = serde_json::to_vec_pretty(&self.entries).map_err(|e| RunError::Json {
             what: format!("encoding {CACHE}"),
-            source: e,
+            cause: e,
         })?;
         store.put(CACHE, Bytes::from(bytes)).await?;
         self.dirty = false;

@@ -262,7 +262,7 @@ impl Journal {
         for l in &lines {
             serde_json::to_writer(&mut buf, l).map_err(|e| crate::error::RunError::Json {
                 what: "encoding a journal line".into(),
-                source: e,
+                cause: e,
             })?;
             buf.push(b'\n');
         }
@@ -308,7 +308,7 @@ impl Journal {
                 serde_json::to_writer(&mut buf, line.as_ref()).map_err(|e| {
                     crate::error::RunError::Json {
                         what: "encoding a journal line".into(),
-                        source: e,
+                        cause: e,
                     }
                 })?;
                 buf.push(b'\n');

@@ -67,7 +67,7 @@ pub async fn manifests(store: &RunStore) -> Result<Vec<Manifest>> {
         if let Some(bytes) = store.get(&path).await? {
             let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| RunError::Json {
                 what: format!("{}/{path}: not a manifest", store.display),
-                source: e,
+                cause: e,
             })?;
             out.push(m);
         }
@@ -86,7 +86,7 @@ pub async fn register_table(session: &CaiSession, store: &RunStore, m: &Manifest
     );
     session.ctx.sql(&sql).await.map_err(|e| RunError::StoreOp {
         what: format!("registering table {} from {location}", m.table),
-        source: Box::new(e),
+        cause: Box::new(e),
     })?;
     Ok(())
 }
@@ -364,7 +364,7 @@ impl<'a> Runner<'a> {
         }
         let bytes = serde_json::to_vec_pretty(&manifest).map_err(|e| RunError::Json {
             what: format!("encoding the manifest of {name}"),
-            source: e,
+            cause: e,
         })?;
         // The commit: after this put, the new attempt is the table.
         self.store

@@ -36,7 +36,7 @@ pub struct RunStore {
 fn store_err(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> RunError {
     RunError::StoreOp {
         what: what.to_string(),
-        source: Box::new(e),
+        cause: Box::new(e),
     }
 }
 
