@@ -141,7 +141,12 @@ fn default_run_name(
     let config_text = match config_file(config) {
         Some(p) => std::fs::read_to_string(&p)
             .with_context(|| format!("reading config {}", p.display()))?,
-        None => "(built-in embedded default)".to_string(),
+        // The built-in default depends on these variables (see `Config::local_default`).
+        None => format!(
+            "(built-in default; CAIFLOW_BASE_URL={:?}; CAIFLOW_MODEL={:?})",
+            std::env::var("CAIFLOW_BASE_URL").ok(),
+            std::env::var("CAIFLOW_MODEL").ok()
+        ),
     };
     let mut h = Sha256::new();
     let mut part = |bytes: &[u8]| {
@@ -429,14 +434,8 @@ async fn cmd_run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     let resume = resume_command(&args.resume_words(&run_name));
-    let (config, store, from, max_error_rate) = (
-        args.config.clone(),
-        args.store.clone(),
-        args.from.clone(),
-        args.max_error_rate,
-    );
-    let mut config = load_config(config.as_deref())?;
-    if let Some(rate) = max_error_rate {
+    let mut config = load_config(args.config.as_deref())?;
+    if let Some(rate) = args.max_error_rate {
         if !(0.0..=1.0).contains(&rate) {
             bail!("--max-error-rate {rate}: expected a share between 0 and 1");
         }
@@ -446,9 +445,9 @@ async fn cmd_run(args: RunArgs) -> anyhow::Result<()> {
     }
     let stop = CancellationToken::new();
     let endpoints = caiflow_engine::endpoints(&config, stop.clone())?;
-    let run_store = RunStore::open(&store, &run_name)?;
+    let run_store = RunStore::open(&args.store, &run_name)?;
     vars.insert("run".to_string(), run_store.location(""));
-    vars.insert("store".to_string(), store.clone());
+    vars.insert("store".to_string(), args.store.clone());
     let sql = substitute(&text, &vars).with_context(|| format!("plan {}", plan.display()))?;
     run_store.check_writable().await?;
     // Saved for `repair`: the plan and its variables.
@@ -467,7 +466,7 @@ async fn cmd_run(args: RunArgs) -> anyhow::Result<()> {
         }
     );
     let options = RunOptions {
-        from: from.iter().map(|t| t.to_ascii_lowercase()).collect(),
+        from: args.from.iter().map(|t| t.to_ascii_lowercase()).collect(),
         stop,
     };
     execute_run(run_store.clone(), endpoints, &sql, options, &resume)
