@@ -437,6 +437,12 @@ async fn ctrl_c_stops_gracefully_keeps_completed_work_and_exits_130() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("interrupted"), "{stderr}");
+    // The stop says how to resume: the same command, with the run named.
+    let hint = stderr
+        .lines()
+        .find(|l| l.contains("To resume: caiflow run plans/sl_cai.sql"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(hint.contains("--run stopped"), "{hint}");
     let run = f.run_dir("stopped");
     assert!(
         !run.join("revisions/_manifest.json").exists(),
