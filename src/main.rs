@@ -15,7 +15,9 @@ use caiflow_llm::config::Config;
 use caiflow_llm::{CancellationToken, Endpoints};
 use caiflow_run::journal::Journal;
 use caiflow_run::plan::{StatementOutcome, run_sql, substitute};
-use caiflow_run::run::{RunOptions, TableOutcome, manifests, register_run_tables};
+use caiflow_run::run::{
+    RunOptions, TableOutcome, manifests, register_run_tables, register_versions, versions,
+};
 use caiflow_run::store::RunStore;
 use caiflow_run::{PlanRun, RunEnd};
 use clap::{Parser, Subcommand};
@@ -47,10 +49,19 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Show a run's tables (rows, errors, manifests) and journal.
+    /// Show a run's tables (rows, errors, versions and what produced them) and journal.
     Inspect {
         /// The run: a folder (data/runs/NAME) or s3://bucket/prefix/NAME.
         run: String,
+    },
+    /// Delete the data files of old table versions (and of interrupted writes), keeping the
+    /// newest --keep versions of each table readable.
+    Vacuum {
+        /// The run: a folder (data/runs/NAME) or s3://bucket/prefix/NAME.
+        run: String,
+        /// Versions of each table whose data stays (time travel to them keeps working).
+        #[arg(long, default_value_t = 1)]
+        keep: usize,
     },
     /// Export a run's table for a trainer (SFT: nemo-sft, trl-sft; preferences: nemo-rm, trl-dpo).
     Export {
@@ -541,7 +552,7 @@ async fn cmd_inspect(run: String) -> anyhow::Result<()> {
     }
     for m in &ms {
         println!(
-            "  table {:<14} {:>8} rows {:>6} errors  partitioned by [{}]  data {}  fingerprint {}  finished {}",
+            "  table {:<14} {:>8} rows {:>6} errors  partitioned by [{}]  data {} (Delta, version {})  fingerprint {}  finished {}",
             m.table,
             m.rows,
             m.error_rows
@@ -549,9 +560,28 @@ async fn cmd_inspect(run: String) -> anyhow::Result<()> {
                 .unwrap_or_else(|| "-".into()),
             m.partition_by.join(", "),
             m.data,
+            m.version,
             m.fingerprint,
             m.finished_unix
         );
+        for v in versions(&store, &m.table).await? {
+            let by = match v.record.as_ref() {
+                Some(r) => format!(
+                    "fingerprint {} by caiflow {}",
+                    r["fingerprint"].as_str().unwrap_or("?"),
+                    r["caiflow_version"].as_str().unwrap_or("?")
+                ),
+                None => "not written by caiflow".to_string(),
+            };
+            println!(
+                "    v{:<4} {} at {}  {by}",
+                v.version,
+                v.operation.as_deref().unwrap_or("?"),
+                v.timestamp_ms
+                    .map(|t| (t / 1000).to_string())
+                    .unwrap_or_default()
+            );
+        }
     }
     let journal = Journal::open(store.clone()).await?;
     let s = journal.stats();
@@ -567,6 +597,19 @@ async fn cmd_inspect(run: String) -> anyhow::Result<()> {
             m.inputs.len(),
             m.inputs.keys().cloned().collect::<Vec<_>>().join(", "),
             m.sql
+        );
+    }
+    Ok(())
+}
+
+async fn cmd_vacuum(run: String, keep: usize) -> anyhow::Result<()> {
+    let store = open_run(&run)?;
+    for m in manifests(&store).await? {
+        let deleted = caiflow_run::delta::vacuum(&store, &m.table, keep).await?;
+        println!(
+            "table {}: {deleted} file(s) deleted, newest {} version(s) kept",
+            m.table,
+            keep.max(1)
         );
     }
     Ok(())
@@ -632,10 +675,15 @@ async fn cmd_sql(
     max_rows: usize,
 ) -> anyhow::Result<()> {
     let session = CaiSession::new(endpoints(config.as_deref(), CancellationToken::new())?);
+    caiflow_run::delta::register_delta_tables(&session);
     if let Some(run) = &run {
         let store = open_run(run)?;
         let names = register_run_tables(&session, &store).await?;
         eprintln!("tables: {}", names.join(", "));
+        let older = register_versions(&session, &store).await?;
+        if !older.is_empty() {
+            eprintln!("earlier versions: {}", older.join(", "));
+        }
     }
     run_sql(&session, &execute, max_rows, |o| {
         if let Some(p) = &o.preview {
@@ -677,7 +725,12 @@ async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CAIFLOW_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // delta-rs logs every snapshot it builds at info.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new(
+                        "info,deltalake_core=warn,delta_kernel=warn,buoyant_kernel=warn",
+                    )
+                }),
         )
         .with_writer(std::io::stderr)
         .with_target(false)
@@ -687,6 +740,7 @@ async fn main() {
         Command::Run(args) => cmd_run(args).await,
         Command::Repair { run, table, config } => cmd_repair(run, table, config).await,
         Command::Inspect { run } => cmd_inspect(run).await,
+        Command::Vacuum { run, keep } => cmd_vacuum(run, keep).await,
         Command::Export {
             run,
             format,

@@ -82,21 +82,19 @@ async fn sl_cai_plan_blends_splits_and_exports() {
         "{stdout}\n{stderr}"
     );
     let run = store.path().join("r1");
-    // Each table: a manifest naming its data folder, partitioned by split where it has one.
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("sft/_manifest.json")).unwrap())
-            .unwrap();
-    assert_eq!(manifest["partition_by"], serde_json::json!(["split"]));
-    let data = run.join(manifest["data"].as_str().unwrap());
-    let splits: Vec<String> = std::fs::read_dir(&data)
+    // Each table is a Delta table; sft's data files are partitioned by split.
+    let entries: Vec<String> = std::fs::read_dir(run.join("sft"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n != "_delta_log")
         .collect();
     assert!(
-        !splits.is_empty() && splits.iter().all(|s| s.starts_with("split=")),
-        "{splits:?}"
+        !entries.is_empty() && entries.iter().all(|s| s.starts_with("split=")),
+        "{entries:?}"
     );
-    assert!(run.join("revisions/_manifest.json").is_file() && run.join("plan.sql").is_file());
+    assert!(
+        committed(&run, "sft") && committed(&run, "revisions") && run.join("plan.sql").is_file()
+    );
 
     // 30 prompts x 2 rounds; 2 prompts fail in respond (one row each).
     let (out, _) = run_ok(caiflow().args(["sql", "--run", run.to_str().unwrap(), "-e",

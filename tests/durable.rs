@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -118,10 +117,10 @@ async fn kill_9_at_several_points_then_resume_equals_an_uninterrupted_run() {
         let mut cmd = caiflow();
         cmd.args(f.args("killed", &[]));
         kill_after(cmd, Duration::from_millis(after_ms));
-        // No table is visible until its manifest is committed.
+        // No table is visible until its Delta commit is written.
         let run = f.run_dir("killed");
         for table in ["revisions", "sft"] {
-            if !run.join(table).join("_manifest.json").exists() {
+            if !committed(&run, table) {
                 let out = caiflow()
                     .args(["sql", "--run", run.to_str().unwrap(), "-e", "SELECT 1"])
                     .output()
@@ -129,7 +128,7 @@ async fn kill_9_at_several_points_then_resume_equals_an_uninterrupted_run() {
                 let tables = String::from_utf8_lossy(&out.stderr).to_string();
                 assert!(
                     !tables.contains(table),
-                    "{table} visible without a manifest: {tables}"
+                    "{table} visible without a commit: {tables}"
                 );
             }
         }
@@ -327,7 +326,7 @@ async fn an_unwritable_store_is_a_clear_error_and_the_next_run_succeeds() {
     assert!(err.contains("not-a-folder"), "{err}");
     assert_eq!(f.server.requests(), 0);
     f.run("r", &[]);
-    assert!(Path::new(&f.run_dir("r").join("sft/_manifest.json")).exists());
+    assert!(committed(&f.run_dir("r"), "sft"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -444,10 +443,7 @@ async fn ctrl_c_stops_gracefully_keeps_completed_work_and_exits_130() {
         .unwrap_or_else(|| panic!("{stderr}"));
     assert!(hint.contains("--run stopped"), "{hint}");
     let run = f.run_dir("stopped");
-    assert!(
-        !run.join("revisions/_manifest.json").exists(),
-        "nothing is committed"
-    );
+    assert!(!committed(&run, "revisions"), "nothing is committed");
     let sent_before = f.server.requests();
     assert!(sent_before > 0 && sent_before < 120, "{sent_before}");
 

@@ -126,18 +126,19 @@ fn sl_cai_plan_on_a_real_model() {
     let python = std::env::var("CAIFLOW_PYTHON").unwrap();
     let check = format!(
         r#"
-import pyarrow.dataset as ds
-import json
-def data(table):
-    return "{run}/" + json.load(open("{run}/" + table + "/_manifest.json"))["data"]
-rev = ds.dataset(data("revisions"), format="parquet").to_table()
+from deltalake import DeltaTable
+import polars as pl
+rev = DeltaTable("{run}/revisions").to_pyarrow_table()
 assert rev.num_rows == 20, rev.num_rows
 for c in ["prompt_id", "prompt", "response", "critique", "revision", "principle_id", "round", "error", "revise_lineage"]:
     assert c in rev.column_names, c
-sft = ds.dataset(data("sft"), format="parquet", partitioning="hive").to_table()
+sft_table = DeltaTable("{run}/sft")
+assert sft_table.metadata().partition_columns == ["split"], sft_table.metadata().partition_columns
+sft = sft_table.to_pyarrow_table()
 assert set(sft.column("split").to_pylist()) <= {{"train", "test"}}
 assert sft.num_rows >= 20, sft.num_rows
-print("pyarrow ok", rev.num_rows, sft.num_rows)
+assert pl.read_delta("{run}/revisions").height == 20
+print("deltalake and polars ok", rev.num_rows, sft.num_rows)
 "#,
         run = run.display()
     );

@@ -293,3 +293,14 @@ impl MotoServer {
         ]
     }
 }
+
+/// Whether table `table` of a local run has a committed Delta version.
+pub fn committed(run: &Path, table: &str) -> bool {
+    std::fs::read_dir(run.join(table).join("_delta_log"))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        })
+        .unwrap_or(false)
+}

@@ -22,6 +22,12 @@ pub enum RunError {
         what: String,
         cause: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A Delta Lake operation failed (its multi-line messages are put on one line).
+    #[error("{what}: {}", cause.to_string().split_whitespace().collect::<Vec<_>>().join(" "))]
+    Delta {
+        what: String,
+        cause: Box<deltalake_core::DeltaTableError>,
+    },
     #[error("{what}: {cause}")]
     Json {
         what: String,

@@ -8,6 +8,7 @@
 //! hands the stages its journal. Stopping is a [`caiflow_llm::CancellationToken`] passed
 //! down, never a global.
 
+pub mod delta;
 pub mod error;
 pub mod execute;
 pub mod inputs;

@@ -1,48 +1,55 @@
-//! Running a plan into a run of the store: materialized tables with manifests, skipping what
-//! is already there, `--from`, and the request journal.
+//! Running a plan into a run of the store: materialized tables, skipping what is already
+//! there, `--from`, and the request journal.
 //!
-//! In a plan run, `CREATE TABLE name AS query` materializes `name` in the run (Parquet,
-//! partitioned by `split` when the result has that column): the data goes to a fresh attempt
-//! folder and the table's manifest, written last, names it. A table whose manifest matches
-//! the statement's fingerprint is reused, not recomputed. The fingerprint hashes the
-//! statement's text and the fingerprints of the views and tables it names, so changing one
-//! stage's options recomputes that stage's table and its dependents; the requests that did
-//! not change are served by the journal at no cost.
+//! In a plan run, `CREATE TABLE name AS query` materializes `name` in the run as a Delta
+//! table (partitioned by `split` when the result has that column), one commit per
+//! materialization ([`crate::delta`]). A table whose latest version records the statement's
+//! fingerprint is reused, not recomputed. The fingerprint hashes the statement's text and
+//! the fingerprints of what it reads (views, tables, files by content: [`crate::inputs`]), so
+//! changing one stage's options recomputes that stage's table and its dependents; the
+//! requests that did not change are served by the journal at no cost.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::sql::parser::{DFParser, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::Statement;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::delta;
 use crate::error::{Result, RunError};
 use crate::inputs::{FileFingerprints, references};
 use crate::plan::{StatementOutcome, execute_with_preview, place_of, statement_lines};
 use crate::store::RunStore;
 use caiflow_engine::CaiSession;
 
-/// A table's commit record, `{table}/_manifest.json`.
+/// What produced one version of a table: caiflow's record in that version's Delta commit
+/// (`commitInfo.caiflow`), with the counts and times read back from the table and its log.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
     pub table: String,
     pub fingerprint: String,
     /// The statement that produced it.
     pub sql: String,
-    /// Data folder relative to the run (`{table}/{attempt}/`).
+    /// The table's folder relative to the run (`{table}/`, a Delta table).
     pub data: String,
     pub partition_by: Vec<String>,
+    /// Rows of this version (counted when read).
+    #[serde(default)]
     pub rows: u64,
-    /// Rows whose `error` is set (when the table has that column).
+    /// Rows whose `error` is set, when the table has that column (counted when read).
+    #[serde(default)]
     pub error_rows: Option<u64>,
-    /// Fingerprints of the views and tables the statement names.
+    /// Fingerprints of the views, tables and files the statement reads.
     pub inputs: BTreeMap<String, String>,
     pub started_unix: u64,
+    /// When the version was committed (the commit's timestamp).
+    #[serde(default)]
     pub finished_unix: u64,
+    /// The Delta version this record belongs to.
+    #[serde(default)]
+    pub version: u64,
     pub caiflow_version: String,
 }
 
@@ -53,22 +60,71 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-fn manifest_path(table: &str) -> String {
-    format!("{table}/_manifest.json")
+/// The run's table folders that hold a Delta table (`{table}/_delta_log/`).
+async fn table_names(store: &RunStore) -> Result<Vec<String>> {
+    let mut names = BTreeSet::new();
+    for (path, _) in store.list("").await? {
+        let mut parts = path.split('/');
+        if let (Some(table), Some("_delta_log")) = (parts.next(), parts.next()) {
+            names.insert(table.to_string());
+        }
+    }
+    Ok(names.into_iter().collect())
+}
+
+/// Every version of table `name`, newest first, with caiflow's record where it has one.
+pub async fn versions(store: &RunStore, name: &str) -> Result<Vec<delta::Version>> {
+    match delta::open(store, name, None).await? {
+        Some(table) => delta::history(&table).await,
+        None => Ok(vec![]),
+    }
+}
+
+/// The record of table `name`'s latest version, with its rows and error rows counted; None
+/// when the table has no version caiflow wrote.
+pub async fn latest_manifest(store: &RunStore, name: &str) -> Result<Option<Manifest>> {
+    let Some(table) = delta::open(store, name, None).await? else {
+        return Ok(None);
+    };
+    let latest = delta::history(&table).await?.into_iter().next();
+    let Some((version, record)) = latest.and_then(|v| Some((v.clone(), v.record?))) else {
+        tracing::warn!(
+            "table {name} of {}: its latest version was not written by caiflow; recomputing",
+            store.display
+        );
+        return Ok(None);
+    };
+    let mut m: Manifest = match serde_json::from_value(record) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!("table {name}: unreadable caiflow record ({e}); recomputing the table");
+            return Ok(None);
+        }
+    };
+    m.version = version.version;
+    m.finished_unix = version.timestamp_ms.map(|t| (t / 1000) as u64).unwrap_or(0);
+    let ctx = datafusion::prelude::SessionContext::new();
+    store.register(&ctx);
+    let df = ctx.read_table(delta::provider(&table).await?)?;
+    let has_error = df.schema().as_arrow().index_of("error").is_ok();
+    m.rows = df.clone().count().await? as u64;
+    m.error_rows = if has_error {
+        Some(
+            df.filter(datafusion::prelude::col("error").is_not_null())?
+                .count()
+                .await? as u64,
+        )
+    } else {
+        None
+    };
+    Ok(Some(m))
 }
 
 /// Every committed table of a run.
 pub async fn manifests(store: &RunStore) -> Result<Vec<Manifest>> {
     let mut out = vec![];
-    for (path, _) in store.list("").await? {
-        if !(path.ends_with("/_manifest.json") && path.matches('/').count() == 1) {
-            continue;
-        }
-        if let Some(bytes) = store.get(&path).await? {
-            let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| RunError::Json {
-                what: format!("{}/{path}: not a manifest", store.display),
-                cause: e,
-            })?;
+    for name in table_names(store).await? {
+        if let Some(m) = latest_manifest(store, &name).await? {
             out.push(m);
         }
     }
@@ -76,18 +132,17 @@ pub async fn manifests(store: &RunStore) -> Result<Vec<Manifest>> {
 }
 
 /// Register a committed table under its name (replacing an earlier registration).
-pub async fn register_table(session: &CaiSession, store: &RunStore, m: &Manifest) -> Result<()> {
-    let _ = session.ctx.deregister_table(m.table.as_str());
-    let location = store.location(&m.data);
-    let sql = format!(
-        "CREATE EXTERNAL TABLE \"{}\" STORED AS PARQUET LOCATION '{}'",
-        m.table.replace('"', "\"\""),
-        location.replace('\'', "''")
-    );
-    session.ctx.sql(&sql).await.map_err(|e| RunError::StoreOp {
-        what: format!("registering table {} from {location}", m.table),
-        cause: Box::new(e),
-    })?;
+pub async fn register_table(session: &CaiSession, store: &RunStore, name: &str) -> Result<()> {
+    let _ = session.ctx.deregister_table(name);
+    let Some(table) = delta::open(store, name, None).await? else {
+        return Err(RunError::Store(format!(
+            "table {name} of {} has no version",
+            store.display
+        )));
+    };
+    session
+        .ctx
+        .register_table(name, delta::provider(&table).await?)?;
     Ok(())
 }
 
@@ -95,9 +150,35 @@ pub async fn register_table(session: &CaiSession, store: &RunStore, m: &Manifest
 pub async fn register_run_tables(session: &CaiSession, store: &RunStore) -> Result<Vec<String>> {
     store.register(&session.ctx);
     let mut names = vec![];
-    for m in manifests(store).await? {
-        register_table(session, store, &m).await?;
-        names.push(m.table);
+    for name in table_names(store).await? {
+        // A folder whose first commit never landed (a kill mid-write) is no table yet.
+        if let Some(table) = delta::open(store, &name, None).await? {
+            let _ = session.ctx.deregister_table(name.as_str());
+            session
+                .ctx
+                .register_table(name.as_str(), delta::provider(&table).await?)?;
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+/// Register every earlier version of the run's tables as `"{table}@v{N}"` (time travel:
+/// `SELECT * FROM "revisions@v0"`); returns the names.
+pub async fn register_versions(session: &CaiSession, store: &RunStore) -> Result<Vec<String>> {
+    let mut names = vec![];
+    for name in table_names(store).await? {
+        let history = versions(store, &name).await?;
+        for v in history.iter().skip(1) {
+            if let Some(table) = delta::open(store, &name, Some(v.version)).await? {
+                let versioned = format!("{name}@v{}", v.version);
+                let _ = session.ctx.deregister_table(versioned.as_str());
+                session
+                    .ctx
+                    .register_table(versioned.as_str(), delta::provider(&table).await?)?;
+                names.push(versioned);
+            }
+        }
     }
     Ok(names)
 }
@@ -192,6 +273,7 @@ impl<'a> Runner<'a> {
         mut on_done: impl FnMut(&StatementOutcome),
     ) -> Result<()> {
         self.store.register(&self.session.ctx);
+        delta::register_delta_tables(self.session);
         self.files = FileFingerprints::load(self.store).await?;
         let statements =
             DFParser::parse_sql(sql).map_err(|e| RunError::Plan(format!("SQL syntax: {e}")))?;
@@ -228,10 +310,19 @@ impl<'a> Runner<'a> {
                             .map_err(|e| RunError::Plan(format!("{}: {e}", place(index))))?
                     }
                 },
-                _ => self
-                    .execute(&text)
-                    .await
-                    .map_err(|e| RunError::Plan(format!("{}: {e}", place(index))))?,
+                other => {
+                    // An external table is an input like a view: its fingerprint covers what
+                    // its location holds (a Delta table's files, by content).
+                    if let DFStatement::CreateExternalTable(t) = other {
+                        let name = t.name.to_string().to_ascii_lowercase();
+                        let inputs = self.inputs_of(&statement, &name)?;
+                        let fp = self.fingerprint(&text, &inputs);
+                        self.fingerprints.insert(name, fp);
+                    }
+                    self.execute(&text)
+                        .await
+                        .map_err(|e| RunError::Plan(format!("{}: {e}", place(index))))?
+                }
             };
             on_done(&StatementOutcome {
                 index,
@@ -261,120 +352,55 @@ impl<'a> Runner<'a> {
             .insert(name.to_string(), fingerprint.clone());
         let forced =
             self.options.from.contains(name) || inputs.keys().any(|i| self.recomputed.contains(i));
-        let existing = match self.store.get(&manifest_path(name)).await? {
-            Some(bytes) => match serde_json::from_slice::<Manifest>(&bytes) {
-                Ok(m) => Some(m),
-                Err(e) => {
-                    tracing::warn!(
-                        "table {name}: unreadable manifest ({e}); recomputing the table"
-                    );
-                    None
-                }
-            },
-            None => None,
-        };
+        let existing = latest_manifest(self.store, name).await?;
         if let Some(m) = existing
             .as_ref()
             .filter(|m| m.fingerprint == fingerprint && !forced)
         {
-            register_table(self.session, self.store, m).await?;
+            register_table(self.session, self.store, name).await?;
             self.tables.push((name.to_string(), TableOutcome::Reused));
             tracing::info!("table {name}: unchanged, reused ({} rows)", m.rows);
             return Ok(m.rows);
         }
 
         let started_unix = unix_now();
-        let attempt = format!(
-            "{}-{}",
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis())
-                .unwrap_or(0),
-            std::process::id()
-        );
-        let data = format!("{name}/{attempt}/");
         let df = self.session.ctx.sql(query).await?;
         let partition_by: Vec<String> = if df.schema().as_arrow().index_of("split").is_ok() {
             vec!["split".to_string()]
         } else {
             vec![]
         };
-        let has_error = df.schema().as_arrow().index_of("error").is_ok();
-        let written = df
-            .write_parquet(
-                &self.store.location(&data),
-                DataFrameWriteOptions::new().with_partition_by(partition_by.clone()),
-                None,
-            )
-            .await?;
-        let rows = written
-            .first()
-            .and_then(|b| {
-                b.column(0)
-                    .as_any()
-                    .downcast_ref::<datafusion::arrow::array::UInt64Array>()
-            })
-            .map(|a| a.value(0))
-            .unwrap_or(0);
-        if self.options.stop.is_cancelled() {
-            return Err(RunError::Interrupted);
-        }
-        let mut manifest = Manifest {
+        let manifest = Manifest {
             table: name.to_string(),
             fingerprint,
             sql: text.to_string(),
-            data: data.clone(),
-            partition_by,
-            rows,
+            data: format!("{name}/"),
+            partition_by: partition_by.clone(),
+            rows: 0,
             error_rows: None,
             inputs,
             started_unix,
-            finished_unix: unix_now(),
+            finished_unix: 0,
+            version: 0,
             caiflow_version: env!("CARGO_PKG_VERSION").to_string(),
         };
-        if rows == 0 {
-            // Nothing was written: an empty file keeps the table's schema readable.
-            let schema = Arc::new(
-                self.session
-                    .ctx
-                    .sql(query)
-                    .await?
-                    .schema()
-                    .as_arrow()
-                    .clone(),
-            );
-            let mut buf = Vec::new();
-            let writer = datafusion::parquet::arrow::ArrowWriter::try_new(&mut buf, schema, None)?;
-            writer.close()?;
-            self.store
-                .put(&format!("{data}empty.parquet"), Bytes::from(buf))
-                .await?;
-        }
-        register_table(self.session, self.store, &manifest).await?;
-        if has_error && rows > 0 {
-            // Count errors on what was written (a cheap scan of one column).
-            let table = self.session.ctx.table(name).await?;
-            let n = table
-                .filter(datafusion::prelude::col("error").is_not_null())?
-                .count()
-                .await?;
-            manifest.error_rows = Some(n as u64);
-        } else if has_error {
-            manifest.error_rows = Some(0);
-        }
-        let bytes = serde_json::to_vec_pretty(&manifest).map_err(|e| RunError::Json {
-            what: format!("encoding the manifest of {name}"),
+        let record = serde_json::to_value(&manifest).map_err(|e| RunError::Json {
+            what: format!("encoding the record of {name}"),
             cause: e,
         })?;
-        // The commit: after this put, the new attempt is the table.
-        self.store
-            .put(&manifest_path(name), Bytes::from(bytes))
-            .await?;
-        for (path, _) in self.store.list(name).await? {
-            if !path.starts_with(&data) && !path.ends_with("_manifest.json") {
-                let _ = self.store.delete_one(&path).await;
-            }
-        }
+        // The commit: when it returns, the new version is the table.
+        let stop = self.options.stop.clone();
+        delta::write(self.store, name, df, partition_by, record, stop.clone())
+            .await
+            .map_err(|e| {
+                if stop.is_cancelled() {
+                    RunError::Interrupted
+                } else {
+                    e
+                }
+            })?;
+        register_table(self.session, self.store, name).await?;
+        let rows = self.session.ctx.table(name).await?.count().await? as u64;
         self.recomputed.insert(name.to_string());
         self.tables
             .push((name.to_string(), TableOutcome::Computed { rows }));

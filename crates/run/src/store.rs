@@ -2,10 +2,9 @@
 //! `object_store`. S3 settings come from the usual `AWS_*` variables (`AWS_ENDPOINT` and
 //! `AWS_ALLOW_HTTP=true` for S3-compatible servers).
 //!
-//! A run is a folder: `{table}/{attempt}/…parquet` data, `{table}/_manifest.json` (the
-//! commit: a table exists once its manifest is written, and the manifest names the attempt
-//! folder to read, so a half-written attempt is never seen), `journal/` (request journal
-//! segments) and `plan.sql` (the plan as last run, for `repair`).
+//! A run is a folder: a Delta table per materialized table (`{table}/`, see [`crate::delta`]),
+//! `journal/` (request journal segments), `plan.sql` and `plan.vars.json` (the plan as last
+//! run, for `repair`) and `inputs.json` (input file fingerprints).
 
 use std::sync::Arc;
 
@@ -103,6 +102,21 @@ impl RunStore {
         if let Some(url) = &self.store_url {
             ctx.register_object_store(url, self.store.clone());
         }
+    }
+
+    /// The URL of a table folder of the run (`file:///…/RUN/name/` or `s3://bucket/…/name/`).
+    pub fn table_url(&self, name: &str) -> Result<Url> {
+        let url = if self.store_url.is_some() {
+            Url::parse(&format!("{}{name}/", self.url)).ok()
+        } else {
+            Url::from_directory_path(std::path::Path::new(&self.display).join(name)).ok()
+        };
+        url.ok_or_else(|| RunError::Store(format!("table {name} of {}: not a URL", self.display)))
+    }
+
+    /// The object store the run lives in ("/" is the store's root).
+    pub fn object_store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
     }
 
     /// The DataFusion location of a path inside the run (ends with `/` for folders).

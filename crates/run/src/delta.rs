@@ -1,0 +1,351 @@
+//! A run's materialized tables as Delta Lake tables (`RUN/{table}/`: Parquet files plus
+//! `_delta_log/`), through delta-rs on the run's own object store.
+//!
+//! Each materialization is one Delta commit, an overwrite: the commit is the atomic point of
+//! visibility, so other engines (DuckDB, Polars, Spark, delta-rs) see either the previous
+//! version or the new one, never a half-written table. What produced a version (the manifest:
+//! statement, fingerprint, inputs, times, caiflow version) rides in that commit's
+//! `commitInfo` under the key `caiflow`; older versions stay readable until vacuumed.
+
+use std::fmt;
+use std::sync::Arc;
+
+use caiflow_llm::CancellationToken;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::exec_err;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::datasource::provider_as_source;
+use datafusion::error::Result as DfResult;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{Expr, LogicalPlanBuilder, TableType};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use datafusion::prelude::DataFrame;
+use deltalake_core::kernel::transaction::CommitProperties;
+use deltalake_core::logstore::{StorageConfig, default_logstore};
+use deltalake_core::operations::write::SchemaMode;
+use deltalake_core::protocol::SaveMode;
+use deltalake_core::{DeltaTable, DeltaTableError};
+use futures::StreamExt;
+
+use crate::error::{Result, RunError};
+use crate::store::RunStore;
+
+/// The key of caiflow's record in a commit's `commitInfo`.
+pub const COMMIT_KEY: &str = "caiflow";
+
+fn delta_err(what: String, e: DeltaTableError) -> RunError {
+    RunError::Delta {
+        what,
+        cause: Box::new(e),
+    }
+}
+
+/// The Delta table `name` of the run, not loaded, on the run's own object store: a log
+/// store built here (no scheme registry), which commits with a put-if-absent of the next
+/// log entry, so two writers of one version cannot both win.
+fn unloaded(store: &RunStore, name: &str) -> Result<DeltaTable> {
+    let url = store.table_url(name)?;
+    let root = store.object_store();
+    let config = StorageConfig::default();
+    let prefixed = config
+        .decorate_store(root.clone(), &url)
+        .map_err(|e| delta_err(format!("table {name} of {}", store.display), e))?;
+    Ok(DeltaTable::new(default_logstore(
+        Arc::new(prefixed),
+        root,
+        &url,
+        &config,
+    )))
+}
+
+/// The table `name` at its latest version (or `version`), or None when it has no commit yet.
+pub async fn open(
+    store: &RunStore,
+    name: &str,
+    version: Option<u64>,
+) -> Result<Option<DeltaTable>> {
+    if store.list(&format!("{name}/_delta_log")).await?.is_empty() {
+        return Ok(None);
+    }
+    let mut table = unloaded(store, name)?;
+    let loaded = match version {
+        Some(v) => table.load_version(v).await,
+        None => table.load().await,
+    };
+    match loaded {
+        Ok(()) => Ok(Some(table)),
+        Err(DeltaTableError::NotATable(_)) => Ok(None),
+        Err(e) => Err(delta_err(
+            format!("reading table {name} of {}", store.display),
+            e,
+        )),
+    }
+}
+
+/// Overwrite table `name` with the rows of `df` as one commit carrying `record` (the
+/// manifest). If `stop` is cancelled before the rows are all written, the write fails and
+/// nothing is committed. Returns the new version.
+pub async fn write(
+    store: &RunStore,
+    name: &str,
+    df: DataFrame,
+    partition_by: Vec<String>,
+    record: serde_json::Value,
+    stop: CancellationToken,
+) -> Result<u64> {
+    let table = match open(store, name, None).await? {
+        Some(t) => t,
+        None => unloaded(store, name)?,
+    };
+    let df = signed_integers(df)?;
+    let (state, plan) = df.into_parts();
+    // delta-rs plans its write through its own logical nodes: keep the session (its config
+    // carries the stages' endpoints, journal and progress) and add delta-rs's planner.
+    let state = datafusion::execution::SessionStateBuilder::new_from_existing(state)
+        .with_query_planner(deltalake_core::delta_datafusion::planner::DeltaPlanner::new())
+        .build();
+    let gate = Arc::new(StopGate {
+        inner: Arc::new(datafusion::datasource::ViewTable::new(plan, None)),
+        stop,
+    });
+    let input = LogicalPlanBuilder::scan(name, provider_as_source(gate), None)?.build()?;
+    let written = table
+        .write(std::iter::empty())
+        .with_input_plan(input)
+        .with_session_state(Arc::new(state))
+        .with_save_mode(SaveMode::Overwrite)
+        .with_schema_mode(SchemaMode::Overwrite)
+        .with_partition_columns(partition_by)
+        .with_commit_properties(
+            CommitProperties::default().with_metadata([(COMMIT_KEY.to_string(), record)]),
+        )
+        .await
+        .map_err(|e| delta_err(format!("writing table {name}"), e))?;
+    written
+        .version()
+        .ok_or_else(|| RunError::Store(format!("table {name}: the write made no version")))
+}
+
+/// Delta has no unsigned integers (readers such as Spark and Polars take `integer` as Int32
+/// and refuse a UInt32 file), so unsigned columns, also inside structs and lists, are
+/// stored as the signed type that holds every value (u8/u16 → i16/i32, u32 → i64, u64 → i64).
+fn signed_integers(df: DataFrame) -> Result<DataFrame> {
+    use datafusion::prelude::{Expr, cast};
+    let fields = df.schema().fields().clone();
+    if !fields.iter().any(|f| signed(f.data_type()).is_some()) {
+        return Ok(df);
+    }
+    let exprs: Vec<Expr> = fields
+        .iter()
+        .map(|f| {
+            let column = Expr::Column(datafusion::common::Column::from_name(f.name()));
+            match signed(f.data_type()) {
+                Some(t) => cast(column, t).alias(f.name()),
+                None => column,
+            }
+        })
+        .collect();
+    Ok(df.select(exprs)?)
+}
+
+/// `t` with every unsigned integer made signed, or None when `t` has none.
+fn signed(
+    t: &datafusion::arrow::datatypes::DataType,
+) -> Option<datafusion::arrow::datatypes::DataType> {
+    use datafusion::arrow::datatypes::{DataType, Field};
+    let field = |f: &Field| signed(f.data_type()).map(|t| f.clone().with_data_type(t));
+    match t {
+        DataType::UInt8 => Some(DataType::Int16),
+        DataType::UInt16 => Some(DataType::Int32),
+        DataType::UInt32 | DataType::UInt64 => Some(DataType::Int64),
+        DataType::Struct(fields) => {
+            if !fields.iter().any(|f| signed(f.data_type()).is_some()) {
+                return None;
+            }
+            let fields: Vec<Field> = fields
+                .iter()
+                .map(|f| field(f).unwrap_or_else(|| f.as_ref().clone()))
+                .collect();
+            Some(DataType::Struct(fields.into()))
+        }
+        DataType::List(item) => field(item).map(|f| DataType::List(Arc::new(f))),
+        DataType::LargeList(item) => field(item).map(|f| DataType::LargeList(Arc::new(f))),
+        _ => None,
+    }
+}
+
+/// A table whose scan fails at its end when the run is stopping: the write it feeds then
+/// fails before its commit, so an interrupted materialization commits nothing.
+#[derive(Debug)]
+struct StopGate {
+    inner: Arc<dyn TableProvider>,
+    stop: CancellationToken,
+}
+
+#[async_trait::async_trait]
+impl TableProvider for StopGate {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let inner = self.inner.scan(state, projection, filters, limit).await?;
+        Ok(Arc::new(StopGateExec {
+            inner,
+            stop: self.stop.clone(),
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct StopGateExec {
+    inner: Arc<dyn ExecutionPlan>,
+    stop: CancellationToken,
+}
+
+impl DisplayAs for StopGateExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "StopGateExec")
+    }
+}
+
+impl ExecutionPlan for StopGateExec {
+    fn name(&self) -> &str {
+        "StopGateExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.inner.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.inner]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        match children.pop() {
+            Some(inner) if children.is_empty() => Ok(Arc::new(StopGateExec {
+                inner,
+                stop: self.stop.clone(),
+            })),
+            _ => exec_err!("StopGateExec takes one child"),
+        }
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let schema = self.inner.schema();
+        let stop = self.stop.clone();
+        let rows = self.inner.execute(partition, context)?;
+        let end = futures::stream::once(async move {
+            if stop.is_cancelled() {
+                exec_err!("interrupted: the table was not committed")
+            } else {
+                Ok(None)
+            }
+        });
+        let stream = rows
+            .map(|b| b.map(Some))
+            .chain(end)
+            .filter_map(|b| async move { b.transpose() });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+}
+
+/// One version of a table: its number, when it was committed, and caiflow's record of what
+/// produced it (None for versions written by other tools).
+#[derive(Clone, Debug)]
+pub struct Version {
+    pub version: u64,
+    pub timestamp_ms: Option<i64>,
+    pub operation: Option<String>,
+    pub record: Option<serde_json::Value>,
+}
+
+/// Every version of `table`, newest first.
+pub async fn history(table: &DeltaTable) -> Result<Vec<Version>> {
+    let mut out = vec![];
+    let latest = table.version().unwrap_or(0);
+    let mut commits = table.history(None);
+    let mut index = 0u64;
+    while let Some(c) = commits.next().await {
+        let c = c.map_err(|e| delta_err("reading a table's history".into(), e))?;
+        out.push(Version {
+            // Commits come newest first, one per version.
+            version: latest.saturating_sub(index),
+            timestamp_ms: c.timestamp,
+            operation: c.operation.clone(),
+            record: c.info.get(COMMIT_KEY).cloned(),
+        });
+        index += 1;
+    }
+    Ok(out)
+}
+
+/// A DataFusion table over `table` (the version it is loaded at).
+pub async fn provider(table: &DeltaTable) -> Result<Arc<dyn TableProvider>> {
+    let scan = table.table_provider().build().await?;
+    Ok(Arc::new(scan))
+}
+
+/// Delete the files of table `name` that its newest `keep` versions (at least one) do not
+/// use — older versions' data and leftovers of interrupted writes. Earlier versions stay in
+/// the log, but their data is gone. Returns how many files were deleted.
+pub async fn vacuum(store: &RunStore, name: &str, keep: usize) -> Result<usize> {
+    let Some(table) = open(store, name, None).await? else {
+        return Ok(0);
+    };
+    let kept: Vec<_> = history(&table)
+        .await?
+        .iter()
+        .take(keep.max(1))
+        .map(|v| v.version)
+        .collect();
+    let (_, metrics) = table
+        .vacuum()
+        .with_retention_period(chrono::Duration::zero())
+        .with_enforce_retention_duration(false)
+        .with_keep_versions(&kept)
+        .with_mode(deltalake_core::operations::vacuum::VacuumMode::Full)
+        .await
+        .map_err(|e| delta_err(format!("vacuuming table {name}"), e))?;
+    Ok(metrics.files_deleted.len())
+}
+
+/// Let `CREATE EXTERNAL TABLE t STORED AS DELTA LOCATION '…'` read a Delta table (written by
+/// caiflow, Spark, delta-rs, …) in `session`: a local folder, or an `s3://` table of a store
+/// whose object store the session has.
+pub fn register_delta_tables(session: &caiflow_engine::CaiSession) {
+    let state = session.ctx.state_ref();
+    let mut state = state.write();
+    state.table_factories_mut().insert(
+        "DELTA".to_string(),
+        Arc::new(deltalake_core::delta_datafusion::DeltaTableFactory {}),
+    );
+}

@@ -1,0 +1,244 @@
+//! A run's tables are Delta Lake tables: other tools (Python `deltalake`, `polars`) read
+//! them, a re-materialization is a new version, earlier versions can be read back, and
+//! `caiflow vacuum` removes old versions' files.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use caiflow_testkit::MockServer;
+use common::*;
+
+fn caiflow() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_caiflow"));
+    c.current_dir(repo_root());
+    c
+}
+
+fn ok(cmd: &mut Command) -> (String, String) {
+    let out = cmd.output().expect("run caiflow");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "caiflow failed:\n{stdout}\n{stderr}");
+    (stdout, stderr)
+}
+
+fn python(script: &str) -> String {
+    let python = std::env::var("CAIFLOW_PYTHON")
+        .expect("CAIFLOW_PYTHON is not set: run the tests through scripts/test.sh");
+    let out = Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    policy: MockServer,
+    _judge: MockServer,
+}
+
+impl Setup {
+    async fn new(prompts: usize) -> Setup {
+        let policy = MockServer::start().await.expect("mock");
+        let judge = MockServer::start().await.expect("mock");
+        judge.push_replies((0..prompts * 4).map(|_| r#"{"chosen": 1, "rejected": 2}"#.to_string()));
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("caiflow.toml"),
+            format!(
+                "[endpoints.policy]\nbase_url = '{}'\n[endpoints.judge]\nbase_url = '{}'\n",
+                policy.base_url(),
+                judge.base_url()
+            ),
+        )
+        .expect("config");
+        let text: String = (0..prompts)
+            .map(|i| format!("{{\"prompt\": \"delta prompt {i}\"}}\n"))
+            .collect();
+        std::fs::write(dir.path().join("prompts.jsonl"), text).expect("prompts");
+        Setup {
+            dir,
+            policy,
+            _judge: judge,
+        }
+    }
+
+    fn run(&self, plan: &str, extra: &[&str]) -> String {
+        let mut c = caiflow();
+        c.args(["run", plan, "--config"])
+            .arg(self.dir.path().join("caiflow.toml"))
+            .arg("--store")
+            .arg(self.dir.path().join("store"))
+            .args(["--run", "r", "--set"])
+            .arg(format!(
+                "prompts={}",
+                self.dir.path().join("prompts.jsonl").display()
+            ))
+            .args(["--set", "max_tokens=16"])
+            .args(extra);
+        ok(&mut c).1
+    }
+
+    fn run_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("store").join("r")
+    }
+
+    fn sql(&self, query: &str) -> String {
+        let run = self.run_dir();
+        ok(caiflow().args(["sql", "--run", run.to_str().expect("path"), "-e", query])).0
+    }
+}
+
+fn count(out: &str) -> usize {
+    out.lines()
+        .filter_map(|l| l.trim().strip_prefix('|'))
+        .filter_map(|l| l.split('|').next())
+        .filter_map(|c| c.trim().parse().ok())
+        .next()
+        .unwrap_or_else(|| panic!("no count in {out}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_table_of_both_plans_is_a_delta_table_other_tools_read() {
+    let s = Setup::new(12).await;
+    s.run("plans/sl_cai.sql", &[]);
+    s.run("plans/rl_cai.sql", &[]);
+    let run = s.run_dir();
+    let mut expected = vec![];
+    for table in ["revisions", "sft", "judgements", "preferences"] {
+        assert!(committed(&run, table), "{table}");
+        let n = count(&s.sql(&format!("SELECT count(*) FROM {table}")));
+        assert!(n > 0, "{table}");
+        expected.push(format!("{table}={n}"));
+    }
+    let script = format!(
+        r#"
+from deltalake import DeltaTable
+import polars as pl
+out = []
+for t in ["revisions", "sft", "judgements", "preferences"]:
+    dt = DeltaTable("{run}/" + t)
+    n = dt.to_pyarrow_table().num_rows
+    assert pl.read_delta("{run}/" + t).height == n, t
+    parts = dt.metadata().partition_columns
+    if t in ("sft", "preferences"):
+        assert parts == ["split"], (t, parts)
+    else:
+        assert parts == [], (t, parts)
+    out.append(f"{{t}}={{n}}")
+print(" ".join(out))
+"#,
+        run = run.display()
+    );
+    assert_eq!(python(&script).trim(), expected.join(" "));
+    assert_eq!(count(&s.sql("SELECT count(*) FROM revisions")), 12);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recomputed_table_is_a_new_version_and_the_old_one_stays_readable() {
+    let s = Setup::new(6).await;
+    s.run("plans/sl_cai.sql", &[]);
+    s.run("plans/sl_cai.sql", &["--set", "revise_max_tokens=8"]);
+    let run = s.run_dir();
+
+    let current = s.sql("SELECT DISTINCT revise_lineage['max_tokens'] AS m FROM revisions");
+    assert!(current.contains("| 8 "), "{current}");
+    let old = s.sql("SELECT DISTINCT revise_lineage['max_tokens'] AS m FROM \"revisions@v0\"");
+    assert!(old.contains("| 16 "), "the previous version's rows: {old}");
+    assert_eq!(count(&s.sql("SELECT count(*) FROM \"revisions@v0\"")), 6);
+
+    // inspect lists both versions with what produced them.
+    let (text, _) = ok(caiflow().args(["inspect", run.to_str().expect("path")]));
+    assert!(text.contains("version 1"), "{text}");
+    assert!(text.contains("v1 ") && text.contains("v0 "), "{text}");
+    let history = python(&format!(
+        "from deltalake import DeltaTable\nprint(len(DeltaTable('{}/revisions').history()))",
+        run.display()
+    ));
+    assert_eq!(history.trim(), "2");
+
+    // vacuum keeps the newest version only: its rows stay, the old version's files go.
+    let (out, _) = ok(caiflow().args(["vacuum", run.to_str().expect("path")]));
+    let deleted: usize = out
+        .lines()
+        .find(|l| l.starts_with("table revisions:"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(deleted > 0, "{out}");
+    assert_eq!(count(&s.sql("SELECT count(*) FROM revisions")), 6);
+    assert!(parquet_files(&run.join("revisions")) > 0);
+}
+
+fn parquet_files(dir: &Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).expect("dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            n += parquet_files(&p);
+        } else if p.extension().is_some_and(|x| x == "parquet") {
+            n += 1;
+        }
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delta_table_written_by_python_deltalake_is_a_plan_input() {
+    let s = Setup::new(1).await;
+    let input = s.dir.path().join("prompts_delta");
+    let write = |rows: std::ops::Range<u32>, mode: &str| {
+        python(&format!(
+            r#"
+import pyarrow as pa
+from deltalake import write_deltalake
+ids = [f"p{{i}}" for i in range({start}, {end})]
+write_deltalake("{path}", pa.table({{"prompt_id": ids, "prompt": [f"python prompt {{i}}" for i in range({start}, {end})]}}), mode="{mode}")
+"#,
+            start = rows.start,
+            end = rows.end,
+            path = input.display(),
+        ))
+    };
+    write(0..5, "error");
+    let plan = s.dir.path().join("delta_input.sql");
+    std::fs::write(
+        &plan,
+        "CREATE EXTERNAL TABLE prompts STORED AS DELTA LOCATION '${input}';\n\
+         CREATE TABLE responses AS SELECT * FROM respond(prompts, max_tokens => 8);\n",
+    )
+    .expect("plan");
+    let run = |s: &Setup| {
+        let mut c = caiflow();
+        c.args(["run", plan.to_str().expect("path"), "--config"])
+            .arg(s.dir.path().join("caiflow.toml"))
+            .arg("--store")
+            .arg(s.dir.path().join("store"))
+            .args(["--run", "r", "--set"])
+            .arg(format!("input={}", input.display()));
+        ok(&mut c).1
+    };
+    run(&s);
+    assert_eq!(count(&s.sql("SELECT count(*) FROM responses")), 5);
+    assert_eq!(s.policy.requests(), 5);
+
+    // A new version of the input (five more rows): the table recomputes, only the new rows
+    // are sent.
+    write(5..10, "append");
+    let stderr = run(&s);
+    assert!(stderr.contains("table responses: 10 rows"), "{stderr}");
+    assert_eq!(count(&s.sql("SELECT count(*) FROM responses")), 10);
+    assert_eq!(s.policy.requests(), 10);
+    // Unchanged input: reused.
+    let stderr = run(&s);
+    assert!(stderr.contains("table responses: reused"), "{stderr}");
+}
