@@ -275,6 +275,31 @@ async fn editing_an_input_file_recomputes_what_depends_on_it_and_sends_only_the_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_rematerialization_leaves_the_previous_version_readable() {
+    let f = Fixture::new(20, 0).await;
+    f.run("r", &[]);
+    let before = f.revisions("r").await;
+    assert_eq!(before.len(), 20);
+    let sent = f.server.requests();
+    // Recompute revisions (a changed option: 20 new revise requests, 4 at a time, 150 ms
+    // each) and kill it half-way.
+    f.server.set_latency(Duration::from_millis(150));
+    let mut cmd = caiflow();
+    cmd.args(f.args("r", &["--set", "revise_max_tokens=8"]));
+    kill_after(cmd, Duration::from_millis(500));
+    let new = f.server.requests() - sent;
+    assert!(new > 0 && new < 20, "killed half-way: {new} new requests");
+    // The table is its previous version, whole: same rows, nothing of the new write.
+    assert_eq!(f.revisions("r").await, before);
+    let out = caiflow()
+        .args(["inspect", f.run_dir("r").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("version 0"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repair_retries_only_failed_requests() {
     let f = Fixture::new(12, 0).await;
     // The first five requests fail with a non-retryable 400.
