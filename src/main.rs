@@ -676,6 +676,7 @@ async fn cmd_sql(
 ) -> anyhow::Result<()> {
     let session = CaiSession::new(endpoints(config.as_deref(), CancellationToken::new())?);
     caiflow_run::delta::register_delta_tables(&session);
+    caiflow_run::inputs::register_s3_inputs(&session.ctx, &execute)?;
     if let Some(run) = &run {
         let store = open_run(run)?;
         let names = register_run_tables(&session, &store).await?;

@@ -242,3 +242,95 @@ write_deltalake("{path}", pa.table({{"prompt_id": ids, "prompt": [f"python promp
     let stderr = run(&s);
     assert!(stderr.contains("table responses: reused"), "{stderr}");
 }
+
+/// A Delta table written by Python `deltalake` is accepted wherever a stored input is: by
+/// `red_team_prompts` (HH red-team transcripts), `helpful_sft` (TRL messages),
+/// `helpful_pairs` (HH chosen/rejected), as a stage's input path, and at an older version
+/// through `CREATE EXTERNAL TABLE … OPTIONS ('version' 'N')`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_tables_are_accepted_wherever_a_stored_input_is() {
+    let s = Setup::new(1).await;
+    let d = s.dir.path();
+    python(&format!(
+        r#"
+import pyarrow as pa
+from deltalake import write_deltalake
+t = lambda h, a: f"\n\nHuman: {{h}}\n\nAssistant: {{a}}"
+write_deltalake("{d}/red", pa.table({{"transcript": [t(f"red team question {{i}}", "no") for i in range(7)]}}))
+write_deltalake("{d}/sft", pa.table({{"messages": [[{{"role": "user", "content": f"q{{i}}"}}, {{"role": "assistant", "content": f"a{{i}}"}}] for i in range(4)]}}))
+write_deltalake("{d}/pairs", pa.table({{"chosen": [t(f"h{{i}}", "good") for i in range(3)], "rejected": [t(f"h{{i}}", "bad") for i in range(3)]}}))
+write_deltalake("{d}/stored", pa.table({{"prompt_id": ["a", "b"], "prompt": ["stored one", "stored two"]}}))
+write_deltalake("{d}/stored", pa.table({{"prompt_id": ["c"], "prompt": ["stored three"]}}), mode="append")
+"#,
+        d = d.display()
+    ));
+    let sql = |query: &str| {
+        let out = caiflow()
+            .args(["sql", "--config"])
+            .arg(d.join("caiflow.toml"))
+            .args(["-e", query])
+            .output()
+            .expect("caiflow");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{query}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let at = |name: &str| d.join(name).display().to_string();
+
+    let red = sql(&format!(
+        "SELECT count(*), min(source), min(prompt) FROM red_team_prompts('{}')",
+        at("red")
+    ));
+    assert_eq!(count(&red), 7, "{red}");
+    assert!(
+        red.contains("hh-red-team") && red.contains("red team question 0"),
+        "{red}"
+    );
+
+    let sft = sql(&format!(
+        "SELECT count(*), min(messages[2]['content']) FROM helpful_sft('{}')",
+        at("sft")
+    ));
+    assert_eq!(count(&sft), 4, "{sft}");
+    assert!(sft.contains("a0"), "the messages were read: {sft}");
+
+    let pairs = sql(&format!(
+        "SELECT count(*), min(chosen), min(rejected) FROM helpful_pairs('{}')",
+        at("pairs")
+    ));
+    assert_eq!(count(&pairs), 3, "{pairs}");
+    assert!(pairs.contains("good") && pairs.contains("bad"), "{pairs}");
+
+    let responded = sql(&format!(
+        "SELECT count(*) FROM respond('{}', max_tokens => 4)",
+        at("stored")
+    ));
+    assert_eq!(count(&responded), 3, "{responded}");
+    assert_eq!(s.policy.requests(), 3);
+
+    let v0 = sql(&format!(
+        "CREATE EXTERNAL TABLE old STORED AS DELTA LOCATION '{}' OPTIONS ('version' '0'); \
+         SELECT count(*) FROM old",
+        at("stored")
+    ));
+    assert_eq!(count(&v0), 2, "version 0 has the first two rows: {v0}");
+
+    // A folder that is no Delta table, or a bad option, is one clear line.
+    let out = caiflow()
+        .args(["sql", "-e"])
+        .arg(format!(
+            "CREATE EXTERNAL TABLE x STORED AS DELTA LOCATION '{}' OPTIONS ('versoin' '1')",
+            at("stored")
+        ))
+        .output()
+        .expect("caiflow");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("unknown option 'versoin'"),
+        "{stderr}"
+    );
+}

@@ -1,6 +1,8 @@
 //! Delta commits on S3 (moto) without an external lock: two writers race for the same table
 //! version; the log's put-if-absent lets exactly one win it, and the other gets a clear
 //! error or commits the next version after checking for conflicts. Nothing is lost or torn.
+//! A Delta table on S3 is a plan input: read by `red_team_prompts` and `CREATE EXTERNAL TABLE
+//! … STORED AS DELTA`, fingerprinted by its latest commit.
 //! (Its own test binary: it sets the AWS variables of this process.)
 
 mod common;
@@ -12,15 +14,27 @@ use common::*;
 use datafusion::prelude::SessionContext;
 
 async fn write(store: &RunStore, ctx: &SessionContext, writer: u32) -> Result<u64, String> {
-    let df = ctx
-        .sql(&format!(
-            "SELECT {writer} AS writer, v AS row FROM (VALUES (1), (2), (3)) t(v)"
-        ))
-        .await
-        .map_err(|e| e.to_string())?;
+    write_rows(
+        store,
+        ctx,
+        "t",
+        &format!("SELECT {writer} AS writer, v AS row FROM (VALUES (1), (2), (3)) t(v)"),
+        writer,
+    )
+    .await
+}
+
+async fn write_rows(
+    store: &RunStore,
+    ctx: &SessionContext,
+    table: &str,
+    sql: &str,
+    writer: u32,
+) -> Result<u64, String> {
+    let df = ctx.sql(sql).await.map_err(|e| e.to_string())?;
     delta::write(
         store,
-        "t",
+        table,
         df,
         vec![],
         serde_json::json!({ "writer": writer }),
@@ -93,4 +107,59 @@ async fn two_writers_racing_for_one_version_on_s3() {
             latest.version
         );
     }
+
+    delta_tables_on_s3_are_plan_inputs(&ctx).await;
+}
+
+async fn delta_tables_on_s3_are_plan_inputs(ctx: &SessionContext) {
+    let inputs = RunStore::open("s3://race/inputs", "r").expect("store");
+    inputs.register(ctx);
+    let prompts = "SELECT 'an s3 prompt ' || v AS prompt FROM (VALUES (1), (2), (3), (4)) t(v)";
+    write_rows(&inputs, ctx, "prompts", prompts, 0)
+        .await
+        .expect("write the input");
+    let location = "s3://race/inputs/r/prompts";
+
+    // A session that knows nothing of the bucket: it is registered from the AWS variables.
+    let session = caiflow_engine::CaiSession::new(caiflow_llm::Endpoints::default());
+    delta::register_delta_tables(&session);
+    let sql = format!(
+        "CREATE EXTERNAL TABLE p STORED AS DELTA LOCATION '{location}'; \
+         SELECT (SELECT count(*) FROM red_team_prompts('{location}')) AS read, \
+                (SELECT count(*) FROM p) AS external"
+    );
+    caiflow_run::inputs::register_s3_inputs(&session.ctx, &sql).expect("buckets");
+    let mut batches = vec![];
+    for statement in sql.split(';') {
+        batches = collect(&session, statement).await;
+    }
+    assert_eq!(column(&batches, "read"), vec![Some("4".to_string())]);
+    assert_eq!(column(&batches, "external"), vec![Some("4".to_string())]);
+
+    // Its fingerprint is its latest commit: a new version changes it.
+    let env = session.ctx.runtime_env();
+    let first = delta::input_fingerprint(&env, location)
+        .await
+        .expect("fingerprint")
+        .expect("a Delta table");
+    assert_eq!(
+        delta::input_fingerprint(&env, location)
+            .await
+            .expect("again"),
+        Some(first.clone())
+    );
+    write_rows(&inputs, ctx, "prompts", prompts, 1)
+        .await
+        .expect("a new version");
+    let second = delta::input_fingerprint(&env, location)
+        .await
+        .expect("fingerprint")
+        .expect("a Delta table");
+    assert_ne!(first, second);
+    assert_eq!(
+        delta::input_fingerprint(&env, "s3://race/inputs/r/no-such-table")
+            .await
+            .expect("no table"),
+        None
+    );
 }

@@ -12,12 +12,16 @@ use std::sync::Arc;
 
 use caiflow_llm::CancellationToken;
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::TableProviderFactory;
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::exec_err;
 use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{exec_err, plan_datafusion_err, plan_err};
 use datafusion::datasource::provider_as_source;
+use datafusion::error::DataFusionError;
 use datafusion::error::Result as DfResult;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::CreateExternalTable;
 use datafusion::logical_expr::{Expr, LogicalPlanBuilder, TableType};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -28,7 +32,10 @@ use deltalake_core::logstore::{StorageConfig, default_logstore};
 use deltalake_core::operations::write::SchemaMode;
 use deltalake_core::protocol::SaveMode;
 use deltalake_core::{DeltaTable, DeltaTableError};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStore;
+use object_store::path::Path as ObjectPath;
+use url::Url;
 
 use crate::error::{Result, RunError};
 use crate::store::RunStore;
@@ -43,21 +50,120 @@ fn delta_err(what: String, e: DeltaTableError) -> RunError {
     }
 }
 
-/// The Delta table `name` of the run, not loaded, on the run's own object store: a log
-/// store built here (no scheme registry), which commits with a put-if-absent of the next
-/// log entry, so two writers of one version cannot both win.
+/// The Delta table `name` of the run, not loaded, on the run's own object store.
 fn unloaded(store: &RunStore, name: &str) -> Result<DeltaTable> {
     let url = store.table_url(name)?;
-    let root = store.object_store();
+    unloaded_at(
+        store.object_store(),
+        &url,
+        &format!("table {name} of {}", store.display),
+    )
+}
+
+/// The Delta table at `url` of the object store `root` (whose "/" is the store's root), not
+/// loaded: a log store built here (no scheme registry), which commits with a put-if-absent
+/// of the next log entry, so two writers of one version cannot both win.
+fn unloaded_at(root: Arc<dyn ObjectStore>, url: &Url, what: &str) -> Result<DeltaTable> {
     let config = StorageConfig::default();
     let prefixed = config
-        .decorate_store(root.clone(), &url)
-        .map_err(|e| delta_err(format!("table {name} of {}", store.display), e))?;
+        .decorate_store(root.clone(), url)
+        .map_err(|e| delta_err(what.to_string(), e))?;
     Ok(DeltaTable::new(default_logstore(
         Arc::new(prefixed),
         root,
-        &url,
+        url,
         &config,
+    )))
+}
+
+/// A Delta table's location as a URL: a local folder (which must exist) or an object-store
+/// URL (`s3://bucket/table`).
+fn location_url(location: &str) -> Result<Url> {
+    if location.contains("://") && !location.starts_with("file://") {
+        let folder = format!("{}/", location.trim_end_matches('/'));
+        return Url::parse(&folder)
+            .map_err(|e| RunError::Store(format!("Delta table '{location}': {e}")));
+    }
+    let local = location.strip_prefix("file://").unwrap_or(location);
+    let path = std::fs::canonicalize(local).map_err(|e| RunError::io(local, e))?;
+    Url::from_directory_path(&path)
+        .map_err(|_| RunError::Store(format!("Delta table '{location}': not a folder")))
+}
+
+/// The Delta table at `location` (written by any tool: delta-rs, Spark, caiflow), at its
+/// latest version or `version`, read through the object stores of `env` (an S3 bucket must
+/// be registered there: see [`crate::store::register_s3_buckets`]).
+pub async fn open_location(
+    env: &RuntimeEnv,
+    location: &str,
+    version: Option<u64>,
+) -> Result<DeltaTable> {
+    let url = location_url(location)?;
+    let root = env.object_store_registry.get_store(&url)?;
+    let mut table = unloaded_at(root, &url, &format!("Delta table '{location}'"))?;
+    let loaded = match version {
+        Some(v) => table.load_version(v).await,
+        None => table.load().await,
+    };
+    match loaded {
+        Ok(()) => Ok(table),
+        Err(DeltaTableError::NotATable(_)) => Err(RunError::Store(format!(
+            "'{location}' is not a Delta table (no commits in its _delta_log/)"
+        ))),
+        Err(e) => Err(delta_err(format!("reading Delta table '{location}'"), e)),
+    }
+}
+
+/// The fingerprint of the Delta table at `location` when it is one: its location and its
+/// latest commit (the newest `_delta_log/NNN.json` and that entry's bytes), so a new version
+/// of an input recomputes what reads it without hashing its data files. None when
+/// `location` holds no Delta log (or its store is not registered in `env`).
+pub async fn input_fingerprint(env: &RuntimeEnv, location: &str) -> Result<Option<String>> {
+    use object_store::ObjectStoreExt;
+    use sha2::{Digest, Sha256};
+    let is_url = location.contains("://") && !location.starts_with("file://");
+    let local = location.strip_prefix("file://").unwrap_or(location);
+    if !is_url && !std::path::Path::new(local).join("_delta_log").is_dir() {
+        return Ok(None);
+    }
+    let Ok(url) = location_url(location) else {
+        return Ok(None);
+    };
+    let Ok(root) = env.object_store_registry.get_store(&url) else {
+        return Ok(None);
+    };
+    let log = ObjectPath::from(format!("{}/_delta_log", url.path().trim_matches('/')));
+    let what = |e: object_store::Error| RunError::StoreOp {
+        what: format!("reading the Delta log of '{location}'"),
+        cause: Box::new(e),
+    };
+    let entries: Vec<object_store::ObjectMeta> =
+        root.list(Some(&log)).try_collect().await.map_err(what)?;
+    let newest = entries
+        .iter()
+        .filter_map(|m| {
+            let name = m.location.filename()?;
+            let version: u64 = name.strip_suffix(".json")?.parse().ok()?;
+            Some((version, &m.location))
+        })
+        .max_by_key(|(v, _)| *v);
+    let Some((version, path)) = newest else {
+        return Ok(None);
+    };
+    let commit = root
+        .get(path)
+        .await
+        .map_err(what)?
+        .bytes()
+        .await
+        .map_err(what)?;
+    let mut h = Sha256::new();
+    h.update(url.as_str().as_bytes());
+    h.update(version.to_le_bytes());
+    h.update(&commit);
+    Ok(Some(format!(
+        "delta-v{version}-{}",
+        hex::encode(&h.finalize()[..12])
     )))
 }
 
@@ -338,14 +444,60 @@ pub async fn vacuum(store: &RunStore, name: &str, keep: usize) -> Result<usize> 
     Ok(metrics.files_deleted.len())
 }
 
-/// Let `CREATE EXTERNAL TABLE t STORED AS DELTA LOCATION '…'` read a Delta table (written by
-/// caiflow, Spark, delta-rs, …) in `session`: a local folder, or an `s3://` table of a store
-/// whose object store the session has.
+/// Let `CREATE EXTERNAL TABLE t STORED AS DELTA LOCATION '…' [OPTIONS ('version' 'N')]`, and
+/// the stages and readers given a Delta table's path, read a Delta table (written by
+/// caiflow, Spark, delta-rs, …) in `session`: a local folder, or an `s3://` table of a
+/// bucket whose object store the session has.
 pub fn register_delta_tables(session: &caiflow_engine::CaiSession) {
     let state = session.ctx.state_ref();
     let mut state = state.write();
     state.table_factories_mut().insert(
-        "DELTA".to_string(),
-        Arc::new(deltalake_core::delta_datafusion::DeltaTableFactory {}),
+        caiflow_engine::stages::input::DELTA.to_string(),
+        Arc::new(DeltaInputs),
     );
+}
+
+/// The `DELTA` table factory: opens a Delta table through the session's own object stores.
+#[derive(Debug)]
+pub struct DeltaInputs;
+
+#[async_trait::async_trait]
+impl TableProviderFactory for DeltaInputs {
+    async fn create(
+        &self,
+        state: &dyn Session,
+        cmd: &CreateExternalTable,
+    ) -> DfResult<Arc<dyn TableProvider>> {
+        let [location] = cmd.locations.as_slice() else {
+            return plan_err!(
+                "a Delta table has one location, got {}",
+                cmd.locations.len()
+            );
+        };
+        let mut version = None;
+        for (key, value) in &cmd.options {
+            // DataFusion files options under `format.`.
+            match key.strip_prefix("format.").unwrap_or(key) {
+                "version" => {
+                    version = Some(value.parse::<u64>().map_err(|_| {
+                        plan_datafusion_err!(
+                            "Delta table '{location}': version '{value}' is not a version number"
+                        )
+                    })?)
+                }
+                other => {
+                    return plan_err!(
+                        "Delta table '{location}': unknown option '{other}' (known: version)"
+                    );
+                }
+            }
+        }
+        let env = state.runtime_env();
+        let table = open_location(env, location, version)
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        provider(&table)
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))
+    }
 }

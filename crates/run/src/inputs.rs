@@ -86,6 +86,20 @@ pub fn references(statement: &DFStatement) -> References {
     collect.0
 }
 
+/// Make the S3 buckets that `sql`'s statements name readable by `ctx` (see
+/// [`crate::store::register_s3_buckets`]). SQL that does not parse is left for the query to
+/// report.
+pub fn register_s3_inputs(ctx: &datafusion::prelude::SessionContext, sql: &str) -> Result<()> {
+    let Ok(statements) = datafusion::sql::parser::DFParser::parse_sql(sql) else {
+        return Ok(());
+    };
+    for statement in &statements {
+        let refs = references(statement);
+        crate::store::register_s3_buckets(ctx, refs.literals.iter().map(String::as_str))?;
+    }
+    Ok(())
+}
+
 /// One file's recorded state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct FileEntry {

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use datafusion::arrow::util::pretty::pretty_format_batches;
-use datafusion::sql::parser::DFParser;
+use datafusion::sql::parser::{DFParser, Statement as DFStatement};
 use futures::StreamExt;
 
 use crate::error::{Result, RunError};
@@ -138,16 +138,57 @@ pub fn place_of(lines: &[usize], statements: usize, index: usize) -> String {
     }
 }
 
+/// A statement's text, for fingerprints, records and messages. DataFusion's text form of
+/// `CREATE EXTERNAL TABLE` leaves out its columns, `PARTITIONED BY` and `OPTIONS`; they are
+/// added, so that changing one (say `OPTIONS ('version' '3')`) changes the fingerprint.
+pub fn statement_text(statement: &DFStatement) -> String {
+    let text = statement.to_string();
+    let DFStatement::CreateExternalTable(t) = statement else {
+        return text;
+    };
+    let mut extra = vec![];
+    if !t.columns.is_empty() {
+        let columns: Vec<String> = t.columns.iter().map(|c| c.to_string()).collect();
+        extra.push(format!("COLUMNS ({})", columns.join(", ")));
+    }
+    if !t.table_partition_cols.is_empty() {
+        extra.push(format!(
+            "PARTITIONED BY ({})",
+            t.table_partition_cols.join(", ")
+        ));
+    }
+    if !t.options.is_empty() {
+        let options: Vec<String> = t
+            .options
+            .iter()
+            .map(|(k, v)| format!("'{k}' {v}"))
+            .collect();
+        extra.push(format!("OPTIONS ({})", options.join(", ")));
+    }
+    if extra.is_empty() {
+        text
+    } else {
+        format!("{text} {}", extra.join(" "))
+    }
+}
+
 /// Run one statement, streaming its result; queries (`SELECT`, `WITH`) keep a pretty-printed
 /// preview of their first `max_rows` rows. Returns the row count and the preview.
+///
+/// The parsed statement is planned as it is: its text form is not parsed again (DataFusion's
+/// text form of `CREATE EXTERNAL TABLE` leaves out `OPTIONS` and columns).
 pub async fn execute_with_preview(
     session: &CaiSession,
-    sql: &str,
+    statement: &DFStatement,
     max_rows: usize,
 ) -> Result<(usize, Option<String>)> {
-    let df = session.ctx.sql(sql).await?;
-    let head = sql.trim_start().to_ascii_uppercase();
-    let is_query = head.starts_with("SELECT") || head.starts_with("WITH");
+    let plan = session
+        .ctx
+        .state()
+        .statement_to_plan(statement.clone())
+        .await?;
+    let df = session.ctx.execute_logical_plan(plan).await?;
+    let is_query = matches!(statement, DFStatement::Statement(s) if matches!(s.as_ref(), datafusion::sql::sqlparser::ast::Statement::Query(_)));
     let mut stream = df.execute_stream().await?;
     let (mut rows, mut preview, mut kept) = (0, vec![], 0);
     while let Some(batch) = stream.next().await {
@@ -184,9 +225,9 @@ pub async fn run_sql(
     let count = statements.len();
     let mut outcomes = vec![];
     for (index, statement) in statements.into_iter().enumerate() {
-        let text = statement.to_string();
+        let text = statement_text(&statement);
         let started = Instant::now();
-        let (rows, preview) = execute_with_preview(session, &text, max_rows)
+        let (rows, preview) = execute_with_preview(session, &statement, max_rows)
             .await
             .map_err(|e| RunError::Plan(format!("{}: {e}", place_of(&lines, count, index))))?;
         let outcome = StatementOutcome {

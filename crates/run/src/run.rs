@@ -20,8 +20,10 @@ use sha2::{Digest, Sha256};
 use crate::delta;
 use crate::error::{Result, RunError};
 use crate::inputs::{FileFingerprints, references};
-use crate::plan::{StatementOutcome, execute_with_preview, place_of, statement_lines};
-use crate::store::RunStore;
+use crate::plan::{
+    StatementOutcome, execute_with_preview, place_of, statement_lines, statement_text,
+};
+use crate::store::{RunStore, register_s3_buckets};
 use caiflow_engine::CaiSession;
 
 /// What produced one version of a table: caiflow's record in that version's Delta commit
@@ -236,8 +238,9 @@ impl<'a> Runner<'a> {
     }
 
     /// The plan's views and tables `statement` reads, and the files it names (`file:PATH`),
-    /// each with its fingerprint.
-    fn inputs_of(
+    /// each with its fingerprint: a Delta table's is its latest commit, a file's or folder's
+    /// its content. The S3 buckets it names become readable.
+    async fn inputs_of(
         &mut self,
         statement: &DFStatement,
         own: &str,
@@ -249,8 +252,14 @@ impl<'a> Runner<'a> {
             .filter(|i| i != own)
             .filter_map(|i| self.fingerprints.get(&i).map(|f| (i, f.clone())))
             .collect();
+        register_s3_buckets(&self.session.ctx, refs.literals.iter().map(String::as_str))?;
+        let env = self.session.ctx.runtime_env();
         for literal in refs.literals {
-            if let Some(fp) = self.files.of(&literal)? {
+            let fp = match delta::input_fingerprint(&env, &literal).await? {
+                Some(fp) => Some(fp),
+                None => self.files.of(&literal)?,
+            };
+            if let Some(fp) = fp {
                 inputs.insert(format!("file:{literal}"), fp);
             }
         }
@@ -281,14 +290,14 @@ impl<'a> Runner<'a> {
         let count = statements.len();
         let place = |index: usize| place_of(&lines, count, index);
         for (index, statement) in statements.into_iter().enumerate() {
-            let text = statement.to_string();
+            let text = statement_text(&statement);
             let started = Instant::now();
             let (rows, preview) = match &statement {
                 DFStatement::Statement(s) => match s.as_ref() {
                     Statement::CreateTable(ct) if ct.query.is_some() => {
                         let name = ct.name.to_string().to_ascii_lowercase();
                         let query = ct.query.as_ref().map(|q| q.to_string()).unwrap_or_default();
-                        let inputs = self.inputs_of(&statement, &name)?;
+                        let inputs = self.inputs_of(&statement, &name).await?;
                         let rows = self
                             .materialize(&name, &text, &query, inputs)
                             .await
@@ -301,25 +310,25 @@ impl<'a> Runner<'a> {
                     other => {
                         if let Statement::CreateView(v) = other {
                             let name = v.name.to_string().to_ascii_lowercase();
-                            let inputs = self.inputs_of(&statement, &name)?;
+                            let inputs = self.inputs_of(&statement, &name).await?;
                             let fp = self.fingerprint(&text, &inputs);
                             self.fingerprints.insert(name, fp);
                         }
-                        self.execute(&text)
+                        self.execute(&statement)
                             .await
                             .map_err(|e| RunError::Plan(format!("{}: {e}", place(index))))?
                     }
                 },
                 other => {
                     // An external table is an input like a view: its fingerprint covers what
-                    // its location holds (a Delta table's files, by content).
+                    // its location holds (a Delta table's latest commit, a folder's content).
                     if let DFStatement::CreateExternalTable(t) = other {
                         let name = t.name.to_string().to_ascii_lowercase();
-                        let inputs = self.inputs_of(&statement, &name)?;
+                        let inputs = self.inputs_of(&statement, &name).await?;
                         let fp = self.fingerprint(&text, &inputs);
                         self.fingerprints.insert(name, fp);
                     }
-                    self.execute(&text)
+                    self.execute(&statement)
                         .await
                         .map_err(|e| RunError::Plan(format!("{}: {e}", place(index))))?
                 }
@@ -336,8 +345,8 @@ impl<'a> Runner<'a> {
     }
 
     /// Run a statement that is not materialized; queries keep a preview of their first rows.
-    async fn execute(&self, sql: &str) -> Result<(usize, Option<String>)> {
-        execute_with_preview(self.session, sql, 10).await
+    async fn execute(&self, statement: &DFStatement) -> Result<(usize, Option<String>)> {
+        execute_with_preview(self.session, statement, 10).await
     }
 
     async fn materialize(

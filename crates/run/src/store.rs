@@ -19,6 +19,44 @@ use url::Url;
 
 use crate::error::{Result, RunError};
 
+/// The S3 bucket `bucket`, configured by the `AWS_*` variables.
+pub fn s3_from_env(bucket: &str) -> Result<Arc<dyn ObjectStore>> {
+    let s3 = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .build()
+        .map_err(|e| store_err(&format!("S3 bucket {bucket}"), e))?;
+    Ok(Arc::new(s3))
+}
+
+/// Make the buckets of the `s3://` locations among `locations` readable by `ctx` (each
+/// configured by the `AWS_*` variables), unless an object store is already registered for
+/// them, so that inputs on S3 (Delta tables, Parquet folders) can be named in a plan.
+pub fn register_s3_buckets<'a>(
+    ctx: &SessionContext,
+    locations: impl IntoIterator<Item = &'a str>,
+) -> Result<()> {
+    for location in locations {
+        let Some(rest) = location.strip_prefix("s3://") else {
+            continue;
+        };
+        let bucket = rest.split('/').next().unwrap_or_default();
+        let Ok(url) = Url::parse(&format!("s3://{bucket}")) else {
+            continue;
+        };
+        if bucket.is_empty()
+            || ctx
+                .runtime_env()
+                .object_store_registry
+                .get_store(&url)
+                .is_ok()
+        {
+            continue;
+        }
+        ctx.register_object_store(&url, s3_from_env(bucket)?);
+    }
+    Ok(())
+}
+
 #[derive(Clone, Debug)]
 pub struct RunStore {
     store: Arc<dyn ObjectStore>,
@@ -52,10 +90,7 @@ impl RunStore {
             if bucket.is_empty() {
                 return Err(RunError::Store(format!("store '{store}' names no bucket")));
             }
-            let s3 = AmazonS3Builder::from_env()
-                .with_bucket_name(bucket)
-                .build()
-                .map_err(|e| store_err(&format!("S3 store {store}"), e))?;
+            let s3 = s3_from_env(bucket)?;
             let prefix = prefix.trim_matches('/');
             let root = if prefix.is_empty() {
                 run.to_string()
@@ -65,7 +100,7 @@ impl RunStore {
             let store_url =
                 Url::parse(&format!("s3://{bucket}")).map_err(|e| store_err(store, e))?;
             Ok(RunStore {
-                store: Arc::new(s3),
+                store: s3,
                 url: format!("s3://{bucket}/{root}/"),
                 root: ObjectPath::from(root),
                 store_url: Some(store_url),

@@ -1,4 +1,5 @@
-//! Helpfulness data to blend with CAI data, read from JSONL (optionally `.gz`).
+//! Helpfulness data to blend with CAI data, read from JSONL (optionally `.gz`) or a Delta
+//! table (a folder or `s3://` URL with `_delta_log/`) whose rows have the same fields.
 //!
 //! - `helpful_sft(path, …)`: conversations in NeMo chat (`conversations` of `{from, value}`,
 //!   `system`), TRL (`messages` of `{role, content}`) or HH (`chosen`: every turn) shape.
@@ -19,17 +20,20 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, ListBuilder, RecordBatch, StringBuilder, StructBuilder};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::json::LineDelimitedWriter;
 use datafusion::catalog::streaming::StreamingTable;
 use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl, TableProvider};
-use datafusion::common::plan_err;
+use datafusion::common::{exec_datafusion_err, plan_err};
 use datafusion::error::Result;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_plan::streaming::PartitionStream;
 use serde_json::Value;
 
 use super::args::StageArgs;
+use super::input::{TableRows, delta_table, session_state};
 use super::prompts::{
-    append_messages, blocking_source, io_err, message_fields, message_list_type, open,
+    append_messages, blocking_rows, blocking_source, io_err, message_fields, message_list_type,
+    open,
 };
 use super::transcript::parse_turns;
 use crate::progress::{Progress, StageProgress};
@@ -227,14 +231,20 @@ impl LineFormat for PairsFormat {
 
 fn provider<F: LineFormat>(args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
     let a = StageArgs::parse(F::FUNCTION, args.exprs())?;
+    let state = session_state(args.session(), F::FUNCTION)?;
+    let table = match delta_table(state, a.input()?, F::FUNCTION)? {
+        Some(t) => Some(Arc::new(TableRows::plan(state, t, F::FUNCTION)?)),
+        None => None,
+    };
     let path = PathBuf::from(a.input()?);
     let source = a.str_or("source", "helpful");
     a.finish(&[])?;
-    if !path.is_file() {
+    if table.is_none() && !path.is_file() {
         return plan_err!("{}: no such file: {}", F::FUNCTION, path.display());
     }
     let stream = Arc::new(JsonlStream::<F> {
         path,
+        table,
         source,
         schema: F::schema(),
         format: std::marker::PhantomData,
@@ -266,6 +276,8 @@ impl TableFunctionImpl for HelpfulPairsFunction {
 #[derive(Debug)]
 struct JsonlStream<F> {
     path: PathBuf,
+    /// The rows of `path` when it is a Delta table: each row is read as a JSON record.
+    table: Option<Arc<TableRows>>,
     source: String,
     schema: SchemaRef,
     format: std::marker::PhantomData<F>,
@@ -283,23 +295,31 @@ impl<F: LineFormat> PartitionStream for JsonlStream<F> {
             .unwrap_or_default()
             .stage(F::FUNCTION);
         let (path, source) = (self.path.clone(), self.source.clone());
+        let table = self.table.as_ref().map(|t| blocking_rows(t, ctx));
         blocking_source(self.schema.clone(), move |tx| {
             let send = |b: Result<RecordBatch>| tx.blocking_send(b).is_ok();
-            let reader = match open(&path) {
-                Ok(r) => r,
-                Err(e) => {
+            let lines: Box<dyn Iterator<Item = Result<String>>> = match table {
+                Some(Ok((_, batches))) => Box::new(json_lines(batches)),
+                Some(Err(e)) => {
                     send(Err(e));
                     return;
                 }
+                None => match open(&path) {
+                    Ok(r) => Box::new(r.lines().map(|l| l.map_err(|e| io_err(&path, e)))),
+                    Err(e) => {
+                        send(Err(e));
+                        return;
+                    }
+                },
             };
             let mut rows = vec![];
             let mut skipped = vec![];
             let mut skipped_count = 0usize;
-            for (i, line) in reader.lines().enumerate() {
+            for (i, line) in lines.enumerate() {
                 let line = match line {
                     Ok(l) => l,
                     Err(e) => {
-                        send(Err(io_err(&path, e)));
+                        send(Err(e));
                         return;
                     }
                 };
@@ -337,4 +357,25 @@ impl<F: LineFormat> PartitionStream for JsonlStream<F> {
             }
         })
     }
+}
+
+/// Each row of `batches` as one line of JSON (a record of its columns), so a table's rows go
+/// through the same parsing as a JSONL file's lines.
+fn json_lines(
+    batches: impl Iterator<Item = Result<RecordBatch>>,
+) -> impl Iterator<Item = Result<String>> {
+    batches.flat_map(|batch| {
+        let encoded = batch.and_then(|b| {
+            let mut writer = LineDelimitedWriter::new(Vec::new());
+            writer.write(&b)?;
+            writer.finish()?;
+            String::from_utf8(writer.into_inner())
+                .map_err(|e| exec_datafusion_err!("a table row is not UTF-8 JSON: {e}"))
+        });
+        let lines: Vec<Result<String>> = match encoded {
+            Ok(text) => text.lines().map(|l| Ok(l.to_string())).collect(),
+            Err(e) => vec![Err(e)],
+        };
+        lines
+    })
 }

@@ -1,11 +1,17 @@
 //! Resolve a stage's input argument to a logical plan: a registered table or view (streams
-//! through without materializing), a query, or a Parquet/JSON/CSV path of stored
-//! intermediates (so a single stage can be re-run on what an earlier run wrote).
+//! through without materializing), a query, a Delta table (a folder or URL with
+//! `_delta_log/`), or a Parquet/JSON/CSV path of stored intermediates (so a single stage can
+//! be re-run on what an earlier run wrote).
+//!
+//! Delta tables are opened through the session's `DELTA` table factory (the one `CREATE
+//! EXTERNAL TABLE … STORED AS DELTA` uses), which the run layer registers: the engine knows
+//! what a Delta table looks like, not how Delta Lake is read.
 
 use std::sync::Arc;
 
-use datafusion::catalog::Session;
-use datafusion::common::TableReference;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::{DFSchema, TableReference};
 use datafusion::common::{plan_datafusion_err, plan_err};
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
@@ -13,8 +19,10 @@ use datafusion::datasource::listing::{
 use datafusion::datasource::provider_as_source;
 use datafusion::error::Result;
 use datafusion::execution::context::SessionState;
-use datafusion::logical_expr::{LogicalPlan, LogicalPlanBuilder};
-use futures::FutureExt;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{CreateExternalTable, LogicalPlan, LogicalPlanBuilder};
+use datafusion::physical_plan::{ExecutionPlan, execute_stream};
+use futures::{FutureExt, StreamExt};
 
 pub fn session_state<'a>(session: &'a dyn Session, function: &str) -> Result<&'a SessionState> {
     session
@@ -61,6 +69,14 @@ pub fn resolve_input(state: &SessionState, input: &str, function: &str) -> Resul
             return LogicalPlanBuilder::scan(reference, provider_as_source(table), None)?.build();
         }
     }
+    if let Some(table) = delta_table(state, input, function)? {
+        return LogicalPlanBuilder::scan(
+            TableReference::bare("input"),
+            provider_as_source(table),
+            None,
+        )?
+        .build();
+    }
     if looks_like_path(input) {
         let table = listing_table(state, input, function)?;
         return LogicalPlanBuilder::scan(
@@ -71,6 +87,112 @@ pub fn resolve_input(state: &SessionState, input: &str, function: &str) -> Resul
         .build();
     }
     plan_err!("{function}: no table or view named '{input}' (and it is not a file path or a query)")
+}
+
+/// Run `work` to its end from a synchronous planning call (table functions are planned
+/// synchronously): blocks the multi-threaded runtime's current worker.
+fn block_on<T>(
+    function: &str,
+    what: &str,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let handle = tokio::runtime::Handle::try_current()
+        .map_err(|_| plan_datafusion_err!("{function}: reading {what} needs a tokio runtime"))?;
+    if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+        return plan_err!(
+            "{function}: reading {what} needs a multi-threaded tokio runtime; register it as a table first"
+        );
+    }
+    tokio::task::block_in_place(|| handle.block_on(work))
+}
+
+/// The name of the table factory that opens Delta tables.
+pub const DELTA: &str = "DELTA";
+
+/// Whether `path` is a Delta table: a local folder with a `_delta_log/` folder, or a URL
+/// (`s3://bucket/table`) of an object store the session has, under which `_delta_log/`
+/// holds entries.
+fn is_delta(state: &SessionState, path: &str, function: &str) -> Result<bool> {
+    if !path.contains("://") || path.starts_with("file://") {
+        let local = path.strip_prefix("file://").unwrap_or(path);
+        return Ok(std::path::Path::new(local).join("_delta_log").is_dir());
+    }
+    let Ok(url) = url::Url::parse(path) else {
+        return Ok(false);
+    };
+    let Ok(store) = state
+        .runtime_env()
+        .object_store(ListingTableUrl::parse(path)?)
+    else {
+        return Ok(false);
+    };
+    let log =
+        object_store::path::Path::from(format!("{}/_delta_log", url.path().trim_matches('/')));
+    block_on(function, &format!("'{path}'"), async move {
+        let mut entries = store.list(Some(&log));
+        Ok(entries.next().await.transpose()?.is_some())
+    })
+}
+
+/// The Delta table at `path` through the session's `DELTA` table factory, or None when
+/// `path` is not a Delta table (or no factory is registered).
+pub fn delta_table(
+    state: &SessionState,
+    path: &str,
+    function: &str,
+) -> Result<Option<Arc<dyn TableProvider>>> {
+    let Some(factory) = state.table_factories().get(DELTA).cloned() else {
+        return Ok(None);
+    };
+    if !looks_like_path(path) || !is_delta(state, path, function)? {
+        return Ok(None);
+    }
+    let command = CreateExternalTable::builder(
+        TableReference::bare("input"),
+        path,
+        DELTA,
+        Arc::new(DFSchema::empty()),
+    )
+    .build();
+    let table = block_on(function, &format!("Delta table '{path}'"), async {
+        factory.create(state, &command).await
+    })
+    .map_err(|e| plan_datafusion_err!("{function}: cannot read Delta table '{path}': {e}"))?;
+    Ok(Some(table))
+}
+
+/// The rows of a table provider as a physical plan made at planning time, for table
+/// functions that read their input file themselves (`red_team_prompts`, `helpful_sft`,
+/// `helpful_pairs`) when it is a Delta table.
+#[derive(Debug)]
+pub struct TableRows {
+    plan: Arc<dyn ExecutionPlan>,
+}
+
+impl TableRows {
+    pub fn plan(
+        state: &SessionState,
+        table: Arc<dyn TableProvider>,
+        function: &str,
+    ) -> Result<TableRows> {
+        let scan = LogicalPlanBuilder::scan(
+            TableReference::bare("input"),
+            provider_as_source(table),
+            None,
+        )?
+        .build()?;
+        let plan = block_on(function, "a table", state.create_physical_plan(&scan))?;
+        Ok(TableRows { plan })
+    }
+
+    pub fn schema(&self) -> SchemaRef {
+        self.plan.schema()
+    }
+
+    /// Every partition's rows, one stream.
+    pub fn execute(&self, ctx: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        execute_stream(self.plan.clone(), ctx)
+    }
 }
 
 /// A listing table over a file or folder. Schema inference is async and table functions
@@ -103,14 +225,7 @@ fn listing_table(state: &SessionState, path: &str, function: &str) -> Result<Arc
             .await?;
         ListingTable::try_new(config)
     };
-    let handle = tokio::runtime::Handle::try_current()
-        .map_err(|_| plan_datafusion_err!("{function}: reading '{path}' needs a tokio runtime"))?;
-    if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
-        return plan_err!(
-            "{function}: reading a path input ('{path}') needs a multi-threaded tokio runtime; register it as a table first"
-        );
-    }
-    let table = tokio::task::block_in_place(|| handle.block_on(infer))
+    let table = block_on(function, &format!("'{path}'"), infer)
         .map_err(|e| plan_datafusion_err!("{function}: cannot read '{path}': {e}"))?;
     Ok(Arc::new(table))
 }

@@ -5,11 +5,12 @@
 //!   harmlessness score under either spelling (`task_descripton_…` as in the real data, or
 //!   `task_description_…`);
 //! - HH preference records (`chosen`/`rejected`): the first human turn of `chosen`;
-//! - plain JSONL, CSV or Parquet with a prompt column (`column => 'prompt'`).
+//! - plain JSONL, CSV or Parquet with a prompt column (`column => 'prompt'`);
+//! - a Delta table (a folder or `s3://` URL with `_delta_log/`), read like Parquet.
 //!
 //! Without `column` (or with `column => 'auto'`, the shipped plans' default) the format is
-//! detected: per JSON record `transcript`, then `chosen`, then `prompt`; for CSV and Parquet
-//! the first of the columns `prompt`, `transcript`, `chosen` (transcripts are cut to their
+//! detected: per JSON record `transcript`, then `chosen`, then `prompt`; for CSV, Parquet
+//! and Delta the first of the columns `prompt`, `transcript`, `chosen` (transcripts are cut to their
 //! first human turn). A named column is read as plain text and wins over detection.
 //!
 //! A file with records of which none can be read is an error (naming the file, the count and
@@ -37,9 +38,11 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
+use futures::StreamExt;
 use serde_json::Value;
 
 use super::args::StageArgs;
+use super::input::{TableRows, delta_table, session_state};
 use super::transcript::{conversation_until_last_human, first_human_turn};
 use crate::keys;
 use crate::progress::{Progress, StageProgress};
@@ -58,6 +61,8 @@ enum Turns {
 #[derive(Clone, Debug)]
 struct PromptOptions {
     path: PathBuf,
+    /// The rows of `path` when it is a Delta table.
+    table: Option<Arc<TableRows>>,
     column: Option<String>,
     id_column: Option<String>,
     source: Option<String>,
@@ -98,7 +103,13 @@ fn schema(turns: &Turns) -> SchemaRef {
 
 impl TableFunctionImpl for RedTeamPromptsFunction {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
-        let a = StageArgs::parse("red_team_prompts", args.exprs())?;
+        const NAME: &str = "red_team_prompts";
+        let a = StageArgs::parse(NAME, args.exprs())?;
+        let state = session_state(args.session(), NAME)?;
+        let table = match delta_table(state, a.input()?, NAME)? {
+            Some(t) => Some(Arc::new(TableRows::plan(state, t, NAME)?)),
+            None => None,
+        };
         let path = PathBuf::from(a.input()?);
         let turns = match a.str_or("turns", "first").as_str() {
             "first" => Turns::First,
@@ -121,9 +132,10 @@ impl TableFunctionImpl for RedTeamPromptsFunction {
             dedup: a.bool_or("dedup", true)?,
             turns,
             path,
+            table,
         };
         a.finish(&[])?;
-        if !options.path.is_file() {
+        if options.table.is_none() && !options.path.is_file() {
             return plan_err!("red_team_prompts: no such file: {}", options.path.display());
         }
         let stream = Arc::new(PromptStream {
@@ -156,9 +168,14 @@ impl PartitionStream for PromptStream {
             .stage("red_team_prompts");
         let options = self.options.clone();
         let schema = self.schema.clone();
+        let rows = options.table.as_ref().map(|t| blocking_rows(t, ctx));
         blocking_source(self.schema.clone(), move |tx| {
             let mut reader = Reader::new(schema, options, progress, tx.clone());
-            if let Err(e) = reader.run() {
+            let read = match rows {
+                Some(rows) => rows.and_then(|(schema, rows)| reader.run_table(&schema, rows)),
+                None => reader.run(),
+            };
+            if let Err(e) = read {
                 let _ = tx.blocking_send(Err(e));
             }
         })
@@ -176,6 +193,22 @@ pub(crate) fn blocking_source(
     let stream =
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
     Box::pin(RecordBatchStreamAdapter::new(schema, stream))
+}
+
+/// The rows of `table` as a blocking iterator (for a blocking thread), with their schema.
+pub(crate) fn blocking_rows(
+    table: &TableRows,
+    ctx: Arc<TaskContext>,
+) -> Result<(
+    SchemaRef,
+    impl Iterator<Item = Result<RecordBatch>> + Send + 'static,
+)> {
+    let handle = tokio::runtime::Handle::current();
+    let mut stream = table.execute(ctx)?;
+    Ok((
+        table.schema(),
+        std::iter::from_fn(move || handle.block_on(stream.next())),
+    ))
 }
 
 /// How a CSV or Parquet text column is read.
@@ -244,6 +277,17 @@ impl Reader {
         } else {
             self.read_json(open(&path)?)?;
         }
+        self.flush()?;
+        self.report()
+    }
+
+    /// Read the rows of a table (a Delta table's scan), like a Parquet file's.
+    fn run_table(
+        &mut self,
+        schema: &Schema,
+        rows: impl Iterator<Item = Result<RecordBatch>>,
+    ) -> Result<()> {
+        self.read_batches(schema, rows, "delta")?;
         self.flush()?;
         self.report()
     }
@@ -453,6 +497,22 @@ impl Reader {
         let file = File::open(path).map_err(|e| io_err(path, e))?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
         let arrow_schema = builder.schema().clone();
+        let batches = builder.with_batch_size(BATCH_ROWS).build()?;
+        self.read_batches(
+            &arrow_schema,
+            batches.map(|b| b.map_err(DataFusionError::from)),
+            "parquet",
+        )
+    }
+
+    /// Read prompts from the text column of record batches (a Parquet file, a table).
+    fn read_batches(
+        &mut self,
+        arrow_schema: &Schema,
+        batches: impl Iterator<Item = Result<RecordBatch>>,
+        format: &'static str,
+    ) -> Result<()> {
+        let path = self.options.path.clone();
         let names: Vec<&str> = arrow_schema
             .fields()
             .iter()
@@ -466,7 +526,7 @@ impl Reader {
             None => None,
         };
         let mut row = 0;
-        for batch in builder.with_batch_size(BATCH_ROWS).build()? {
+        for batch in batches {
             let batch = batch?;
             let prompts = datafusion::arrow::compute::cast(batch.column(col), &DataType::Utf8)?;
             let ids: Option<ArrayRef> = match id_col {
@@ -485,7 +545,7 @@ impl Reader {
                     .filter(|a| a.is_valid(i))
                     .map(|a| a.value(i).to_string());
                 let record = if prompts.is_valid(i) {
-                    self.cell_record(kind, prompts.value(i), id, "parquet")
+                    self.cell_record(kind, prompts.value(i), id, format)
                 } else {
                     Err("null prompt".into())
                 };
