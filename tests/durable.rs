@@ -90,12 +90,21 @@ impl Fixture {
     }
 }
 
-fn kill_after(mut cmd: Command, after: Duration) {
+fn kill_after(cmd: Command, after: Duration) {
+    kill_when(cmd, || true, after);
+}
+
+/// Start `cmd`, wait until `ready()` holds (at most 30 s), then `after` more, then kill -9.
+fn kill_when(mut cmd: Command, ready: impl Fn() -> bool, after: Duration) {
     let mut child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let started = std::time::Instant::now();
+    while !ready() && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     std::thread::sleep(after);
     child.kill().unwrap(); // SIGKILL
     let _ = child.wait();
@@ -413,6 +422,45 @@ async fn a_run_on_an_s3_store_resumes_and_reads_back() {
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let read_revisions = || {
+        let out = with_env(caiflow())
+            .args([
+                "sql",
+                "--run",
+                "s3://caiflow/runs/s3run",
+                "-e",
+                "SELECT count(*) AS n, min(revise_lineage['max_tokens']) AS lo, \
+                 max(revise_lineage['max_tokens']) AS hi FROM revisions",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let committed_before = read_revisions();
+    assert!(
+        committed_before.contains("| 16 | 16 | 16 |"),
+        "{committed_before}"
+    );
+
+    // Killed while recomputing revisions (a changed option): the table stays its previous
+    // version, whole, with nothing of the unfinished write visible.
+    f.server.set_latency(Duration::from_millis(150));
+    let sent = f.server.requests();
+    let mut rerun = f.args("s3run", &["--set", "revise_max_tokens=8"]);
+    rerun[store_at] = "s3://caiflow/runs".into();
+    let mut cmd = with_env(caiflow());
+    cmd.args(&rerun);
+    // Killed once the first new request is in (about two of four waves later).
+    kill_when(
+        cmd,
+        || f.server.requests() > sent,
+        Duration::from_millis(250),
+    );
+    let new = f.server.requests() - sent;
+    assert!(new > 0 && new < 16, "killed half-way: {new} new requests");
+    assert_eq!(read_revisions(), committed_before);
+    f.server.set_latency(Duration::from_millis(40));
+
     let export_dir = f.dir.path().join("exported");
     let out = with_env(caiflow())
         .args([
