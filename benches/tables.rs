@@ -48,6 +48,7 @@ async fn main() {
         .await
         .expect("delta write");
         let delta = started.elapsed().as_secs_f64();
+        let files = parquet_files(&dir.path().join(format!("delta-{n}/revisions")));
 
         // The manifest layout: Parquet into an attempt folder, then the manifest.
         let store = RunStore::open(&store_root, &format!("manifest-{n}")).expect("store");
@@ -71,7 +72,9 @@ async fn main() {
             .await
             .expect("manifest");
         let manifest = started.elapsed().as_secs_f64();
-        println!("commit {n} rows: delta {delta:.2} s, parquet+manifest {manifest:.2} s");
+        println!(
+            "commit {n} rows: delta {delta:.2} s ({files} Parquet files), parquet+manifest {manifest:.2} s"
+        );
     }
 
     // A run with 10 committed tables of 10k rows: inspect, and a resumed run's start.
@@ -108,4 +111,22 @@ async fn main() {
     println!(
         "10 tables x 10k rows: first run {first:.2} s; inspect (records and counts) {inspect:.2} s; resumed run, all reused {resumed:.2} s"
     );
+}
+
+/// Parquet files under `dir`, in every sub-folder.
+fn parquet_files(dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .map(|p| {
+            if p.is_dir() {
+                parquet_files(&p)
+            } else {
+                usize::from(p.extension().is_some_and(|x| x == "parquet"))
+            }
+        })
+        .sum()
 }

@@ -141,6 +141,9 @@ print(" ".join(out))
     );
     assert_eq!(python(&script).trim(), expected.join(" "));
     assert_eq!(count(&s.sql("SELECT count(*) FROM revisions")), 12);
+    // Few, large files: one per table, or one per split of a partitioned table.
+    assert_eq!(parquet_files(&run.join("revisions")), 1);
+    assert!(parquet_files(&run.join("sft")) <= 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -206,7 +206,11 @@ pub async fn write(
         Some(t) => t,
         None => unloaded(store, name)?,
     };
-    let df = signed_integers(df)?;
+    // One input partition: delta-rs writes a file per partition (and split), rolling over at
+    // its target file size (100 MiB), so a table is a few large files instead of one small
+    // file per partition of the query.
+    let df = signed_integers(df)?
+        .repartition(datafusion::logical_expr::Partitioning::RoundRobinBatch(1))?;
     let (state, plan) = df.into_parts();
     // delta-rs plans its write through its own logical nodes: keep the session (its config
     // carries the stages' endpoints, journal and progress) and add delta-rs's planner.

@@ -6,9 +6,13 @@
 //! On a local store each outcome is appended to this process's segment file as it completes
 //! (one `write`; the page cache survives `kill -9`), so a resume repeats at most the requests
 //! that were in flight. Object stores have no append: there, outcomes are buffered and
-//! written as a new segment object (`journal/{session}-{seq}.jsonl`) about once a second, so
-//! at most the requests in flight and about a second of completions are repeated. At the end
-//! of a run the segments are compacted into one.
+//! written as a new segment object (`journal/{session}-{seq}.jsonl`) every 100 ms, or as soon
+//! as 256 are waiting, so at most the requests in flight and about 100 ms of completions are
+//! repeated (at most 10 PUTs a second while outcomes arrive, plus one per 256 outcomes). So
+//! that a long run does not leave tens of thousands of small objects for a resume to read,
+//! every 64 segments of a session are rolled up into one (written before the small ones are
+//! deleted: a crash in between leaves duplicates, which are harmless). At the end of a run the
+//! segments are compacted into one.
 //!
 //! `journal/SCHEME` names the request-hash scheme the journal's keys were computed with
 //! ([`caiflow_llm::REQUEST_HASH_SCHEME`]; a journal without it predates the file). Entries of
@@ -21,6 +25,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use caiflow_engine::journal::RequestJournal;
@@ -82,6 +87,10 @@ pub struct Journal {
     failures: AtomicU64,
     segments: AtomicU64,
     pending: Mutex<Vec<Line>>,
+    /// Wakes the flusher when `FLUSH_LINES` outcomes are waiting.
+    full: tokio::sync::Notify,
+    /// This session's segments since the last roll-up, with their bytes.
+    unrolled: tokio::sync::Mutex<Vec<(String, Bytes)>>,
     /// Local stores: this process's segment file, appended to as outcomes complete (opened
     /// at the first outcome, so reading a journal leaves no trace).
     append_path: Option<std::path::PathBuf>,
@@ -99,7 +108,14 @@ const FOLDER: &str = "journal";
 const SCHEME_FILE: &str = "journal/SCHEME";
 /// What journals written before `journal/SCHEME` existed were keyed by.
 const FIRST_SCHEME: &str = "caiflow-request-v1 (JSON text)";
-pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// How often buffered outcomes are written to an object store.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// Buffered outcomes that trigger a write at once.
+pub const FLUSH_LINES: usize = 256;
+/// Segments of one session rolled up into one.
+const ROLL_UP_SEGMENTS: usize = 64;
+/// Segments read at once when a journal is opened.
+const READ_AHEAD: usize = 16;
 
 impl Journal {
     /// Load every segment of the run's journal.
@@ -111,8 +127,15 @@ impl Journal {
             Some(b) => String::from_utf8_lossy(&b).trim().to_string(),
             None => FIRST_SCHEME.to_string(),
         };
-        for (path, _) in &objects {
-            let Some(bytes) = store.get(path).await? else {
+        let reader = &store;
+        let mut reads = futures::stream::iter(
+            objects
+                .iter()
+                .map(|(path, _)| async move { reader.get(path).await.map(|b| (path, b)) }),
+        )
+        .buffered(READ_AHEAD);
+        while let Some(read) = reads.next().await {
+            let (path, Some(bytes)) = read? else {
                 continue;
             };
             for raw in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
@@ -131,6 +154,7 @@ impl Journal {
                 }
             }
         }
+        drop(reads);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -155,6 +179,8 @@ impl Journal {
             failures: AtomicU64::new(failures),
             segments: AtomicU64::new(objects.len() as u64),
             pending: Mutex::new(vec![]),
+            full: tokio::sync::Notify::new(),
+            unrolled: tokio::sync::Mutex::new(vec![]),
             session,
             seq: AtomicU64::new(0),
             served: AtomicU64::new(0),
@@ -223,10 +249,11 @@ impl Journal {
                 ),
             }
         }
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(line);
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.push(line);
+        if pending.len() >= FLUSH_LINES {
+            self.full.notify_one();
+        }
     }
 
     fn append_line(&self, path: &std::path::Path, line: &Line) -> std::io::Result<()> {
@@ -266,9 +293,11 @@ impl Journal {
             })?;
             buf.push(b'\n');
         }
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let path = format!("{FOLDER}/{}-{seq:08}.jsonl", self.session);
-        if let Err(e) = self.store.put(&path, Bytes::from(buf)).await {
+        // One writer at a time: segments and roll-ups of this session keep their order.
+        let mut unrolled = self.unrolled.lock().await;
+        let path = self.next_segment();
+        let bytes = Bytes::from(buf);
+        if let Err(e) = self.store.put(&path, bytes.clone()).await {
             // Keep the lines for the next flush: nothing completed is lost to a hiccup.
             self.pending
                 .lock()
@@ -277,15 +306,48 @@ impl Journal {
             return Err(e);
         }
         self.segments.fetch_add(1, Ordering::Relaxed);
+        unrolled.push((path, bytes));
+        if unrolled.len() >= ROLL_UP_SEGMENTS {
+            self.roll_up(&mut unrolled).await;
+        }
         Ok(())
     }
 
-    /// Flush about once a second until the returned handle is aborted.
+    fn next_segment(&self) -> String {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        format!("{FOLDER}/{}-{seq:08}.jsonl", self.session)
+    }
+
+    /// Write `segments` as one and delete them (best effort: on failure they stay as they
+    /// are, still valid).
+    async fn roll_up(&self, segments: &mut Vec<(String, Bytes)>) {
+        let mut buf = Vec::with_capacity(segments.iter().map(|(_, b)| b.len()).sum());
+        for (_, b) in segments.iter() {
+            buf.extend_from_slice(b);
+        }
+        let path = self.next_segment();
+        if let Err(e) = self.store.put(&path, Bytes::from(buf)).await {
+            tracing::warn!("journal roll-up failed (its segments stay): {e}");
+            return;
+        }
+        self.segments.fetch_add(1, Ordering::Relaxed);
+        for (old, _) in segments.drain(..) {
+            if self.store.delete_one(&old).await.is_ok() {
+                self.segments.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Flush every `FLUSH_EVERY`, or at once when `FLUSH_LINES` outcomes are waiting, until
+    /// the returned handle is aborted.
     pub fn spawn_flusher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let journal = self.clone();
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(FLUSH_EVERY).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(FLUSH_EVERY) => {}
+                    _ = journal.full.notified() => {}
+                }
                 if let Err(e) = journal.flush().await {
                     tracing::warn!("journal flush failed (will retry): {e}");
                 }
@@ -314,14 +376,15 @@ impl Journal {
                 buf.push(b'\n');
             }
         }
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let compacted = format!("{FOLDER}/{}-{seq:08}.jsonl", self.session);
+        let mut unrolled = self.unrolled.lock().await;
+        let compacted = self.next_segment();
         self.store.put(&compacted, Bytes::from(buf)).await?;
         for (path, _) in before {
             if path != compacted {
                 let _ = self.store.delete_one(&path).await;
             }
         }
+        unrolled.clear();
         self.segments.store(1, Ordering::Relaxed);
         self.failures.store(0, Ordering::Relaxed);
         Ok(())
