@@ -406,22 +406,6 @@ async fn a_run_on_an_s3_store_resumes_and_reads_back() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = with_env(caiflow())
-        .args([
-            "sql",
-            "--run",
-            "s3://caiflow/runs/s3run",
-            "-e",
-            "SELECT count(*) AS n, count(DISTINCT prompt_id) AS p FROM revisions",
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("| 16 | 16 |"),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let read_revisions = || {
         let out = with_env(caiflow())
             .args([
@@ -429,16 +413,23 @@ async fn a_run_on_an_s3_store_resumes_and_reads_back() {
                 "--run",
                 "s3://caiflow/runs/s3run",
                 "-e",
-                "SELECT count(*) AS n, min(revise_lineage['max_tokens']) AS lo, \
+                "SELECT count(*) AS n, count(DISTINCT prompt_id) AS p, \
+                 min(revise_lineage['max_tokens']) AS lo, \
                  max(revise_lineage['max_tokens']) AS hi FROM revisions",
             ])
             .output()
             .unwrap();
-        String::from_utf8_lossy(&out.stdout).to_string()
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
     };
     let committed_before = read_revisions();
     assert!(
-        committed_before.contains("| 16 | 16 | 16 |"),
+        committed_before.contains("| 16 | 16 | 16 | 16 |"),
         "{committed_before}"
     );
 
