@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use caiflow_llm::{Completion, LlmError, RequestHash};
 
+#[async_trait::async_trait]
 pub trait RequestJournal: Send + Sync + Debug {
     /// The completion journalled for `hash`, if one succeeded before (failures are never
-    /// served: they are retried).
-    fn lookup(&self, hash: &RequestHash) -> Option<Completion>;
+    /// served: they are retried). Async: a journal may read the result from storage.
+    async fn lookup(&self, hash: &RequestHash) -> Option<Completion>;
 
     /// Record the outcome of a request that was sent.
     fn record(&self, hash: &RequestHash, result: &Result<Completion, LlmError>);

@@ -3,16 +3,30 @@
 //!
 //! A resume or re-run serves journalled results without calling the endpoint. Failures are
 //! journalled as failures (with their reason) and are never served: they are retried.
-//! On a local store each outcome is appended to this process's segment file as it completes
-//! (one `write`; the page cache survives `kill -9`), so a resume repeats at most the requests
-//! that were in flight. Object stores have no append: there, outcomes are buffered and
-//! written as a new segment object (`journal/{session}-{seq}.jsonl`) every 100 ms, or as soon
-//! as 256 are waiting, so at most the requests in flight and about 100 ms of completions are
-//! repeated (at most 10 PUTs a second while outcomes arrive, plus one per 256 outcomes). So
-//! that a long run does not leave tens of thousands of small objects for a resume to read,
-//! every 64 segments of a session are rolled up into one (written before the small ones are
-//! deleted: a crash in between leaves duplicates, which are harmless). At the end of a run the
-//! segments are compacted into one.
+//!
+//! **Layout.** Outcomes are JSON lines in segment objects (`journal/NAME.jsonl`); beside each
+//! segment, `journal/NAME.idx` indexes it: one 16-byte record per line (the first 8 bytes of
+//! the request hash, then the line's byte offset, whose top bit marks a failure).
+//!
+//! **Lookups without the results in memory.** Opening a journal reads only the indexes (16
+//! bytes an entry, never the answers' text) into one sorted array of (hash prefix, segment and
+//! offset): 16 bytes per result resident, so start-up time and memory grow with the number of
+//! entries, not with the size of the answers. A lookup binary-searches the array, reads the
+//! one line at its offset (a positioned read of a local file, a ranged GET on S3) and checks
+//! the full hash. Outcomes recorded in this session are found through a map of the same 16
+//! bytes per entry. A segment without an index (a journal written before indexes, or one cut
+//! off by a crash between its two writes) is scanned once on open, and its index is written
+//! when the run continues.
+//!
+//! **Durability.** On a local store each outcome is appended to this process's segment and
+//! index as it completes (one `write` each; the page cache survives `kill -9`), so a resume
+//! repeats at most the requests that were in flight. Object stores have no append: there,
+//! outcomes are buffered and written as a new segment and index every 100 ms, or as soon as
+//! 256 are waiting, so at most the requests in flight and about 100 ms of completions are
+//! repeated (at most 10 PUT pairs a second while outcomes arrive, plus one per 256 outcomes).
+//! Every 64 segments of a session are rolled up into one (written before the small ones are
+//! deleted: a crash in between leaves duplicates, which are harmless), and at the end of a
+//! run the session's segments are merged into one, streamed, without its failures.
 //!
 //! `journal/SCHEME` names the request-hash scheme the journal's keys were computed with
 //! ([`caiflow_llm::REQUEST_HASH_SCHEME`]; a journal without it predates the file). Entries of
@@ -27,11 +41,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
 
 use caiflow_engine::journal::RequestJournal;
 use caiflow_llm::{Completion, LlmError, REQUEST_HASH_SCHEME, RequestHash};
 
-use crate::error::Result;
+use crate::error::{Result, RunError};
 use crate::store::RunStore;
 
 /// One journal line.
@@ -55,164 +70,8 @@ struct Line {
 }
 
 impl Line {
-    fn completion(&self) -> Completion {
-        Completion {
-            text: self.text.clone().unwrap_or_default(),
-            finish_reason: self.finish_reason.clone(),
-            prompt_tokens: self.prompt_tokens,
-            completion_tokens: self.completion_tokens,
-            top_logprobs: self.top_logprobs.clone(),
-        }
-    }
-}
-
-/// Counts for `inspect` and the run summary.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct JournalStats {
-    pub results: usize,
-    pub failures: usize,
-    pub segments: usize,
-    pub served: u64,
-    pub recorded: u64,
-    /// Results keyed by another hash scheme: unusable, their requests are sent again.
-    pub stale: usize,
-    /// The scheme those stale entries were written with.
-    pub stale_scheme: Option<String>,
-}
-
-#[derive(Debug)]
-pub struct Journal {
-    store: RunStore,
-    results: RwLock<HashMap<String, Arc<Line>>>,
-    failures: AtomicU64,
-    segments: AtomicU64,
-    pending: Mutex<Vec<Line>>,
-    /// Wakes the flusher when `FLUSH_LINES` outcomes are waiting.
-    full: tokio::sync::Notify,
-    /// This session's segments since the last roll-up, with their bytes.
-    unrolled: tokio::sync::Mutex<Vec<(String, Bytes)>>,
-    /// Local stores: this process's segment file, appended to as outcomes complete (opened
-    /// at the first outcome, so reading a journal leaves no trace).
-    append_path: Option<std::path::PathBuf>,
-    append: Mutex<Option<std::fs::File>>,
-    /// Unique per process, so concurrent or successive writers never overwrite a segment.
-    session: String,
-    seq: AtomicU64,
-    served: AtomicU64,
-    recorded: AtomicU64,
-    stale: usize,
-    stale_scheme: Option<String>,
-}
-
-const FOLDER: &str = "journal";
-const SCHEME_FILE: &str = "journal/SCHEME";
-/// What journals written before `journal/SCHEME` existed were keyed by.
-const FIRST_SCHEME: &str = "caiflow-request-v1 (JSON text)";
-/// How often buffered outcomes are written to an object store.
-pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
-/// Buffered outcomes that trigger a write at once.
-pub const FLUSH_LINES: usize = 256;
-/// Segments of one session rolled up into one.
-const ROLL_UP_SEGMENTS: usize = 64;
-/// Segments read at once when a journal is opened.
-const READ_AHEAD: usize = 16;
-
-impl Journal {
-    /// Load every segment of the run's journal.
-    pub async fn open(store: RunStore) -> Result<Journal> {
-        let mut results = HashMap::new();
-        let mut failures = 0u64;
-        let objects = segments(&store).await?;
-        let scheme = match store.get(SCHEME_FILE).await? {
-            Some(b) => String::from_utf8_lossy(&b).trim().to_string(),
-            None => FIRST_SCHEME.to_string(),
-        };
-        let reader = &store;
-        let mut reads = futures::stream::iter(
-            objects
-                .iter()
-                .map(|(path, _)| async move { reader.get(path).await.map(|b| (path, b)) }),
-        )
-        .buffered(READ_AHEAD);
-        while let Some(read) = reads.next().await {
-            let (path, Some(bytes)) = read? else {
-                continue;
-            };
-            for raw in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                // A torn last line (a crash mid-write) is skipped, and said.
-                let Ok(line) = serde_json::from_slice::<Line>(raw) else {
-                    tracing::warn!(
-                        "journal {path}: skipped an unreadable line ({} bytes)",
-                        raw.len()
-                    );
-                    continue;
-                };
-                if line.ok {
-                    results.insert(line.h.clone(), Arc::new(line));
-                } else {
-                    failures += 1;
-                }
-            }
-        }
-        drop(reads);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let session = format!("{nanos:x}-{}", std::process::id());
-        let (stale, stale_scheme) = if scheme != REQUEST_HASH_SCHEME && !objects.is_empty() {
-            let n = results.len();
-            results.clear();
-            failures = 0;
-            (n, Some(scheme))
-        } else {
-            (0, None)
-        };
-        let append_path = store
-            .local_path(FOLDER)
-            .map(|f| f.join(format!("{session}-append.jsonl")));
-        Ok(Journal {
-            append_path,
-            append: Mutex::new(None),
-            store,
-            results: RwLock::new(results),
-            failures: AtomicU64::new(failures),
-            segments: AtomicU64::new(objects.len() as u64),
-            pending: Mutex::new(vec![]),
-            full: tokio::sync::Notify::new(),
-            unrolled: tokio::sync::Mutex::new(vec![]),
-            session,
-            seq: AtomicU64::new(0),
-            served: AtomicU64::new(0),
-            recorded: AtomicU64::new(0),
-            stale,
-            stale_scheme,
-        })
-    }
-
-    /// Get the journal ready for writing: record this caiflow's hash scheme, and drop the
-    /// segments of another scheme (no request of this one can match them).
-    pub async fn prepare_for_writing(&self) -> Result<()> {
-        if self.stale_scheme.is_some() {
-            for (path, _) in segments(&self.store).await? {
-                self.store.delete_one(&path).await?;
-            }
-        }
-        self.store
-            .put(SCHEME_FILE, Bytes::from(format!("{REQUEST_HASH_SCHEME}\n")))
-            .await
-    }
-
-    /// A journalled result for this request hash.
-    pub fn lookup(&self, hash: &RequestHash) -> Option<Completion> {
-        let results = self.results.read().unwrap_or_else(|p| p.into_inner());
-        let line = results.get(hash.as_str())?;
-        self.served.fetch_add(1, Ordering::Relaxed);
-        Some(line.completion())
-    }
-
-    pub fn record(&self, hash: &RequestHash, result: &std::result::Result<Completion, LlmError>) {
-        let line = match result {
+    fn new(hash: &RequestHash, result: &std::result::Result<Completion, LlmError>) -> Line {
+        match result {
             Ok(c) => Line {
                 h: hash.to_string(),
                 ok: true,
@@ -233,108 +92,612 @@ impl Journal {
                 top_logprobs: None,
                 error: Some(e.to_string()),
             },
+        }
+    }
+
+    fn completion(self) -> Completion {
+        Completion {
+            text: self.text.unwrap_or_default(),
+            finish_reason: self.finish_reason,
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.completion_tokens,
+            top_logprobs: self.top_logprobs,
+        }
+    }
+
+    /// The line as JSON with its newline.
+    fn encode(&self) -> Result<Vec<u8>> {
+        let mut bytes = serde_json::to_vec(self).map_err(|e| RunError::Json {
+            what: "encoding a journal line".into(),
+            cause: e,
+        })?;
+        bytes.push(b'\n');
+        Ok(bytes)
+    }
+}
+
+/// What an index needs of a line, read without copying its text.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow)]
+    h: &'a str,
+    ok: bool,
+}
+
+/// The first 8 bytes of a hex request hash, the key of the index.
+fn key_of(hash: &str) -> Option<u64> {
+    u64::from_str_radix(hash.get(..16)?, 16).ok()
+}
+
+/// Marks an index record's line as a failure.
+const FAILURE: u64 = 1 << 63;
+/// Bytes of one index record.
+const RECORD: usize = 16;
+/// Offsets take the low 40 bits of a location, segment ids the 24 above (1 TiB a segment,
+/// 16 million segments).
+const OFFSET_BITS: u32 = 40;
+
+fn location(segment: u32, offset: u64) -> u64 {
+    (u64::from(segment) << OFFSET_BITS) | (offset & ((1 << OFFSET_BITS) - 1))
+}
+
+fn split_location(loc: u64) -> (u32, u64) {
+    ((loc >> OFFSET_BITS) as u32, loc & ((1 << OFFSET_BITS) - 1))
+}
+
+fn index_record(key: u64, offset: u64, ok: bool) -> [u8; RECORD] {
+    let mut r = [0u8; RECORD];
+    r[..8].copy_from_slice(&key.to_le_bytes());
+    r[8..].copy_from_slice(&(offset | if ok { 0 } else { FAILURE }).to_le_bytes());
+    r
+}
+
+/// (key, offset, ok) of each whole record of an index (a torn tail is ignored).
+fn index_records(bytes: &[u8]) -> impl Iterator<Item = (u64, u64, bool)> + '_ {
+    bytes.chunks_exact(RECORD).map(|r| {
+        let mut k = [0u8; 8];
+        let mut o = [0u8; 8];
+        k.copy_from_slice(&r[..8]);
+        o.copy_from_slice(&r[8..]);
+        let (key, offset) = (u64::from_le_bytes(k), u64::from_le_bytes(o));
+        (key, offset & !FAILURE, offset & FAILURE == 0)
+    })
+}
+
+/// A segment and its index, encoded as lines are added.
+#[derive(Default)]
+pub struct SegmentWriter {
+    data: Vec<u8>,
+    index: Vec<u8>,
+}
+
+impl SegmentWriter {
+    /// Add a successful outcome (public for benchmarks that build synthetic journals).
+    pub fn push_ok(&mut self, hash: &RequestHash, completion: Completion) -> Result<()> {
+        self.push(&Line::new(hash, &Ok(completion)))
+    }
+
+    fn push(&mut self, line: &Line) -> Result<()> {
+        self.push_encoded(&line.h, line.ok, &line.encode()?);
+        Ok(())
+    }
+
+    fn push_encoded(&mut self, hash: &str, ok: bool, encoded: &[u8]) {
+        if let Some(key) = key_of(hash) {
+            self.index
+                .extend_from_slice(&index_record(key, self.data.len() as u64, ok));
+        }
+        self.data.extend_from_slice(encoded);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// The segment's bytes and its index's.
+    pub fn finish(self) -> (Vec<u8>, Vec<u8>) {
+        (self.data, self.index)
+    }
+}
+
+/// Counts for `inspect` and the run summary.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JournalStats {
+    pub results: usize,
+    pub failures: usize,
+    pub segments: usize,
+    pub served: u64,
+    pub recorded: u64,
+    /// Results keyed by another hash scheme: unusable, their requests are sent again.
+    pub stale: usize,
+    /// The scheme those stale entries were written with.
+    pub stale_scheme: Option<String>,
+}
+
+/// This process's local segment, appended to as outcomes complete.
+#[derive(Debug)]
+struct Append {
+    data: std::fs::File,
+    index: std::fs::File,
+    offset: u64,
+    segment: u32,
+}
+
+/// A segment this session wrote to an object store, kept until it is rolled up.
+#[derive(Debug)]
+struct Written {
+    segment: u32,
+    data: Bytes,
+    index: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub struct Journal {
+    store: RunStore,
+    /// Segment names (`journal/NAME`, without extension) by id: locations refer to these.
+    names: RwLock<Vec<String>>,
+    /// The results of the journal as opened: (key, location), sorted by key.
+    index: Vec<(u64, u64)>,
+    /// Results recorded in this session: key → location.
+    recent: RwLock<HashMap<u64, u64>>,
+    /// Outcomes waiting to be written (object stores, or a failed local append).
+    pending: Mutex<Vec<Line>>,
+    /// Wakes the flusher when `FLUSH_LINES` outcomes are waiting.
+    full: tokio::sync::Notify,
+    /// This session's segments since the last roll-up (one writer at a time).
+    unrolled: tokio::sync::Mutex<Vec<Written>>,
+    /// Every segment this session wrote to the object store (merged at the end of a run).
+    written: Mutex<Vec<u32>>,
+    /// Open local segment files, for positioned reads.
+    files: Mutex<HashMap<u32, Arc<std::fs::File>>>,
+    /// Local stores: this process's segment, opened at its first outcome (so reading a
+    /// journal leaves no trace).
+    local: Option<std::path::PathBuf>,
+    append: Mutex<Option<Append>>,
+    /// Indexes of segments that had none, written when the run continues.
+    missing: Mutex<Vec<(String, Vec<u8>)>>,
+    /// Unique per process, so concurrent or successive writers never overwrite a segment.
+    session: String,
+    seq: AtomicU64,
+    results: AtomicU64,
+    failures: AtomicU64,
+    segments: AtomicU64,
+    served: AtomicU64,
+    recorded: AtomicU64,
+    stale: usize,
+    stale_scheme: Option<String>,
+}
+
+const FOLDER: &str = "journal";
+const SCHEME_FILE: &str = "journal/SCHEME";
+/// What journals written before `journal/SCHEME` existed were keyed by.
+const FIRST_SCHEME: &str = "caiflow-request-v1 (JSON text)";
+/// How often buffered outcomes are written to an object store.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// Buffered outcomes that trigger a write at once.
+pub const FLUSH_LINES: usize = 256;
+/// Segments of one session rolled up into one.
+const ROLL_UP_SEGMENTS: usize = 64;
+/// Segments (or indexes) read at once when a journal is opened.
+const READ_AHEAD: usize = 16;
+/// Bytes read at a time when reading a line at its offset.
+const LINE_READ: usize = 8 << 10;
+
+/// What opening found in one segment.
+struct Indexed {
+    results: Vec<(u64, u64)>,
+    failures: Vec<u64>,
+    /// The index built by scanning, when the segment had none.
+    built: Option<Vec<u8>>,
+}
+
+impl Journal {
+    /// Open the run's journal: read every segment's index (scanning segments that have none).
+    pub async fn open(store: RunStore) -> Result<Journal> {
+        let (names, indexed) = segments(&store).await?;
+        let scheme = match store.get(SCHEME_FILE).await? {
+            Some(b) => String::from_utf8_lossy(&b).trim().to_string(),
+            None => FIRST_SCHEME.to_string(),
         };
-        if line.ok {
-            let mut results = self.results.write().unwrap_or_else(|p| p.into_inner());
-            results.insert(line.h.clone(), Arc::new(line.clone()));
+        let reader = &store;
+        let mut reads = futures::stream::iter(names.iter().enumerate().map(|(id, name)| {
+            let has_index = indexed.contains(name);
+            async move {
+                let found = if has_index {
+                    read_index(reader, name, id as u32).await
+                } else {
+                    scan_segment(reader, name, id as u32).await
+                };
+                found.map(|f| (name, f))
+            }
+        }))
+        .buffered(READ_AHEAD);
+        let mut index: Vec<(u64, u64)> = vec![];
+        let mut failed: Vec<u64> = vec![];
+        let mut missing = vec![];
+        while let Some(read) = reads.next().await {
+            let (name, found) = read?;
+            index.extend(found.results);
+            failed.extend(found.failures);
+            if let Some(built) = found.built {
+                missing.push((name.clone(), built));
+            }
+        }
+        drop(reads);
+        index.sort_unstable_by_key(|(k, _)| *k);
+        index.dedup_by_key(|(k, _)| *k);
+        index.shrink_to_fit();
+        // Failures that were retried successfully since do not count.
+        failed.sort_unstable();
+        failed.dedup();
+        let failures = failed
+            .iter()
+            .filter(|k| index.binary_search_by_key(*k, |(key, _)| *key).is_err())
+            .count() as u64;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let session = format!("{nanos:x}-{}", std::process::id());
+        let (stale, stale_scheme, failures) = if scheme != REQUEST_HASH_SCHEME && !names.is_empty()
+        {
+            let n = index.len();
+            index = vec![];
+            missing.clear();
+            (n, Some(scheme), 0)
         } else {
+            (0, None, failures)
+        };
+        let local = store
+            .local_path(FOLDER)
+            .map(|f| f.join(format!("{session}-append")));
+        Ok(Journal {
+            results: AtomicU64::new(index.len() as u64),
+            segments: AtomicU64::new(names.len() as u64),
+            names: RwLock::new(names),
+            index,
+            recent: RwLock::new(HashMap::new()),
+            pending: Mutex::new(vec![]),
+            full: tokio::sync::Notify::new(),
+            unrolled: tokio::sync::Mutex::new(vec![]),
+            written: Mutex::new(vec![]),
+            files: Mutex::new(HashMap::new()),
+            local,
+            append: Mutex::new(None),
+            missing: Mutex::new(missing),
+            store,
+            session,
+            seq: AtomicU64::new(0),
+            failures: AtomicU64::new(failures),
+            served: AtomicU64::new(0),
+            recorded: AtomicU64::new(0),
+            stale,
+            stale_scheme,
+        })
+    }
+
+    /// Get the journal ready for writing: record this caiflow's hash scheme, drop the
+    /// segments of another scheme (no request of this one can match them), and write the
+    /// indexes that opening had to build.
+    pub async fn prepare_for_writing(&self) -> Result<()> {
+        if self.stale_scheme.is_some() {
+            for (path, _) in self.store.list(FOLDER).await? {
+                if path.ends_with(".jsonl") || path.ends_with(".idx") {
+                    self.store.delete_one(&path).await?;
+                }
+            }
+        }
+        let missing = std::mem::take(&mut *lock(&self.missing));
+        for (name, index) in missing {
+            self.store
+                .put(&format!("{name}.idx"), Bytes::from(index))
+                .await?;
+        }
+        self.store
+            .put(SCHEME_FILE, Bytes::from(format!("{REQUEST_HASH_SCHEME}\n")))
+            .await
+    }
+
+    /// The journalled result for this request hash, read from its segment.
+    pub async fn lookup(&self, hash: &RequestHash) -> Option<Completion> {
+        let key = key_of(hash.as_str())?;
+        let waiting = lock(&self.pending)
+            .iter()
+            .rev()
+            .find(|l| l.ok && l.h == hash.as_str())
+            .cloned();
+        if let Some(line) = waiting {
+            self.served.fetch_add(1, Ordering::Relaxed);
+            return Some(line.completion());
+        }
+        let recent = read(&self.recent).get(&key).copied();
+        let start = self.index.partition_point(|(k, _)| *k < key);
+        let stored = self.index[start..]
+            .iter()
+            .take_while(|(k, _)| *k == key)
+            .map(|(_, loc)| *loc);
+        for loc in recent.into_iter().chain(stored) {
+            match self.read_line(loc).await {
+                Ok(line) if line.ok && line.h == hash.as_str() => {
+                    self.served.fetch_add(1, Ordering::Relaxed);
+                    return Some(line.completion());
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("journal: {e}; the request is sent again"),
+            }
+        }
+        None
+    }
+
+    /// The line at `loc`.
+    async fn read_line(&self, loc: u64) -> Result<Line> {
+        let (segment, offset) = split_location(loc);
+        let name = read(&self.names)
+            .get(segment as usize)
+            .cloned()
+            .ok_or_else(|| RunError::Store(format!("journal segment {segment} is unknown")))?;
+        let path = format!("{name}.jsonl");
+        let raw = match self.store.local_path(&path) {
+            Some(local) => self.read_local(segment, &local, offset)?,
+            None => self.read_remote(&path, offset).await?,
+        };
+        let Some(end) = raw.iter().position(|b| *b == b'\n') else {
+            return Err(RunError::Store(format!(
+                "{path}: the line at {offset} is cut off"
+            )));
+        };
+        serde_json::from_slice(&raw[..end]).map_err(|e| RunError::Json {
+            what: format!("a line of {path} at {offset}"),
+            cause: e,
+        })
+    }
+
+    /// A local segment's bytes from `offset` to the end of that line (or of the file): a
+    /// positioned read, from the page cache when the segment was just written.
+    fn read_local(&self, segment: u32, local: &std::path::Path, offset: u64) -> Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let file = {
+            let mut files = lock(&self.files);
+            match files.get(&segment) {
+                Some(f) => f.clone(),
+                None => {
+                    let f =
+                        Arc::new(std::fs::File::open(local).map_err(|e| RunError::io(local, e))?);
+                    files.insert(segment, f.clone());
+                    f
+                }
+            }
+        };
+        let mut buf = vec![];
+        let mut chunk = vec![0u8; LINE_READ];
+        loop {
+            let n = file
+                .read_at(&mut chunk, offset + buf.len() as u64)
+                .map_err(|e| RunError::io(local, e))?;
+            buf.extend_from_slice(&chunk[..n]);
+            if n == 0 || chunk[..n].contains(&b'\n') {
+                return Ok(buf);
+            }
+        }
+    }
+
+    /// An object-store segment's bytes from `offset` to the end of that line: a GET from the
+    /// offset, dropped once the line is in.
+    async fn read_remote(&self, path: &str, offset: u64) -> Result<Vec<u8>> {
+        let mut chunks = self.store.get_stream_from(path, offset).await?;
+        let mut buf = vec![];
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            buf.extend_from_slice(&chunk);
+            if chunk.contains(&b'\n') {
+                break;
+            }
+        }
+        Ok(buf)
+    }
+
+    pub fn record(&self, hash: &RequestHash, result: &std::result::Result<Completion, LlmError>) {
+        let line = Line::new(hash, result);
+        self.recorded.fetch_add(1, Ordering::Relaxed);
+        if !line.ok {
             self.failures.fetch_add(1, Ordering::Relaxed);
         }
-        self.recorded.fetch_add(1, Ordering::Relaxed);
-        if let Some(path) = &self.append_path {
-            match self.append_line(path, &line) {
-                Ok(()) => return,
+        if let Some(base) = &self.local {
+            match self.append_line(base, &line) {
+                Ok(loc) => {
+                    if line.ok {
+                        self.remember(&line.h, loc);
+                    }
+                    return;
+                }
                 Err(e) => tracing::warn!(
                     "journal append failed, keeping the entry for the next flush: {e}"
                 ),
             }
         }
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = lock(&self.pending);
         pending.push(line);
         if pending.len() >= FLUSH_LINES {
             self.full.notify_one();
         }
     }
 
-    fn append_line(&self, path: &std::path::Path, line: &Line) -> std::io::Result<()> {
-        use std::io::Write;
-        let mut bytes = serde_json::to_vec(line).map_err(std::io::Error::other)?;
-        bytes.push(b'\n');
-        let mut file = self.append.lock().unwrap_or_else(|p| p.into_inner());
-        if file.is_none() {
-            if let Some(folder) = path.parent() {
-                std::fs::create_dir_all(folder)?;
-            }
-            *file = Some(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)?,
-            );
-        }
-        match file.as_mut() {
-            // One write per line: a killed process leaves whole lines behind.
-            Some(f) => f.write_all(&bytes),
-            None => Err(std::io::Error::other("journal file not open")),
+    /// Remember where this session put a result.
+    fn remember(&self, hash: &str, loc: u64) {
+        let Some(key) = key_of(hash) else {
+            return;
+        };
+        let known = self.index.binary_search_by_key(&key, |(k, _)| *k).is_ok();
+        if write(&self.recent).insert(key, loc).is_none() && !known {
+            self.results.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Write what is pending as a new segment.
+    /// Register a new segment name; returns its id.
+    fn add_segment(&self, name: String) -> u32 {
+        let mut names = write(&self.names);
+        names.push(name);
+        self.segments.fetch_add(1, Ordering::Relaxed);
+        (names.len() - 1) as u32
+    }
+
+    /// Append `line` to this process's local segment and its index; returns its location.
+    fn append_line(&self, base: &std::path::Path, line: &Line) -> Result<u64> {
+        use std::io::Write;
+        let bytes = line.encode()?;
+        let mut append = lock(&self.append);
+        if append.is_none() {
+            let open = |ext: &str| {
+                let path = base.with_extension(ext);
+                if let Some(folder) = path.parent() {
+                    std::fs::create_dir_all(folder).map_err(|e| RunError::io(folder, e))?;
+                }
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(|e| RunError::io(&path, e))
+            };
+            let (data, index) = (open("jsonl")?, open("idx")?);
+            let name = format!("{FOLDER}/{}-append", self.session);
+            let segment = self.add_segment(name);
+            *append = Some(Append {
+                data,
+                index,
+                offset: 0,
+                segment,
+            });
+        }
+        let a = append
+            .as_mut()
+            .ok_or_else(|| RunError::Store("journal file not open".into()))?;
+        let offset = a.offset;
+        // One write per line, then one per index record: a killed process leaves whole lines
+        // behind, and an index that lags its segment by at most the line being written.
+        a.data
+            .write_all(&bytes)
+            .map_err(|e| RunError::io(base, e))?;
+        a.offset += bytes.len() as u64;
+        if let Some(key) = key_of(&line.h) {
+            a.index
+                .write_all(&index_record(key, offset, line.ok))
+                .map_err(|e| RunError::io(base, e))?;
+        }
+        Ok(location(a.segment, offset))
+    }
+
+    fn next_name(&self) -> String {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        format!("{FOLDER}/{}-{seq:08}", self.session)
+    }
+
+    /// Write what is pending as a new segment (and its index).
     pub async fn flush(&self) -> Result<()> {
-        let lines = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        let lines = std::mem::take(&mut *lock(&self.pending));
         if lines.is_empty() {
             return Ok(());
         }
-        let mut buf = Vec::with_capacity(lines.len() * 256);
+        let mut segment = SegmentWriter::default();
         for l in &lines {
-            serde_json::to_writer(&mut buf, l).map_err(|e| crate::error::RunError::Json {
-                what: "encoding a journal line".into(),
-                cause: e,
-            })?;
-            buf.push(b'\n');
+            segment.push(l)?;
         }
+        let (data, index) = segment.finish();
         // One writer at a time: segments and roll-ups of this session keep their order.
         let mut unrolled = self.unrolled.lock().await;
-        let path = self.next_segment();
-        let bytes = Bytes::from(buf);
-        if let Err(e) = self.store.put(&path, bytes.clone()).await {
+        let name = self.next_name();
+        let data = Bytes::from(data);
+        let written = async {
+            self.store
+                .put(&format!("{name}.jsonl"), data.clone())
+                .await?;
+            self.store
+                .put(&format!("{name}.idx"), Bytes::from(index.clone()))
+                .await
+        };
+        if let Err(e) = written.await {
             // Keep the lines for the next flush: nothing completed is lost to a hiccup.
-            self.pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .splice(0..0, lines);
+            lock(&self.pending).splice(0..0, lines);
             return Err(e);
         }
-        self.segments.fetch_add(1, Ordering::Relaxed);
-        unrolled.push((path, bytes));
+        let id = self.add_segment(name);
+        lock(&self.written).push(id);
+        for (key, offset, ok) in index_records(&index) {
+            if ok {
+                self.remember_key(key, location(id, offset));
+            }
+        }
+        unrolled.push(Written {
+            segment: id,
+            data,
+            index,
+        });
         if unrolled.len() >= ROLL_UP_SEGMENTS {
             self.roll_up(&mut unrolled).await;
         }
         Ok(())
     }
 
-    fn next_segment(&self) -> String {
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        format!("{FOLDER}/{}-{seq:08}.jsonl", self.session)
+    fn remember_key(&self, key: u64, loc: u64) {
+        let known = self.index.binary_search_by_key(&key, |(k, _)| *k).is_ok();
+        if write(&self.recent).insert(key, loc).is_none() && !known {
+            self.results.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
-    /// Write `segments` as one and delete them (best effort: on failure they stay as they
-    /// are, still valid).
-    async fn roll_up(&self, segments: &mut Vec<(String, Bytes)>) {
-        let mut buf = Vec::with_capacity(segments.iter().map(|(_, b)| b.len()).sum());
-        for (_, b) in segments.iter() {
-            buf.extend_from_slice(b);
+    /// Write `segments` as one (with its index) and delete them (best effort: on failure
+    /// they stay as they are, still valid).
+    async fn roll_up(&self, segments: &mut Vec<Written>) {
+        let mut data = Vec::with_capacity(segments.iter().map(|w| w.data.len()).sum());
+        let mut index = Vec::with_capacity(segments.iter().map(|w| w.index.len()).sum());
+        for w in segments.iter() {
+            let base = data.len() as u64;
+            for (key, offset, ok) in index_records(&w.index) {
+                index.extend_from_slice(&index_record(key, base + offset, ok));
+            }
+            data.extend_from_slice(&w.data);
         }
-        let path = self.next_segment();
-        if let Err(e) = self.store.put(&path, Bytes::from(buf)).await {
+        let name = self.next_name();
+        let put = async {
+            self.store
+                .put(&format!("{name}.jsonl"), Bytes::from(data))
+                .await?;
+            self.store
+                .put(&format!("{name}.idx"), Bytes::from(index.clone()))
+                .await
+        };
+        if let Err(e) = put.await {
             tracing::warn!("journal roll-up failed (its segments stay): {e}");
             return;
         }
-        self.segments.fetch_add(1, Ordering::Relaxed);
-        for (old, _) in segments.drain(..) {
-            if self.store.delete_one(&old).await.is_ok() {
-                self.segments.fetch_sub(1, Ordering::Relaxed);
+        let id = self.add_segment(name);
+        for (key, offset, ok) in index_records(&index) {
+            if ok {
+                write(&self.recent).insert(key, location(id, offset));
             }
+        }
+        let rolled: Vec<u32> = segments.iter().map(|w| w.segment).collect();
+        {
+            let mut written = lock(&self.written);
+            written.retain(|s| !rolled.contains(s));
+            written.push(id);
+        }
+        for w in segments.drain(..) {
+            self.delete_segment(w.segment).await;
+        }
+    }
+
+    async fn delete_segment(&self, segment: u32) {
+        let Some(name) = read(&self.names).get(segment as usize).cloned() else {
+            return;
+        };
+        let _ = self.store.delete_one(&format!("{name}.idx")).await;
+        if self
+            .store
+            .delete_one(&format!("{name}.jsonl"))
+            .await
+            .is_ok()
+        {
+            self.segments.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -355,44 +718,72 @@ impl Journal {
         })
     }
 
-    /// Rewrite the journal as one segment of its results (failures are dropped: they were
-    /// retried or are visible in the tables' `error` column).
+    /// Merge the segments this session wrote to an object store into one, without their
+    /// failures (they were retried, or are visible in the tables' `error` column). Streamed:
+    /// neither the segments nor the merge are held in memory. Earlier sessions' segments
+    /// are left as they are; a local session's segment already is one.
     pub async fn compact(&self) -> Result<()> {
         self.flush().await?;
-        let before = segments(&self.store).await?;
-        if before.len() <= 1 {
+        let mut unrolled = self.unrolled.lock().await;
+        let written: Vec<u32> = lock(&self.written).clone();
+        if written.len() <= 1 {
             return Ok(());
         }
-        let mut buf = Vec::new();
-        {
-            let results = self.results.read().unwrap_or_else(|p| p.into_inner());
-            for line in results.values() {
-                serde_json::to_writer(&mut buf, line.as_ref()).map_err(|e| {
-                    crate::error::RunError::Json {
-                        what: "encoding a journal line".into(),
-                        cause: e,
-                    }
-                })?;
-                buf.push(b'\n');
+        let names: Vec<String> = {
+            let all = read(&self.names);
+            written
+                .iter()
+                .filter_map(|s| all.get(*s as usize).cloned())
+                .collect()
+        };
+        let merged = self.next_name();
+        let mut data = self.store.writer(&format!("{merged}.jsonl"));
+        let mut index = self.store.writer(&format!("{merged}.idx"));
+        let mut offset = 0u64;
+        let io = |e: std::io::Error| RunError::StoreOp {
+            what: "writing the merged journal segment".into(),
+            cause: Box::new(e),
+        };
+        for name in &names {
+            let mut chunks = self.store.get_stream(&format!("{name}.jsonl")).await?;
+            let mut carry: Vec<u8> = vec![];
+            while let Some(chunk) = chunks.next().await {
+                carry.extend_from_slice(&chunk?);
+                let mut start = 0;
+                while let Some(end) = carry[start..].iter().position(|b| *b == b'\n') {
+                    let raw = &carry[start..start + end + 1];
+                    start += end + 1;
+                    let Ok(head) = serde_json::from_slice::<Head>(&raw[..raw.len() - 1]) else {
+                        continue;
+                    };
+                    let Some(key) = key_of(head.h).filter(|_| head.ok) else {
+                        continue;
+                    };
+                    data.write_all(raw).await.map_err(io)?;
+                    index
+                        .write_all(&index_record(key, offset, true))
+                        .await
+                        .map_err(io)?;
+                    offset += raw.len() as u64;
+                }
+                carry.drain(..start);
             }
         }
-        let mut unrolled = self.unrolled.lock().await;
-        let compacted = self.next_segment();
-        self.store.put(&compacted, Bytes::from(buf)).await?;
-        for (path, _) in before {
-            if path != compacted {
-                let _ = self.store.delete_one(&path).await;
-            }
+        data.shutdown().await.map_err(io)?;
+        index.shutdown().await.map_err(io)?;
+        self.add_segment(merged);
+        for s in written {
+            self.delete_segment(s).await;
         }
         unrolled.clear();
-        self.segments.store(1, Ordering::Relaxed);
+        lock(&self.written).clear();
         self.failures.store(0, Ordering::Relaxed);
         Ok(())
     }
 
     pub fn stats(&self) -> JournalStats {
         JournalStats {
-            results: self.results.read().unwrap_or_else(|p| p.into_inner()).len(),
+            results: self.results.load(Ordering::Relaxed) as usize,
             failures: self.failures.load(Ordering::Relaxed) as usize,
             segments: self.segments.load(Ordering::Relaxed) as usize,
             served: self.served.load(Ordering::Relaxed),
@@ -403,9 +794,10 @@ impl Journal {
     }
 }
 
+#[async_trait::async_trait]
 impl RequestJournal for Journal {
-    fn lookup(&self, hash: &RequestHash) -> Option<Completion> {
-        Journal::lookup(self, hash)
+    async fn lookup(&self, hash: &RequestHash) -> Option<Completion> {
+        Journal::lookup(self, hash).await
     }
 
     fn record(&self, hash: &RequestHash, result: &std::result::Result<Completion, LlmError>) {
@@ -413,12 +805,188 @@ impl RequestJournal for Journal {
     }
 }
 
-/// The journal's segment objects (`journal/*.jsonl`).
-async fn segments(store: &RunStore) -> Result<Vec<(String, u64)>> {
-    Ok(store
-        .list(FOLDER)
-        .await?
-        .into_iter()
-        .filter(|(path, _)| path.ends_with(".jsonl"))
-        .collect())
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The journal's segments (`journal/NAME` for each `journal/NAME.jsonl`, sorted), and the
+/// names of those that have an index (`journal/NAME.idx`).
+async fn segments(store: &RunStore) -> Result<(Vec<String>, std::collections::HashSet<String>)> {
+    let mut names = vec![];
+    let mut indexed = std::collections::HashSet::new();
+    for (path, _) in store.list(FOLDER).await? {
+        if let Some(name) = path.strip_suffix(".jsonl") {
+            names.push(name.to_string());
+        } else if let Some(name) = path.strip_suffix(".idx") {
+            indexed.insert(name.to_string());
+        }
+    }
+    Ok((names, indexed))
+}
+
+/// The entries of a segment's index (streamed: a torn last record is ignored).
+async fn read_index(store: &RunStore, name: &str, segment: u32) -> Result<Indexed> {
+    let mut found = Indexed {
+        results: vec![],
+        failures: vec![],
+        built: None,
+    };
+    let mut chunks = store.get_stream(&format!("{name}.idx")).await?;
+    let mut carry: Vec<u8> = vec![];
+    while let Some(chunk) = chunks.next().await {
+        carry.extend_from_slice(&chunk?);
+        let whole = carry.len() - carry.len() % RECORD;
+        for (key, offset, ok) in index_records(&carry[..whole]) {
+            if ok {
+                found.results.push((key, location(segment, offset)));
+            } else {
+                found.failures.push(key);
+            }
+        }
+        carry.drain(..whole);
+    }
+    Ok(found)
+}
+
+/// Index a segment that has no index by reading it (streamed).
+async fn scan_segment(store: &RunStore, name: &str, segment: u32) -> Result<Indexed> {
+    let mut found = Indexed {
+        results: vec![],
+        failures: vec![],
+        built: Some(vec![]),
+    };
+    let mut built = vec![];
+    let mut chunks = store.get_stream(&format!("{name}.jsonl")).await?;
+    let (mut carry, mut offset): (Vec<u8>, u64) = (vec![], 0);
+    while let Some(chunk) = chunks.next().await {
+        carry.extend_from_slice(&chunk?);
+        let mut start = 0;
+        while let Some(end) = carry[start..].iter().position(|b| *b == b'\n') {
+            let raw = &carry[start..start + end];
+            let head = serde_json::from_slice::<Head>(raw).ok();
+            match head.as_ref().and_then(|h| key_of(h.h).map(|k| (k, h.ok))) {
+                Some((key, ok)) => {
+                    built.extend_from_slice(&index_record(key, offset, ok));
+                    if ok {
+                        found.results.push((key, location(segment, offset)));
+                    } else {
+                        found.failures.push(key);
+                    }
+                }
+                // A torn line (a crash mid-write) is skipped, and said.
+                None if !raw.is_empty() => tracing::warn!(
+                    "journal {name}: skipped an unreadable line ({} bytes)",
+                    raw.len()
+                ),
+                None => {}
+            }
+            offset += end as u64 + 1;
+            start += end + 1;
+        }
+        carry.drain(..start);
+    }
+    if !carry.is_empty() {
+        tracing::warn!(
+            "journal {name}: skipped an unreadable last line ({} bytes)",
+            carry.len()
+        );
+    }
+    found.built = Some(built);
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hash(i: u64) -> RequestHash {
+        RequestHash::from_hex(format!("{i:016x}{:048x}", i * 7))
+    }
+
+    fn answer(i: u64) -> Completion {
+        Completion {
+            text: format!("answer {i} {}", "x".repeat((i % 5000) as usize)),
+            finish_reason: Some("stop".into()),
+            prompt_tokens: Some(i),
+            completion_tokens: Some(1),
+            top_logprobs: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn results_are_found_through_the_index_after_a_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().to_str().expect("path");
+        let store = RunStore::open(root, "r").expect("store");
+        let journal = Journal::open(store.clone()).await.expect("open");
+        journal.prepare_for_writing().await.expect("prepare");
+        for i in 0..300 {
+            let result = if i % 10 == 3 {
+                Err(LlmError::Backend(format!("failed {i}")))
+            } else {
+                Ok(answer(i))
+            };
+            journal.record(&hash(i), &result);
+        }
+        // Found in this session, from the appended segment.
+        assert_eq!(
+            journal.lookup(&hash(5)).await.map(|c| c.text),
+            Some(answer(5).text)
+        );
+        assert!(
+            journal.lookup(&hash(3)).await.is_none(),
+            "failures are never served"
+        );
+        drop(journal);
+
+        // A torn last line (kill -9 mid-write) and an index that lags by one record.
+        let folder = dir.path().join("r/journal");
+        let data = std::fs::read_dir(&folder)
+            .expect("folder")
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "jsonl"))
+            .expect("a segment");
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&data)
+            .expect("segment");
+        f.write_all(b"{\"h\":\"00ff").expect("torn line");
+
+        let journal = Journal::open(store.clone()).await.expect("reopen");
+        let stats = journal.stats();
+        assert_eq!(stats.results, 270, "{stats:?}");
+        assert_eq!(stats.failures, 30, "{stats:?}");
+        for i in [0u64, 1, 2, 4, 150, 299] {
+            let got = journal.lookup(&hash(i)).await.expect("journalled");
+            assert_eq!(got.text, answer(i).text);
+            assert_eq!(got.prompt_tokens, Some(i));
+        }
+        assert!(journal.lookup(&hash(13)).await.is_none());
+        assert!(journal.lookup(&hash(100_000)).await.is_none());
+        // Same 8-byte prefix, another hash: not served.
+        let twin = RequestHash::from_hex(format!("{:016x}{:048x}", 7, 1));
+        assert!(journal.lookup(&twin).await.is_none());
+
+        // An index lost: the segment is scanned, and the index written back when writing.
+        let index = data.with_extension("idx");
+        std::fs::remove_file(&index).expect("remove index");
+        let journal = Journal::open(store.clone()).await.expect("reopen");
+        assert_eq!(journal.stats().results, 270);
+        assert_eq!(
+            journal.lookup(&hash(42)).await.map(|c| c.text),
+            Some(answer(42).text)
+        );
+        journal.prepare_for_writing().await.expect("prepare");
+        assert!(index.exists());
+    }
 }

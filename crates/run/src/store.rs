@@ -197,6 +197,49 @@ impl RunStore {
         }
     }
 
+    /// An object's bytes as a stream of chunks (its whole content is never held at once).
+    pub async fn get_stream(
+        &self,
+        relative: &str,
+    ) -> Result<futures::stream::BoxStream<'static, Result<Bytes>>> {
+        let what = format!("reading {}/{relative}", self.display);
+        let got = self
+            .store
+            .get(&self.path(relative))
+            .await
+            .map_err(|e| store_err(&what, e))?;
+        Ok(Box::pin(
+            got.into_stream().map_err(move |e| store_err(&what, e)),
+        ))
+    }
+
+    /// An object's bytes from `offset` on, as a stream of chunks (drop it to stop reading).
+    pub async fn get_stream_from(
+        &self,
+        relative: &str,
+        offset: u64,
+    ) -> Result<futures::stream::BoxStream<'static, Result<Bytes>>> {
+        let what = format!("reading {}/{relative}", self.display);
+        let options = object_store::GetOptions {
+            range: Some(object_store::GetRange::Offset(offset)),
+            ..Default::default()
+        };
+        let got = self
+            .store
+            .get_opts(&self.path(relative), options)
+            .await
+            .map_err(|e| store_err(&what, e))?;
+        Ok(Box::pin(
+            got.into_stream().map_err(move |e| store_err(&what, e)),
+        ))
+    }
+
+    /// A writer that streams an object to the store (multipart on S3); the object appears
+    /// when the writer is shut down.
+    pub fn writer(&self, relative: &str) -> object_store::buffered::BufWriter {
+        object_store::buffered::BufWriter::new(self.store.clone(), self.path(relative))
+    }
+
     /// Objects under a folder of the run, as paths relative to the run, sorted.
     pub async fn list(&self, relative: &str) -> Result<Vec<(String, u64)>> {
         let prefix = self.path(relative);

@@ -201,14 +201,15 @@ pub async fn complete(
     };
     // The one hash of this request: the journal's key, the endpoint's and the lineage's.
     let hash = endpoint.request_hash(request);
-    let journalled = env.journal.as_ref().and_then(|j| {
-        j.0.lookup(&hash).map(|c| CallOutcome {
+    let journalled = match env.journal.as_ref() {
+        Some(j) => j.0.lookup(&hash).await.map(|c| CallOutcome {
             request_hash: hash.clone(),
             result: Ok(c),
             attempts: 0,
             latency_ms: 0,
-        })
-    });
+        }),
+        None => None,
+    };
     let p = &env.progress;
     StageProgress::add(&p.requests, 1);
     let outcome = match journalled {
