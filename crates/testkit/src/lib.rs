@@ -78,6 +78,8 @@ pub struct MockState {
     capacity: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
     /// Top log-probabilities of the first token, returned when a request asks for them.
     logprobs: Mutex<Option<Vec<(String, f64)>>>,
+    /// Words the default answer is padded to (0: as it is).
+    answer_words: std::sync::atomic::AtomicUsize,
 }
 
 pub struct MockServer {
@@ -173,6 +175,12 @@ impl MockServer {
             .logprobs
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = top;
+    }
+
+    /// Pad the default answer to `words` words (an answer of realistic size for memory
+    /// benchmarks; 0 leaves it short).
+    pub fn set_answer_words(&self, words: usize) {
+        self.state.answer_words.store(words, Ordering::SeqCst);
     }
 
     pub fn set_latency(&self, latency: Duration) {
@@ -380,6 +388,19 @@ pub fn mock_answer(prompt: &str) -> String {
     format!("Mock answer about: {head}")
 }
 
+/// `answer` followed by filler words up to `words` words in all.
+fn padded(mut answer: String, words: usize) -> String {
+    const FILLER: [&str; 8] = [
+        "harmless", "honest", "helpful", "careful", "answer", "about", "the", "request",
+    ];
+    let have = answer.split_whitespace().count();
+    for i in have..words {
+        answer.push(' ');
+        answer.push_str(FILLER[i % FILLER.len()]);
+    }
+    answer
+}
+
 /// The default answer, tagged with the temperature when one was sent (so candidates sampled
 /// at different temperatures differ).
 fn default_answer(body: &Value) -> String {
@@ -412,7 +433,12 @@ async fn chat(State(state): State<Arc<MockState>>, body: axum::Json<Value>) -> R
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .pop_front();
-    let content = canned.unwrap_or_else(|| default_answer(&body));
+    let content = canned.unwrap_or_else(|| {
+        padded(
+            default_answer(&body),
+            state.answer_words.load(Ordering::Relaxed),
+        )
+    });
     let mut choice = json!({"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"});
     let wants_logprobs = body
         .get("logprobs")

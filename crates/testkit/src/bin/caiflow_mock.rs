@@ -31,6 +31,9 @@ struct Args {
     fault_rate: f64,
     #[arg(long, default_value_t = 5000)]
     hang_ms: u64,
+    /// Pad default answers to this many words (0: short answers).
+    #[arg(long, default_value_t = 0)]
+    answer_words: usize,
 }
 
 #[tokio::main]
@@ -45,6 +48,7 @@ async fn main() -> std::io::Result<()> {
         fault_rate: a.fault_rate,
         hang: Duration::from_millis(a.hang_ms),
     });
+    server.set_answer_words(a.answer_words);
     println!(
         "caiflow-mock listening on http://{}/v1 (stats: /stats)",
         server.addr
