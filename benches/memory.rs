@@ -69,15 +69,15 @@ fn main() {
     )
     .expect("config");
 
+    let plan = dir.path().join("respond.sql");
+    std::fs::write(
+        &plan,
+        "CREATE TABLE responses AS SELECT prompt_id, response, error FROM \
+         respond(red_team_prompts('${prompts}'), few_shot => 'none', max_tokens => 400);\n",
+    )
+    .expect("plan");
     for &n in &prompts {
         let prompts = write_prompts(dir.path(), n);
-        let plan = dir.path().join("respond.sql");
-        std::fs::write(
-            &plan,
-            "CREATE TABLE responses AS SELECT prompt_id, response, error FROM \
-             respond(red_team_prompts('${prompts}'), few_shot => 'none', max_tokens => 400);\n",
-        )
-        .expect("plan");
         let run = |extra: &[&str]| {
             let mut c = caiflow();
             c.arg("run")

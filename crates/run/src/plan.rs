@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::sql::parser::{DFParser, Statement as DFStatement};
+use datafusion::sql::sqlparser::ast::Statement;
 use futures::StreamExt;
 
 use crate::error::{Result, RunError};
@@ -188,7 +189,8 @@ pub async fn execute_with_preview(
         .statement_to_plan(statement.clone())
         .await?;
     let df = session.ctx.execute_logical_plan(plan).await?;
-    let is_query = matches!(statement, DFStatement::Statement(s) if matches!(s.as_ref(), datafusion::sql::sqlparser::ast::Statement::Query(_)));
+    let is_query =
+        matches!(statement, DFStatement::Statement(s) if matches!(s.as_ref(), Statement::Query(_)));
     let mut stream = df.execute_stream().await?;
     let (mut rows, mut preview, mut kept) = (0, vec![], 0);
     while let Some(batch) = stream.next().await {

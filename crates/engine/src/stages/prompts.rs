@@ -10,8 +10,8 @@
 //!
 //! Without `column` (or with `column => 'auto'`, the shipped plans' default) the format is
 //! detected: per JSON record `transcript`, then `chosen`, then `prompt`; for CSV, Parquet
-//! and Delta the first of the columns `prompt`, `transcript`, `chosen` (transcripts are cut to their
-//! first human turn). A named column is read as plain text and wins over detection.
+//! and Delta the first of the columns `prompt`, `transcript`, `chosen` (transcripts are cut
+//! to their first human turn). A named column is read as plain text and wins over detection.
 //!
 //! A file with records of which none can be read is an error (naming the file, the count and
 //! the first reasons), so a wrong format never turns into an empty, "successful" run.
@@ -233,7 +233,8 @@ struct Reader {
     options: PromptOptions,
     progress: Arc<StageProgress>,
     tx: tokio::sync::mpsc::Sender<Result<RecordBatch>>,
-    seen: HashSet<String>,
+    /// 128 bits of the SHA-256 of each id seen (dedup): 16 bytes a prompt, not its id.
+    seen: HashSet<u128>,
     pending: Vec<Record>,
     skipped: Vec<(usize, String)>,
     skipped_count: usize,
@@ -573,7 +574,7 @@ impl Reader {
                     r.source = s.clone();
                 }
                 let id = r.id.clone().unwrap_or_else(|| keys::prompt_id(&r.prompt));
-                if self.options.dedup && !self.seen.insert(id.clone()) {
+                if self.options.dedup && !self.seen.insert(id_digest(&id)) {
                     self.duplicates += 1;
                     return Ok(());
                 }
@@ -653,6 +654,14 @@ impl Reader {
         }
         Ok(())
     }
+}
+
+/// The first 128 bits of the SHA-256 of a prompt id.
+fn id_digest(id: &str) -> u128 {
+    let b = keys::seed_bytes(&[id.as_bytes()]);
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&b[..16]);
+    u128::from_le_bytes(first)
 }
 
 pub(crate) fn io_err(path: &Path, e: std::io::Error) -> DataFusionError {
