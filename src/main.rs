@@ -721,8 +721,29 @@ async fn cmd_model_pull(
     Ok(())
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // delta-rs sizes the bytes of finished data files it may hold while they upload from the
+    // machine's memory (up to 32 files); bound it to two files unless the user set it.
+    // Set before any thread is started.
+    const BUDGET: &str = "DELTARS_MAX_IN_FLIGHT_UPLOAD_BYTES";
+    if std::env::var_os(BUDGET).is_none() {
+        let bytes = 2 * caiflow_run::delta::TARGET_FILE_BYTES;
+        // SAFETY: the process has one thread here; nothing reads the environment at once.
+        unsafe { std::env::set_var(BUDGET, bytes.to_string()) };
+    }
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(run_main()),
+        Err(e) => {
+            eprintln!("caiflow: error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run_main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CAIFLOW_LOG")
