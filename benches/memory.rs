@@ -94,13 +94,7 @@ fn main() {
         let first = run(&[]);
         let again = run(&["--from", "responses"]);
         for (what, m) in [("first run", first), ("re-run from the journal", again)] {
-            println!(
-                "memory: respond over {n} prompts, {what}: peak RSS {:.0} MiB, {:.1} s, {:.0} requests/s, CPU {:.3} ms per request",
-                m.peak_rss_mib,
-                m.wall.as_secs_f64(),
-                n as f64 / m.wall.as_secs_f64(),
-                m.cpu.as_secs_f64() * 1000.0 / n as f64
-            );
+            println!("memory: respond over {n} prompts, {what}: {}", m.figures(n));
         }
     }
 
@@ -119,11 +113,8 @@ fn main() {
         let m = measure(c);
         let requests = 3 * n;
         println!(
-            "memory: SL-CAI over {n} prompts ({requests} requests): peak RSS {:.0} MiB, {:.1} s, {:.0} requests/s, CPU {:.3} ms per request",
-            m.peak_rss_mib,
-            m.wall.as_secs_f64(),
-            requests as f64 / m.wall.as_secs_f64(),
-            m.cpu.as_secs_f64() * 1000.0 / requests as f64
+            "memory: SL-CAI over {n} prompts ({requests} requests): {}",
+            m.figures(requests)
         );
     }
     mock.stop();
@@ -234,6 +225,19 @@ struct Measured {
     wall: Duration,
     peak_rss_mib: f64,
     cpu: Duration,
+}
+
+impl Measured {
+    /// Peak RSS, wall time, requests/s and CPU per request for a run of `requests`.
+    fn figures(&self, requests: usize) -> String {
+        format!(
+            "peak RSS {:.0} MiB, {:.1} s, {:.0} requests/s, CPU {:.3} ms per request",
+            self.peak_rss_mib,
+            self.wall.as_secs_f64(),
+            requests as f64 / self.wall.as_secs_f64(),
+            self.cpu.as_secs_f64() * 1000.0 / requests as f64
+        )
+    }
 }
 
 /// Run `cmd` to its end, sampling its peak RSS; its CPU time comes from this process's
