@@ -484,7 +484,7 @@ impl Journal {
     /// An object-store segment's bytes from `offset` to the end of that line: a GET from the
     /// offset, dropped once the line is in.
     async fn read_remote(&self, path: &str, offset: u64) -> Result<Vec<u8>> {
-        let mut chunks = self.store.get_stream_from(path, offset).await?;
+        let mut chunks = self.store.get_stream(path, offset).await?;
         let mut buf = vec![];
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk?;
@@ -505,8 +505,8 @@ impl Journal {
         if let Some(base) = &self.local {
             match self.append_line(base, &line) {
                 Ok(loc) => {
-                    if line.ok {
-                        self.remember(&line.h, loc);
+                    if let Some(key) = key_of(&line.h).filter(|_| line.ok) {
+                        self.remember(key, loc);
                     }
                     return;
                 }
@@ -519,17 +519,6 @@ impl Journal {
         pending.push(line);
         if pending.len() >= FLUSH_LINES {
             self.full.notify_one();
-        }
-    }
-
-    /// Remember where this session put a result.
-    fn remember(&self, hash: &str, loc: u64) {
-        let Some(key) = key_of(hash) else {
-            return;
-        };
-        let known = self.index.binary_search_by_key(&key, |(k, _)| *k).is_ok();
-        if write(&self.recent).insert(key, loc).is_none() && !known {
-            self.results.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -623,7 +612,7 @@ impl Journal {
         lock(&self.written).push(id);
         for (key, offset, ok) in index_records(&index) {
             if ok {
-                self.remember_key(key, location(id, offset));
+                self.remember(key, location(id, offset));
             }
         }
         unrolled.push(Written {
@@ -637,7 +626,8 @@ impl Journal {
         Ok(())
     }
 
-    fn remember_key(&self, key: u64, loc: u64) {
+    /// Remember where this session put a result.
+    fn remember(&self, key: u64, loc: u64) {
         let known = self.index.binary_search_by_key(&key, |(k, _)| *k).is_ok();
         if write(&self.recent).insert(key, loc).is_none() && !known {
             self.results.fetch_add(1, Ordering::Relaxed);
@@ -745,28 +735,20 @@ impl Journal {
             cause: Box::new(e),
         };
         for name in &names {
-            let mut chunks = self.store.get_stream(&format!("{name}.jsonl")).await?;
-            let mut carry: Vec<u8> = vec![];
+            let mut chunks = self.store.get_stream(&format!("{name}.jsonl"), 0).await?;
+            let mut lines = Lines::default();
             while let Some(chunk) = chunks.next().await {
-                carry.extend_from_slice(&chunk?);
-                let mut start = 0;
-                while let Some(end) = carry[start..].iter().position(|b| *b == b'\n') {
-                    let raw = &carry[start..start + end + 1];
-                    start += end + 1;
-                    let Ok(head) = serde_json::from_slice::<Head>(&raw[..raw.len() - 1]) else {
-                        continue;
-                    };
-                    let Some(key) = key_of(head.h).filter(|_| head.ok) else {
-                        continue;
-                    };
-                    data.write_all(raw).await.map_err(io)?;
-                    index
-                        .write_all(&index_record(key, offset, true))
-                        .await
-                        .map_err(io)?;
-                    offset += raw.len() as u64;
-                }
-                carry.drain(..start);
+                let (mut kept, mut records) = (vec![], vec![]);
+                lines.feed(&chunk?, |_, raw| {
+                    if let Some((key, true)) = line_key(raw) {
+                        records.extend_from_slice(&index_record(key, offset, true));
+                        kept.extend_from_slice(raw);
+                        kept.push(b'\n');
+                        offset += raw.len() as u64 + 1;
+                    }
+                });
+                data.write_all(&kept).await.map_err(io)?;
+                index.write_all(&records).await.map_err(io)?;
             }
         }
         data.shutdown().await.map_err(io)?;
@@ -817,6 +799,34 @@ fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     m.write().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Splits a segment's bytes, arriving in chunks, into lines with their offsets.
+#[derive(Default)]
+struct Lines {
+    carry: Vec<u8>,
+    /// Offset of the first byte of `carry` in the segment.
+    offset: u64,
+}
+
+impl Lines {
+    /// Feed a chunk; `line` gets each whole line (without its newline) and its offset.
+    fn feed(&mut self, chunk: &[u8], mut line: impl FnMut(u64, &[u8])) {
+        self.carry.extend_from_slice(chunk);
+        let mut start = 0;
+        while let Some(end) = self.carry[start..].iter().position(|b| *b == b'\n') {
+            line(self.offset + start as u64, &self.carry[start..start + end]);
+            start += end + 1;
+        }
+        self.carry.drain(..start);
+        self.offset += start as u64;
+    }
+}
+
+/// The index key of a line and whether it is a success, when the line is readable.
+fn line_key(raw: &[u8]) -> Option<(u64, bool)> {
+    let head = serde_json::from_slice::<Head>(raw).ok()?;
+    Some((key_of(head.h)?, head.ok))
+}
+
 /// The journal's segments (`journal/NAME` for each `journal/NAME.jsonl`, sorted), and the
 /// names of those that have an index (`journal/NAME.idx`).
 async fn segments(store: &RunStore) -> Result<(Vec<String>, std::collections::HashSet<String>)> {
@@ -839,7 +849,7 @@ async fn read_index(store: &RunStore, name: &str, segment: u32) -> Result<Indexe
         failures: vec![],
         built: None,
     };
-    let mut chunks = store.get_stream(&format!("{name}.idx")).await?;
+    let mut chunks = store.get_stream(&format!("{name}.idx"), 0).await?;
     let mut carry: Vec<u8> = vec![];
     while let Some(chunk) = chunks.next().await {
         carry.extend_from_slice(&chunk?);
@@ -864,39 +874,30 @@ async fn scan_segment(store: &RunStore, name: &str, segment: u32) -> Result<Inde
         built: Some(vec![]),
     };
     let mut built = vec![];
-    let mut chunks = store.get_stream(&format!("{name}.jsonl")).await?;
-    let (mut carry, mut offset): (Vec<u8>, u64) = (vec![], 0);
+    let mut chunks = store.get_stream(&format!("{name}.jsonl"), 0).await?;
+    let mut lines = Lines::default();
     while let Some(chunk) = chunks.next().await {
-        carry.extend_from_slice(&chunk?);
-        let mut start = 0;
-        while let Some(end) = carry[start..].iter().position(|b| *b == b'\n') {
-            let raw = &carry[start..start + end];
-            let head = serde_json::from_slice::<Head>(raw).ok();
-            match head.as_ref().and_then(|h| key_of(h.h).map(|k| (k, h.ok))) {
-                Some((key, ok)) => {
-                    built.extend_from_slice(&index_record(key, offset, ok));
-                    if ok {
-                        found.results.push((key, location(segment, offset)));
-                    } else {
-                        found.failures.push(key);
-                    }
+        lines.feed(&chunk?, |offset, raw| match line_key(raw) {
+            Some((key, ok)) => {
+                built.extend_from_slice(&index_record(key, offset, ok));
+                if ok {
+                    found.results.push((key, location(segment, offset)));
+                } else {
+                    found.failures.push(key);
                 }
-                // A torn line (a crash mid-write) is skipped, and said.
-                None if !raw.is_empty() => tracing::warn!(
-                    "journal {name}: skipped an unreadable line ({} bytes)",
-                    raw.len()
-                ),
-                None => {}
             }
-            offset += end as u64 + 1;
-            start += end + 1;
-        }
-        carry.drain(..start);
+            // A torn line (a crash mid-write) is skipped, and said.
+            None if !raw.is_empty() => tracing::warn!(
+                "journal {name}: skipped an unreadable line ({} bytes)",
+                raw.len()
+            ),
+            None => {}
+        });
     }
-    if !carry.is_empty() {
+    if !lines.carry.is_empty() {
         tracing::warn!(
             "journal {name}: skipped an unreadable last line ({} bytes)",
-            carry.len()
+            lines.carry.len()
         );
     }
     found.built = Some(built);

@@ -197,24 +197,9 @@ impl RunStore {
         }
     }
 
-    /// An object's bytes as a stream of chunks (its whole content is never held at once).
+    /// An object's bytes from `offset` on, as a stream of chunks: never held whole (drop the
+    /// stream to stop reading).
     pub async fn get_stream(
-        &self,
-        relative: &str,
-    ) -> Result<futures::stream::BoxStream<'static, Result<Bytes>>> {
-        let what = format!("reading {}/{relative}", self.display);
-        let got = self
-            .store
-            .get(&self.path(relative))
-            .await
-            .map_err(|e| store_err(&what, e))?;
-        Ok(Box::pin(
-            got.into_stream().map_err(move |e| store_err(&what, e)),
-        ))
-    }
-
-    /// An object's bytes from `offset` on, as a stream of chunks (drop it to stop reading).
-    pub async fn get_stream_from(
         &self,
         relative: &str,
         offset: u64,
