@@ -33,7 +33,7 @@ use futures::StreamExt;
 use serde_json::json;
 
 use crate::error::{EngineError, Result};
-use crate::stages::row::InputRow;
+use crate::stages::row::{InputBatch, InputRow};
 use caiflow_llm::Message;
 use caiflow_llm::chat_template::ChatTemplate;
 
@@ -155,7 +155,7 @@ fn sft_line(format: ExportFormat, row: &InputRow) -> Option<serde_json::Value> {
                 "system": system,
                 "conversations": conversations,
                 "mask": "User",
-                "dataset": nemo_dataset(&row.str("source").unwrap_or_default()),
+                "dataset": nemo_dataset(row.str("source").unwrap_or_default()),
             })
         }
         _ => {
@@ -179,9 +179,9 @@ fn skip_reason(format: ExportFormat, row: &InputRow) -> Option<String> {
         return Some("error".into());
     }
     if format.is_preference() {
-        let label = row.str("label").unwrap_or_else(|| "no label".into());
+        let label = row.str("label").unwrap_or("no label");
         if label != "ok" {
-            return Some(label);
+            return Some(label.to_string());
         }
         if row.str("chosen").is_none() || row.str("rejected").is_none() {
             return Some("missing chosen or rejected".into());
@@ -293,17 +293,12 @@ pub async fn export(
     let mut dpo: BTreeMap<String, [StringBuilder; 3]> = BTreeMap::new();
     let mut stream = df.execute_stream().await?;
     while let Some(batch) = stream.next().await {
-        let batch: Arc<RecordBatch> = Arc::new(batch?);
-        for index in 0..batch.num_rows() {
-            let row = InputRow {
-                batch: batch.clone(),
-                index,
-            };
+        for row in InputBatch::new(batch?).rows() {
             if let Some(reason) = skip_reason(format, &row) {
                 *report.skipped.entry(reason).or_default() += 1;
                 continue;
             }
-            let split = row.str("split").unwrap_or_else(|| "all".to_string());
+            let split = row.str("split").unwrap_or("all").to_string();
             if !writers.contains_key(&split) {
                 let w = SplitWriters::open(format, options, &split, out, &mut report)?;
                 writers.insert(split.clone(), w);
@@ -327,18 +322,16 @@ pub async fn export(
                     if format == ExportFormat::NemoRm {
                         let t = &options.template;
                         let text = |reply: &str| {
-                            let mut s = t.render(
-                                &[Message::user(&prompt), Message::assistant(reply)],
-                                false,
-                            );
+                            let mut s = t
+                                .render(&[Message::user(prompt), Message::assistant(reply)], false);
                             s.push_str(&t.eos);
                             s
                         };
-                        w.line(0, &json!({"text": text(&chosen)}))?;
-                        w.line(0, &json!({"text": text(&rejected)}))?;
+                        w.line(0, &json!({"text": text(chosen)}))?;
+                        w.line(0, &json!({"text": text(rejected)}))?;
                         w.line(
                             1,
-                            &json!({"text": t.render(&[Message::user(&prompt)], true)}),
+                            &json!({"text": t.render(&[Message::user(prompt)], true)}),
                         )?;
                     } else {
                         w.line(
@@ -346,9 +339,9 @@ pub async fn export(
                             &json!({"prompt": prompt, "chosen": chosen, "rejected": rejected}),
                         )?;
                         let b = dpo.entry(split.clone()).or_default();
-                        b[0].append_value(&prompt);
-                        b[1].append_value(&chosen);
-                        b[2].append_value(&rejected);
+                        b[0].append_value(prompt);
+                        b[1].append_value(chosen);
+                        b[2].append_value(rejected);
                     }
                 }
             }

@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use datafusion::common::ScalarValue;
 use datafusion::common::{plan_datafusion_err, plan_err};
 use datafusion::error::Result;
 
 use super::args::StageArgs;
+use super::cells::{Cell, OutRow};
 use super::exec::{RowStage, StageEnv, StageFactory};
 use super::llm_call::{
     LlmOptions, base_turns, call, count_error, lineage_field, null_lineage, text, upstream_error,
@@ -83,8 +83,8 @@ impl RowStage for Critique {
         1
     }
 
-    async fn process(&self, row: InputRow, env: &StageEnv) -> Vec<Vec<ScalarValue>> {
-        let round = ScalarValue::UInt32(Some(self.round));
+    async fn process(&self, row: InputRow, env: &StageEnv) -> Vec<OutRow> {
+        let round = Cell::U32(Some(self.round));
         let (Some(prompt_id), Some(mut turns), Some(response)) =
             (row.str("prompt_id"), base_turns(&row), row.str("response"))
         else {
@@ -101,7 +101,7 @@ impl RowStage for Critique {
         };
         let (_, principle) = self
             .constitution
-            .draw(self.options.seed, &prompt_id, self.round);
+            .draw(self.options.seed, prompt_id, self.round);
         turns.push(Message::assistant(response));
         turns.push(Message::user(&principle.critique_request));
         let round_bytes = self.round.to_le_bytes();
@@ -119,7 +119,7 @@ impl RowStage for Critique {
             text(Some(principle.id.clone())),
             text(Some(principle.critique_request.clone())),
             text(critique),
-            lineage,
+            lineage.into(),
             text(error),
         ]]
     }

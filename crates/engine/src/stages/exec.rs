@@ -15,8 +15,8 @@ use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
 use datafusion::arrow::compute::interleave;
 use datafusion::arrow::datatypes::{Field, FieldRef, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
+use datafusion::common::Column;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{Column, ScalarValue};
 use datafusion::common::{exec_datafusion_err, exec_err, plan_datafusion_err, plan_err};
 use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result};
@@ -36,8 +36,9 @@ use datafusion_common_runtime::SpawnedTask;
 use futures::{StreamExt, TryStreamExt};
 
 use super::args::StageArgs;
+use super::cells::{ColumnBuilder, OutRow};
 use super::input::{resolve_input, session_state};
-use super::row::InputRow;
+use super::row::{InputBatch, InputRow};
 use crate::progress::{Progress, StageProgress};
 use caiflow_llm::{Endpoint, Endpoints};
 
@@ -70,9 +71,9 @@ pub trait RowStage: fmt::Debug + Send + Sync + 'static {
     fn priority(&self) -> u32 {
         0
     }
-    /// Process one input row into one or more output rows, one value per output field.
-    /// Row-level failures are data (an `error` cell), never an `Err`.
-    async fn process(&self, row: InputRow, env: &StageEnv) -> Vec<Vec<ScalarValue>>;
+    /// Process one input row into one or more output rows, one typed cell per output
+    /// field. Row-level failures are data (an `error` cell), never an `Err`.
+    async fn process(&self, row: InputRow, env: &StageEnv) -> Vec<OutRow>;
     /// Rows that must be seen together (a prompt's candidates, for a judge). `None`: one
     /// row at a time.
     fn grouping(&self) -> Option<Grouping> {
@@ -84,7 +85,7 @@ pub trait RowStage: fmt::Debug + Send + Sync + 'static {
         None
     }
     /// Process a group (grouping stages); the first row's carried columns go to the output.
-    async fn process_group(&self, rows: Vec<InputRow>, env: &StageEnv) -> Vec<Vec<ScalarValue>> {
+    async fn process_group(&self, rows: Vec<InputRow>, env: &StageEnv) -> Vec<OutRow> {
         match rows.into_iter().next() {
             Some(row) => self.process(row, env).await,
             None => vec![],
@@ -143,7 +144,7 @@ fn group_rows(
                 None => st.done = true,
                 Some(Err(e)) => return Some((Err(e), st)),
                 Some(Ok(row)) => {
-                    let Some(key) = row.str(st.grouping.key) else {
+                    let Some(key) = row.str(st.grouping.key).map(str::to_string) else {
                         st.ready.push_back(vec![row]);
                         continue;
                     };
@@ -473,15 +474,7 @@ impl ExecutionPlan for StageExec {
         let input = self.input.execute(partition, context)?;
 
         let rows = input
-            .map_ok(|batch| {
-                let batch = Arc::new(batch);
-                futures::stream::iter((0..batch.num_rows()).map(move |index| {
-                    Ok(InputRow {
-                        batch: batch.clone(),
-                        index,
-                    })
-                }))
-            })
+            .map_ok(|batch| futures::stream::iter(InputBatch::new(batch).rows().map(Ok)))
             .try_flatten();
         // The unit of work: one row, or one group of rows for grouping stages.
         let units: futures::stream::BoxStream<'static, Result<Vec<InputRow>>> =
@@ -560,14 +553,14 @@ struct Assembler {
 }
 
 impl Assembler {
-    fn assemble(
-        &self,
-        rows: Vec<(Option<InputRow>, Vec<Vec<ScalarValue>>)>,
-    ) -> Result<RecordBatch> {
-        let mut batches: Vec<Arc<RecordBatch>> = vec![];
+    fn assemble(&self, rows: Vec<(Option<InputRow>, Vec<OutRow>)>) -> Result<RecordBatch> {
+        let mut batches: Vec<Arc<InputBatch>> = vec![];
         let mut take: Vec<(usize, usize)> = vec![];
-        let added = self.full_schema.fields().len() - self.kept.len();
-        let mut cells: Vec<Vec<ScalarValue>> = vec![Vec::new(); added];
+        let added = &self.full_schema.fields()[self.kept.len()..];
+        let mut builders = added
+            .iter()
+            .map(|f| ColumnBuilder::new(f.name(), f.data_type()))
+            .collect::<Result<Vec<_>>>()?;
         for (row, outputs) in rows {
             let Some(row) = row else { continue };
             let slot = match batches.iter().position(|b| Arc::ptr_eq(b, &row.batch)) {
@@ -578,33 +571,28 @@ impl Assembler {
                 }
             };
             for out in outputs {
-                if out.len() != added {
+                if out.len() != added.len() {
                     return Err(DataFusionError::Internal(format!(
-                        "stage produced {} values, schema has {added} added columns",
-                        out.len()
+                        "stage produced {} values, schema has {} added columns",
+                        out.len(),
+                        added.len()
                     )));
                 }
                 take.push((slot, row.index));
-                for (j, v) in out.into_iter().enumerate() {
-                    cells[j].push(v);
+                for (builder, cell) in builders.iter_mut().zip(out) {
+                    builder.append(cell)?;
                 }
             }
         }
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.full_schema.fields().len());
         for &c in &self.kept {
-            let arrays: Vec<&dyn datafusion::arrow::array::Array> =
-                batches.iter().map(|b| b.column(c).as_ref()).collect();
+            let arrays: Vec<&dyn datafusion::arrow::array::Array> = batches
+                .iter()
+                .map(|b| b.batch().column(c).as_ref())
+                .collect();
             columns.push(interleave(&arrays, &take)?);
         }
-        for (j, values) in cells.into_iter().enumerate() {
-            let field = self.full_schema.field(self.kept.len() + j);
-            let array = if values.is_empty() {
-                datafusion::arrow::array::new_empty_array(field.data_type())
-            } else {
-                ScalarValue::iter_to_array(values)?
-            };
-            columns.push(array);
-        }
+        columns.extend(builders.into_iter().map(ColumnBuilder::finish));
         let options = RecordBatchOptions::new().with_row_count(Some(take.len()));
         let batch = RecordBatch::try_new_with_options(self.full_schema.clone(), columns, &options)?;
         match &self.projection {

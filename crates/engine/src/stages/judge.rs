@@ -21,15 +21,15 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use datafusion::common::ScalarValue;
 use datafusion::common::{plan_datafusion_err, plan_err};
 use datafusion::error::Result;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
 use super::args::StageArgs;
+use super::cells::{Cell, OutRow};
 use super::exec::{Grouping, RowStage, StageEnv, StageFactory};
-use super::llm_call::{LlmDefaults, LlmOptions, complete, count_error, null_lineage, text};
+use super::llm_call::{Lineage, LlmDefaults, LlmOptions, complete, count_error, text};
 use super::row::InputRow;
 use super::verdict::{Verdict, parse_verdict};
 use caiflow_llm::Message;
@@ -184,7 +184,7 @@ struct Judgement {
     chosen_prob: Option<f64>,
     explanation: Option<String>,
     raw: Option<String>,
-    lineage: Option<ScalarValue>,
+    lineage: Option<Lineage>,
     error: Option<String>,
 }
 
@@ -200,31 +200,26 @@ impl Judgement {
     }
 
     /// An error row that keeps the lineage of the request that failed.
-    fn failed(num: usize, order: Vec<u32>, message: String, lineage: Option<ScalarValue>) -> Self {
+    fn failed(num: usize, order: Vec<u32>, message: String, lineage: Option<Lineage>) -> Self {
         Judgement {
             lineage,
             ..Self::error(num as u32, order, message)
         }
     }
 
-    fn cells(self) -> Vec<ScalarValue> {
-        let order: Vec<ScalarValue> = self
-            .order
-            .iter()
-            .map(|i| ScalarValue::UInt32(Some(*i)))
-            .collect();
+    fn cells(self) -> OutRow {
         vec![
-            ScalarValue::UInt32(Some(self.num_candidates)),
-            ScalarValue::List(ScalarValue::new_list_nullable(&order, &DataType::UInt32)),
+            Cell::U32(Some(self.num_candidates)),
+            Cell::U32List(self.order),
             text(self.chosen.as_ref().map(|c| c.response.clone())),
             text(self.rejected.as_ref().map(|c| c.response.clone())),
-            ScalarValue::UInt32(self.chosen.as_ref().map(|c| c.sample_idx)),
-            ScalarValue::UInt32(self.rejected.as_ref().map(|c| c.sample_idx)),
+            Cell::U32(self.chosen.as_ref().map(|c| c.sample_idx)),
+            Cell::U32(self.rejected.as_ref().map(|c| c.sample_idx)),
             text(Some(self.label.to_string())),
-            ScalarValue::Float64(self.chosen_prob),
+            Cell::F64(self.chosen_prob),
             text(self.explanation),
             text(self.raw),
-            self.lineage.unwrap_or_else(null_lineage),
+            self.lineage.into(),
             text(self.error),
         ]
     }
@@ -273,7 +268,7 @@ impl Judge {
             let raw = match result {
                 Ok(c) => c.text,
                 Err(e) => {
-                    return Judgement::failed(n, order, format!("judge: {e}"), Some(lineage));
+                    return Judgement::failed(n, order, format!("judge: {e}"), lineage);
                 }
             };
             match parse_verdict(&raw, n) {
@@ -283,7 +278,7 @@ impl Judge {
                         order,
                         explanation: Some(explanation).filter(|e| !e.is_empty()),
                         raw: Some(raw),
-                        lineage: Some(lineage),
+                        lineage,
                         ..Default::default()
                     };
                     match verdict {
@@ -365,7 +360,7 @@ impl Judge {
         let mut raw = vec![];
         let mut lineage = None;
         for (a, b, swap, result, l) in results {
-            lineage = Some(l);
+            lineage = l;
             let completion = match result {
                 Ok(c) => c,
                 Err(e) => {
@@ -505,19 +500,21 @@ impl RowStage for Judge {
         ])
     }
 
-    async fn process(&self, row: InputRow, env: &StageEnv) -> Vec<Vec<ScalarValue>> {
+    async fn process(&self, row: InputRow, env: &StageEnv) -> Vec<OutRow> {
         self.process_group(vec![row], env).await
     }
 
-    async fn process_group(&self, rows: Vec<InputRow>, env: &StageEnv) -> Vec<Vec<ScalarValue>> {
+    async fn process_group(&self, rows: Vec<InputRow>, env: &StageEnv) -> Vec<OutRow> {
         let prompt_id = rows
             .first()
             .and_then(|r| r.str("prompt_id"))
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .to_string();
         let prompt = rows
             .first()
             .and_then(|r| r.str("prompt"))
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .to_string();
         let mut usable = vec![];
         let mut failed = vec![];
         for (i, r) in rows.iter().enumerate() {
@@ -525,9 +522,9 @@ impl RowStage for Judge {
             match (r.str("response"), r.str("error")) {
                 (Some(response), None) => usable.push(Candidate {
                     sample_idx,
-                    response,
+                    response: response.to_string(),
                 }),
-                (_, error) => failed.push(error.unwrap_or_else(|| "null response".into())),
+                (_, error) => failed.push(error.unwrap_or("null response").to_string()),
             }
         }
         let judgement = if usable.len() < 2 {

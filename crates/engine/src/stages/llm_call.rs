@@ -3,14 +3,13 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::{DataType, Field, Fields};
-use datafusion::common::ScalarValue;
 use datafusion::common::plan_datafusion_err;
-use datafusion::common::scalar::ScalarStructBuilder;
 use datafusion::error::Result;
 
 use super::args::StageArgs;
+use super::cells::Cell;
 use super::exec::StageEnv;
+pub use super::lineage::{Lineage, lineage_field};
 use super::row::InputRow;
 use crate::constitution::FewShot;
 use crate::progress::StageProgress;
@@ -120,71 +119,33 @@ pub fn base_turns(row: &InputRow) -> Option<Vec<Message>> {
     row.str("prompt").map(|p| vec![Message::user(p)])
 }
 
-fn lineage_fields() -> Fields {
-    Fields::from(vec![
-        Field::new("request_hash", DataType::Utf8, true),
-        Field::new("model", DataType::Utf8, true),
-        Field::new("endpoint", DataType::Utf8, true),
-        Field::new("temperature", DataType::Float64, true),
-        Field::new("top_p", DataType::Float64, true),
-        Field::new("top_k", DataType::UInt32, true),
-        Field::new("max_tokens", DataType::UInt32, true),
-        Field::new("seed", DataType::UInt64, true),
-        Field::new("attempts", DataType::UInt32, true),
-        Field::new("latency_ms", DataType::UInt64, true),
-        Field::new("prompt_tokens", DataType::UInt64, true),
-        Field::new("completion_tokens", DataType::UInt64, true),
-        Field::new("finish_reason", DataType::Utf8, true),
-    ])
-}
-
-/// `{stage}_lineage`: one struct per LLM stage, so chained stages keep every stage's lineage
-/// side by side instead of overwriting flat columns.
-pub fn lineage_field(stage: &str) -> Field {
-    Field::new(
-        format!("{stage}_lineage"),
-        DataType::Struct(lineage_fields()),
-        true,
-    )
-}
-
-pub fn null_lineage() -> ScalarValue {
-    ScalarValue::try_from(DataType::Struct(lineage_fields())).unwrap_or(ScalarValue::Null)
-}
-
-pub fn lineage_value(
-    env: &StageEnv,
-    request: &ChatRequest,
-    outcome: &CallOutcome,
-) -> Result<ScalarValue> {
-    let fields = lineage_fields();
+/// The lineage of one request and its outcome.
+fn lineage_of(env: &StageEnv, request: &ChatRequest, outcome: &CallOutcome) -> Lineage {
     let p = &request.params;
     let completion = outcome.result.as_ref().ok();
     let endpoint = env.endpoint.as_ref();
-    let values = vec![
-        ScalarValue::Utf8(Some(outcome.request_hash.to_string())),
-        ScalarValue::Utf8(endpoint.map(|e| e.model.clone())),
-        ScalarValue::Utf8(endpoint.map(|e| e.name.clone())),
-        ScalarValue::Float64(p.temperature),
-        ScalarValue::Float64(p.top_p),
-        ScalarValue::UInt32(p.top_k),
-        ScalarValue::UInt32(p.max_tokens),
-        ScalarValue::UInt64(p.seed),
-        ScalarValue::UInt32(Some(outcome.attempts)),
-        ScalarValue::UInt64(Some(outcome.latency_ms)),
-        ScalarValue::UInt64(completion.and_then(|c| c.prompt_tokens)),
-        ScalarValue::UInt64(completion.and_then(|c| c.completion_tokens)),
-        ScalarValue::Utf8(completion.and_then(|c| c.finish_reason.clone())),
-    ];
-    let mut builder = ScalarStructBuilder::new();
-    for (f, v) in fields.iter().zip(values) {
-        builder = builder.with_scalar(f.as_ref().clone(), v);
+    Lineage {
+        request_hash: Some(outcome.request_hash.to_string()),
+        model: endpoint.map(|e| e.model.clone()),
+        endpoint: endpoint.map(|e| e.name.clone()),
+        temperature: p.temperature,
+        top_p: p.top_p,
+        top_k: p.top_k,
+        max_tokens: p.max_tokens,
+        seed: p.seed,
+        attempts: Some(outcome.attempts),
+        latency_ms: Some(outcome.latency_ms),
+        prompt_tokens: completion.and_then(|c| c.prompt_tokens),
+        completion_tokens: completion.and_then(|c| c.completion_tokens),
+        finish_reason: completion.and_then(|c| c.finish_reason.clone()),
     }
-    builder.build()
 }
 
 /// Send a request through the stage's endpoint; returns the text or the error, plus lineage.
-pub async fn call(env: &StageEnv, request: &ChatRequest) -> (Result<String, String>, ScalarValue) {
+pub async fn call(
+    env: &StageEnv,
+    request: &ChatRequest,
+) -> (Result<String, String>, Option<Lineage>) {
     let (result, lineage) = complete(env, request).await;
     (result.map(|c| c.text), lineage)
 }
@@ -195,9 +156,9 @@ pub async fn call(env: &StageEnv, request: &ChatRequest) -> (Result<String, Stri
 pub async fn complete(
     env: &StageEnv,
     request: &ChatRequest,
-) -> (Result<Completion, String>, ScalarValue) {
+) -> (Result<Completion, String>, Option<Lineage>) {
     let Some(endpoint) = env.endpoint.as_ref() else {
-        return (Err("stage has no endpoint".into()), null_lineage());
+        return (Err("stage has no endpoint".into()), None);
     };
     // The one hash of this request: the journal's key, the endpoint's and the lineage's.
     let hash = endpoint.request_hash(request);
@@ -231,13 +192,18 @@ pub async fn complete(
     if let Ok(c) = &outcome.result {
         StageProgress::add(&p.tokens, c.completion_tokens.unwrap_or(0));
     }
-    let lineage = lineage_value(env, request, &outcome).unwrap_or_else(|_| null_lineage());
+    let lineage = lineage_of(env, request, &outcome);
     // A row's failure is data: the text of the error goes into its `error` column.
-    (outcome.result.map_err(|e| e.to_string()), lineage)
+    (outcome.result.map_err(|e| e.to_string()), Some(lineage))
 }
 
-pub fn text(value: Option<String>) -> ScalarValue {
-    ScalarValue::Utf8(value)
+pub fn text(value: Option<String>) -> Cell {
+    Cell::Str(value)
+}
+
+/// A null lineage cell (no request was made for the row).
+pub fn null_lineage() -> Cell {
+    Cell::Lineage(None)
 }
 
 /// Count an output row's error in the stage's progress.
@@ -251,7 +217,7 @@ pub fn count_error(env: &StageEnv, error: &Option<String>) {
 /// input cell is null.
 pub fn upstream_error(row: &InputRow, missing: &str) -> String {
     match row.str("error") {
-        Some(e) => e,
+        Some(e) => e.to_string(),
         None => format!("input column '{missing}' is null"),
     }
 }

@@ -13,11 +13,13 @@
 
 pub mod args;
 pub mod blend;
+pub mod cells;
 pub mod critique;
 pub mod exec;
 pub mod helpful;
 pub mod input;
 pub mod judge;
+pub mod lineage;
 pub mod llm_call;
 pub mod prompts;
 pub mod respond;

@@ -4,10 +4,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use datafusion::common::ScalarValue;
 use datafusion::error::Result;
 
 use super::args::StageArgs;
+use super::cells::OutRow;
 use super::exec::{RowStage, StageEnv, StageFactory};
 use super::llm_call::{
     LlmOptions, base_turns, call, count_error, lineage_field, null_lineage, text, upstream_error,
@@ -52,7 +52,7 @@ impl RowStage for Respond {
         Some(&self.options.endpoint)
     }
 
-    async fn process(&self, row: InputRow, env: &StageEnv) -> Vec<Vec<ScalarValue>> {
+    async fn process(&self, row: InputRow, env: &StageEnv) -> Vec<OutRow> {
         let (Some(prompt_id), Some(turns)) = (row.str("prompt_id"), base_turns(&row)) else {
             let error = Some(upstream_error(&row, "prompt"));
             count_error(env, &error);
@@ -67,6 +67,6 @@ impl RowStage for Respond {
             Err(e) => (None, Some(format!("respond: {e}"))),
         };
         count_error(env, &error);
-        vec![vec![text(response), lineage, text(error)]]
+        vec![vec![text(response), lineage.into(), text(error)]]
     }
 }

@@ -9,15 +9,15 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use datafusion::common::ScalarValue;
 use datafusion::common::plan_err;
 use datafusion::error::Result;
 
 use super::args::StageArgs;
+use super::cells::{Cell, OutRow};
 use super::critique::{critique_fields, load_constitution};
 use super::exec::{RowStage, StageEnv, StageFactory};
 use super::llm_call::{
-    LlmOptions, base_turns, call, count_error, lineage_field, null_lineage, text, upstream_error,
+    Lineage, LlmOptions, base_turns, call, count_error, lineage_field, text, upstream_error,
 };
 use super::row::InputRow;
 use crate::constitution::Constitution;
@@ -56,24 +56,24 @@ struct RoundRow {
     principle_id: Option<String>,
     critique_request: Option<String>,
     critique: Option<String>,
-    critique_lineage: ScalarValue,
+    critique_lineage: Option<Lineage>,
     revision_request: Option<String>,
     revision: Option<String>,
-    revise_lineage: ScalarValue,
+    revise_lineage: Option<Lineage>,
     error: Option<String>,
 }
 
 impl RoundRow {
-    fn cells(self) -> Vec<ScalarValue> {
+    fn cells(self) -> OutRow {
         vec![
-            ScalarValue::UInt32(Some(self.round)),
+            Cell::U32(Some(self.round)),
             text(self.principle_id),
             text(self.critique_request),
             text(self.critique),
-            self.critique_lineage,
+            self.critique_lineage.into(),
             text(self.revision_request),
             text(self.revision),
-            self.revise_lineage,
+            self.revise_lineage.into(),
             text(self.error),
         ]
     }
@@ -86,10 +86,10 @@ impl Revise {
             principle_id: None,
             critique_request: None,
             critique: None,
-            critique_lineage: null_lineage(),
+            critique_lineage: None,
             revision_request: None,
             revision: None,
-            revise_lineage: null_lineage(),
+            revise_lineage: None,
             error: Some(error),
         }
     }
@@ -121,25 +121,21 @@ impl Revise {
         };
         let critique_request = row
             .str("critique_request")
-            .unwrap_or_else(|| principle.critique_request.clone());
-        let critique_lineage = row
-            .batch
-            .column_by_name("critique_lineage")
-            .and_then(|c| ScalarValue::try_from_array(c, row.index).ok())
-            .unwrap_or_else(null_lineage);
+            .map_or_else(|| principle.critique_request.clone(), str::to_string);
+        let critique_lineage = row.lineage("critique_lineage");
         turns.push(Message::assistant(response));
         turns.push(Message::user(&critique_request));
-        turns.push(Message::assistant(&critique));
+        turns.push(Message::assistant(critique));
 
         let mut out = vec![];
-        let mut current = (critique_request, critique, critique_lineage);
+        let mut current = (critique_request, critique.to_string(), critique_lineage);
         for round in first_round..first_round + self.rounds {
             let round_bytes = round.to_le_bytes();
             if round > first_round {
                 // A new principle for each further round, critiquing the latest revision.
                 principle = self
                     .constitution
-                    .draw(self.options.seed, &prompt_id, round)
+                    .draw(self.options.seed, prompt_id, round)
                     .1;
                 turns.push(Message::user(&principle.critique_request));
                 let request = self.options.request(
@@ -227,7 +223,7 @@ impl RowStage for Revise {
         2
     }
 
-    async fn process(&self, row: InputRow, env: &StageEnv) -> Vec<Vec<ScalarValue>> {
+    async fn process(&self, row: InputRow, env: &StageEnv) -> Vec<OutRow> {
         self.rounds(&row, env)
             .await
             .into_iter()

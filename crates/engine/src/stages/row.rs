@@ -1,97 +1,280 @@
-//! Typed access to one input row and the cells a stage emits for it.
+//! Typed access to one input row.
+//!
+//! Stages read cells by column name, but a column is downcast (or cast, for types that are
+//! not plain strings or unsigned integers) once per batch, on first use, and kept beside
+//! the batch: reading a cell is an index into an already typed array, and strings are
+//! borrowed from the batch, never copied to be looked at.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::arrow::datatypes::{DataType, Int32Type, Int64Type, UInt32Type, UInt64Type};
-use datafusion::common::ScalarValue;
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, LargeStringArray, StringArray, StringViewArray, UInt64Array,
+};
+use datafusion::arrow::buffer::OffsetBuffer;
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, UInt64Type};
+use datafusion::arrow::record_batch::RecordBatch;
 
 use caiflow_llm::Message;
 
-/// One row of an input batch. Cheap: the batch is shared.
-#[derive(Clone, Debug)]
-pub struct InputRow {
-    pub batch: Arc<RecordBatch>,
-    pub index: usize,
+/// A string column of any string type.
+#[derive(Debug)]
+pub enum TextColumn {
+    Utf8(StringArray),
+    Large(LargeStringArray),
+    View(StringViewArray),
 }
 
-impl InputRow {
-    fn column(&self, name: &str) -> Option<&dyn Array> {
-        let i = self.batch.schema().index_of(name).ok()?;
-        Some(self.batch.column(i).as_ref())
+impl TextColumn {
+    /// Borrow a column as strings: a downcast for string types, a cast for the rest
+    /// (numbers, dictionaries); `None` for a type that has no text form.
+    pub fn of(array: &dyn Array) -> Option<TextColumn> {
+        Some(match array.data_type() {
+            DataType::Utf8 => TextColumn::Utf8(array.as_string::<i32>().clone()),
+            DataType::LargeUtf8 => TextColumn::Large(array.as_string::<i64>().clone()),
+            DataType::Utf8View => TextColumn::View(array.as_string_view().clone()),
+            _ => {
+                let cast = cast(array, &DataType::Utf8).ok()?;
+                TextColumn::Utf8(cast.as_string::<i32>().clone())
+            }
+        })
     }
 
-    /// A string cell (Utf8, LargeUtf8 or Utf8View); `None` when absent or null.
-    pub fn str(&self, name: &str) -> Option<String> {
-        let col = self.column(name)?;
-        if col.is_null(self.index) {
-            return None;
-        }
-        match col.data_type() {
-            DataType::Utf8 => Some(col.as_string::<i32>().value(self.index).to_string()),
-            DataType::LargeUtf8 => Some(col.as_string::<i64>().value(self.index).to_string()),
-            DataType::Utf8View => Some(col.as_string_view().value(self.index).to_string()),
-            DataType::Dictionary(_, _) => {
-                let cast =
-                    datafusion::arrow::compute::cast(&col.slice(self.index, 1), &DataType::Utf8)
-                        .ok()?;
-                Some(cast.as_string::<i32>().value(0).to_string())
-            }
-            _ => ScalarValue::try_from_array(col, self.index)
-                .ok()
-                .map(|v| v.to_string()),
+    pub fn get(&self, i: usize) -> Option<&str> {
+        match self {
+            TextColumn::Utf8(a) => a.is_valid(i).then(|| a.value(i)),
+            TextColumn::Large(a) => a.is_valid(i).then(|| a.value(i)),
+            TextColumn::View(a) => a.is_valid(i).then(|| a.value(i)),
         }
     }
+}
 
-    /// An unsigned integer cell of any integer type.
-    pub fn u64(&self, name: &str) -> Option<u64> {
-        let col = self.column(name)?;
-        if col.is_null(self.index) {
-            return None;
-        }
-        match col.data_type() {
-            DataType::UInt32 => Some(col.as_primitive::<UInt32Type>().value(self.index) as u64),
-            DataType::UInt64 => Some(col.as_primitive::<UInt64Type>().value(self.index)),
-            DataType::Int64 => {
-                u64::try_from(col.as_primitive::<Int64Type>().value(self.index)).ok()
-            }
-            DataType::Int32 => {
-                u64::try_from(col.as_primitive::<Int32Type>().value(self.index)).ok()
-            }
-            _ => self.str(name)?.parse().ok(),
-        }
-    }
+/// A `List<Struct{role, content}>` column, its items decoded once.
+#[derive(Debug)]
+struct MessagesColumn {
+    list: ArrayRef,
+    offsets: OffsetBuffer<i64>,
+    roles: TextColumn,
+    contents: TextColumn,
+}
 
-    /// A `List<Struct{role, content}>` cell as chat messages (the `conversation` column).
-    pub fn messages(&self, name: &str) -> Option<Vec<Message>> {
-        let col = self.column(name)?;
-        if col.is_null(self.index) {
-            return None;
-        }
-        let list = match col.data_type() {
-            DataType::List(_) => col.as_list::<i32>().value(self.index),
-            DataType::LargeList(_) => col.as_list::<i64>().value(self.index),
+impl MessagesColumn {
+    fn of(array: &ArrayRef) -> Option<MessagesColumn> {
+        let (offsets, values) = match array.data_type() {
+            DataType::List(_) => {
+                let l = array.as_list::<i32>();
+                let o: Vec<i64> = l.offsets().iter().map(|&x| x as i64).collect();
+                (OffsetBuffer::new(o.into()), l.values().clone())
+            }
+            DataType::LargeList(_) => {
+                let l = array.as_list::<i64>();
+                (l.offsets().clone(), l.values().clone())
+            }
             _ => return None,
         };
-        let items = list.as_struct_opt()?;
-        let roles = items.column_by_name("role")?;
-        let contents = items.column_by_name("content")?;
-        let text = |a: &dyn Array, i: usize| -> String {
-            let cast = datafusion::arrow::compute::cast(&a.slice(i, 1), &DataType::Utf8);
-            cast.ok()
-                .filter(|c| !c.is_null(0))
-                .map(|c| c.as_string::<i32>().value(0).to_string())
-                .unwrap_or_default()
-        };
+        let items = values.as_struct_opt()?;
+        Some(MessagesColumn {
+            list: array.clone(),
+            offsets,
+            roles: TextColumn::of(items.column_by_name("role")?.as_ref())?,
+            contents: TextColumn::of(items.column_by_name("content")?.as_ref())?,
+        })
+    }
+
+    fn get(&self, i: usize) -> Option<Vec<Message>> {
+        if self.list.is_null(i) {
+            return None;
+        }
+        let (start, end) = (self.offsets[i] as usize, self.offsets[i + 1] as usize);
         Some(
-            (0..items.len())
-                .map(|i| {
+            (start..end)
+                .map(|j| {
                     Message::new(
-                        &text(roles.as_ref(), i).to_ascii_lowercase(),
-                        text(contents.as_ref(), i),
+                        &self.roles.get(j).unwrap_or_default().to_ascii_lowercase(),
+                        self.contents.get(j).unwrap_or_default(),
                     )
                 })
                 .collect(),
         )
+    }
+}
+
+/// One input batch and the typed views of its columns, made on first use.
+#[derive(Debug)]
+pub struct InputBatch {
+    batch: RecordBatch,
+    text: Vec<OnceLock<Option<TextColumn>>>,
+    uint: Vec<OnceLock<Option<UInt64Array>>>,
+    messages: Vec<OnceLock<Option<MessagesColumn>>>,
+    lineage: Vec<OnceLock<Option<super::lineage::LineageColumns>>>,
+}
+
+impl InputBatch {
+    pub fn new(batch: RecordBatch) -> Arc<Self> {
+        let n = batch.num_columns();
+        Arc::new(InputBatch {
+            batch,
+            text: slots(n),
+            uint: slots(n),
+            messages: slots(n),
+            lineage: slots(n),
+        })
+    }
+
+    pub fn batch(&self) -> &RecordBatch {
+        &self.batch
+    }
+
+    pub fn num_rows(&self) -> usize {
+        self.batch.num_rows()
+    }
+
+    /// Every row of the batch.
+    pub fn rows(self: &Arc<Self>) -> impl Iterator<Item = InputRow> + use<> {
+        let batch = self.clone();
+        (0..self.num_rows()).map(move |index| InputRow {
+            batch: batch.clone(),
+            index,
+        })
+    }
+
+    fn index_of(&self, name: &str) -> Option<usize> {
+        self.batch.schema_ref().index_of(name).ok()
+    }
+
+    fn text(&self, name: &str) -> Option<&TextColumn> {
+        let i = self.index_of(name)?;
+        self.text[i]
+            .get_or_init(|| TextColumn::of(self.batch.column(i).as_ref()))
+            .as_ref()
+    }
+
+    fn uint(&self, name: &str) -> Option<&UInt64Array> {
+        let i = self.index_of(name)?;
+        self.uint[i]
+            .get_or_init(|| {
+                let c = self.batch.column(i);
+                let c = match c.data_type() {
+                    DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+                        cast(c, &DataType::Utf8).ok()?
+                    }
+                    _ => c.clone(),
+                };
+                // A safe cast: negative numbers and unparsable text become null.
+                let c = cast(&c, &DataType::UInt64).ok()?;
+                Some(c.as_primitive::<UInt64Type>().clone())
+            })
+            .as_ref()
+    }
+
+    fn messages(&self, name: &str) -> Option<&MessagesColumn> {
+        let i = self.index_of(name)?;
+        self.messages[i]
+            .get_or_init(|| MessagesColumn::of(self.batch.column(i)))
+            .as_ref()
+    }
+
+    pub(super) fn lineage(&self, name: &str) -> Option<&super::lineage::LineageColumns> {
+        let i = self.index_of(name)?;
+        self.lineage[i]
+            .get_or_init(|| super::lineage::LineageColumns::of(self.batch.column(i).as_ref()))
+            .as_ref()
+    }
+}
+
+fn slots<T>(n: usize) -> Vec<OnceLock<T>> {
+    (0..n).map(|_| OnceLock::new()).collect()
+}
+
+/// One row of an input batch. Cheap: the batch is shared.
+#[derive(Clone, Debug)]
+pub struct InputRow {
+    pub batch: Arc<InputBatch>,
+    pub index: usize,
+}
+
+impl InputRow {
+    /// A string cell (any string type; other types in their text form); `None` when the
+    /// column is absent or the cell null.
+    pub fn str(&self, name: &str) -> Option<&str> {
+        self.batch.text(name)?.get(self.index)
+    }
+
+    /// An unsigned integer cell of any integer type (or text holding one).
+    pub fn u64(&self, name: &str) -> Option<u64> {
+        let c = self.batch.uint(name)?;
+        c.is_valid(self.index).then(|| c.value(self.index))
+    }
+
+    /// A lineage struct cell (`{stage}_lineage`).
+    pub fn lineage(&self, name: &str) -> Option<super::lineage::Lineage> {
+        self.batch.lineage(name)?.get(self.index)
+    }
+
+    /// A `List<Struct{role, content}>` cell as chat messages (the `conversation` column).
+    pub fn messages(&self, name: &str) -> Option<Vec<Message>> {
+        self.batch.messages(name)?.get(self.index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{DictionaryArray, Int64Array, ListArray, StructArray};
+    use datafusion::arrow::datatypes::{Field, Fields, Int32Type};
+
+    #[test]
+    fn cells_of_every_type_read_as_text_numbers_and_messages() {
+        let ids: ArrayRef = Arc::new(Int64Array::from(vec![Some(42), Some(-1), None]));
+        let sources: ArrayRef = Arc::new(
+            vec![Some("hh"), None, Some("hh")]
+                .into_iter()
+                .collect::<DictionaryArray<Int32Type>>(),
+        );
+        let large: ArrayRef = Arc::new(LargeStringArray::from(vec!["a", "b", "17"]));
+        let fields = Fields::from(vec![
+            Field::new("role", DataType::Utf8, true),
+            Field::new("content", DataType::Utf8, true),
+        ]);
+        let items = StructArray::new(
+            fields.clone(),
+            vec![
+                Arc::new(StringArray::from(vec!["USER", "assistant", "user"])) as ArrayRef,
+                Arc::new(StringArray::from(vec!["hi", "hello", "again"])),
+            ],
+            None,
+        );
+        let conversation: ArrayRef = Arc::new(ListArray::new(
+            Arc::new(Field::new("item", DataType::Struct(fields), true)),
+            OffsetBuffer::new(vec![0, 2, 2, 3].into()),
+            Arc::new(items),
+            Some(vec![true, false, true].into()),
+        ));
+        let batch = RecordBatch::try_from_iter(vec![
+            ("id", ids),
+            ("source", sources),
+            ("large", large),
+            ("conversation", conversation),
+        ])
+        .expect("batch");
+        let rows: Vec<InputRow> = InputBatch::new(batch).rows().collect();
+        assert_eq!(rows[0].str("id"), Some("42"));
+        assert_eq!(rows[0].u64("id"), Some(42));
+        assert_eq!(rows[1].u64("id"), None, "negative is not an unsigned value");
+        assert_eq!(rows[2].str("id"), None);
+        assert_eq!(rows[0].str("source"), Some("hh"));
+        assert_eq!(rows[1].str("source"), None);
+        assert_eq!(rows[2].str("large"), Some("17"));
+        assert_eq!(rows[2].u64("large"), Some(17));
+        assert_eq!(rows[0].u64("large"), None);
+        assert_eq!(rows[0].str("missing"), None);
+        let turns = rows[0].messages("conversation").expect("two turns");
+        assert_eq!(turns.len(), 2);
+        assert_eq!(
+            (turns[0].role.as_str(), turns[0].content.as_str()),
+            ("user", "hi")
+        );
+        assert_eq!(rows[1].messages("conversation"), None);
+        assert_eq!(rows[2].messages("conversation").map(|t| t.len()), Some(1));
     }
 }

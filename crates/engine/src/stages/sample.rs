@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use datafusion::common::ScalarValue;
 use datafusion::common::{plan_datafusion_err, plan_err};
 use datafusion::error::Result;
 
 use super::args::StageArgs;
+use super::cells::{Cell, OutRow};
 use super::exec::{RowStage, StageEnv, StageFactory};
 use super::llm_call::{
     LlmDefaults, LlmOptions, base_turns, call, count_error, lineage_field, null_lineage, text,
@@ -90,7 +90,7 @@ impl RowStage for Sample {
         Some(&self.options.endpoint)
     }
 
-    async fn process(&self, row: InputRow, env: &StageEnv) -> Vec<Vec<ScalarValue>> {
+    async fn process(&self, row: InputRow, env: &StageEnv) -> Vec<OutRow> {
         let n = self.temperatures.len() as u32;
         let (Some(prompt_id), Some(turns)) = (row.str("prompt_id"), base_turns(&row)) else {
             let error = upstream_error(&row, "prompt");
@@ -98,9 +98,9 @@ impl RowStage for Sample {
                 .map(|i| {
                     count_error(env, &Some(error.clone()));
                     vec![
-                        ScalarValue::UInt32(Some(i)),
-                        ScalarValue::UInt32(Some(n)),
-                        ScalarValue::Float64(Some(self.temperatures[i as usize])),
+                        Cell::U32(Some(i)),
+                        Cell::U32(Some(n)),
+                        Cell::F64(Some(self.temperatures[i as usize])),
                         text(None),
                         null_lineage(),
                         text(Some(error.clone())),
@@ -129,11 +129,11 @@ impl RowStage for Sample {
                 };
                 count_error(env, &error);
                 vec![
-                    ScalarValue::UInt32(Some(i)),
-                    ScalarValue::UInt32(Some(n)),
-                    ScalarValue::Float64(Some(t)),
+                    Cell::U32(Some(i)),
+                    Cell::U32(Some(n)),
+                    Cell::F64(Some(t)),
                     text(response),
-                    lineage,
+                    lineage.into(),
                     text(error),
                 ]
             })
