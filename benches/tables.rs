@@ -43,6 +43,7 @@ async fn main() {
             df,
             vec!["split".into()],
             serde_json::json!({ "bench": true }),
+            &Default::default(),
             CancellationToken::new(),
         )
         .await
@@ -84,8 +85,8 @@ async fn main() {
         .collect();
     let stop = CancellationToken::new();
     let options = || RunOptions {
-        from: Default::default(),
         stop: stop.clone(),
+        ..Default::default()
     };
     let started = Instant::now();
     Runner::new(&session, &store, options())

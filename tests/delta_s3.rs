@@ -38,6 +38,7 @@ async fn write_rows(
         df,
         vec![],
         serde_json::json!({ "writer": writer }),
+        &Default::default(),
         CancellationToken::new(),
     )
     .await

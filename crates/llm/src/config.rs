@@ -18,6 +18,59 @@ use crate::retry::RetryPolicy;
 pub struct Config {
     #[serde(default)]
     pub endpoints: BTreeMap<String, EndpointConfig>,
+    /// How materialized tables are cut into files (`[tables]`).
+    #[serde(default)]
+    pub tables: TablesConfig,
+}
+
+/// `[tables]`: the size of the data files of materialized tables and of their Parquet row
+/// groups. Read by the run (caiflow-run); kept here because this module owns the file's
+/// format.
+///
+/// A table is written as one stream per split: a file grows to `target_file_mib` and then
+/// the next one starts; inside it, a row group is closed at `row_group_mib` (encoded) or
+/// `row_group_rows`, whichever comes first. The writer holds the open row group in memory,
+/// so `row_group_mib` bounds a write's memory (twice it per split being written), and the
+/// file size does not.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TablesConfig {
+    pub target_file_mib: u64,
+    pub row_group_mib: u64,
+    pub row_group_rows: u64,
+}
+
+impl Default for TablesConfig {
+    fn default() -> Self {
+        TablesConfig {
+            target_file_mib: 128,
+            row_group_mib: 32,
+            row_group_rows: 1 << 20,
+        }
+    }
+}
+
+impl TablesConfig {
+    fn validate(&self) -> Result<()> {
+        for (key, value) in [
+            ("target_file_mib", self.target_file_mib),
+            ("row_group_mib", self.row_group_mib),
+            ("row_group_rows", self.row_group_rows),
+        ] {
+            if value == 0 {
+                return Err(LlmError::Config(format!(
+                    "tables.{key} = 0: must be at least 1"
+                )));
+            }
+        }
+        if self.target_file_mib > 1 << 20 || self.row_group_mib > 1 << 20 {
+            return Err(LlmError::Config(
+                "tables.target_file_mib and tables.row_group_mib must be at most 1048576 (1 TiB)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// One endpoint: what every kind has (model name, budget, timeout, retries, scheduling,
@@ -344,10 +397,14 @@ impl Config {
             };
             endpoints.insert(name.to_string(), endpoint);
         }
-        Config { endpoints }
+        Config {
+            endpoints,
+            tables: TablesConfig::default(),
+        }
     }
 
     fn validate(&self) -> Result<()> {
+        self.tables.validate()?;
         for (name, e) in &self.endpoints {
             if e.max_concurrency == 0 {
                 return Err(LlmError::Config(format!(

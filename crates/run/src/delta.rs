@@ -37,14 +37,29 @@ use object_store::ObjectStore;
 use object_store::path::Path as ObjectPath;
 use url::Url;
 
+use caiflow_llm::config::TablesConfig;
+use deltalake_core::parquet::basic::Compression;
+use deltalake_core::parquet::file::properties::WriterProperties;
+
 use crate::error::{Result, RunError};
 use crate::store::RunStore;
 
-/// Target size of a table's data files. delta-rs keeps the file it is writing in memory until
-/// it reaches this size (one per split being written), so this bounds a write's memory as
-/// much as it sizes the files: 64 MiB gives few files (a 200,000-row table of 1 KB answers
-/// is two or three) at a bounded cost.
-pub const TARGET_FILE_BYTES: u64 = 64 << 20;
+/// The default target size of a table's data files (`[tables] target_file_mib`), for the
+/// binary's bound on delta-rs's upload budget, set before any configuration is read.
+pub const TARGET_FILE_BYTES: u64 = 128 << 20;
+
+/// Parquet settings of a table's data files: delta-rs's own (Snappy; its name as the
+/// writer), plus row groups bounded in bytes as well as rows. The parquet writer holds the
+/// open row group in memory (encoded, plus a serialized copy while it is flushed), so it is
+/// the row-group bound, not the file size, that bounds a write's memory.
+fn writer_properties(files: &TablesConfig) -> WriterProperties {
+    WriterProperties::builder()
+        .set_created_by(format!("caiflow {} (delta-rs)", env!("CARGO_PKG_VERSION")))
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(files.row_group_rows as usize))
+        .set_max_row_group_bytes(Some((files.row_group_mib << 20) as usize))
+        .build()
+}
 
 /// The key of caiflow's record in a commit's `commitInfo`.
 pub const COMMIT_KEY: &str = "caiflow";
@@ -206,6 +221,7 @@ pub async fn write(
     df: DataFrame,
     partition_by: Vec<String>,
     record: serde_json::Value,
+    files: &TablesConfig,
     stop: CancellationToken,
 ) -> Result<u64> {
     let table = match open(store, name, None).await? {
@@ -213,8 +229,8 @@ pub async fn write(
         None => unloaded(store, name)?,
     };
     // One input partition: delta-rs writes a file per partition (and split), rolling over at
-    // its target file size (100 MiB), so a table is a few large files instead of one small
-    // file per partition of the query.
+    // the target file size, so a table is a few large files instead of one small file per
+    // partition of the query.
     let df = signed_integers(df)?
         .repartition(datafusion::logical_expr::Partitioning::RoundRobinBatch(1))?;
     let (state, plan) = df.into_parts();
@@ -235,7 +251,8 @@ pub async fn write(
         .with_save_mode(SaveMode::Overwrite)
         .with_schema_mode(SchemaMode::Overwrite)
         .with_partition_columns(partition_by)
-        .with_target_file_size(std::num::NonZeroU64::new(TARGET_FILE_BYTES))
+        .with_target_file_size(std::num::NonZeroU64::new(files.target_file_mib << 20))
+        .with_writer_properties(writer_properties(files))
         .with_commit_properties(
             CommitProperties::default().with_metadata([(COMMIT_KEY.to_string(), record)]),
         )

@@ -201,6 +201,8 @@ pub struct RunOptions {
     /// Cancelled to stop the run: no table is committed after that (the endpoints, given the
     /// same token, send nothing more).
     pub stop: caiflow_llm::CancellationToken,
+    /// File and row-group sizes of materialized tables.
+    pub files: caiflow_llm::config::TablesConfig,
 }
 
 /// What happened to a materialized table.
@@ -399,15 +401,23 @@ impl<'a> Runner<'a> {
         })?;
         // The commit: when it returns, the new version is the table.
         let stop = self.options.stop.clone();
-        delta::write(self.store, name, df, partition_by, record, stop.clone())
-            .await
-            .map_err(|e| {
-                if stop.is_cancelled() {
-                    RunError::Interrupted
-                } else {
-                    e
-                }
-            })?;
+        delta::write(
+            self.store,
+            name,
+            df,
+            partition_by,
+            record,
+            &self.options.files,
+            stop.clone(),
+        )
+        .await
+        .map_err(|e| {
+            if stop.is_cancelled() {
+                RunError::Interrupted
+            } else {
+                e
+            }
+        })?;
         register_table(self.session, self.store, name).await?;
         let rows = self.session.ctx.table(name).await?.count().await? as u64;
         self.recomputed.insert(name.to_string());
