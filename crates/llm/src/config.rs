@@ -467,6 +467,20 @@ mod tests {
     }
 
     #[test]
+    fn tables_section_is_optional_validated_and_strict() {
+        assert_eq!(Config::parse("").unwrap().tables, TablesConfig::default());
+        let c = Config::parse("[tables]\nrow_group_mib = 8\n").unwrap();
+        assert_eq!((c.tables.row_group_mib, c.tables.target_file_mib), (8, 128));
+        let zero = Config::parse("[tables]\ntarget_file_mib = 0\n").unwrap_err();
+        assert!(
+            zero.to_string().contains("tables.target_file_mib = 0"),
+            "{zero}"
+        );
+        let typo = Config::parse("[tables]\nrow_groups_mib = 8\n").unwrap_err();
+        assert!(typo.to_string().contains("row_groups_mib"), "{typo}");
+    }
+
+    #[test]
     fn rejects_typos_and_bad_values() {
         assert!(Config::parse("[endpoints.p]\nbase_url='http://x'\nmax_concurency=3").is_err());
         assert!(Config::parse("[endpoints.p]\nbase_url='http://x'\nmax_concurrency=0").is_err());
