@@ -752,12 +752,21 @@ fn main() {
     // delta-rs sizes the bytes of closed data files it may hold while they upload from the
     // machine's memory (up to 32 files); bound it to two default-sized files unless the user
     // set it. (Row groups are bounded too, so a closed file rarely holds more than one.)
+    // Its channel from the query to the file writer holds 10 batches by default (~100 MB
+    // of 8,192 rows of answers); two keep the writer busy.
     // Set before any thread is started.
-    const BUDGET: &str = "DELTARS_MAX_IN_FLIGHT_UPLOAD_BYTES";
-    if std::env::var_os(BUDGET).is_none() {
-        let bytes = 2 * caiflow_run::delta::TARGET_FILE_BYTES;
-        // SAFETY: the process has one thread here; nothing reads the environment at once.
-        unsafe { std::env::set_var(BUDGET, bytes.to_string()) };
+    let defaults = [
+        (
+            "DELTARS_MAX_IN_FLIGHT_UPLOAD_BYTES",
+            (2 * caiflow_run::delta::TARGET_FILE_BYTES).to_string(),
+        ),
+        ("DELTARS_WRITER_BATCH_CHANNEL_SIZE", "2".to_string()),
+    ];
+    for (name, value) in defaults {
+        if std::env::var_os(name).is_none() {
+            // SAFETY: the process has one thread here; nothing reads the environment at once.
+            unsafe { std::env::set_var(name, value) };
+        }
     }
     // Blocking threads (file reads and writes) are kept, not re-made every few seconds: each
     // new thread gets its own allocator heap.

@@ -337,3 +337,37 @@ write_deltalake("{d}/stored", pa.table({{"prompt_id": ["c"], "prompt": ["stored 
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_files_and_row_groups_follow_the_tables_section() {
+    let s = Setup::new(1).await;
+    let config = s.dir.path().join("caiflow.toml");
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    text.push_str("[tables]\nrow_group_rows = 100\n");
+    std::fs::write(&config, text).expect("config");
+    let plan = s.dir.path().join("rows.sql");
+    std::fs::write(
+        &plan,
+        "CREATE TABLE t AS SELECT value AS id, \
+         split_of(CAST(value AS VARCHAR), 1, 'train=0.5,test=0.5') AS split \
+         FROM generate_series(1, 1000);\n",
+    )
+    .expect("plan");
+    s.run(plan.to_str().expect("path"), &[]);
+    let out = python(&format!(
+        r#"
+import glob, pyarrow.parquet as pq
+files = glob.glob("{}/t/**/*.parquet", recursive=True)
+meta = [pq.ParquetFile(f).metadata for f in files]
+print(len(files), sum(m.num_row_groups for m in meta), sum(m.num_rows for m in meta), max(m.row_group(i).num_rows for m in meta for i in range(m.num_row_groups)))
+"#,
+        s.run_dir().display()
+    ));
+    let n: Vec<usize> = out
+        .split_whitespace()
+        .map(|x| x.parse().expect("a number"))
+        .collect();
+    // One file per split (one stream), row groups of at most 100 rows.
+    assert_eq!((n[0], n[2], n[3]), (2, 1000, 100), "{out}");
+    assert!((10..=12).contains(&n[1]), "row groups: {out}");
+}

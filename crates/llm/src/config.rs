@@ -44,7 +44,7 @@ impl Default for TablesConfig {
     fn default() -> Self {
         TablesConfig {
             target_file_mib: 128,
-            row_group_mib: 32,
+            row_group_mib: 16,
             row_group_rows: 1 << 20,
         }
     }

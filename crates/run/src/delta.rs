@@ -24,8 +24,13 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::CreateExternalTable;
 use datafusion::logical_expr::{Expr, LogicalPlanBuilder, TableType};
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::{Distribution, EquivalenceProperties, Partitioning};
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
+};
 use datafusion::prelude::DataFrame;
 use deltalake_core::kernel::transaction::CommitProperties;
 use deltalake_core::logstore::{StorageConfig, default_logstore};
@@ -228,12 +233,17 @@ pub async fn write(
         Some(t) => t,
         None => unloaded(store, name)?,
     };
-    // One input partition: delta-rs writes a file per partition (and split), rolling over at
-    // the target file size, so a table is a few large files instead of one small file per
-    // partition of the query.
-    let df = signed_integers(df)?
-        .repartition(datafusion::logical_expr::Partitioning::RoundRobinBatch(1))?;
-    let (state, plan) = df.into_parts();
+    // One stream: delta-rs writes a file per stream and split, rolling over at the target
+    // file size, so a table is a few large files instead of one small file per partition
+    // of the query (StopGateExec asks for a single partition).
+    let df = signed_integers(df)?;
+    let (mut state, plan) = df.into_parts();
+    // One partition throughout the write's query: with more, delta-rs hash-repartitions a
+    // partitioned table by its split, and that channel to the busy `train` writer is
+    // unbounded while `test`'s is empty (a 1 M-row `sft` held 450 MiB there); scans read one
+    // row group at a time. LLM stages keep their concurrency (it is per partition: the
+    // endpoint's whole budget).
+    state.config_mut().options_mut().execution.target_partitions = 1;
     // delta-rs plans its write through its own logical nodes: keep the session (its config
     // carries the stages' endpoints, journal and progress) and add delta-rs's planner.
     let state = datafusion::execution::SessionStateBuilder::new_from_existing(state)
@@ -337,17 +347,38 @@ impl TableProvider for StopGate {
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let inner = self.inner.scan(state, projection, filters, limit).await?;
-        Ok(Arc::new(StopGateExec {
-            inner,
-            stop: self.stop.clone(),
-        }))
+        Ok(Arc::new(StopGateExec::new(inner, self.stop.clone())))
     }
 }
 
+/// The write's input: one partition (the optimizer merges the query's partitions below
+/// it), failing at its end when the run was stopped so nothing is committed.
 #[derive(Debug)]
 struct StopGateExec {
     inner: Arc<dyn ExecutionPlan>,
     stop: CancellationToken,
+    properties: Arc<PlanProperties>,
+}
+
+impl StopGateExec {
+    fn new(inner: Arc<dyn ExecutionPlan>, stop: CancellationToken) -> Self {
+        let inner: Arc<dyn ExecutionPlan> = if inner.output_partitioning().partition_count() > 1 {
+            Arc::new(CoalescePartitionsExec::new(inner))
+        } else {
+            inner
+        };
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(inner.schema()),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        StopGateExec {
+            inner,
+            stop,
+            properties,
+        }
+    }
 }
 
 impl DisplayAs for StopGateExec {
@@ -362,7 +393,15 @@ impl ExecutionPlan for StopGateExec {
     }
 
     fn properties(&self) -> &Arc<PlanProperties> {
-        self.inner.properties()
+        &self.properties
+    }
+
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        vec![Distribution::SinglePartition]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
@@ -381,10 +420,9 @@ impl ExecutionPlan for StopGateExec {
         mut children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         match children.pop() {
-            Some(inner) if children.is_empty() => Ok(Arc::new(StopGateExec {
-                inner,
-                stop: self.stop.clone(),
-            })),
+            Some(inner) if children.is_empty() => {
+                Ok(Arc::new(StopGateExec::new(inner, self.stop.clone())))
+            }
             _ => exec_err!("StopGateExec takes one child"),
         }
     }
