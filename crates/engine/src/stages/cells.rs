@@ -26,24 +26,6 @@ pub enum Cell {
 /// The cells of one output row, in `output_fields` order.
 pub type OutRow = Vec<Cell>;
 
-impl From<Option<String>> for Cell {
-    fn from(v: Option<String>) -> Self {
-        Cell::Str(v)
-    }
-}
-
-impl From<String> for Cell {
-    fn from(v: String) -> Self {
-        Cell::Str(Some(v))
-    }
-}
-
-impl From<&str> for Cell {
-    fn from(v: &str) -> Self {
-        Cell::Str(Some(v.to_string()))
-    }
-}
-
 impl From<Option<Lineage>> for Cell {
     fn from(v: Option<Lineage>) -> Self {
         Cell::Lineage(v.map(Box::new))

@@ -9,8 +9,8 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayBuilder, ArrayRef, AsArray, Float64Array, Float64Builder, StringBuilder,
-    StructArray, UInt32Array, UInt32Builder, UInt64Array, UInt64Builder,
+    Array, ArrayRef, AsArray, Float64Array, Float64Builder, StringBuilder, StructArray,
+    UInt32Array, UInt32Builder, UInt64Array, UInt64Builder,
 };
 use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::compute::cast;
@@ -121,14 +121,6 @@ impl LineageBuilder {
         let nulls = NullBuffer::from(std::mem::take(&mut self.valid));
         let nulls = (nulls.null_count() > 0).then_some(nulls);
         Arc::new(StructArray::new(lineage_fields(), columns, nulls))
-    }
-
-    pub fn len(&self) -> usize {
-        self.request_hash.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

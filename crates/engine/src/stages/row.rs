@@ -125,14 +125,10 @@ impl InputBatch {
         &self.batch
     }
 
-    pub fn num_rows(&self) -> usize {
-        self.batch.num_rows()
-    }
-
     /// Every row of the batch.
     pub fn rows(self: &Arc<Self>) -> impl Iterator<Item = InputRow> + use<> {
         let batch = self.clone();
-        (0..self.num_rows()).map(move |index| InputRow {
+        (0..self.batch.num_rows()).map(move |index| InputRow {
             batch: batch.clone(),
             index,
         })
