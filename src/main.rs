@@ -553,14 +553,15 @@ async fn cmd_repair(
     if let Some(c) = &config {
         words.extend(["--config".into(), c.display().to_string()]);
     }
+    let config = load_config(config.as_deref())?;
     execute_run(
         store.clone(),
-        endpoints(config.as_deref(), stop.clone())?,
+        caiflow_engine::endpoints(&config, stop.clone())?,
         &sql,
         RunOptions {
             from,
             stop,
-            files: load_config(config.as_deref())?.tables,
+            files: config.tables,
         },
         &resume_command(&words),
     )
