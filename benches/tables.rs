@@ -45,6 +45,7 @@ async fn main() {
             serde_json::json!({ "bench": true }),
             &Default::default(),
             CancellationToken::new(),
+            false,
         )
         .await
         .expect("delta write");

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
+use caiflow_cluster::client::RunLocation;
 use caiflow_engine::CaiSession;
 use caiflow_engine::export::{ExportFormat, ExportOptions, export};
 use caiflow_engine::progress::Progress;
@@ -118,11 +119,53 @@ enum Command {
         /// Rows of each query's result to print.
         #[arg(long, default_value_t = 100)]
         max_rows: usize,
+        /// Run the queries on a cluster: its scheduler's df://HOST:PORT.
+        #[arg(long, value_name = "URL")]
+        cluster: Option<String>,
+    },
+    /// Processes of a cluster (Apache DataFusion Ballista): a scheduler and executors.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterCommand,
     },
     /// Models for the embedded backend.
     Model {
         #[command(subcommand)]
         action: ModelCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// The scheduler: clients send it plans (`--cluster df://HOST:PORT`), it hands their
+    /// stages to the executors.
+    Scheduler {
+        /// Address to listen on (gRPC and the REST API).
+        #[arg(long, default_value = "127.0.0.1:50050")]
+        bind: String,
+        /// Seconds without a heartbeat after which an executor is taken as lost and its tasks
+        /// run elsewhere.
+        #[arg(long, default_value_t = 30)]
+        executor_timeout: u64,
+    },
+    /// An executor: runs tasks (caiflow's stages among them) for the scheduler.
+    Executor {
+        /// The scheduler's HOST:PORT.
+        #[arg(long)]
+        scheduler: String,
+        /// Arrow Flight (results, shuffles) on HOST:PORT; the executor's gRPC on PORT+1. The
+        /// address is also the executor's id (lineage `worker`).
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        bind: String,
+        /// Tasks run at once (default: the machine's cores).
+        #[arg(long, default_value_t = 0)]
+        concurrent_tasks: usize,
+        /// Seconds between heartbeats to the scheduler.
+        #[arg(long, default_value_t = 5)]
+        heartbeat: u64,
+        /// Folder for shuffle files (default: a temporary folder).
+        #[arg(long)]
+        work_dir: Option<String>,
     },
 }
 
@@ -200,10 +243,6 @@ fn resume_command(words: &[String]) -> String {
         .chain(words.iter().map(String::as_str))
         .collect();
     shlex::try_join(words).unwrap_or_else(|_| "caiflow run … (see above)".into())
-}
-
-fn endpoints(config: Option<&Path>, stop: CancellationToken) -> anyhow::Result<Endpoints> {
-    Ok(caiflow_engine::endpoints(&load_config(config)?, stop)?)
 }
 
 /// `data/runs/NAME` or `s3://bucket/prefix/NAME` → the store and the run name.
@@ -315,17 +354,41 @@ const INTERRUPTED: i32 = 130;
 /// Run `sql` into `store` with progress, the summary and Ctrl-C handling: the first Ctrl-C
 /// stops sending and gives requests in flight a grace period, a second stops at once.
 /// `resume` is the command that continues the run, printed whenever it stops early.
+/// A run on a cluster: the scheduler, the endpoints that travel with the plan, and where
+/// the executors find the run (its journal).
+struct ClusterRun {
+    url: String,
+    config: caiflow_llm::config::Config,
+    location: RunLocation,
+}
+
+/// A store as every process of a cluster names it: an absolute folder (processes may run
+/// in other folders) or the S3 URL.
+fn shared_store(store: &str) -> anyhow::Result<String> {
+    if store.starts_with("s3://") {
+        return Ok(store.to_string());
+    }
+    let path = std::fs::canonicalize(store).with_context(|| format!("store {store}"))?;
+    Ok(path.display().to_string())
+}
+
 async fn execute_run(
     store: RunStore,
     endpoints: Endpoints,
     sql: &str,
     options: RunOptions,
     resume: &str,
+    cluster: Option<ClusterRun>,
 ) -> anyhow::Result<()> {
     let stop = options.stop.clone();
-    let run = PlanRun::open(store, endpoints)
+    let mut run = PlanRun::open(store, endpoints)
         .await
         .context("opening the run")?;
+    if let Some(c) = &cluster {
+        caiflow_cluster::client::connect(&mut run.session, &c.url, &c.config, Some(&c.location))
+            .await?;
+        eprintln!("caiflow: running on the cluster {}", c.url);
+    }
     let stats = run.journal.stats();
     if let Some(scheme) = &stats.stale_scheme {
         eprintln!(
@@ -407,6 +470,10 @@ struct RunArgs {
     /// Abort when more than this share of an endpoint's requests fail (after 20).
     #[arg(long, value_name = "RATE")]
     max_error_rate: Option<f64>,
+    /// Run the plan on a cluster: its scheduler's df://HOST:PORT. The store must be one
+    /// every executor sees (S3, or a folder shared by all machines).
+    #[arg(long, value_name = "URL")]
+    cluster: Option<String>,
 }
 
 impl RunArgs {
@@ -428,6 +495,9 @@ impl RunArgs {
         }
         if let Some(r) = self.max_error_rate {
             w.extend(["--max-error-rate".into(), r.to_string()]);
+        }
+        if let Some(c) = &self.cluster {
+            w.extend(["--cluster".into(), c.clone()]);
         }
         w
     }
@@ -501,10 +571,29 @@ async fn cmd_run(args: RunArgs) -> anyhow::Result<()> {
         from: args.from.iter().map(|t| t.to_ascii_lowercase()).collect(),
         stop,
         files: config.tables.clone(),
+        cluster: args.cluster.is_some(),
     };
-    execute_run(run_store.clone(), endpoints, &sql, options, &resume)
-        .await
-        .with_context(|| format!("plan {} failed", plan.display()))?;
+    let cluster = match &args.cluster {
+        Some(url) => Some(ClusterRun {
+            url: url.clone(),
+            config: config.clone(),
+            location: RunLocation {
+                store: shared_store(&args.store)?,
+                run: run_name.clone(),
+            },
+        }),
+        None => None,
+    };
+    execute_run(
+        run_store.clone(),
+        endpoints,
+        &sql,
+        options,
+        &resume,
+        cluster,
+    )
+    .await
+    .with_context(|| format!("plan {} failed", plan.display()))?;
     eprintln!("caiflow: results in {}", run_store.display);
     println!("{}", run_store.display);
     Ok(())
@@ -562,8 +651,10 @@ async fn cmd_repair(
             from,
             stop,
             files: config.tables,
+            cluster: false,
         },
         &resume_command(&words),
+        None,
     )
     .await?;
     println!("{}", store.display);
@@ -700,13 +791,25 @@ async fn cmd_sql(
     run: Option<String>,
     config: Option<PathBuf>,
     max_rows: usize,
+    cluster: Option<String>,
 ) -> anyhow::Result<()> {
-    let session = CaiSession::new(endpoints(config.as_deref(), CancellationToken::new())?);
+    let loaded = load_config(config.as_deref())?;
+    let mut session = CaiSession::new(caiflow_engine::endpoints(
+        &loaded,
+        CancellationToken::new(),
+    )?);
+    if let Some(url) = &cluster {
+        caiflow_cluster::client::connect(&mut session, url, &loaded, None).await?;
+    }
     caiflow_run::delta::register_delta_tables(&session);
     caiflow_run::inputs::register_s3_inputs(&session.ctx, &execute)?;
     if let Some(run) = &run {
         let store = open_run(run)?;
-        let names = register_run_tables(&session, &store).await?;
+        let names = if cluster.is_some() {
+            caiflow_run::run::register_run_files(&session, &store).await?
+        } else {
+            register_run_tables(&session, &store).await?
+        };
         eprintln!("tables: {}", names.join(", "));
         let older = register_versions(&session, &store).await?;
         if !older.is_empty() {
@@ -721,6 +824,43 @@ async fn cmd_sql(
         }
     })
     .await?;
+    Ok(())
+}
+
+async fn cmd_cluster(action: ClusterCommand) -> anyhow::Result<()> {
+    use caiflow_cluster::process::{
+        ExecutorOptions, SchedulerOptions, run_executor, run_scheduler,
+    };
+    match action {
+        ClusterCommand::Scheduler {
+            bind,
+            executor_timeout,
+        } => {
+            eprintln!("caiflow: cluster scheduler on {bind}");
+            run_scheduler(SchedulerOptions {
+                bind,
+                executor_timeout: Duration::from_secs(executor_timeout),
+            })
+            .await?
+        }
+        ClusterCommand::Executor {
+            scheduler,
+            bind,
+            concurrent_tasks,
+            heartbeat,
+            work_dir,
+        } => {
+            eprintln!("caiflow: cluster executor {bind} (scheduler {scheduler})");
+            let options = ExecutorOptions {
+                scheduler,
+                bind,
+                concurrent_tasks,
+                heartbeat: Duration::from_secs(heartbeat),
+                work_dir,
+            };
+            run_executor(options, CancellationToken::new()).await?
+        }
+    }
     Ok(())
 }
 
@@ -817,7 +957,9 @@ async fn run_main() {
             run,
             config,
             max_rows,
-        } => cmd_sql(execute, run, config, max_rows).await,
+            cluster,
+        } => cmd_sql(execute, run, config, max_rows, cluster).await,
+        Command::Cluster { action } => cmd_cluster(action).await,
         Command::Model {
             action:
                 ModelCommand::Pull {

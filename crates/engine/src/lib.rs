@@ -14,6 +14,7 @@ pub mod export;
 pub mod journal;
 pub mod keys;
 pub mod progress;
+pub mod resources;
 pub mod session;
 pub mod sql;
 pub mod stages;

@@ -277,6 +277,20 @@ impl EndpointConfig {
         )
     }
 
+    /// One of `n` equal shares of this endpoint's limits, for one of `n` processes that use
+    /// it at once (executors of a cluster): `max_concurrency`, requests and tokens per
+    /// minute divided by `n` (rounded down, at least one request in flight), so together
+    /// they never exceed the endpoint's limits.
+    pub fn share(&self, n: usize) -> EndpointConfig {
+        let n = n.max(1);
+        let mut share = self.clone();
+        share.max_concurrency = (self.max_concurrency / n).max(1);
+        let per = |v: Option<f64>| v.map(|v| v / n as f64);
+        share.scheduling.requests_per_minute = per(self.scheduling.requests_per_minute);
+        share.scheduling.tokens_per_minute = per(self.scheduling.tokens_per_minute);
+        share
+    }
+
     /// The embedded settings, when this is an embedded endpoint.
     pub fn embedded_mut(&mut self) -> Option<&mut EmbeddedConfig> {
         match &mut self.backend {

@@ -219,6 +219,7 @@ pub async fn open(
 /// Overwrite table `name` with the rows of `df` as one commit carrying `record` (the
 /// manifest). If `stop` is cancelled before the rows are all written, the write fails and
 /// nothing is committed. Returns the new version.
+#[allow(clippy::too_many_arguments)]
 pub async fn write(
     store: &RunStore,
     name: &str,
@@ -227,6 +228,7 @@ pub async fn write(
     record: serde_json::Value,
     files: &TablesConfig,
     stop: CancellationToken,
+    cluster: bool,
 ) -> Result<u64> {
     let table = match open(store, name, None).await? {
         Some(t) => t,
@@ -237,6 +239,16 @@ pub async fn write(
     // of the query (StopGateExec asks for a single partition).
     let df = signed_integers(df)?;
     let (mut state, plan) = df.into_parts();
+    // On a cluster the query is planned by the cluster's planner (its rows are computed by
+    // the executors and stream back here); delta-rs then writes what arrives.
+    let rows: Arc<dyn TableProvider> = if cluster {
+        Arc::new(Planned(Arc::new(OwnConfig {
+            inner: state.create_physical_plan(&plan).await?,
+            config: state.config().clone(),
+        })))
+    } else {
+        Arc::new(datafusion::datasource::ViewTable::new(plan, None))
+    };
     // One partition throughout the write's query: with more, delta-rs hash-repartitions a
     // partitioned table by its split, and that channel to the busy `train` writer is
     // unbounded while `test`'s is empty (a 1 M-row `sft` held 450 MiB there); scans read one
@@ -248,10 +260,7 @@ pub async fn write(
     let state = datafusion::execution::SessionStateBuilder::new_from_existing(state)
         .with_query_planner(deltalake_core::delta_datafusion::planner::DeltaPlanner::new())
         .build();
-    let gate = Arc::new(StopGate {
-        inner: Arc::new(datafusion::datasource::ViewTable::new(plan, None)),
-        stop,
-    });
+    let gate = Arc::new(StopGate { inner: rows, stop });
     let input = LogicalPlanBuilder::scan(name, provider_as_source(gate), None)?.build()?;
     let written = table
         .write(std::iter::empty())
@@ -317,6 +326,101 @@ fn signed(
         DataType::List(item) => field(item).map(|f| DataType::List(Arc::new(f))),
         DataType::LargeList(item) => field(item).map(|f| DataType::LargeList(Arc::new(f))),
         _ => None,
+    }
+}
+
+/// A query planned already (by a cluster's planner), as a table scanned whole.
+#[derive(Debug)]
+struct Planned(Arc<dyn ExecutionPlan>);
+
+#[async_trait::async_trait]
+impl TableProvider for Planned {
+    fn schema(&self) -> SchemaRef {
+        self.0.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let all: Vec<usize> = (0..self.0.schema().fields().len()).collect();
+        match projection {
+            Some(p) if *p != all => exec_err!("a planned query is scanned whole"),
+            _ => Ok(self.0.clone()),
+        }
+    }
+}
+
+/// A node executed with the session configuration it was planned with, whatever the
+/// executing session's: a cluster query carries the session's options to the cluster
+/// (its partition count among them) while delta-rs writes what arrives with one partition.
+#[derive(Debug)]
+struct OwnConfig {
+    inner: Arc<dyn ExecutionPlan>,
+    config: datafusion::prelude::SessionConfig,
+}
+
+impl DisplayAs for OwnConfig {
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        self.inner.fmt_as(t, f)
+    }
+}
+
+impl ExecutionPlan for OwnConfig {
+    fn name(&self) -> &str {
+        "OwnConfig"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.inner.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if children.is_empty() {
+            Ok(self)
+        } else {
+            exec_err!("OwnConfig has no children")
+        }
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let c = context;
+        let context = TaskContext::new(
+            c.task_id(),
+            c.session_id(),
+            self.config.clone(),
+            c.scalar_functions().clone(),
+            c.higher_order_functions().clone(),
+            c.aggregate_functions().clone(),
+            c.window_functions().clone(),
+            c.runtime_env(),
+        );
+        self.inner.execute(partition, Arc::new(context))
     }
 }
 

@@ -256,6 +256,8 @@ pub struct Journal {
     append: Mutex<Option<Append>>,
     /// Indexes of segments that had none, written when the run continues.
     missing: Mutex<Vec<(String, Vec<u8>)>>,
+    /// Other writers' segments taken in so far: name → index bytes read.
+    seen: Mutex<HashMap<String, u64>>,
     /// Unique per process, so concurrent or successive writers never overwrite a segment.
     session: String,
     seq: AtomicU64,
@@ -287,6 +289,8 @@ const LINE_READ: usize = 8 << 10;
 struct Indexed {
     results: Vec<(u64, u64)>,
     failures: Vec<u64>,
+    /// Bytes of the index taken in (whole records).
+    read: u64,
     /// The index built by scanning, when the segment had none.
     built: Option<Vec<u8>>,
 }
@@ -300,23 +304,28 @@ impl Journal {
             None => FIRST_SCHEME.to_string(),
         };
         let reader = &store;
-        let mut reads = futures::stream::iter(names.iter().enumerate().map(|(id, name)| {
-            let has_index = indexed.contains(name);
-            async move {
-                let found = if has_index {
-                    read_index(reader, name, id as u32).await
-                } else {
-                    scan_segment(reader, name, id as u32).await
-                };
-                found.map(|f| (name, f))
-            }
-        }))
-        .buffered(READ_AHEAD);
+        // Owned names: the reads' futures borrow nothing but the store (so opening is a
+        // `Send` future that any task may await).
+        let mut reads =
+            futures::stream::iter(names.clone().into_iter().enumerate().map(|(id, name)| {
+                let has_index = indexed.contains(&name);
+                async move {
+                    let found = if has_index {
+                        read_index(reader, &name, id as u32, 0).await
+                    } else {
+                        scan_segment(reader, &name, id as u32).await
+                    };
+                    found.map(|f| (name, f))
+                }
+            }))
+            .buffered(READ_AHEAD);
         let mut index: Vec<(u64, u64)> = vec![];
         let mut failed: Vec<u64> = vec![];
         let mut missing = vec![];
+        let mut seen = HashMap::new();
         while let Some(read) = reads.next().await {
             let (name, found) = read?;
+            seen.insert(name.clone(), found.read);
             index.extend(found.results);
             failed.extend(found.failures);
             if let Some(built) = found.built {
@@ -365,6 +374,7 @@ impl Journal {
             local,
             append: Mutex::new(None),
             missing: Mutex::new(missing),
+            seen: Mutex::new(seen),
             store,
             session,
             seq: AtomicU64::new(0),
@@ -396,6 +406,35 @@ impl Journal {
         self.store
             .put(SCHEME_FILE, Bytes::from(format!("{REQUEST_HASH_SCHEME}\n")))
             .await
+    }
+
+    /// Take in what other processes journalled since this journal was opened or last
+    /// refreshed (executors of a cluster write one journal at once: a task re-run elsewhere
+    /// finds what the first attempt completed). Reads only what is new: indexes of new
+    /// segments, and the records appended to other processes' local segments since.
+    /// Returns how many results were added.
+    pub async fn refresh(&self) -> Result<usize> {
+        let (names, indexed) = segments(&self.store).await?;
+        let mut added = 0;
+        for name in names {
+            if name.contains(&self.session) || !indexed.contains(&name) {
+                // Our own, or one whose index is not written yet (taken next time).
+                continue;
+            }
+            let from = lock(&self.seen).get(&name).copied();
+            let known = read(&self.names).iter().position(|n| *n == name);
+            let segment = match known {
+                Some(id) => id as u32,
+                None => self.add_segment(name.clone()),
+            };
+            let found = read_index(&self.store, &name, segment, from.unwrap_or(0)).await?;
+            lock(&self.seen).insert(name, found.read);
+            for (key, loc) in found.results {
+                self.remember(key, loc);
+                added += 1;
+            }
+        }
+        Ok(added)
     }
 
     /// The journalled result for this request hash, read from its segment.
@@ -842,18 +881,21 @@ async fn segments(store: &RunStore) -> Result<(Vec<String>, std::collections::Ha
     Ok((names, indexed))
 }
 
-/// The entries of a segment's index (streamed: a torn last record is ignored).
-async fn read_index(store: &RunStore, name: &str, segment: u32) -> Result<Indexed> {
+/// The entries of a segment's index from byte `from` on (streamed: a torn last record is
+/// ignored).
+async fn read_index(store: &RunStore, name: &str, segment: u32, from: u64) -> Result<Indexed> {
     let mut found = Indexed {
         results: vec![],
         failures: vec![],
+        read: from,
         built: None,
     };
-    let mut chunks = store.get_stream(&format!("{name}.idx"), 0).await?;
+    let mut chunks = store.get_stream(&format!("{name}.idx"), from).await?;
     let mut carry: Vec<u8> = vec![];
     while let Some(chunk) = chunks.next().await {
         carry.extend_from_slice(&chunk?);
         let whole = carry.len() - carry.len() % RECORD;
+        found.read += whole as u64;
         for (key, offset, ok) in index_records(&carry[..whole]) {
             if ok {
                 found.results.push((key, location(segment, offset)));
@@ -871,6 +913,7 @@ async fn scan_segment(store: &RunStore, name: &str, segment: u32) -> Result<Inde
     let mut found = Indexed {
         results: vec![],
         failures: vec![],
+        read: 0,
         built: Some(vec![]),
     };
     let mut built = vec![];
@@ -900,6 +943,7 @@ async fn scan_segment(store: &RunStore, name: &str, segment: u32) -> Result<Inde
             lines.carry.len()
         );
     }
+    found.read = built.len() as u64;
     found.built = Some(built);
     Ok(found)
 }

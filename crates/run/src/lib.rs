@@ -11,6 +11,7 @@
 pub mod delta;
 pub mod error;
 pub mod execute;
+pub mod files;
 pub mod inputs;
 pub mod journal;
 pub mod plan;

@@ -10,6 +10,7 @@
 //! requests that did not change are served by the journal at no cost.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use datafusion::sql::parser::{DFParser, Statement as DFStatement};
@@ -19,6 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::delta;
 use crate::error::{Result, RunError};
+use crate::files::FilesTable;
 use crate::inputs::{FileFingerprints, references};
 use crate::plan::{
     StatementOutcome, execute_with_preview, place_of, statement_lines, statement_text,
@@ -135,6 +137,17 @@ pub async fn manifests(store: &RunStore) -> Result<Vec<Manifest>> {
 
 /// Register a committed table under its name (replacing an earlier registration).
 pub async fn register_table(session: &CaiSession, store: &RunStore, name: &str) -> Result<()> {
+    register_table_as(session, store, name, false).await
+}
+
+/// Register a committed table; `files`: as its list of data files ([`FilesTable`], for plans
+/// that are shipped to a cluster), else through delta-rs.
+async fn register_table_as(
+    session: &CaiSession,
+    store: &RunStore,
+    name: &str,
+    files: bool,
+) -> Result<()> {
     let _ = session.ctx.deregister_table(name);
     let Some(table) = delta::open(store, name, None).await? else {
         return Err(RunError::Store(format!(
@@ -142,9 +155,12 @@ pub async fn register_table(session: &CaiSession, store: &RunStore, name: &str) 
             store.display
         )));
     };
-    session
-        .ctx
-        .register_table(name, delta::provider(&table).await?)?;
+    let provider: Arc<dyn datafusion::catalog::TableProvider> = if files {
+        Arc::new(FilesTable::of(&table).await?)
+    } else {
+        delta::provider(&table).await?
+    };
+    session.ctx.register_table(name, provider)?;
     Ok(())
 }
 
@@ -159,6 +175,20 @@ pub async fn register_run_tables(session: &CaiSession, store: &RunStore) -> Resu
             session
                 .ctx
                 .register_table(name.as_str(), delta::provider(&table).await?)?;
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+/// Register all committed tables of a run as their lists of data files, for a session whose
+/// queries run on a cluster; returns their names.
+pub async fn register_run_files(session: &CaiSession, store: &RunStore) -> Result<Vec<String>> {
+    store.register(&session.ctx);
+    let mut names = vec![];
+    for name in table_names(store).await? {
+        if delta::open(store, &name, None).await?.is_some() {
+            register_table_as(session, store, &name, true).await?;
             names.push(name);
         }
     }
@@ -203,6 +233,9 @@ pub struct RunOptions {
     pub stop: caiflow_llm::CancellationToken,
     /// File and row-group sizes of materialized tables.
     pub files: caiflow_llm::config::TablesConfig,
+    /// The session runs its queries on a cluster: tables are read as file lists (plans that
+    /// name them can be shipped) and written from the rows the cluster streams back.
+    pub cluster: bool,
 }
 
 /// What happened to a materialized table.
@@ -368,7 +401,7 @@ impl<'a> Runner<'a> {
             .as_ref()
             .filter(|m| m.fingerprint == fingerprint && !forced)
         {
-            register_table(self.session, self.store, name).await?;
+            register_table_as(self.session, self.store, name, self.options.cluster).await?;
             self.tables.push((name.to_string(), TableOutcome::Reused));
             tracing::info!("table {name}: unchanged, reused ({} rows)", m.rows);
             return Ok(m.rows);
@@ -409,6 +442,7 @@ impl<'a> Runner<'a> {
             record,
             &self.options.files,
             stop.clone(),
+            self.options.cluster,
         )
         .await
         .map_err(|e| {
@@ -418,7 +452,7 @@ impl<'a> Runner<'a> {
                 e
             }
         })?;
-        register_table(self.session, self.store, name).await?;
+        register_table_as(self.session, self.store, name, self.options.cluster).await?;
         let rows = self.session.ctx.table(name).await?.count().await? as u64;
         self.recomputed.insert(name.to_string());
         self.tables

@@ -43,10 +43,19 @@ fn literal_text(function: &str, expr: &Expr) -> Result<String> {
 
 impl StageArgs {
     pub fn parse(function: &str, exprs: &[Expr]) -> Result<Self> {
+        let texts = exprs
+            .iter()
+            .map(|e| literal_text(function, e))
+            .collect::<Result<Vec<_>>>()?;
+        Self::parse_texts(function, texts)
+    }
+
+    /// Parse argument texts as [`StageArgs::texts`] gives them back (a call shipped to
+    /// another process is rebuilt from these).
+    pub fn parse_texts(function: &str, texts: impl IntoIterator<Item = String>) -> Result<Self> {
         let mut positional = vec![];
         let mut options = BTreeMap::new();
-        for e in exprs {
-            let text = literal_text(function, e)?;
+        for text in texts {
             match text.split_once(NAMED_ARG_SEPARATOR) {
                 Some((name, value)) if is_option_name(name.trim()) => {
                     let name = name.trim().to_ascii_lowercase();
@@ -75,6 +84,17 @@ impl StageArgs {
 
     pub fn function(&self) -> &str {
         &self.function
+    }
+
+    /// Every argument as text: the positional ones, then `name => value` for each option.
+    pub fn texts(&self) -> Vec<String> {
+        let mut texts = self.positional.clone();
+        texts.extend(
+            self.options
+                .iter()
+                .map(|(k, v)| format!("{k} {NAMED_ARG_SEPARATOR} {v}")),
+        );
+        texts
     }
 
     /// The input argument (a table, view, path or query).
@@ -168,6 +188,15 @@ mod tests {
         assert!(a.finish(&[]).unwrap_err().to_string().contains("roundz"));
         let b = StageArgs::parse("f", &[lit("t"), lit("rounds => four")]).unwrap();
         assert!(b.parsed::<u32>("rounds").is_err());
+    }
+
+    #[test]
+    fn texts_round_trip() {
+        let a = StageArgs::parse("f", &[lit("t"), lit("rounds => 4"), lit("x=>a => b")]).unwrap();
+        let b = StageArgs::parse_texts("f", a.texts()).unwrap();
+        assert_eq!(b.texts(), a.texts());
+        assert_eq!(b.str("x"), Some("a => b"));
+        assert_eq!(b.parsed::<u32>("rounds").unwrap(), Some(4));
     }
 
     #[test]

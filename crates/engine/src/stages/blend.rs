@@ -37,7 +37,7 @@ use super::prompts::message_list_type;
 use crate::udf::{lit_i64, unit_hash_udf};
 
 /// What is being blended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum BlendKind {
     /// SL-CAI revisions with helpful SFT conversations.
     Sft,
@@ -238,13 +238,15 @@ impl TableFunctionImpl for BlendFunction {
     }
 }
 
+/// The provider of a blend: its options and its two input plans (plain data, so a plan
+/// holding it can be shipped to another process).
 #[derive(Debug)]
-struct BlendTable {
-    kind: BlendKind,
-    cai: LogicalPlan,
-    helpful: LogicalPlan,
-    ratio: f64,
-    seed: i64,
+pub struct BlendTable {
+    pub kind: BlendKind,
+    pub cai: LogicalPlan,
+    pub helpful: LogicalPlan,
+    pub ratio: f64,
+    pub seed: i64,
 }
 
 #[async_trait]

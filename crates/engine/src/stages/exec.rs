@@ -17,7 +17,7 @@ use datafusion::arrow::datatypes::{Field, FieldRef, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::Column;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{exec_datafusion_err, exec_err, plan_datafusion_err, plan_err};
+use datafusion::common::{exec_err, plan_datafusion_err, plan_err};
 use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -39,13 +39,18 @@ use super::args::StageArgs;
 use super::cells::{ColumnBuilder, OutRow};
 use super::input::{resolve_input, session_state};
 use super::row::{InputBatch, InputRow};
+use crate::journal::JournalHandle;
 use crate::progress::{Progress, StageProgress};
+use crate::resources::{LOCAL_WORKER, Resources, StageOptions};
 use caiflow_llm::{Endpoint, Endpoints};
+use datafusion::physical_plan::{Distribution, Partitioning};
 
 /// What a stage needs at execution time, looked up from the session by name.
 #[derive(Debug, Clone)]
 pub struct StageEnv {
     pub endpoint: Option<Arc<Endpoint>>,
+    /// Who sends this stage's requests (lineage `worker`).
+    pub worker: Arc<str>,
     pub progress: Arc<StageProgress>,
     /// The run's request journal, when the session has one.
     pub journal: Option<Arc<crate::journal::JournalHandle>>,
@@ -168,11 +173,33 @@ pub trait StageFactory: fmt::Debug + Send + Sync + 'static {
     fn build(&self, args: &StageArgs, input_schema: &Schema) -> Result<Arc<dyn RowStage>>;
 }
 
+/// A stage call as written: the function and its argument texts (the input first). It is
+/// what a plan shipped to another process carries of a stage, beside its input plan: the
+/// receiver rebuilds the stage through the function's factory ([`StageCall::build`]), so
+/// stages never need to be serializable and never travel as live objects.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StageCall {
+    pub function: String,
+    pub args: Vec<String>,
+}
+
+impl StageCall {
+    /// The stage this call makes over an input of `input_schema`.
+    pub fn build(&self, input_schema: &Schema) -> Result<Arc<dyn RowStage>> {
+        let factory = crate::session::stage_factory(&self.function)
+            .ok_or_else(|| plan_datafusion_err!("no stage function named '{}'", self.function))?;
+        let args = StageArgs::parse_texts(&self.function, self.args.iter().cloned())?;
+        let stage = factory.build(&args, input_schema)?;
+        args.finish(&[])?;
+        Ok(stage)
+    }
+}
+
 /// The table function wrapper shared by all row stages.
 #[derive(Debug)]
-pub struct StageFunction<F: StageFactory>(pub F);
+pub struct StageFunction(pub Arc<dyn StageFactory>);
 
-impl<F: StageFactory> TableFunctionImpl for StageFunction<F> {
+impl TableFunctionImpl for StageFunction {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
         let name = self.0.function_name();
         let parsed = StageArgs::parse(name, args.exprs())?;
@@ -193,13 +220,18 @@ impl<F: StageFactory> TableFunctionImpl for StageFunction<F> {
         if let Some(endpoint) = stage.endpoint() {
             check_endpoint(endpoint)?;
         }
-        Ok(Arc::new(StageTable::try_new(stage, input)?))
+        let call = StageCall {
+            function: name.to_string(),
+            args: parsed.texts(),
+        };
+        Ok(Arc::new(StageTable::try_new(call, stage, input)?))
     }
 }
 
 /// The provider a stage call returns: the input plan plus the stage.
 #[derive(Debug)]
 pub struct StageTable {
+    call: StageCall,
     stage: Arc<dyn RowStage>,
     input: LogicalPlan,
     schema: SchemaRef,
@@ -208,39 +240,27 @@ pub struct StageTable {
 }
 
 impl StageTable {
-    pub fn try_new(stage: Arc<dyn RowStage>, input: LogicalPlan) -> Result<Self> {
-        let input_schema = input.schema().as_arrow().clone();
-        for required in stage.required_columns() {
-            if input_schema.index_of(required).is_err() {
-                let have: Vec<&str> = input_schema
-                    .fields()
-                    .iter()
-                    .map(|f| f.name().as_str())
-                    .collect();
-                return plan_err!(
-                    "{}: input has no column '{required}' (it has: {})",
-                    stage.name(),
-                    have.join(", ")
-                );
-            }
-        }
-        let added = stage.output_fields();
-        let kept: Vec<usize> = (0..input_schema.fields().len())
-            .filter(|i| {
-                !added
-                    .iter()
-                    .any(|a| a.name() == input_schema.field(*i).name())
-            })
-            .collect();
-        let mut fields: Vec<FieldRef> = kept
-            .iter()
-            .map(|i| input_schema.fields()[*i].clone())
-            .collect();
-        fields.extend(added.into_iter().map(|f| Arc::new(f.with_nullable(true))));
+    /// The table of `call` over `input` (a plan decoded in another process).
+    pub fn from_call(call: StageCall, input: LogicalPlan) -> Result<Self> {
+        let stage = call.build(input.schema().as_arrow())?;
+        Self::try_new(call, stage, input)
+    }
+
+    pub fn call(&self) -> &StageCall {
+        &self.call
+    }
+
+    pub fn input(&self) -> &LogicalPlan {
+        &self.input
+    }
+
+    fn try_new(call: StageCall, stage: Arc<dyn RowStage>, input: LogicalPlan) -> Result<Self> {
+        let (schema, kept) = output_schema(stage.as_ref(), input.schema().as_arrow())?;
         Ok(StageTable {
+            call,
             stage,
             input,
-            schema: Arc::new(Schema::new(fields)),
+            schema,
             kept,
         })
     }
@@ -252,6 +272,39 @@ impl StageTable {
             .map(|f| f.name().clone())
             .collect()
     }
+}
+
+/// A stage's output schema over `input_schema`: the input columns it carries (their
+/// indexes), then its own; checks that the columns it needs are there.
+fn output_schema(stage: &dyn RowStage, input_schema: &Schema) -> Result<(SchemaRef, Vec<usize>)> {
+    for required in stage.required_columns() {
+        if input_schema.index_of(required).is_err() {
+            let have: Vec<&str> = input_schema
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect();
+            return plan_err!(
+                "{}: input has no column '{required}' (it has: {})",
+                stage.name(),
+                have.join(", ")
+            );
+        }
+    }
+    let added = stage.output_fields();
+    let kept: Vec<usize> = (0..input_schema.fields().len())
+        .filter(|i| {
+            !added
+                .iter()
+                .any(|a| a.name() == input_schema.field(*i).name())
+        })
+        .collect();
+    let mut fields: Vec<FieldRef> = kept
+        .iter()
+        .map(|i| input_schema.fields()[*i].clone())
+        .collect();
+    fields.extend(added.into_iter().map(|f| Arc::new(f.with_nullable(true))));
+    Ok((Arc::new(Schema::new(fields)), kept))
 }
 
 fn unqualify(expr: &Expr) -> Result<Expr> {
@@ -313,85 +366,176 @@ impl TableProvider for StageTable {
         }
         let state = session_state(state, self.stage.name())?;
         let input = state.create_physical_plan(&builder.build()?).await?;
+        let spread = state
+            .config()
+            .options()
+            .extensions
+            .get::<StageOptions>()
+            .is_some_and(|o| o.spread);
         Ok(Arc::new(StageExec::try_new(
+            StageExecParts {
+                call: self.call.clone(),
+                projection: projection.cloned(),
+                spread,
+            },
             self.stage.clone(),
             input,
             self.schema.clone(),
             self.kept.clone(),
-            projection.cloned(),
         )?))
     }
+}
+
+/// The column that keeps a stage's units together: its group key, else the prompt id, else
+/// the first column it needs.
+fn unit_key(stage: &dyn RowStage, schema: &Schema) -> Option<String> {
+    let key = match stage.grouping() {
+        Some(g) => g.key,
+        None if schema.index_of("prompt_id").is_ok() => "prompt_id",
+        None => stage.required_columns().first().copied()?,
+    };
+    Some(key.to_string())
+}
+
+/// The output partitioning of a stage over an input partitioned as `input`: a hash on
+/// carried columns stays a hash (on their new positions), anything else is as many
+/// partitions of unknown layout.
+fn output_partitioning(
+    input: &Partitioning,
+    output: &Schema,
+    input_schema: &Schema,
+) -> Partitioning {
+    let n = input.partition_count();
+    if let Partitioning::Hash(exprs, _) = input {
+        let mapped: Option<Vec<Arc<dyn PhysicalExpr>>> = exprs
+            .iter()
+            .map(|e| {
+                let c = e.downcast_ref::<datafusion::physical_expr::expressions::Column>()?;
+                let name = input_schema.fields().get(c.index())?.name();
+                let index = output.index_of(name).ok()?;
+                Some(
+                    Arc::new(datafusion::physical_expr::expressions::Column::new(
+                        name, index,
+                    )) as Arc<dyn PhysicalExpr>,
+                )
+            })
+            .collect();
+        if let Some(mapped) = mapped {
+            return Partitioning::Hash(mapped, n);
+        }
+    }
+    Partitioning::UnknownPartitioning(n)
+}
+
+/// What a [`StageExec`] is made of besides its input, as plain data: what a physical plan
+/// shipped to an executor carries ([`StageExec::parts`], [`StageExec::from_parts`]).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StageExecParts {
+    pub call: StageCall,
+    pub projection: Option<Vec<usize>>,
+    /// Ask for the input spread over the session's target partitions by a hash of the unit
+    /// key ([`StageOptions::spread`]): the planner then inserts the exchange (a shuffle on
+    /// a cluster) where the input is not spread yet, and nowhere in a chain of stages.
+    #[serde(default)]
+    pub spread: bool,
 }
 
 /// The physical node: streams its input through the stage.
 #[derive(Debug)]
 pub struct StageExec {
+    parts: StageExecParts,
     stage: Arc<dyn RowStage>,
     input: Arc<dyn ExecutionPlan>,
     full_schema: SchemaRef,
     kept: Vec<usize>,
-    projection: Option<Vec<usize>>,
     properties: Arc<PlanProperties>,
 }
 
 impl StageExec {
+    /// The node's parts, as plain data (see [`StageExecParts`]).
+    pub fn parts(&self) -> &StageExecParts {
+        &self.parts
+    }
+
+    /// Rebuild a node from its parts over `input`: the stage is made again from its call.
+    pub fn from_parts(parts: StageExecParts, input: Arc<dyn ExecutionPlan>) -> Result<Self> {
+        let stage = parts.call.build(&input.schema())?;
+        let (schema, kept) = output_schema(stage.as_ref(), &input.schema())?;
+        Self::try_new(parts, stage, input, schema, kept)
+    }
+
     fn try_new(
+        parts: StageExecParts,
         stage: Arc<dyn RowStage>,
         input: Arc<dyn ExecutionPlan>,
         full_schema: SchemaRef,
         kept: Vec<usize>,
-        projection: Option<Vec<usize>>,
     ) -> Result<Self> {
-        let schema = match &projection {
+        let schema = match &parts.projection {
             Some(p) => Arc::new(full_schema.project(p)?),
             None => full_schema.clone(),
         };
+        let partitioning =
+            output_partitioning(input.output_partitioning(), &schema, &input.schema());
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(schema),
-            input.output_partitioning().clone(),
+            partitioning,
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
         Ok(StageExec {
+            parts,
             stage,
             input,
             full_schema,
             kept,
-            projection,
             properties,
         })
     }
+}
 
-    fn env(&self, context: &TaskContext) -> Result<StageEnv> {
-        let config = context.session_config();
-        let progress = config.get_extension::<Progress>().unwrap_or_default();
-        let endpoint = match self.stage.endpoint() {
-            None => None,
-            Some(name) => {
-                let endpoints = config.get_extension::<Endpoints>().ok_or_else(|| {
-                    exec_datafusion_err!(
-                        "{}: the session has no endpoints configured",
-                        self.stage.name()
-                    )
-                })?;
-                Some(
-                    endpoints
-                        .get(name)
-                        .map_err(|e| plan_datafusion_err!("{e}"))?,
-                )
-            }
-        };
-        Ok(StageEnv {
-            endpoint,
-            progress: if self.stage.endpoint().is_some() {
-                progress.llm_stage(self.stage.name())
-            } else {
-                progress.stage(self.stage.name())
-            },
-            journal: config.get_extension::<crate::journal::JournalHandle>(),
-            priority: self.stage.priority(),
-        })
-    }
+/// The stage's environment for a task: its endpoint and journal from the session (one
+/// process) or from the executor's [`Resources`] (a cluster).
+async fn stage_env(stage: &dyn RowStage, context: &TaskContext) -> Result<StageEnv> {
+    let config = context.session_config();
+    let progress = config.get_extension::<Progress>().unwrap_or_default();
+    let resources = config.get_extension::<Resources>();
+    let endpoint = match stage.endpoint() {
+        None => None,
+        Some(name) => {
+            let endpoints = match (config.get_extension::<Endpoints>(), &resources) {
+                (Some(e), _) => e,
+                (None, Some(r)) => r.0.endpoints(config).await?,
+                (None, None) => {
+                    return exec_err!("{}: the session has no endpoints configured", stage.name());
+                }
+            };
+            Some(
+                endpoints
+                    .get(name)
+                    .map_err(|e| plan_datafusion_err!("{}: {e}", stage.name()))?,
+            )
+        }
+    };
+    let journal = match (config.get_extension::<JournalHandle>(), &resources) {
+        (Some(j), _) => Some(j),
+        (None, Some(r)) if endpoint.is_some() => r.0.journal(config).await?,
+        _ => None,
+    };
+    Ok(StageEnv {
+        endpoint,
+        progress: if stage.endpoint().is_some() {
+            progress.llm_stage(stage.name())
+        } else {
+            progress.stage(stage.name())
+        },
+        journal,
+        priority: stage.priority(),
+        worker: match &resources {
+            Some(r) => r.0.worker().into(),
+            None => LOCAL_WORKER.into(),
+        },
+    })
 }
 
 impl DisplayAs for StageExec {
@@ -417,6 +561,22 @@ impl ExecutionPlan for StageExec {
         vec![&self.input]
     }
 
+    /// A group's rows must meet in one partition; a spread stage wants its units hashed
+    /// over the partitions.
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        let schema = self.input.schema();
+        let key = match (self.stage.grouping(), self.parts.spread) {
+            (Some(g), _) => Some(g.key.to_string()),
+            (None, true) => unit_key(self.stage.as_ref(), &schema),
+            (None, false) => None,
+        };
+        match key.map(|k| datafusion::physical_expr::expressions::col(&k, &schema)) {
+            Some(Ok(key)) => vec![Distribution::KeyPartitioned(vec![key])],
+            Some(Err(_)) => vec![Distribution::SinglePartition],
+            None => vec![Distribution::UnspecifiedDistribution],
+        }
+    }
+
     fn apply_expressions(
         &self,
         _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
@@ -435,11 +595,11 @@ impl ExecutionPlan for StageExec {
             ));
         }
         Ok(Arc::new(StageExec::try_new(
+            self.parts.clone(),
             self.stage.clone(),
             children.swap_remove(0),
             self.full_schema.clone(),
             self.kept.clone(),
-            self.projection.clone(),
         )?))
     }
 
@@ -460,89 +620,96 @@ impl ExecutionPlan for StageExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let env = Arc::new(self.env(&context)?);
-        let endpoint = env.endpoint.clone();
-        // Enough rows in flight to keep the endpoint's whole budget busy from this partition,
-        // plus headroom so a finished slot is refilled at once.
-        let window = env
-            .endpoint
-            .as_ref()
-            .map(|e| e.max_concurrency() * 2)
-            .unwrap_or(64)
-            .max(2);
         let batch_size = context.session_config().batch_size();
-        let input = self.input.execute(partition, context)?;
-
-        let rows = input
-            .map_ok(|batch| futures::stream::iter(InputBatch::new(batch).rows().map(Ok)))
-            .try_flatten();
-        // The unit of work: one row, or one group of rows for grouping stages.
-        let units: futures::stream::BoxStream<'static, Result<Vec<InputRow>>> =
-            match self.stage.grouping() {
-                Some(grouping) => Box::pin(group_rows(Box::pin(rows), grouping)),
-                None => Box::pin(rows.map_ok(|row| vec![row])),
-            };
-
+        let input = self.input.execute(partition, context.clone())?;
         let stage = self.stage.clone();
-        let results = units
-            .map(move |unit: Result<Vec<InputRow>>| {
-                let stage = stage.clone();
-                let env = env.clone();
-                async move {
-                    let unit = unit?;
-                    let Some(first) = unit.first().cloned() else {
-                        return Ok((None, vec![]));
-                    };
-                    StageProgress::add(&env.progress.rows_started, 1);
-                    // A task per unit: its requests progress even while the consumer of this
-                    // stream is busy elsewhere. The task is aborted if the query is dropped.
-                    let task = SpawnedTask::spawn(async move {
-                        let out = if unit.len() == 1 && stage.grouping().is_none() {
-                            stage.process(first.clone(), &env).await
-                        } else {
-                            stage.process_group(unit, &env).await
-                        };
-                        StageProgress::add(&env.progress.rows_done, 1);
-                        (Some(first), out)
-                    });
-                    task.join()
-                        .await
-                        .map_err(|e| DataFusionError::External(Box::new(e)))
-                }
-            })
-            .buffer_unordered(window);
-
         let assembler = Arc::new(Assembler {
             full_schema: self.full_schema.clone(),
             kept: self.kept.clone(),
-            projection: self.projection.clone(),
+            projection: self.parts.projection.clone(),
         });
-        let schema = self.schema();
-        let watched = endpoint.clone();
-        let batches = results
-            .ready_chunks(batch_size)
-            .map(move |chunk| {
-                // An endpoint that gave up (refused key, error rate) fails the query.
-                if let Some(why) = watched.as_ref().and_then(|e| e.aborted()) {
-                    return exec_err!("{why}");
-                }
-                assembler.assemble(chunk.into_iter().collect::<Result<Vec<_>>>()?)
-            })
-            .try_filter(|b| futures::future::ready(b.num_rows() > 0));
-        // Before the first row: is the endpoint there at all? (Fails fast, naming the URL.)
-        let preflight = async move {
-            match endpoint {
-                Some(e) => e
-                    .preflight()
+        // The environment is found (on an executor: the run's endpoints and journal) and the
+        // endpoint checked (is it there at all? fails fast, naming the URL) before the first
+        // row is read.
+        let stream = futures::stream::once(async move {
+            let env = Arc::new(stage_env(stage.as_ref(), &context).await?);
+            if let Some(e) = &env.endpoint {
+                e.preflight()
                     .await
-                    .map_err(|e| DataFusionError::External(Box::new(e))),
-                None => Ok(()),
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
             }
-        };
-        let stream =
-            futures::stream::once(async move { preflight.await.map(|_| batches) }).try_flatten();
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+            Ok::<_, DataFusionError>(stream_rows(stage, env, input, assembler, batch_size))
+        })
+        .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema(),
+            stream,
+        )))
     }
+}
+
+/// The stage's output: every input row (or group) processed in a task of its own, up to a
+/// window of them at once, finished rows assembled into batches as they come.
+fn stream_rows(
+    stage: Arc<dyn RowStage>,
+    env: Arc<StageEnv>,
+    input: SendableRecordBatchStream,
+    assembler: Arc<Assembler>,
+    batch_size: usize,
+) -> impl futures::Stream<Item = Result<RecordBatch>> + Send {
+    let endpoint = env.endpoint.clone();
+    // Enough rows in flight to keep the endpoint's whole budget busy from this partition,
+    // plus headroom so a finished slot is refilled at once.
+    let window = endpoint
+        .as_ref()
+        .map(|e| e.max_concurrency() * 2)
+        .unwrap_or(64)
+        .max(2);
+    let rows = input
+        .map_ok(|batch| futures::stream::iter(InputBatch::new(batch).rows().map(Ok)))
+        .try_flatten();
+    // The unit of work: one row, or one group of rows for grouping stages.
+    let units: futures::stream::BoxStream<'static, Result<Vec<InputRow>>> = match stage.grouping() {
+        Some(grouping) => Box::pin(group_rows(Box::pin(rows), grouping)),
+        None => Box::pin(rows.map_ok(|row| vec![row])),
+    };
+    let results = units
+        .map(move |unit: Result<Vec<InputRow>>| {
+            let stage = stage.clone();
+            let env = env.clone();
+            async move {
+                let unit = unit?;
+                let Some(first) = unit.first().cloned() else {
+                    return Ok((None, vec![]));
+                };
+                StageProgress::add(&env.progress.rows_started, 1);
+                // A task per unit: its requests progress even while the consumer of this
+                // stream is busy elsewhere. The task is aborted if the query is dropped.
+                let task = SpawnedTask::spawn(async move {
+                    let out = if unit.len() == 1 && stage.grouping().is_none() {
+                        stage.process(first.clone(), &env).await
+                    } else {
+                        stage.process_group(unit, &env).await
+                    };
+                    StageProgress::add(&env.progress.rows_done, 1);
+                    (Some(first), out)
+                });
+                task.join()
+                    .await
+                    .map_err(|e| DataFusionError::External(Box::new(e)))
+            }
+        })
+        .buffer_unordered(window);
+    results
+        .ready_chunks(batch_size)
+        .map(move |chunk| {
+            // An endpoint that gave up (refused key, error rate) fails the query.
+            if let Some(why) = endpoint.as_ref().and_then(|e| e.aborted()) {
+                return exec_err!("{why}");
+            }
+            assembler.assemble(chunk.into_iter().collect::<Result<Vec<_>>>()?)
+        })
+        .try_filter(|b| futures::future::ready(b.num_rows() > 0))
 }
 
 /// Builds an output batch from finished rows that may come from several input batches.

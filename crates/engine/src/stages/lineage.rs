@@ -34,6 +34,9 @@ pub struct Lineage {
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
     pub finish_reason: Option<String>,
+    /// Who sent the request: `local` for a run in one process, the executor's id on a
+    /// cluster.
+    pub worker: Option<String>,
 }
 
 pub fn lineage_fields() -> Fields {
@@ -51,6 +54,7 @@ pub fn lineage_fields() -> Fields {
         Field::new("prompt_tokens", DataType::UInt64, true),
         Field::new("completion_tokens", DataType::UInt64, true),
         Field::new("finish_reason", DataType::Utf8, true),
+        Field::new("worker", DataType::Utf8, true),
     ])
 }
 
@@ -79,6 +83,7 @@ pub struct LineageBuilder {
     prompt_tokens: UInt64Builder,
     completion_tokens: UInt64Builder,
     finish_reason: StringBuilder,
+    worker: StringBuilder,
     valid: Vec<bool>,
 }
 
@@ -99,6 +104,7 @@ impl LineageBuilder {
         self.prompt_tokens.append_option(l.prompt_tokens);
         self.completion_tokens.append_option(l.completion_tokens);
         self.finish_reason.append_option(l.finish_reason.as_deref());
+        self.worker.append_option(l.worker.as_deref());
         self.valid.push(lineage.is_some());
     }
 
@@ -117,6 +123,7 @@ impl LineageBuilder {
             Arc::new(self.prompt_tokens.finish()),
             Arc::new(self.completion_tokens.finish()),
             Arc::new(self.finish_reason.finish()),
+            Arc::new(self.worker.finish()),
         ];
         let nulls = NullBuffer::from(std::mem::take(&mut self.valid));
         let nulls = (nulls.null_count() > 0).then_some(nulls);
@@ -142,6 +149,7 @@ pub struct LineageColumns {
     prompt_tokens: Option<UInt64Array>,
     completion_tokens: Option<UInt64Array>,
     finish_reason: Option<TextColumn>,
+    worker: Option<TextColumn>,
 }
 
 impl LineageColumns {
@@ -175,6 +183,7 @@ impl LineageColumns {
             prompt_tokens: u64("prompt_tokens"),
             completion_tokens: u64("completion_tokens"),
             finish_reason: text("finish_reason"),
+            worker: text("worker"),
         })
     }
 
@@ -206,6 +215,7 @@ impl LineageColumns {
             prompt_tokens: prim(&self.prompt_tokens, i),
             completion_tokens: prim(&self.completion_tokens, i),
             finish_reason: text(&self.finish_reason, i),
+            worker: text(&self.worker, i),
         })
     }
 }
@@ -230,6 +240,7 @@ mod tests {
             prompt_tokens: Some(10),
             completion_tokens: None,
             finish_reason: Some("length".into()),
+            worker: Some("local".into()),
         };
         let mut b = LineageBuilder::default();
         b.append(Some(&full));

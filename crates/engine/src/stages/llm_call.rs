@@ -138,6 +138,7 @@ fn lineage_of(env: &StageEnv, request: &ChatRequest, outcome: &CallOutcome) -> L
         prompt_tokens: completion.and_then(|c| c.prompt_tokens),
         completion_tokens: completion.and_then(|c| c.completion_tokens),
         finish_reason: completion.and_then(|c| c.finish_reason.clone()),
+        worker: Some(env.worker.to_string()),
     }
 }
 

@@ -26,5 +26,6 @@ pub mod respond;
 pub mod revise;
 pub mod row;
 pub mod sample;
+pub mod source;
 pub mod transcript;
 pub mod verdict;

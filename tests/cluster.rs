@@ -1,0 +1,502 @@
+//! Plans on a cluster: a scheduler and executors as separate `caiflow cluster` processes on
+//! 127.0.0.1 (free ports, stopped by PID), the mock as the endpoint.
+//!
+//! A plan run with `--cluster` must give the tables a local run gives (same keys, principle
+//! ids and request hashes), spread its requests over the executors (lineage `worker`), keep
+//! the endpoint's `max_concurrency` in total, and survive an executor killed mid-run.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use caiflow_engine::CaiSession;
+use caiflow_run::run::register_run_tables;
+use caiflow_run::store::RunStore;
+use caiflow_testkit::MockServer;
+use common::*;
+use datafusion::arrow::array::{Array, AsArray};
+
+fn caiflow() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_caiflow"));
+    c.current_dir(repo_root());
+    c
+}
+
+/// A port `p` with `p + 1` free too (an executor's Flight and gRPC ports).
+fn free_port_pair() -> u16 {
+    loop {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+        let p = a.local_addr().expect("addr").port();
+        if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// A scheduler and executors, each a `caiflow cluster` process, killed on drop.
+struct Cluster {
+    scheduler: Child,
+    port: u16,
+    executors: Vec<(String, Child)>,
+    logs: tempfile::TempDir,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.executors {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = self.scheduler.kill();
+        let _ = self.scheduler.wait();
+    }
+}
+
+fn log_file(dir: &Path, name: &str) -> Stdio {
+    Stdio::from(std::fs::File::create(dir.join(name)).expect("log file"))
+}
+
+impl Cluster {
+    fn start(executors: usize) -> Cluster {
+        let logs = tempfile::tempdir().expect("tempdir");
+        let port = free_port_pair();
+        let scheduler = caiflow()
+            .args([
+                "cluster",
+                "scheduler",
+                "--bind",
+                &format!("127.0.0.1:{port}"),
+                "--executor-timeout",
+                "6",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log_file(logs.path(), "scheduler.log"))
+            .spawn()
+            .expect("start the scheduler");
+        let mut cluster = Cluster {
+            scheduler,
+            port,
+            executors: vec![],
+            logs,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the scheduler did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for _ in 0..executors {
+            cluster.add_executor();
+        }
+        cluster.wait_for_executors(executors);
+        cluster
+    }
+
+    fn url(&self) -> String {
+        format!("df://127.0.0.1:{}", self.port)
+    }
+
+    /// Start one more executor; returns its id (its address).
+    fn add_executor(&mut self) -> String {
+        let bind = format!("127.0.0.1:{}", free_port_pair());
+        let n = self.executors.len();
+        let child = caiflow()
+            .args([
+                "cluster",
+                "executor",
+                "--scheduler",
+                &format!("127.0.0.1:{}", self.port),
+                "--bind",
+                &bind,
+                "--concurrent-tasks",
+                "2",
+                "--heartbeat",
+                "1",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log_file(self.logs.path(), &format!("executor-{n}.log")))
+            .spawn()
+            .expect("start an executor");
+        self.executors.push((bind.clone(), child));
+        bind
+    }
+
+    /// kill -9 the executor `id`.
+    fn kill_executor(&mut self, id: &str) {
+        let (_, child) = self
+            .executors
+            .iter_mut()
+            .find(|(i, _)| i == id)
+            .expect("a known executor");
+        let _ = Command::new("kill")
+            .args(["-9", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+    }
+
+    fn registered(&self) -> usize {
+        let api = format!("http://127.0.0.1:{}/api/executors", self.port);
+        reqwest::blocking_get_len(&api)
+    }
+
+    fn wait_for_executors(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.registered() < n {
+            assert!(
+                Instant::now() < deadline,
+                "{n} executors did not register; logs:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for entry in std::fs::read_dir(self.logs.path()).expect("logs").flatten() {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            out.push_str(&format!("== {}\n", entry.file_name().to_string_lossy()));
+            for l in tail.into_iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+/// A tiny blocking HTTP GET of a JSON list, returning its length (0 on any failure).
+mod reqwest {
+    pub fn blocking_get_len(url: &str) -> usize {
+        use std::io::{Read, Write};
+        let rest = url.trim_start_matches("http://");
+        let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let Ok(mut s) = std::net::TcpStream::connect(host) else {
+            return 0;
+        };
+        let req = format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        if s.write_all(req.as_bytes()).is_err() {
+            return 0;
+        }
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        let Some((_, body)) = reply.split_once("\r\n\r\n") else {
+            return 0;
+        };
+        // The body may be chunked: take the JSON array inside.
+        let (Some(start), Some(end)) = (body.find('['), body.rfind(']')) else {
+            return 0;
+        };
+        serde_json::from_str::<Vec<serde_json::Value>>(&body[start..=end])
+            .map(|v| v.len())
+            .unwrap_or(0)
+    }
+}
+
+fn write_config(dir: &Path, policy: &str, judge: &str, max_concurrency: usize) -> PathBuf {
+    let config = dir.join("caiflow.toml");
+    let text = format!(
+        "[endpoints.policy]\nbase_url = '{policy}'\nmodel = 'mock'\nmax_concurrency = {max_concurrency}\n\n\
+         [endpoints.judge]\nbase_url = '{judge}'\nmodel = 'judge'\nmax_concurrency = {max_concurrency}\n"
+    );
+    std::fs::write(&config, text).expect("config");
+    config
+}
+
+fn write_prompts(dir: &Path, n: usize) -> PathBuf {
+    let prompts = dir.join("prompts.jsonl");
+    let mut text = String::new();
+    for i in 0..n {
+        text.push_str(&serde_json::json!({ "prompt": format!("cluster prompt {i}") }).to_string());
+        text.push('\n');
+    }
+    std::fs::write(&prompts, text).expect("prompts");
+    prompts
+}
+
+fn run_plan(
+    plan: &str,
+    config: &Path,
+    store: &Path,
+    run: &str,
+    prompts: &Path,
+    cluster: Option<&str>,
+) -> std::process::Output {
+    let mut cmd = caiflow();
+    cmd.args([
+        "run",
+        plan,
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--store",
+        store.to_str().expect("utf-8"),
+        "--run",
+        run,
+        "--set",
+        &format!("prompts={}", prompts.display()),
+    ]);
+    if let Some(url) = cluster {
+        cmd.args(["--cluster", url]);
+    }
+    cmd.output().expect("run caiflow")
+}
+
+fn assert_ok(out: &std::process::Output, cluster: Option<&Cluster>) {
+    assert!(
+        out.status.success(),
+        "caiflow failed:\nstderr: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster.map(Cluster::logs).unwrap_or_default()
+    );
+}
+
+/// Rows of `sql` over a run's tables, each row's columns joined by `|`, sorted.
+async fn rows_of(store: &Path, run: &str, sql: &str) -> Vec<String> {
+    let store = RunStore::open(store.to_str().expect("utf-8"), run).expect("run store");
+    let session = CaiSession::new(caiflow_llm::Endpoints::default());
+    register_run_tables(&session, &store).await.expect("tables");
+    let batches = session
+        .ctx
+        .sql(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .collect()
+        .await
+        .expect("collect");
+    let mut out = vec![];
+    for b in &batches {
+        let columns: Vec<_> = b
+            .columns()
+            .iter()
+            .map(|c| {
+                datafusion::arrow::compute::cast(c, &datafusion::arrow::datatypes::DataType::Utf8)
+                    .expect("cast")
+            })
+            .collect();
+        for i in 0..b.num_rows() {
+            let row: Vec<String> = columns
+                .iter()
+                .map(|c| {
+                    let s = c.as_string::<i32>();
+                    if s.is_null(i) {
+                        "∅".to_string()
+                    } else {
+                        s.value(i).to_string()
+                    }
+                })
+                .collect();
+            out.push(row.join("|"));
+        }
+    }
+    out.sort();
+    out
+}
+
+const SL_KEYS: &str = "SELECT prompt_id, round, principle_id, respond_lineage.request_hash, \
+     critique_lineage.request_hash, revise_lineage.request_hash FROM revisions";
+const SL_WORKERS: &str = "SELECT DISTINCT revise_lineage.worker FROM revisions";
+const RL_KEYS: &str = "SELECT prompt_id, label, judge_lineage.request_hash, \
+     sample_lineage.request_hash FROM judgements WHERE label = 'ok'";
+const RL_WORKERS: &str = "SELECT DISTINCT judge_lineage.worker FROM judgements";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sl_and_rl_plans_on_a_cluster_match_a_local_run() {
+    let max_concurrency = 4;
+    let n = 40;
+    // A policy and a judge endpoint for each run; the judges always pick (1, 3).
+    let mut mocks = vec![];
+    for _ in 0..4 {
+        let m = MockServer::start().await.expect("mock");
+        m.set_latency(Duration::from_millis(20));
+        mocks.push(m);
+    }
+    for judge in [&mocks[1], &mocks[3]] {
+        judge.push_replies((0..n).map(|_| r#"{"chosen": 1, "rejected": 3}"#.to_string()));
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prompts = write_prompts(dir.path(), n);
+    let local_config = write_config(
+        dir.path(),
+        &mocks[0].base_url(),
+        &mocks[1].base_url(),
+        max_concurrency,
+    );
+    let cluster_dir = dir.path().join("c");
+    std::fs::create_dir_all(&cluster_dir).expect("dir");
+    let cluster_config = write_config(
+        &cluster_dir,
+        &mocks[2].base_url(),
+        &mocks[3].base_url(),
+        max_concurrency,
+    );
+    let store = dir.path().join("runs");
+    std::fs::create_dir_all(&store).expect("store");
+    let cluster = tokio::task::spawn_blocking(|| Cluster::start(2))
+        .await
+        .expect("cluster");
+
+    for (plan, keys, workers) in [
+        ("plans/sl_cai.sql", SL_KEYS, SL_WORKERS),
+        ("plans/rl_cai.sql", RL_KEYS, RL_WORKERS),
+    ] {
+        let name = Path::new(plan)
+            .file_stem()
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
+        let out = run_plan(
+            plan,
+            &local_config,
+            &store,
+            &format!("{name}-local"),
+            &prompts,
+            None,
+        );
+        assert_ok(&out, None);
+        let out = run_plan(
+            plan,
+            &cluster_config,
+            &store,
+            &format!("{name}-cluster"),
+            &prompts,
+            Some(&cluster.url()),
+        );
+        assert_ok(&out, Some(&cluster));
+
+        let local = rows_of(&store, &format!("{name}-local"), keys).await;
+        let remote = rows_of(&store, &format!("{name}-cluster"), keys).await;
+        assert!(!local.is_empty(), "{plan}: the local run has rows");
+        assert_eq!(
+            local, remote,
+            "{plan}: the cluster's rows differ from a local run's"
+        );
+
+        let served = rows_of(&store, &format!("{name}-cluster"), workers).await;
+        let ids: Vec<&str> = cluster
+            .executors
+            .iter()
+            .map(|(id, _)| id.as_str())
+            .collect();
+        assert_eq!(
+            served.len(),
+            2,
+            "{plan}: both executors served requests: {served:?}"
+        );
+        for w in &served {
+            assert!(
+                ids.contains(&w.as_str()),
+                "{plan}: worker {w} is an executor ({ids:?})"
+            );
+        }
+        let local_workers = rows_of(&store, &format!("{name}-local"), workers).await;
+        assert_eq!(local_workers, vec!["local".to_string()]);
+    }
+    for (what, mock) in [("policy", &mocks[2]), ("judge", &mocks[3])] {
+        let peak = mock
+            .state
+            .peak_in_flight
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            peak as usize <= max_concurrency,
+            "{what}: the cluster had {peak} requests in flight, max_concurrency is {max_concurrency}"
+        );
+        assert!(
+            mock.repeated() as usize <= max_concurrency,
+            "{what}: {} requests were repeated",
+            mock.repeated()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executor_killed_mid_run_is_replaced_and_every_row_lands_once() {
+    let max_concurrency = 4;
+    let mock = MockServer::start().await.expect("mock");
+    mock.set_latency(Duration::from_millis(60));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let n = 60;
+    let prompts = write_prompts(dir.path(), n);
+    let config = write_config(
+        dir.path(),
+        &mock.base_url(),
+        &mock.base_url(),
+        max_concurrency,
+    );
+    let store = dir.path().join("runs");
+    std::fs::create_dir_all(&store).expect("store");
+    let mut cluster = tokio::task::spawn_blocking(|| Cluster::start(2))
+        .await
+        .expect("cluster");
+    let url = cluster.url();
+    let run = {
+        let (config, store, prompts) = (config.clone(), store.clone(), prompts.clone());
+        std::thread::spawn(move || {
+            run_plan(
+                "plans/sl_cai.sql",
+                &config,
+                &store,
+                "killed",
+                &prompts,
+                Some(&url),
+            )
+        })
+    };
+    // Three requests a prompt (respond, critique, revise): kill a third of the way in.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while (mock.requests() as usize) < n {
+        assert!(Instant::now() < deadline, "the run did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let victim = cluster.executors[0].0.clone();
+    cluster.kill_executor(&victim);
+    let fresh = cluster.add_executor();
+    let out = tokio::task::spawn_blocking(move || run.join().expect("run thread"))
+        .await
+        .expect("join");
+    assert_ok(&out, Some(&cluster));
+
+    let ids = rows_of(&store, "killed", "SELECT prompt_id FROM revisions").await;
+    let mut distinct = ids.clone();
+    distinct.dedup();
+    assert_eq!(ids.len(), n, "every prompt has one revision row");
+    assert_eq!(distinct.len(), n, "no prompt twice");
+    let errors = rows_of(
+        &store,
+        "killed",
+        "SELECT count(*) FROM revisions WHERE error IS NOT NULL",
+    )
+    .await;
+    assert_eq!(errors, vec!["0".to_string()]);
+    let workers = rows_of(&store, "killed", SL_WORKERS).await;
+    assert!(!workers.is_empty());
+    eprintln!(
+        "killed {victim}, started {fresh}; workers {workers:?}; {} requests, {} repeated",
+        mock.requests(),
+        mock.repeated()
+    );
+}
+
+#[test]
+fn an_unreachable_scheduler_is_one_line_naming_it() {
+    let port = free_port_pair();
+    let out = caiflow()
+        .args([
+            "sql",
+            "-e",
+            "SELECT 1",
+            "--cluster",
+            &format!("df://127.0.0.1:{port}"),
+        ])
+        .output()
+        .expect("run caiflow");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(
+        lines[0].contains(&format!("df://127.0.0.1:{port}")) && lines[0].contains("unreachable"),
+        "{stderr}"
+    );
+}
