@@ -460,7 +460,13 @@ async fn an_executor_killed_mid_run_is_replaced_and_every_row_lands_once() {
     let ids = rows_of(&store, "killed", "SELECT prompt_id FROM revisions").await;
     let mut distinct = ids.clone();
     distinct.dedup();
-    assert_eq!(ids.len(), n, "every prompt has one revision row");
+    assert_eq!(
+        ids.len(),
+        n,
+        "every prompt has one revision row\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster.logs()
+    );
     assert_eq!(distinct.len(), n, "no prompt twice");
     let errors = rows_of(
         &store,
@@ -471,6 +477,13 @@ async fn an_executor_killed_mid_run_is_replaced_and_every_row_lands_once() {
     assert_eq!(errors, vec!["0".to_string()]);
     let workers = rows_of(&store, "killed", SL_WORKERS).await;
     assert!(!workers.is_empty());
+    // The journal keeps repeats to what was in flight on the killed executor (its share of
+    // the endpoint's concurrency).
+    assert!(
+        mock.repeated() as usize <= max_concurrency,
+        "{} requests were sent twice",
+        mock.repeated()
+    );
     eprintln!(
         "killed {victim}, started {fresh}; workers {workers:?}; {} requests, {} repeated",
         mock.requests(),

@@ -23,6 +23,7 @@ use datafusion::logical_expr::{Extension, LogicalPlan, ScalarUDF};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion_proto::bytes::{
     logical_plan_from_bytes_with_extension_codec, logical_plan_to_bytes_with_extension_codec,
+    physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_extension_codec,
 };
 use datafusion_proto::logical_plan::LogicalExtensionCodec;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
@@ -32,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use caiflow_engine::stages::blend::{BlendKind, BlendTable};
 use caiflow_engine::stages::exec::{StageCall, StageExec, StageExecParts, StageTable};
 use caiflow_engine::stages::source::{SourceExec, SourceExecParts, SourceTable, task_session};
+use caiflow_engine::stages::spread::SpreadExec;
 use caiflow_run::files::{FilesTable, FilesTableParts};
 
 const BALLISTA: u8 = 0;
@@ -39,6 +41,7 @@ const STAGE: u8 = 1;
 const SOURCE: u8 = 2;
 const BLEND: u8 = 3;
 const FILES: u8 = 4;
+const SPREAD: u8 = 5;
 
 fn put_part(buf: &mut Vec<u8>, part: &[u8]) {
     buf.extend_from_slice(&(part.len() as u64).to_le_bytes());
@@ -267,6 +270,15 @@ impl PhysicalExtensionCodec for CaiPhysicalCodec {
                 let p: SourceExecParts = head(&parts)?;
                 Arc::new(SourceExec::from_parts(p, ctx)?)
             }
+            SPREAD => {
+                let (key, total): (String, usize) = head(&parts)?;
+                let input =
+                    physical_plan_from_bytes_with_extension_codec(part(&parts, 1)?, ctx, self)?;
+                let [ids] = inputs else {
+                    return internal_err!("caiflow codec: a spread has one child");
+                };
+                Arc::new(SpreadExec::with_ids(input, &key, total, ids.clone())?)
+            }
             other => return internal_err!("caiflow codec: unknown node tag {other}"),
         })
     }
@@ -282,6 +294,10 @@ impl PhysicalExtensionCodec for CaiPhysicalCodec {
         }
         if let Some(e) = node.downcast_ref::<SourceExec>() {
             return encode(buf, SOURCE, e.parts(), &[]);
+        }
+        if let Some(e) = node.downcast_ref::<SpreadExec>() {
+            let input = physical_plan_to_bytes_with_extension_codec(e.input().clone(), self)?;
+            return encode(buf, SPREAD, &e.parts(), &[&input]);
         }
         buf.push(BALLISTA);
         self.ballista.try_encode(node, buf, proto_converter)

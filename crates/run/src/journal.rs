@@ -414,14 +414,25 @@ impl Journal {
     /// segments, and the records appended to other processes' local segments since.
     /// Returns how many results were added.
     pub async fn refresh(&self) -> Result<usize> {
-        let (names, indexed) = segments(&self.store).await?;
+        // Indexes and their sizes: one whose segment is not listed yet, or that has not
+        // grown since it was read, is skipped (taken next time).
+        let listed = self.store.list(FOLDER).await?;
+        let segments: std::collections::HashSet<&str> = listed
+            .iter()
+            .filter_map(|(p, _)| p.strip_suffix(".jsonl"))
+            .collect();
+        let mut indexes: Vec<(String, u64)> = listed
+            .iter()
+            .filter_map(|(p, size)| Some((p.strip_suffix(".idx")?.to_string(), *size)))
+            .filter(|(name, _)| segments.contains(name.as_str()) && !name.contains(&self.session))
+            .collect();
+        indexes.sort();
         let mut added = 0;
-        for name in names {
-            if name.contains(&self.session) || !indexed.contains(&name) {
-                // Our own, or one whose index is not written yet (taken next time).
+        for (name, size) in indexes {
+            let from = lock(&self.seen).get(&name).copied();
+            if from.is_some_and(|read| size <= read) {
                 continue;
             }
-            let from = lock(&self.seen).get(&name).copied();
             let known = read(&self.names).iter().position(|n| *n == name);
             let segment = match known {
                 Some(id) => id as u32,
@@ -964,6 +975,38 @@ mod tests {
             completion_tokens: Some(1),
             top_logprobs: None,
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refresh_takes_in_what_another_writer_journalled_since() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RunStore::open(dir.path().to_str().expect("path"), "r").expect("store");
+        let writer = Journal::open(store.clone()).await.expect("open");
+        writer.record(&hash(1), &Ok(answer(1)));
+        let reader = Journal::open(store.clone()).await.expect("open");
+        assert_eq!(
+            reader.refresh().await.expect("refresh"),
+            0,
+            "nothing new yet"
+        );
+        assert!(reader.lookup(&hash(2)).await.is_none());
+        // The other writer goes on (as an executor does, appending to its segment).
+        writer.record(&hash(2), &Ok(answer(2)));
+        writer.record(&hash(3), &Err(LlmError::Backend("failed".into())));
+        assert_eq!(
+            reader.refresh().await.expect("refresh"),
+            1,
+            "the new success"
+        );
+        assert_eq!(
+            reader.lookup(&hash(2)).await.map(|c| c.text),
+            Some(answer(2).text)
+        );
+        assert!(
+            reader.lookup(&hash(3)).await.is_none(),
+            "failures are never served"
+        );
+        assert_eq!(reader.refresh().await.expect("refresh"), 0, "read once");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,6 +39,7 @@ use super::args::StageArgs;
 use super::cells::{ColumnBuilder, OutRow};
 use super::input::{resolve_input, session_state};
 use super::row::{InputBatch, InputRow};
+use super::spread::SpreadExec;
 use crate::journal::JournalHandle;
 use crate::progress::{Progress, StageProgress};
 use crate::resources::{LOCAL_WORKER, Resources, StageOptions};
@@ -365,13 +366,21 @@ impl TableProvider for StageTable {
             builder = builder.limit(0, Some(n))?;
         }
         let state = session_state(state, self.stage.name())?;
-        let input = state.create_physical_plan(&builder.build()?).await?;
+        let mut input = state.create_physical_plan(&builder.build()?).await?;
         let spread = state
             .config()
             .options()
             .extensions
             .get::<StageOptions>()
             .is_some_and(|o| o.spread);
+        let partitions = state.config().target_partitions();
+        if spread
+            && partitions > 1
+            && !has_stage(&input)
+            && let Some(key) = unit_key(self.stage.as_ref(), &input.schema())
+        {
+            input = Arc::new(SpreadExec::try_new(input, &key, partitions)?);
+        }
         Ok(Arc::new(StageExec::try_new(
             StageExecParts {
                 call: self.call.clone(),
@@ -395,6 +404,11 @@ fn unit_key(stage: &dyn RowStage, schema: &Schema) -> Option<String> {
         None => stage.required_columns().first().copied()?,
     };
     Some(key.to_string())
+}
+
+/// Whether `plan` runs a stage (its input is then not cheap to read twice).
+fn has_stage(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    plan.downcast_ref::<StageExec>().is_some() || plan.children().into_iter().any(has_stage)
 }
 
 /// The output partitioning of a stage over an input partitioned as `input`: a hash on

@@ -27,5 +27,6 @@ pub mod revise;
 pub mod row;
 pub mod sample;
 pub mod source;
+pub mod spread;
 pub mod transcript;
 pub mod verdict;
