@@ -266,7 +266,12 @@ mod tests {
         let restricted = MemorySourceConfig::try_new_exec(&kept, ids.original_schema(), None)
             .expect("restricted ids");
         let task = Arc::new(spread)
-            .with_new_children(vec![restricted])
+            .replace_children(
+                vec![restricted],
+                datafusion::physical_plan::execution_plan::ReplaceChildrenOptions::new(
+                    datafusion::physical_plan::execution_plan::ChildrenPropertiesMode::Recompute,
+                ),
+            )
             .expect("task");
         assert_eq!(task.output_partitioning().partition_count(), 2);
         for (local, global) in [(0, 2), (1, 3)] {
