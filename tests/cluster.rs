@@ -8,13 +8,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use caiflow_engine::CaiSession;
 use caiflow_run::run::register_run_tables;
 use caiflow_run::store::RunStore;
 use caiflow_testkit::MockServer;
+use caiflow_testkit::cluster::{LocalCluster as Cluster, free_port_pair};
 use common::*;
 use datafusion::arrow::array::{Array, AsArray};
 
@@ -22,177 +23,6 @@ fn caiflow() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_caiflow"));
     c.current_dir(repo_root());
     c
-}
-
-/// A port `p` with `p + 1` free too (an executor's Flight and gRPC ports).
-fn free_port_pair() -> u16 {
-    loop {
-        let a = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-        let p = a.local_addr().expect("addr").port();
-        if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            return p;
-        }
-    }
-}
-
-/// A scheduler and executors, each a `caiflow cluster` process, killed on drop.
-struct Cluster {
-    scheduler: Child,
-    port: u16,
-    executors: Vec<(String, Child)>,
-    logs: tempfile::TempDir,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for (_, c) in &mut self.executors {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = self.scheduler.kill();
-        let _ = self.scheduler.wait();
-    }
-}
-
-fn log_file(dir: &Path, name: &str) -> Stdio {
-    Stdio::from(std::fs::File::create(dir.join(name)).expect("log file"))
-}
-
-impl Cluster {
-    fn start(executors: usize) -> Cluster {
-        let logs = tempfile::tempdir().expect("tempdir");
-        let port = free_port_pair();
-        let scheduler = caiflow()
-            .args([
-                "cluster",
-                "scheduler",
-                "--bind",
-                &format!("127.0.0.1:{port}"),
-                "--executor-timeout",
-                "6",
-            ])
-            .stdout(Stdio::null())
-            .stderr(log_file(logs.path(), "scheduler.log"))
-            .spawn()
-            .expect("start the scheduler");
-        let mut cluster = Cluster {
-            scheduler,
-            port,
-            executors: vec![],
-            logs,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the scheduler did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        for _ in 0..executors {
-            cluster.add_executor();
-        }
-        cluster.wait_for_executors(executors);
-        cluster
-    }
-
-    fn url(&self) -> String {
-        format!("df://127.0.0.1:{}", self.port)
-    }
-
-    /// Start one more executor; returns its id (its address).
-    fn add_executor(&mut self) -> String {
-        let bind = format!("127.0.0.1:{}", free_port_pair());
-        let n = self.executors.len();
-        let child = caiflow()
-            .args([
-                "cluster",
-                "executor",
-                "--scheduler",
-                &format!("127.0.0.1:{}", self.port),
-                "--bind",
-                &bind,
-                "--concurrent-tasks",
-                "2",
-                "--heartbeat",
-                "1",
-            ])
-            .stdout(Stdio::null())
-            .stderr(log_file(self.logs.path(), &format!("executor-{n}.log")))
-            .spawn()
-            .expect("start an executor");
-        self.executors.push((bind.clone(), child));
-        bind
-    }
-
-    /// kill -9 the executor `id`.
-    fn kill_executor(&mut self, id: &str) {
-        let (_, child) = self
-            .executors
-            .iter_mut()
-            .find(|(i, _)| i == id)
-            .expect("a known executor");
-        let _ = Command::new("kill")
-            .args(["-9", &child.id().to_string()])
-            .status();
-        let _ = child.wait();
-    }
-
-    fn registered(&self) -> usize {
-        let api = format!("http://127.0.0.1:{}/api/executors", self.port);
-        reqwest::blocking_get_len(&api)
-    }
-
-    fn wait_for_executors(&self, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.registered() < n {
-            assert!(
-                Instant::now() < deadline,
-                "{n} executors did not register; logs:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn logs(&self) -> String {
-        let mut out = String::new();
-        for entry in std::fs::read_dir(self.logs.path()).expect("logs").flatten() {
-            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(30).collect();
-            out.push_str(&format!("== {}\n", entry.file_name().to_string_lossy()));
-            for l in tail.into_iter().rev() {
-                out.push_str(l);
-                out.push('\n');
-            }
-        }
-        out
-    }
-}
-
-/// A tiny blocking HTTP GET of a JSON list, returning its length (0 on any failure).
-mod reqwest {
-    pub fn blocking_get_len(url: &str) -> usize {
-        use std::io::{Read, Write};
-        let rest = url.trim_start_matches("http://");
-        let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let Ok(mut s) = std::net::TcpStream::connect(host) else {
-            return 0;
-        };
-        let req = format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-        if s.write_all(req.as_bytes()).is_err() {
-            return 0;
-        }
-        let mut reply = String::new();
-        let _ = s.read_to_string(&mut reply);
-        let Some((_, body)) = reply.split_once("\r\n\r\n") else {
-            return 0;
-        };
-        // The body may be chunked: take the JSON array inside.
-        let (Some(start), Some(end)) = (body.find('['), body.rfind(']')) else {
-            return 0;
-        };
-        serde_json::from_str::<Vec<serde_json::Value>>(&body[start..=end])
-            .map(|v| v.len())
-            .unwrap_or(0)
-    }
 }
 
 fn write_config(dir: &Path, policy: &str, judge: &str, max_concurrency: usize) -> PathBuf {
@@ -333,9 +163,11 @@ async fn sl_and_rl_plans_on_a_cluster_match_a_local_run() {
     );
     let store = dir.path().join("runs");
     std::fs::create_dir_all(&store).expect("store");
-    let cluster = tokio::task::spawn_blocking(|| Cluster::start(2))
-        .await
-        .expect("cluster");
+    let cluster = tokio::task::spawn_blocking(|| {
+        Cluster::start(Path::new(env!("CARGO_BIN_EXE_caiflow")), 2, 2, 6)
+    })
+    .await
+    .expect("cluster");
 
     for (plan, keys, workers) in [
         ("plans/sl_cai.sql", SL_KEYS, SL_WORKERS),
@@ -426,9 +258,11 @@ async fn an_executor_killed_mid_run_is_replaced_and_every_row_lands_once() {
     );
     let store = dir.path().join("runs");
     std::fs::create_dir_all(&store).expect("store");
-    let mut cluster = tokio::task::spawn_blocking(|| Cluster::start(2))
-        .await
-        .expect("cluster");
+    let mut cluster = tokio::task::spawn_blocking(|| {
+        Cluster::start(Path::new(env!("CARGO_BIN_EXE_caiflow")), 2, 2, 6)
+    })
+    .await
+    .expect("cluster");
     let url = cluster.url();
     let run = {
         let (config, store, prompts) = (config.clone(), store.clone(), prompts.clone());

@@ -7,6 +7,10 @@
 //! the next requests in order, or a marker in the last user message that makes every such
 //! request fail (`[[fail:500]]`, `[[fail:400]]`) or answer late (`[[delay:1500]]`, in ms).
 //! It counts requests, by fingerprint too.
+//!
+//! [`cluster::LocalCluster`] runs a scheduler and executors as processes on this machine.
+
+pub mod cluster;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
