@@ -45,7 +45,6 @@ async fn main() {
             serde_json::json!({ "bench": true }),
             &Default::default(),
             CancellationToken::new(),
-            false,
         )
         .await
         .expect("delta write");

@@ -224,6 +224,29 @@ async fn sl_and_rl_plans_on_a_cluster_match_a_local_run() {
         }
         let local_workers = rows_of(&store, &format!("{name}-local"), workers).await;
         assert_eq!(local_workers, vec!["local".to_string()]);
+
+        // The executors wrote the table's files (one or more per task), committed once;
+        // another engine reads it back.
+        let table = if name == "sl_cai" {
+            "revisions"
+        } else {
+            "judgements"
+        };
+        let path = store.join(format!("{name}-cluster")).join(table);
+        let read = python(&format!(
+            "import deltalake\nt = deltalake.DeltaTable('{}')\nprint(t.version(), len(t.file_uris()), t.to_pyarrow_table().num_rows)",
+            path.display()
+        ));
+        let figures: Vec<usize> = read
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        assert_eq!(figures.first(), Some(&0), "{plan}: one commit: {read}");
+        assert!(
+            figures.get(1).is_some_and(|f| *f >= 2),
+            "{plan}: files from several tasks: {read}"
+        );
+        assert_eq!(figures.get(2), Some(&n), "{plan}: every row once: {read}");
     }
     for (what, mock) in [("policy", &mocks[2]), ("judge", &mocks[3])] {
         let peak = mock

@@ -40,7 +40,6 @@ async fn write_rows(
         serde_json::json!({ "writer": writer }),
         &Default::default(),
         CancellationToken::new(),
-        false,
     )
     .await
     .map_err(|e| e.to_string())

@@ -304,3 +304,21 @@ pub fn committed(run: &Path, table: &str) -> bool {
         })
         .unwrap_or(false)
 }
+
+/// Run a Python script with the test venv's interpreter (pyarrow, deltalake, polars); its
+/// stdout.
+pub fn python(script: &str) -> String {
+    let python = std::env::var("CAIFLOW_PYTHON")
+        .expect("CAIFLOW_PYTHON is not set: run the tests through scripts/test.sh");
+    let out = Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}

@@ -4,7 +4,8 @@
 //! stages from the scheduler to executors; nodes DataFusion does not know go through these
 //! extension codecs. caiflow's nodes are encoded as what they were made from, never as live
 //! objects: a stage or source as its call (function and argument texts, rebuilt through the
-//! engine's factories), a blend as its options, a stored table as its file list. Input plans
+//! engine's factories), a blend as its options, a stored table as its file list, a table
+//! write as its location and file sizes. Input plans
 //! are encoded recursively with the same codec. Everything else goes to Ballista's own codecs
 //! (shuffles, file formats).
 //!
@@ -35,6 +36,7 @@ use caiflow_engine::stages::exec::{StageCall, StageExec, StageExecParts, StageTa
 use caiflow_engine::stages::source::{SourceExec, SourceExecParts, SourceTable, task_session};
 use caiflow_engine::stages::spread::SpreadExec;
 use caiflow_run::files::{FilesTable, FilesTableParts};
+use caiflow_run::write_files::{FileWrite, WriteFilesExec, WriteFilesTable};
 
 const BALLISTA: u8 = 0;
 const STAGE: u8 = 1;
@@ -42,6 +44,7 @@ const SOURCE: u8 = 2;
 const BLEND: u8 = 3;
 const FILES: u8 = 4;
 const SPREAD: u8 = 5;
+const WRITE: u8 = 6;
 
 fn put_part(buf: &mut Vec<u8>, part: &[u8]) {
     buf.extend_from_slice(&(part.len() as u64).to_le_bytes());
@@ -177,6 +180,10 @@ impl LogicalExtensionCodec for CaiLogicalCodec {
                 let p: FilesTableParts = head(&parts)?;
                 Arc::new(FilesTable::from_parts(p, schema_from(part(&parts, 1)?)?))
             }
+            WRITE => Arc::new(WriteFilesTable {
+                write: head(&parts)?,
+                input: self.plan_from(part(&parts, 1)?, ctx)?,
+            }),
             other => return internal_err!("caiflow codec: unknown table tag {other}"),
         })
     }
@@ -202,6 +209,10 @@ impl LogicalExtensionCodec for CaiLogicalCodec {
                 seed: t.seed,
             };
             return encode(buf, BLEND, &h, &[&cai, &helpful]);
+        }
+        if let Some(t) = node.downcast_ref::<WriteFilesTable>() {
+            let input = self.plan_bytes(&t.input)?;
+            return encode(buf, WRITE, &t.write, &[&input]);
         }
         if let Some(t) = node.downcast_ref::<FilesTable>() {
             let schema = schema_bytes(&t.schema())?;
@@ -279,6 +290,13 @@ impl PhysicalExtensionCodec for CaiPhysicalCodec {
                 };
                 Arc::new(SpreadExec::with_ids(input, &key, total, ids.clone())?)
             }
+            WRITE => {
+                let write: FileWrite = head(&parts)?;
+                let [input] = inputs else {
+                    return internal_err!("caiflow codec: a file write has one input");
+                };
+                Arc::new(WriteFilesExec::new(input.clone(), write))
+            }
             other => return internal_err!("caiflow codec: unknown node tag {other}"),
         })
     }
@@ -294,6 +312,9 @@ impl PhysicalExtensionCodec for CaiPhysicalCodec {
         }
         if let Some(e) = node.downcast_ref::<SourceExec>() {
             return encode(buf, SOURCE, e.parts(), &[]);
+        }
+        if let Some(e) = node.downcast_ref::<WriteFilesExec>() {
+            return encode(buf, WRITE, e.write(), &[]);
         }
         if let Some(e) = node.downcast_ref::<SpreadExec>() {
             let input = physical_plan_to_bytes_with_extension_codec(e.input().clone(), self)?;

@@ -11,6 +11,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use caiflow_llm::CancellationToken;
+use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::TableProviderFactory;
 use datafusion::catalog::{Session, TableProvider};
@@ -56,7 +57,7 @@ pub const TARGET_FILE_BYTES: u64 = 128 << 20;
 /// writer), plus row groups bounded in bytes as well as rows. The parquet writer holds the
 /// open row group in memory (encoded, plus a serialized copy while it is flushed), so it is
 /// the row-group bound, not the file size, that bounds a write's memory.
-fn writer_properties(files: &TablesConfig) -> WriterProperties {
+pub(crate) fn writer_properties(files: &TablesConfig) -> WriterProperties {
     WriterProperties::builder()
         .set_created_by(format!("caiflow {} (delta-rs)", env!("CARGO_PKG_VERSION")))
         .set_compression(Compression::SNAPPY)
@@ -219,7 +220,6 @@ pub async fn open(
 /// Overwrite table `name` with the rows of `df` as one commit carrying `record` (the
 /// manifest). If `stop` is cancelled before the rows are all written, the write fails and
 /// nothing is committed. Returns the new version.
-#[allow(clippy::too_many_arguments)]
 pub async fn write(
     store: &RunStore,
     name: &str,
@@ -228,7 +228,6 @@ pub async fn write(
     record: serde_json::Value,
     files: &TablesConfig,
     stop: CancellationToken,
-    cluster: bool,
 ) -> Result<u64> {
     let table = match open(store, name, None).await? {
         Some(t) => t,
@@ -239,16 +238,6 @@ pub async fn write(
     // of the query (StopGateExec asks for a single partition).
     let df = signed_integers(df)?;
     let (mut state, plan) = df.into_parts();
-    // On a cluster the query is planned by the cluster's planner (its rows are computed by
-    // the executors and stream back here); delta-rs then writes what arrives.
-    let rows: Arc<dyn TableProvider> = if cluster {
-        Arc::new(Planned(Arc::new(OwnConfig {
-            inner: state.create_physical_plan(&plan).await?,
-            config: state.config().clone(),
-        })))
-    } else {
-        Arc::new(datafusion::datasource::ViewTable::new(plan, None))
-    };
     // One partition throughout the write's query: with more, delta-rs hash-repartitions a
     // partitioned table by its split, and that channel to the busy `train` writer is
     // unbounded while `test`'s is empty (a 1 M-row `sft` held 450 MiB there); scans read one
@@ -260,7 +249,10 @@ pub async fn write(
     let state = datafusion::execution::SessionStateBuilder::new_from_existing(state)
         .with_query_planner(deltalake_core::delta_datafusion::planner::DeltaPlanner::new())
         .build();
-    let gate = Arc::new(StopGate { inner: rows, stop });
+    let gate = Arc::new(StopGate {
+        inner: Arc::new(datafusion::datasource::ViewTable::new(plan, None)),
+        stop,
+    });
     let input = LogicalPlanBuilder::scan(name, provider_as_source(gate), None)?.build()?;
     let written = table
         .write(std::iter::empty())
@@ -279,6 +271,70 @@ pub async fn write(
     written
         .version()
         .ok_or_else(|| RunError::Store(format!("table {name}: the write made no version")))
+}
+
+/// Overwrite table `name` with the rows of `df` computed on a cluster: the executors write
+/// the data files where the rows are made ([`crate::write_files`]), and this process
+/// commits them as the table's new version in one commit carrying `record` (replacing the
+/// schema when it changed). If `stop` is cancelled before the files are all written,
+/// nothing is committed. Returns the new version.
+pub async fn write_on_cluster(
+    store: &RunStore,
+    name: &str,
+    df: DataFrame,
+    partition_by: Vec<String>,
+    record: serde_json::Value,
+    files: &TablesConfig,
+    stop: CancellationToken,
+) -> Result<u64> {
+    use deltalake_core::kernel::engine::arrow_conversion::TryIntoKernel as _;
+    let table = match open(store, name, None).await? {
+        Some(t) => t,
+        None => unloaded(store, name)?,
+    };
+    let df = signed_integers(df)?;
+    let schema = Arc::new(df.schema().as_arrow().clone());
+    let (state, plan) = df.into_parts();
+    let write = crate::write_files::FileWrite {
+        location: store.table_url(name)?.to_string(),
+        partition_by: partition_by.clone(),
+        files: files.clone(),
+    };
+    let provider = Arc::new(crate::write_files::WriteFilesTable { input: plan, write });
+    let scan = LogicalPlanBuilder::scan(name, provider_as_source(provider), None)?.build()?;
+    let written = DataFrame::new(state, scan).collect().await?;
+    if stop.is_cancelled() {
+        return Err(RunError::Interrupted);
+    }
+    let mut adds = vec![];
+    for batch in &written {
+        let column = batch.column(0).as_string::<i32>();
+        for json in column.iter().flatten() {
+            let add: deltalake_core::kernel::Add =
+                serde_json::from_str(json).map_err(|e| RunError::Json {
+                    what: format!("a data file written for table {name}"),
+                    cause: e,
+                })?;
+            adds.push(deltalake_core::kernel::Action::Add(add));
+        }
+    }
+    let delta_schema: deltalake_core::kernel::StructType = schema
+        .try_into_kernel()
+        .map_err(|e| RunError::Store(format!("table {name}: its schema in Delta: {e}")))?;
+    let committed = table
+        .create()
+        .with_columns(delta_schema.fields().cloned())
+        .with_partition_columns(partition_by)
+        .with_save_mode(SaveMode::Overwrite)
+        .with_actions(adds)
+        .with_commit_properties(
+            CommitProperties::default().with_metadata([(COMMIT_KEY.to_string(), record)]),
+        )
+        .await
+        .map_err(|e| delta_err(format!("committing table {name}"), e))?;
+    committed
+        .version()
+        .ok_or_else(|| RunError::Store(format!("table {name}: the commit made no version")))
 }
 
 /// Delta has no unsigned integers (readers such as Spark and Polars take `integer` as Int32
@@ -326,101 +382,6 @@ fn signed(
         DataType::List(item) => field(item).map(|f| DataType::List(Arc::new(f))),
         DataType::LargeList(item) => field(item).map(|f| DataType::LargeList(Arc::new(f))),
         _ => None,
-    }
-}
-
-/// A query planned already (by a cluster's planner), as a table scanned whole.
-#[derive(Debug)]
-struct Planned(Arc<dyn ExecutionPlan>);
-
-#[async_trait::async_trait]
-impl TableProvider for Planned {
-    fn schema(&self) -> SchemaRef {
-        self.0.schema()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Temporary
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let all: Vec<usize> = (0..self.0.schema().fields().len()).collect();
-        match projection {
-            Some(p) if *p != all => exec_err!("a planned query is scanned whole"),
-            _ => Ok(self.0.clone()),
-        }
-    }
-}
-
-/// A node executed with the session configuration it was planned with, whatever the
-/// executing session's: a cluster query carries the session's options to the cluster
-/// (its partition count among them) while delta-rs writes what arrives with one partition.
-#[derive(Debug)]
-struct OwnConfig {
-    inner: Arc<dyn ExecutionPlan>,
-    config: datafusion::prelude::SessionConfig,
-}
-
-impl DisplayAs for OwnConfig {
-    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        self.inner.fmt_as(t, f)
-    }
-}
-
-impl ExecutionPlan for OwnConfig {
-    fn name(&self) -> &str {
-        "OwnConfig"
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        self.inner.properties()
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![]
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
-    ) -> DfResult<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        if children.is_empty() {
-            Ok(self)
-        } else {
-            exec_err!("OwnConfig has no children")
-        }
-    }
-
-    fn execute(
-        &self,
-        partition: usize,
-        context: Arc<TaskContext>,
-    ) -> DfResult<SendableRecordBatchStream> {
-        let c = context;
-        let context = TaskContext::new(
-            c.task_id(),
-            c.session_id(),
-            self.config.clone(),
-            c.scalar_functions().clone(),
-            c.higher_order_functions().clone(),
-            c.aggregate_functions().clone(),
-            c.window_functions().clone(),
-            c.runtime_env(),
-        );
-        self.inner.execute(partition, Arc::new(context))
     }
 }
 

@@ -17,6 +17,7 @@ pub mod journal;
 pub mod plan;
 pub mod run;
 pub mod store;
+pub mod write_files;
 
 pub use error::{Result, RunError};
 pub use execute::{PlanRun, RunEnd};

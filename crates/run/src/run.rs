@@ -234,7 +234,8 @@ pub struct RunOptions {
     /// File and row-group sizes of materialized tables.
     pub files: caiflow_llm::config::TablesConfig,
     /// The session runs its queries on a cluster: tables are read as file lists (plans that
-    /// name them can be shipped) and written from the rows the cluster streams back.
+    /// name them can be shipped), their data files written by the executors and committed
+    /// here.
     pub cluster: bool,
 }
 
@@ -434,18 +435,30 @@ impl<'a> Runner<'a> {
         })?;
         // The commit: when it returns, the new version is the table.
         let stop = self.options.stop.clone();
-        delta::write(
-            self.store,
-            name,
-            df,
-            partition_by,
-            record,
-            &self.options.files,
-            stop.clone(),
-            self.options.cluster,
-        )
-        .await
-        .map_err(|e| {
+        let written = if self.options.cluster {
+            delta::write_on_cluster(
+                self.store,
+                name,
+                df,
+                partition_by,
+                record,
+                &self.options.files,
+                stop.clone(),
+            )
+            .await
+        } else {
+            delta::write(
+                self.store,
+                name,
+                df,
+                partition_by,
+                record,
+                &self.options.files,
+                stop.clone(),
+            )
+            .await
+        };
+        written.map_err(|e| {
             if stop.is_cancelled() {
                 RunError::Interrupted
             } else {
