@@ -258,6 +258,9 @@ pub struct Journal {
     missing: Mutex<Vec<(String, Vec<u8>)>>,
     /// Other writers' segments taken in so far: name → index bytes read.
     seen: Mutex<HashMap<String, u64>>,
+    /// Results other writers journalled since this journal was opened: (key, location),
+    /// sorted by key.
+    others: RwLock<Vec<(u64, u64)>>,
     /// Unique per process, so concurrent or successive writers never overwrite a segment.
     session: String,
     seq: AtomicU64,
@@ -375,6 +378,7 @@ impl Journal {
             append: Mutex::new(None),
             missing: Mutex::new(missing),
             seen: Mutex::new(seen),
+            others: RwLock::new(vec![]),
             store,
             session,
             seq: AtomicU64::new(0),
@@ -428,6 +432,7 @@ impl Journal {
             .collect();
         indexes.sort();
         let mut added = 0;
+        let mut taken: Vec<(u64, u64)> = vec![];
         for (name, size) in indexes {
             let from = lock(&self.seen).get(&name).copied();
             if from.is_some_and(|read| size <= read) {
@@ -440,10 +445,17 @@ impl Journal {
             };
             let found = read_index(&self.store, &name, segment, from.unwrap_or(0)).await?;
             lock(&self.seen).insert(name, found.read);
-            for (key, loc) in found.results {
-                self.remember(key, loc);
-                added += 1;
-            }
+            added += found.results.len();
+            taken.extend(found.results);
+        }
+        if !taken.is_empty() {
+            // 16 bytes a result, sorted, as the journal opened (a map would take three
+            // times that); refreshes come when tasks start, so merges are few.
+            taken.sort_unstable_by_key(|(k, _)| *k);
+            let mut others = write(&self.others);
+            let merged = merge_sorted(std::mem::take(&mut *others), taken);
+            *others = merged;
+            self.results.fetch_add(added as u64, Ordering::Relaxed);
         }
         Ok(added)
     }
@@ -466,7 +478,16 @@ impl Journal {
             .iter()
             .take_while(|(k, _)| *k == key)
             .map(|(_, loc)| *loc);
-        for loc in recent.into_iter().chain(stored) {
+        let others: Vec<u64> = {
+            let others = read(&self.others);
+            let start = others.partition_point(|(k, _)| *k < key);
+            others[start..]
+                .iter()
+                .take_while(|(k, _)| *k == key)
+                .map(|(_, loc)| *loc)
+                .collect()
+        };
+        for loc in recent.into_iter().chain(stored).chain(others) {
             match self.read_line(loc).await {
                 Ok(line) if line.ok && line.h == hash.as_str() => {
                     self.served.fetch_add(1, Ordering::Relaxed);
@@ -875,6 +896,22 @@ impl Lines {
 fn line_key(raw: &[u8]) -> Option<(u64, bool)> {
     let head = serde_json::from_slice::<Head>(raw).ok()?;
     Some((key_of(head.h)?, head.ok))
+}
+
+/// Two lists sorted by key, merged into one.
+fn merge_sorted(a: Vec<(u64, u64)>, b: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
+    while let (Some(x), Some(y)) = (a.peek(), b.peek()) {
+        if x.0 <= y.0 {
+            out.extend(a.next());
+        } else {
+            out.extend(b.next());
+        }
+    }
+    out.extend(a);
+    out.extend(b);
+    out
 }
 
 /// The journal's segments (`journal/NAME` for each `journal/NAME.jsonl`, sorted), and the
