@@ -322,10 +322,17 @@ fn print_outcome(o: &StatementOutcome) {
     }
 }
 
-fn print_summary(session: &CaiSession, journal: &Journal) {
+fn print_summary(session: &CaiSession, journal: &Journal, on_cluster: bool) {
     eprintln!("summary:");
-    for line in caiflow_engine::progress::summary_table(&session.progress.snapshot()).lines() {
-        eprintln!("  {line}");
+    if on_cluster {
+        // The requests were sent (and counted) by the executors.
+        eprintln!(
+            "  requests were sent by the cluster's executors: each row's lineage has its requests (worker, attempts, tokens, latency)"
+        );
+    } else {
+        for line in caiflow_engine::progress::summary_table(&session.progress.snapshot()).lines() {
+            eprintln!("  {line}");
+        }
     }
     for e in session.endpoints.iter() {
         if e.counters
@@ -418,14 +425,19 @@ async fn execute_run(
         .await;
     interrupts.abort();
     reporter.abort();
-    print_summary(&run.session, &run.journal);
+    print_summary(&run.session, &run.journal, cluster.is_some());
     match end {
         RunEnd::Interrupted => {
             eprintln!("caiflow: interrupted; completed requests are kept. To resume: {resume}");
             std::process::exit(INTERRUPTED);
         }
         RunEnd::Failed(e) => {
-            eprintln!("caiflow: error: {:#}", anyhow::Error::from(e));
+            let message = format!("{:#}", anyhow::Error::from(e));
+            let message = match &cluster {
+                Some(_) => caiflow_cluster::client::readable_error(&message),
+                None => message,
+            };
+            eprintln!("caiflow: error: {message}");
             eprintln!("caiflow: completed requests are kept. To continue: {resume}");
             std::process::exit(1);
         }
@@ -925,20 +937,25 @@ fn main() {
 }
 
 async fn run_main() {
+    let cli = Cli::parse();
+    // delta-rs logs every snapshot it builds at info; Ballista's client logs each job (a
+    // failed one is caiflow's own error line), its processes log what they do.
+    let quiet = if matches!(cli.command, Command::Cluster { .. }) {
+        ""
+    } else {
+        ",ballista=off,ballista_core=off"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CAIFLOW_LOG")
-                // delta-rs logs every snapshot it builds at info.
-                .unwrap_or_else(|_| {
-                    tracing_subscriber::EnvFilter::new(
-                        "info,deltalake_core=warn,delta_kernel=warn,buoyant_kernel=warn",
-                    )
-                }),
+            tracing_subscriber::EnvFilter::try_from_env("CAIFLOW_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(format!(
+                    "info,deltalake_core=warn,delta_kernel=warn,buoyant_kernel=warn{quiet}"
+                ))
+            }),
         )
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => cmd_run(args).await,
         Command::Repair { run, table, config } => cmd_repair(run, table, config).await,
@@ -970,7 +987,8 @@ async fn run_main() {
         } => cmd_model_pull(source, dir, sha256).await,
     };
     if let Err(e) = result {
-        eprintln!("caiflow: error: {e:#}");
+        let message = caiflow_cluster::client::readable_error(&format!("{e:#}"));
+        eprintln!("caiflow: error: {message}");
         std::process::exit(1);
     }
 }

@@ -234,7 +234,8 @@ async fn sl_and_rl_plans_on_a_cluster_match_a_local_run() {
         };
         let path = store.join(format!("{name}-cluster")).join(table);
         let read = python(&format!(
-            "import deltalake\nt = deltalake.DeltaTable('{}')\nprint(t.version(), len(t.file_uris()), t.to_pyarrow_table().num_rows)",
+            // os._exit: deltalake's native threads can abort the interpreter's teardown.
+            "import os, sys, deltalake\nt = deltalake.DeltaTable('{}')\nprint(t.version(), len(t.file_uris()), t.to_pyarrow_table().num_rows)\nsys.stdout.flush()\nos._exit(0)",
             path.display()
         ));
         let figures: Vec<usize> = read
@@ -248,6 +249,30 @@ async fn sl_and_rl_plans_on_a_cluster_match_a_local_run() {
         );
         assert_eq!(figures.get(2), Some(&n), "{plan}: every row once: {read}");
     }
+    // An endpoint the executors cannot reach: one line naming it, nothing committed.
+    let closed = format!("http://127.0.0.1:{}/v1", free_port_pair());
+    let config = write_config(&cluster_dir, &closed, &closed, max_concurrency);
+    let out = run_plan(
+        "plans/sl_cai.sql",
+        &config,
+        &store,
+        "unreachable",
+        &prompts,
+        Some(&cluster.url()),
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let error: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("caiflow: error:"))
+        .collect();
+    assert_eq!(error.len(), 1, "{stderr}");
+    assert!(
+        error[0].contains(&closed) && error[0].contains("a task failed on the cluster"),
+        "{stderr}"
+    );
+    assert!(!committed(&store.join("unreachable"), "revisions"));
+
     for (what, mock) in [("policy", &mocks[2]), ("judge", &mocks[3])] {
         let peak = mock
             .state

@@ -169,3 +169,79 @@ pub async fn connect(
     );
     Ok(())
 }
+
+/// Ballista reports a failed task as the debug form of its error's wrappers (`Job … failed
+/// due to stage 1 failed: Task failed due to runtime execution error:
+/// DataFusionError(Shared(External(DataFusionError(Execution("why")))))`); the reason
+/// inside, for a one-line message. Other messages are returned as they are.
+pub fn readable_error(message: &str) -> String {
+    const MARK: &str = "runtime execution error: ";
+    let Some(at) = message.find(MARK) else {
+        return message.to_string();
+    };
+    let mut inner = message[at + MARK.len()..].trim();
+    const WRAPPERS: [&str; 9] = [
+        "DataFusionError(",
+        "Shared(",
+        "External(",
+        "Execution(",
+        "Plan(",
+        "Internal(",
+        "ArrowError(",
+        "ObjectStore(",
+        "Context(",
+    ];
+    while let Some(w) = WRAPPERS.iter().find(|w| inner.starts_with(**w)) {
+        match inner[w.len()..].strip_suffix(')') {
+            Some(rest) => inner = rest.trim(),
+            None => break,
+        }
+    }
+    let reason = match inner.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+        Some(quoted) => quoted.replace("\\\"", "\"").replace("\\\\", "\\"),
+        None => inner.to_string(),
+    };
+    // What the caller said before Ballista's part (the statement, the table).
+    let before = &message[..at];
+    let context = before
+        .find("Job ")
+        .map(|j| &before[..j])
+        .unwrap_or("")
+        .trim_end()
+        .trim_end_matches("Execution error:")
+        .trim_end()
+        .trim_end_matches("Generic DeltaTable error:")
+        .trim_end();
+    if context.is_empty() {
+        format!("a task failed on the cluster: {reason}")
+    } else {
+        format!("{context} a task failed on the cluster: {reason}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_error_reads_as_its_reason() {
+        let m = "Execution error: Job 038 failed: Job failed due to stage 0 failed: Task failed due to runtime execution error: DataFusionError(Shared(External(DataFusionError(Execution(\"this task carries no \\\"endpoints\\\"\")))))";
+        assert_eq!(
+            readable_error(m),
+            "a task failed on the cluster: this task carries no \"endpoints\""
+        );
+        assert_eq!(readable_error("plain"), "plain");
+        let m = format!("plan: line 36 (statement 4): table revisions: {m}");
+        assert_eq!(
+            readable_error(&m),
+            "plan: line 36 (statement 4): table revisions: a task failed on the cluster: this task carries no \"endpoints\""
+        );
+    }
+
+    #[test]
+    fn scheduler_urls_parse() {
+        let u = SchedulerUrl::parse("df://10.0.0.1:50050").expect("url");
+        assert_eq!((u.host.as_str(), u.port), ("10.0.0.1", 50050));
+        assert!(SchedulerUrl::parse("df://nohost").is_err());
+    }
+}
