@@ -813,7 +813,7 @@ async fn cmd_sql(
     if let Some(url) = &cluster {
         caiflow_cluster::client::connect(&mut session, url, &loaded, None).await?;
     }
-    caiflow_run::delta::register_delta_tables(&session);
+    caiflow_run::delta::register_delta_inputs(&session, cluster.is_some());
     caiflow_run::inputs::register_s3_inputs(&session.ctx, &execute)?;
     if let Some(run) = &run {
         let store = open_run(run)?;

@@ -249,6 +249,30 @@ async fn sl_and_rl_plans_on_a_cluster_match_a_local_run() {
         );
         assert_eq!(figures.get(2), Some(&n), "{plan}: every row once: {read}");
     }
+    // A Delta table named in SQL is read by the executors (as the files of its version).
+    let revisions = store.join("sl_cai-local").join("revisions");
+    let out = caiflow()
+        .args([
+            "sql",
+            "--config",
+            cluster_config.to_str().expect("utf-8"),
+            "--cluster",
+        ])
+        .arg(cluster.url())
+        .arg("-e")
+        .arg(format!(
+            "CREATE EXTERNAL TABLE r STORED AS DELTA LOCATION '{}'; SELECT count(*) AS n FROM r",
+            revisions.display()
+        ))
+        .output()
+        .expect("caiflow sql");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(&format!("| {n} ")),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // An endpoint the executors cannot reach: one line naming it, nothing committed.
     let closed = format!("http://127.0.0.1:{}/v1", free_port_pair());
     let config = write_config(&cluster_dir, &closed, &closed, max_concurrency);

@@ -579,17 +579,26 @@ pub async fn vacuum(store: &RunStore, name: &str, keep: usize) -> Result<usize> 
 /// caiflow, Spark, delta-rs, …) in `session`: a local folder, or an `s3://` table of a
 /// bucket whose object store the session has.
 pub fn register_delta_tables(session: &caiflow_engine::CaiSession) {
+    register_delta_inputs(session, false);
+}
+
+/// Register the `DELTA` table factory; `files`: it opens tables as their file lists
+/// ([`crate::files::FilesTable`]), for sessions whose plans are shipped to a cluster.
+pub fn register_delta_inputs(session: &caiflow_engine::CaiSession, files: bool) {
     let state = session.ctx.state_ref();
     let mut state = state.write();
     state.table_factories_mut().insert(
         caiflow_engine::stages::input::DELTA.to_string(),
-        Arc::new(DeltaInputs),
+        Arc::new(DeltaInputs { files }),
     );
 }
 
 /// The `DELTA` table factory: opens a Delta table through the session's own object stores.
 #[derive(Debug)]
-pub struct DeltaInputs;
+pub struct DeltaInputs {
+    /// Open tables as their file lists (plans shipped to a cluster).
+    pub files: bool,
+}
 
 #[async_trait::async_trait]
 impl TableProviderFactory for DeltaInputs {
@@ -626,6 +635,13 @@ impl TableProviderFactory for DeltaInputs {
         let table = open_location(env, location, version)
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        if self.files {
+            return Ok(Arc::new(
+                crate::files::FilesTable::of(&table)
+                    .await
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?,
+            ));
+        }
         provider(&table)
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))

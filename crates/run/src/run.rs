@@ -318,7 +318,7 @@ impl<'a> Runner<'a> {
         mut on_done: impl FnMut(&StatementOutcome),
     ) -> Result<()> {
         self.store.register(&self.session.ctx);
-        delta::register_delta_tables(self.session);
+        delta::register_delta_inputs(self.session, self.options.cluster);
         self.files = FileFingerprints::load(self.store).await?;
         let statements =
             DFParser::parse_sql(sql).map_err(|e| RunError::Plan(format!("SQL syntax: {e}")))?;
