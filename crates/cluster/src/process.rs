@@ -15,7 +15,7 @@ use datafusion::execution::SessionState;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionConfig;
 
-use caiflow_engine::resources::{Resources, StageOptions};
+use caiflow_engine::resources::{Resources, StageOptions, TaskTableFactories};
 use caiflow_llm::CancellationToken;
 
 use crate::codec::{CaiLogicalCodec, CaiPhysicalCodec};
@@ -35,7 +35,15 @@ pub fn scalar_functions() -> Vec<Arc<datafusion::logical_expr::ScalarUDF>> {
 /// The session configuration of every cluster process: Ballista's, with caiflow's options
 /// (so the `caiflow.*` values shipped with a task are kept) and codecs.
 pub fn cluster_config() -> SessionConfig {
+    // Source functions reading a Delta table call it again where they run.
+    let delta: Arc<dyn datafusion::catalog::TableProviderFactory> =
+        Arc::new(caiflow_run::delta::DeltaInputs { files: false });
+    let factories = TaskTableFactories(vec![(
+        caiflow_engine::stages::input::DELTA.to_string(),
+        delta,
+    )]);
     SessionConfig::new_with_ballista()
+        .with_extension(Arc::new(factories))
         .with_option_extension(RunOptions::default())
         .with_option_extension(StageOptions::default())
         .with_ballista_logical_extension_codec(Arc::new(CaiLogicalCodec::default()))

@@ -10,6 +10,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::catalog::TableProviderFactory;
 use datafusion::error::Result;
 use datafusion::prelude::SessionConfig;
 
@@ -28,6 +29,12 @@ pub trait TaskResources: Send + Sync + Debug {
     /// The journal of that run, if it has one.
     async fn journal(&self, config: &SessionConfig) -> Result<Option<Arc<JournalHandle>>>;
 }
+
+/// The session-config extension with the table factories that planning inside a task needs
+/// (a process that received a plan): `DELTA`, for source functions that read a Delta table
+/// where they run.
+#[derive(Clone, Debug, Default)]
+pub struct TaskTableFactories(pub Vec<(String, Arc<dyn TableProviderFactory>)>);
 
 /// The session-config extension through which an executor provides [`TaskResources`].
 #[derive(Clone, Debug)]

@@ -52,10 +52,16 @@ impl TableFunctionImpl for SourceFunction {
 /// A session for planning inside a task (a process that received a plan): the task's
 /// configuration and runtime (object stores).
 pub fn task_session(context: &TaskContext) -> datafusion::execution::SessionState {
+    let config = context.session_config();
+    let mut factories = std::collections::HashMap::new();
+    if let Some(f) = config.get_extension::<crate::resources::TaskTableFactories>() {
+        factories.extend(f.0.iter().cloned());
+    }
     SessionStateBuilder::new()
-        .with_config(context.session_config().clone())
+        .with_config(config.clone())
         .with_runtime_env(context.runtime_env())
         .with_default_features()
+        .with_table_factories(factories)
         .build()
 }
 
