@@ -37,17 +37,18 @@ async fn main() {
         store.register(&session.ctx);
         let df = session.ctx.sql(&rows_sql(n)).await.expect("sql");
         let started = Instant::now();
-        caiflow_run::delta::write(
-            &store,
-            "revisions",
-            df,
-            vec!["split".into()],
-            serde_json::json!({ "bench": true }),
-            &Default::default(),
-            CancellationToken::new(),
-        )
-        .await
-        .expect("delta write");
+        let files = Default::default();
+        let write = caiflow_run::delta::TableWrite {
+            store: &store,
+            name: "revisions",
+            partition_by: vec!["split".into()],
+            record: serde_json::json!({ "bench": true }),
+            files: &files,
+            stop: CancellationToken::new(),
+        };
+        caiflow_run::delta::write(write, df)
+            .await
+            .expect("delta write");
         let delta = started.elapsed().as_secs_f64();
         let files = parquet_files(&dir.path().join(format!("delta-{n}/revisions")));
 

@@ -24,22 +24,6 @@ fn ok(cmd: &mut Command) -> (String, String) {
     (stdout, stderr)
 }
 
-fn python(script: &str) -> String {
-    let python = std::env::var("CAIFLOW_PYTHON")
-        .expect("CAIFLOW_PYTHON is not set: run the tests through scripts/test.sh");
-    let out = Command::new(python)
-        .arg("-c")
-        .arg(script)
-        .output()
-        .expect("python");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
 struct Setup {
     dir: tempfile::TempDir,
     policy: MockServer,

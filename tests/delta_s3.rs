@@ -32,17 +32,16 @@ async fn write_rows(
     writer: u32,
 ) -> Result<u64, String> {
     let df = ctx.sql(sql).await.map_err(|e| e.to_string())?;
-    delta::write(
+    let files = Default::default();
+    let write = delta::TableWrite {
         store,
-        table,
-        df,
-        vec![],
-        serde_json::json!({ "writer": writer }),
-        &Default::default(),
-        CancellationToken::new(),
-    )
-    .await
-    .map_err(|e| e.to_string())
+        name: table,
+        partition_by: vec![],
+        record: serde_json::json!({ "writer": writer }),
+        files: &files,
+        stop: CancellationToken::new(),
+    };
+    delta::write(write, df).await.map_err(|e| e.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -217,22 +217,41 @@ pub async fn open(
     }
 }
 
-/// Overwrite table `name` with the rows of `df` as one commit carrying `record` (the
-/// manifest). If `stop` is cancelled before the rows are all written, the write fails and
+/// What a materialization writes: table `name` of `store`, partitioned by `partition_by`,
+/// committed with caiflow's `record`, its files cut by `files`; cancelling `stop` before the
+/// rows are all written commits nothing.
+pub struct TableWrite<'a> {
+    pub store: &'a RunStore,
+    pub name: &'a str,
+    pub partition_by: Vec<String>,
+    pub record: serde_json::Value,
+    pub files: &'a TablesConfig,
+    pub stop: CancellationToken,
+}
+
+impl TableWrite<'_> {
+    /// The table as it is now (to be overwritten), or a new one.
+    async fn table(&self) -> Result<DeltaTable> {
+        match open(self.store, self.name, None).await? {
+            Some(t) => Ok(t),
+            None => unloaded(self.store, self.name),
+        }
+    }
+}
+
+/// Overwrite the table with the rows of `df` as one commit carrying the write's record (the
+/// manifest). If the run is stopped before the rows are all written, the write fails and
 /// nothing is committed. Returns the new version.
-pub async fn write(
-    store: &RunStore,
-    name: &str,
-    df: DataFrame,
-    partition_by: Vec<String>,
-    record: serde_json::Value,
-    files: &TablesConfig,
-    stop: CancellationToken,
-) -> Result<u64> {
-    let table = match open(store, name, None).await? {
-        Some(t) => t,
-        None => unloaded(store, name)?,
-    };
+pub async fn write(w: TableWrite<'_>, df: DataFrame) -> Result<u64> {
+    let table = w.table().await?;
+    let TableWrite {
+        name,
+        partition_by,
+        record,
+        files,
+        stop,
+        ..
+    } = w;
     // One stream: delta-rs writes a file per stream and split, rolling over at the target
     // file size, so a table is a few large files instead of one small file per partition
     // of the query (StopGateExec asks for a single partition).
@@ -278,20 +297,17 @@ pub async fn write(
 /// commits them as the table's new version in one commit carrying `record` (replacing the
 /// schema when it changed). If `stop` is cancelled before the files are all written,
 /// nothing is committed. Returns the new version.
-pub async fn write_on_cluster(
-    store: &RunStore,
-    name: &str,
-    df: DataFrame,
-    partition_by: Vec<String>,
-    record: serde_json::Value,
-    files: &TablesConfig,
-    stop: CancellationToken,
-) -> Result<u64> {
+pub async fn write_on_cluster(w: TableWrite<'_>, df: DataFrame) -> Result<u64> {
     use deltalake_core::kernel::engine::arrow_conversion::TryIntoKernel as _;
-    let table = match open(store, name, None).await? {
-        Some(t) => t,
-        None => unloaded(store, name)?,
-    };
+    let table = w.table().await?;
+    let TableWrite {
+        store,
+        name,
+        partition_by,
+        record,
+        files,
+        stop,
+    } = w;
     let df = signed_integers(df)?;
     let schema = Arc::new(df.schema().as_arrow().clone());
     let (state, plan) = df.into_parts();

@@ -435,28 +435,18 @@ impl<'a> Runner<'a> {
         })?;
         // The commit: when it returns, the new version is the table.
         let stop = self.options.stop.clone();
+        let write = delta::TableWrite {
+            store: self.store,
+            name,
+            partition_by,
+            record,
+            files: &self.options.files,
+            stop: stop.clone(),
+        };
         let written = if self.options.cluster {
-            delta::write_on_cluster(
-                self.store,
-                name,
-                df,
-                partition_by,
-                record,
-                &self.options.files,
-                stop.clone(),
-            )
-            .await
+            delta::write_on_cluster(write, df).await
         } else {
-            delta::write(
-                self.store,
-                name,
-                df,
-                partition_by,
-                record,
-                &self.options.files,
-                stop.clone(),
-            )
-            .await
+            delta::write(write, df).await
         };
         written.map_err(|e| {
             if stop.is_cancelled() {
