@@ -420,3 +420,65 @@ fn an_unreachable_scheduler_is_one_line_naming_it() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_on_a_cluster_with_its_run_on_s3() {
+    let moto = MotoServer::start();
+    moto.create_bucket("cluster");
+    let env: Vec<(String, String)> = moto
+        .env()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    let mock = MockServer::start().await.expect("mock");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let n = 20;
+    let prompts = write_prompts(dir.path(), n);
+    let config = write_config(dir.path(), &mock.base_url(), &mock.base_url(), 4);
+    let cluster_env = env.clone();
+    let cluster = tokio::task::spawn_blocking(move || {
+        Cluster::start_with_env(
+            Path::new(env!("CARGO_BIN_EXE_caiflow")),
+            2,
+            2,
+            6,
+            cluster_env,
+        )
+    })
+    .await
+    .expect("cluster");
+    let with_env = |cmd: &mut Command| {
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+    };
+    let mut run = caiflow();
+    with_env(&mut run);
+    let out = run
+        .args(["run", "plans/sl_cai.sql", "--config"])
+        .arg(&config)
+        .args(["--store", "s3://cluster/runs", "--run", "s3run", "--set"])
+        .arg(format!("prompts={}", prompts.display()))
+        .args(["--cluster", &cluster.url()])
+        .output()
+        .expect("run caiflow");
+    assert_ok(&out, Some(&cluster));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("table revisions: {n} rows")),
+        "{stderr}"
+    );
+    // The executors journalled into the bucket and wrote the table's files there.
+    let mut inspect = caiflow();
+    with_env(&mut inspect);
+    let listed = inspect
+        .args(["inspect", "s3://cluster/runs/s3run"])
+        .output()
+        .expect("inspect");
+    let listed = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(
+        listed.contains("table revisions") && listed.contains(&format!("{n} rows")),
+        "{listed}"
+    );
+    assert_eq!(mock.requests() as usize, 3 * n, "each request once");
+}

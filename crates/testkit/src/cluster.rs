@@ -27,6 +27,8 @@ pub struct LocalCluster {
     /// (id, process) of each executor started, in order.
     pub executors: Vec<(String, Child)>,
     tasks: usize,
+    /// Environment given to every process (`AWS_*` for an S3 store).
+    env: Vec<(String, String)>,
     logs: PathBuf,
     _logs: TempDir,
 }
@@ -67,6 +69,17 @@ impl LocalCluster {
         tasks: usize,
         executor_timeout: u64,
     ) -> LocalCluster {
+        Self::start_with_env(bin, executors, tasks, executor_timeout, vec![])
+    }
+
+    /// [`LocalCluster::start`], every process with `env` added to its environment.
+    pub fn start_with_env(
+        bin: &Path,
+        executors: usize,
+        tasks: usize,
+        executor_timeout: u64,
+        env: Vec<(String, String)>,
+    ) -> LocalCluster {
         let logs = std::env::temp_dir().join(format!(
             "caiflow-cluster-{}-{}",
             std::process::id(),
@@ -75,6 +88,7 @@ impl LocalCluster {
         std::fs::create_dir_all(&logs).expect("log folder");
         let port = free_port_pair();
         let scheduler = Command::new(bin)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .args([
                 "cluster",
                 "scheduler",
@@ -93,6 +107,7 @@ impl LocalCluster {
             port,
             executors: vec![],
             tasks,
+            env,
             logs: logs.clone(),
             _logs: TempDir(logs),
         };
@@ -118,6 +133,7 @@ impl LocalCluster {
         let bind = format!("127.0.0.1:{}", free_port_pair());
         let n = self.executors.len();
         let child = Command::new(&self.bin)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .args([
                 "cluster",
                 "executor",
