@@ -157,7 +157,7 @@ pub async fn connect(
         .build();
     let state = state.upgrade_for_ballista(format!("df://{}:{}", url.host, url.port))?;
     let ctx = SessionContext::new_with_state(state);
-    // Ballista's session has the built-in scalar functions only.
+    // Ballista's session has DataFusion's core scalar functions only.
     for f in scalar_functions() {
         ctx.register_udf((*f).clone());
     }

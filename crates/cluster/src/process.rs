@@ -24,12 +24,14 @@ use crate::options::RunOptions;
 use crate::resources::ExecutorResources;
 use crate::stores::EnvObjectStores;
 
-/// caiflow's scalar functions (Ballista sessions start with the built-in ones only).
+/// The scalar functions every cluster process registers: Ballista's sessions start with
+/// DataFusion's core functions only, and plans also use the nested ones (`make_array`, in
+/// blends and user SQL) and caiflow's.
 pub fn scalar_functions() -> Vec<Arc<datafusion::logical_expr::ScalarUDF>> {
-    vec![
-        Arc::new(caiflow_engine::udf::split_of_udf()),
-        Arc::new(caiflow_engine::udf::unit_hash_udf()),
-    ]
+    let mut functions = datafusion::functions_nested::all_default_nested_functions();
+    functions.push(Arc::new(caiflow_engine::udf::split_of_udf()));
+    functions.push(Arc::new(caiflow_engine::udf::unit_hash_udf()));
+    functions
 }
 
 /// The session configuration of every cluster process: Ballista's, with caiflow's options
@@ -83,11 +85,9 @@ pub async fn run_scheduler(options: SchedulerOptions) -> Result<()> {
     let session_builder = Arc::new(
         |config: SessionConfig| -> datafusion::error::Result<SessionState> {
             let state = ballista_core::utils::default_session_builder(config)?;
-            let state =
-                datafusion::execution::SessionStateBuilder::new_from_existing(state.clone())
-                    .with_runtime_env(runtime(None)?)
-                    .build();
-            let mut state = state;
+            let mut state = datafusion::execution::SessionStateBuilder::new_from_existing(state)
+                .with_runtime_env(runtime(None)?)
+                .build();
             for f in scalar_functions() {
                 datafusion::execution::FunctionRegistry::register_udf(&mut state, f)?;
             }
@@ -142,10 +142,7 @@ pub async fn run_executor(options: ExecutorOptions, stop: CancellationToken) -> 
     let config_producer =
         Arc::new(move || cluster_config().with_extension(Arc::new(Resources(shared.clone()))));
     let mut registry = BallistaFunctionRegistry::default();
-    // Ballista's registry has DataFusion's core functions; plans also use nested ones
-    // (`make_array`, in blends) and caiflow's.
-    let nested = datafusion::functions_nested::all_default_nested_functions();
-    for f in nested.into_iter().chain(scalar_functions()) {
+    for f in scalar_functions() {
         registry.scalar_functions.insert(f.name().to_string(), f);
     }
     let work_dir = options.work_dir.clone();
