@@ -128,7 +128,7 @@ const SL_KEYS: &str = "SELECT prompt_id, round, principle_id, respond_lineage.re
      critique_lineage.request_hash, revise_lineage.request_hash FROM revisions";
 const SL_WORKERS: &str = "SELECT DISTINCT revise_lineage.worker FROM revisions";
 const RL_KEYS: &str = "SELECT prompt_id, label, judge_lineage.request_hash, \
-     sample_lineage.request_hash FROM judgements WHERE label = 'ok'";
+     array_length(candidates), candidates[1]['response'], candidates[4]['response'] FROM judgements WHERE label = 'ok'";
 const RL_WORKERS: &str = "SELECT DISTINCT judge_lineage.worker FROM judgements";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -154,6 +154,68 @@ async fn the_shuffle_is_recorded_and_mapped_back() {
     }
 }
 
+/// A judgement row describes the prompt and its verdict: the candidates are all in
+/// `candidates` (sample_idx order), and no column of a single candidate is carried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn judgements_keep_every_candidate_and_no_single_candidates_columns() {
+    let s = setup(&["p1", "p2"]).await;
+    s.judge
+        .push_replies((0..2).map(|_| r#"{"chosen": 2, "rejected": 1}"#.to_string()));
+    let out = collect(
+        &s.session,
+        "SELECT * FROM judge(candidates) ORDER BY prompt_id",
+    )
+    .await;
+    let schema = out[0].schema();
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    for gone in [
+        "sample_idx",
+        "num_samples",
+        "temperature",
+        "response",
+        "sample_lineage",
+    ] {
+        assert!(!names.contains(&gone), "{gone} in {names:?}");
+    }
+    assert!(
+        names.contains(&"candidates") && names.contains(&"prompt"),
+        "{names:?}"
+    );
+    let items = collect(
+        &s.session,
+        "SELECT prompt_id, c['sample_idx'] AS i, c['temperature'] AS t, c['response'] AS r, \
+         c['finish_reason'] AS f, c['error'] AS e \
+         FROM (SELECT prompt_id, unnest(candidates) AS c FROM judge(candidates)) ORDER BY prompt_id",
+    )
+    .await;
+    assert_eq!(rows(&items), 8);
+    let idx = column(&items, "i");
+    assert_eq!(
+        idx[..4],
+        ["0", "1", "2", "3"].map(|i| Some(i.to_string())),
+        "sample_idx order"
+    );
+    let temps = column(&items, "t");
+    assert_eq!(
+        temps[..4],
+        ["0.01", "0.51", "1.01", "1.51"].map(|t| Some(t.to_string()))
+    );
+    for (r, t) in column(&items, "r").iter().zip(&temps) {
+        assert!(
+            r.as_deref()
+                .unwrap()
+                .ends_with(&format!("(t={})", t.as_deref().unwrap())),
+            "{r:?}"
+        );
+    }
+    assert!(
+        column(&items, "f")
+            .iter()
+            .all(|f| f.as_deref() == Some("stop"))
+    );
+    assert!(column(&items, "e").iter().all(Option::is_none));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_dicts_ties_and_reasks() {
     let s = setup(&["only prompt"]).await;

@@ -4,9 +4,10 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, Float64Builder, ListBuilder, StringBuilder, UInt32Builder, UInt64Builder,
+    ArrayRef, Float64Builder, ListBuilder, StringBuilder, StructBuilder, UInt32Builder,
+    UInt64Builder,
 };
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::{DataType, Field, Fields};
 use datafusion::common::{Result, internal_err};
 
 use super::lineage::{Lineage, LineageBuilder, lineage_fields};
@@ -21,6 +22,42 @@ pub enum Cell {
     /// A `List<UInt32>` value (never null).
     U32List(Vec<u32>),
     Lineage(Option<Box<Lineage>>),
+    /// A `List<candidate>` value (never null), see [`candidate_fields`].
+    Candidates(Vec<CandidateCell>),
+}
+
+/// One candidate a judge saw (an item of the `candidates` column).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CandidateCell {
+    pub sample_idx: Option<u32>,
+    pub temperature: Option<f64>,
+    pub response: Option<String>,
+    pub finish_reason: Option<String>,
+    pub error: Option<String>,
+}
+
+/// The fields of a `candidates` item.
+pub fn candidate_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("sample_idx", DataType::UInt32, true),
+        Field::new("temperature", DataType::Float64, true),
+        Field::new("response", DataType::Utf8, true),
+        Field::new("finish_reason", DataType::Utf8, true),
+        Field::new("error", DataType::Utf8, true),
+    ])
+}
+
+/// A `List<Struct>` column of [`CandidateCell`]s named `name`.
+pub fn candidates_field(name: &str) -> Field {
+    Field::new(
+        name,
+        DataType::List(std::sync::Arc::new(Field::new(
+            "item",
+            DataType::Struct(candidate_fields()),
+            true,
+        ))),
+        true,
+    )
 }
 
 /// The cells of one output row, in `output_fields` order.
@@ -41,6 +78,7 @@ pub enum ColumnBuilder {
     F64(Float64Builder),
     U32List(ListBuilder<UInt32Builder>),
     Lineage(Box<LineageBuilder>),
+    Candidates(ListBuilder<StructBuilder>),
 }
 
 impl ColumnBuilder {
@@ -58,6 +96,12 @@ impl ColumnBuilder {
             DataType::Struct(fields) if fields == &lineage_fields() => {
                 ColumnBuilder::Lineage(Box::default())
             }
+            DataType::List(item) if item.data_type() == &DataType::Struct(candidate_fields()) => {
+                ColumnBuilder::Candidates(
+                    ListBuilder::new(StructBuilder::from_fields(candidate_fields(), 0))
+                        .with_field(item.clone()),
+                )
+            }
             other => return internal_err!("stage column '{name}' has unsupported type {other}"),
         })
     }
@@ -73,6 +117,10 @@ impl ColumnBuilder {
                 b.append(true);
             }
             (ColumnBuilder::Lineage(b), Cell::Lineage(v)) => b.append(v.as_deref()),
+            (ColumnBuilder::Candidates(b), Cell::Candidates(items)) => {
+                append_candidates(b.values(), items)?;
+                b.append(true);
+            }
             (b, cell) => {
                 return internal_err!("stage emitted {cell:?} for a {} column", b.kind());
             }
@@ -88,6 +136,7 @@ impl ColumnBuilder {
             ColumnBuilder::F64(_) => "Float64",
             ColumnBuilder::U32List(_) => "List<UInt32>",
             ColumnBuilder::Lineage(_) => "lineage",
+            ColumnBuilder::Candidates(_) => "candidates",
         }
     }
 
@@ -99,6 +148,28 @@ impl ColumnBuilder {
             ColumnBuilder::F64(mut b) => Arc::new(b.finish()),
             ColumnBuilder::U32List(mut b) => Arc::new(b.finish()),
             ColumnBuilder::Lineage(b) => b.finish(),
+            ColumnBuilder::Candidates(mut b) => Arc::new(b.finish()),
         }
     }
+}
+
+fn append_candidates(b: &mut StructBuilder, items: Vec<CandidateCell>) -> Result<()> {
+    fn field<T: datafusion::arrow::array::ArrayBuilder>(
+        b: &mut StructBuilder,
+        i: usize,
+    ) -> Result<&mut T> {
+        match b.field_builder::<T>(i) {
+            Some(f) => Ok(f),
+            None => internal_err!("candidates: field {i} has another builder type"),
+        }
+    }
+    for c in items {
+        field::<UInt32Builder>(b, 0)?.append_option(c.sample_idx);
+        field::<Float64Builder>(b, 1)?.append_option(c.temperature);
+        field::<StringBuilder>(b, 2)?.append_option(c.response);
+        field::<StringBuilder>(b, 3)?.append_option(c.finish_reason);
+        field::<StringBuilder>(b, 4)?.append_option(c.error);
+        b.append(true);
+    }
+    Ok(())
 }

@@ -85,10 +85,11 @@ pub trait RowStage: fmt::Debug + Send + Sync + 'static {
     fn grouping(&self) -> Option<Grouping> {
         None
     }
-    /// Input columns carried to the output; `None` carries all that are not replaced.
-    /// Grouping stages carry the columns that are the same for the whole group.
-    fn carried_columns(&self) -> Option<Vec<&'static str>> {
-        None
+    /// Whether the input column `name` goes on to the output (unless the stage replaces
+    /// it with one of its own); by default every column does. Grouping stages carry only
+    /// columns that are the same for the whole group: the first row's values stand for it.
+    fn carries(&self, _name: &str) -> bool {
+        true
     }
     /// Process a group (grouping stages); the first row's carried columns go to the output.
     async fn process_group(&self, rows: Vec<InputRow>, env: &StageEnv) -> Vec<OutRow> {
@@ -295,9 +296,8 @@ fn output_schema(stage: &dyn RowStage, input_schema: &Schema) -> Result<(SchemaR
     let added = stage.output_fields();
     let kept: Vec<usize> = (0..input_schema.fields().len())
         .filter(|i| {
-            !added
-                .iter()
-                .any(|a| a.name() == input_schema.field(*i).name())
+            let name = input_schema.field(*i).name();
+            !added.iter().any(|a| a.name() == name) && stage.carries(name)
         })
         .collect();
     let mut fields: Vec<FieldRef> = kept

@@ -6,6 +6,12 @@
 //! left out; fewer than two usable candidates is an error row. One output row per prompt,
 //! always: `label` is `ok`, `tie` or `error`; nothing is dropped.
 //!
+//! Output: the prompt's own columns (not a candidate's: `sample_idx`, `temperature`,
+//! `response`, `error` and request lineage stay with their candidate), then `candidates`,
+//! every candidate in `sample_idx` order as `{sample_idx, temperature, response,
+//! finish_reason, error}` (the judge's whole context: enough to judge again, or to train a
+//! K-wise reward model), then the verdict.
+//!
 //! - **constitution** (NeMo-Aligner): the judge constitution is the system message; the user
 //!   message lists the prompt and the candidates **in an order shuffled per prompt from the
 //!   seed** (`candidate_order` records it, as `sample_idx` values in shown order) and asks for
@@ -27,7 +33,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
 use super::args::StageArgs;
-use super::cells::{Cell, OutRow};
+use super::cells::{CandidateCell, Cell, OutRow, candidates_field};
 use super::exec::{Grouping, RowStage, StageEnv, StageFactory};
 use super::llm_call::{Lineage, LlmDefaults, LlmOptions, complete, count_error, text};
 use super::row::InputRow;
@@ -166,6 +172,15 @@ impl StageFactory for JudgeFactory {
     }
 }
 
+/// The input columns that describe one candidate, not the prompt.
+const CANDIDATE_COLUMNS: [&str; 5] = [
+    "sample_idx",
+    "num_samples",
+    "temperature",
+    "response",
+    "error",
+];
+
 /// A usable candidate.
 #[derive(Clone, Debug)]
 struct Candidate {
@@ -207,8 +222,9 @@ impl Judgement {
         }
     }
 
-    fn cells(self) -> OutRow {
+    fn cells(self, candidates: Vec<CandidateCell>) -> OutRow {
         vec![
+            Cell::Candidates(candidates),
             Cell::U32(Some(self.num_candidates)),
             Cell::U32List(self.order),
             text(self.chosen.as_ref().map(|c| c.response.clone())),
@@ -460,6 +476,7 @@ impl RowStage for Judge {
     }
     fn output_fields(&self) -> Vec<Field> {
         vec![
+            candidates_field("candidates"),
             Field::new("num_candidates", DataType::UInt32, true),
             Field::new(
                 "candidate_order",
@@ -490,14 +507,10 @@ impl RowStage for Judge {
             size_column: Some("num_samples"),
         })
     }
-    fn carried_columns(&self) -> Option<Vec<&'static str>> {
-        Some(vec![
-            "prompt_id",
-            "prompt",
-            "source",
-            "harmlessness_score",
-            "conversation",
-        ])
+    /// Per-prompt columns only: a candidate's own columns (what `sample` added, and any
+    /// request lineage) are in `candidates`, never taken from one candidate.
+    fn carries(&self, name: &str) -> bool {
+        !CANDIDATE_COLUMNS.contains(&name) && !name.ends_with("_lineage")
     }
 
     async fn process(&self, row: InputRow, env: &StageEnv) -> Vec<OutRow> {
@@ -515,16 +528,27 @@ impl RowStage for Judge {
             .and_then(|r| r.str("prompt"))
             .unwrap_or_default()
             .to_string();
+        let mut all: Vec<CandidateCell> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| CandidateCell {
+                sample_idx: Some(r.u64("sample_idx").map(|x| x as u32).unwrap_or(i as u32)),
+                temperature: r.f64("temperature"),
+                response: r.str("response").map(str::to_string),
+                finish_reason: r.lineage("sample_lineage").and_then(|l| l.finish_reason),
+                error: r.str("error").map(str::to_string),
+            })
+            .collect();
+        all.sort_by_key(|c| c.sample_idx);
         let mut usable = vec![];
         let mut failed = vec![];
-        for (i, r) in rows.iter().enumerate() {
-            let sample_idx = r.u64("sample_idx").map(|x| x as u32).unwrap_or(i as u32);
-            match (r.str("response"), r.str("error")) {
+        for c in &all {
+            match (&c.response, &c.error) {
                 (Some(response), None) => usable.push(Candidate {
-                    sample_idx,
-                    response: response.to_string(),
+                    sample_idx: c.sample_idx.unwrap_or_default(),
+                    response: response.clone(),
                 }),
-                (_, error) => failed.push(error.unwrap_or("null response").to_string()),
+                (_, error) => failed.push(error.as_deref().unwrap_or("null response").to_string()),
             }
         }
         let judgement = if usable.len() < 2 {
@@ -545,7 +569,7 @@ impl RowStage for Judge {
             }
         };
         count_error(env, &judgement.error);
-        vec![judgement.cells()]
+        vec![judgement.cells(all)]
     }
 }
 

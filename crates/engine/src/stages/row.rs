@@ -8,11 +8,12 @@
 use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, LargeStringArray, StringArray, StringViewArray, UInt64Array,
+    Array, ArrayRef, AsArray, Float64Array, LargeStringArray, StringArray, StringViewArray,
+    UInt64Array,
 };
 use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, UInt64Type};
+use datafusion::arrow::datatypes::{DataType, Float64Type, UInt64Type};
 use datafusion::arrow::record_batch::RecordBatch;
 
 use caiflow_llm::Message;
@@ -105,6 +106,7 @@ pub struct InputBatch {
     batch: RecordBatch,
     text: Vec<OnceLock<Option<TextColumn>>>,
     uint: Vec<OnceLock<Option<UInt64Array>>>,
+    float: Vec<OnceLock<Option<Float64Array>>>,
     messages: Vec<OnceLock<Option<MessagesColumn>>>,
     lineage: Vec<OnceLock<Option<super::lineage::LineageColumns>>>,
 }
@@ -116,6 +118,7 @@ impl InputBatch {
             batch,
             text: slots(n),
             uint: slots(n),
+            float: slots(n),
             messages: slots(n),
             lineage: slots(n),
         })
@@ -163,6 +166,16 @@ impl InputBatch {
             .as_ref()
     }
 
+    fn float(&self, name: &str) -> Option<&Float64Array> {
+        let i = self.index_of(name)?;
+        self.float[i]
+            .get_or_init(|| {
+                let c = cast(self.batch.column(i), &DataType::Float64).ok()?;
+                Some(c.as_primitive::<Float64Type>().clone())
+            })
+            .as_ref()
+    }
+
     fn messages(&self, name: &str) -> Option<&MessagesColumn> {
         let i = self.index_of(name)?;
         self.messages[i]
@@ -199,6 +212,12 @@ impl InputRow {
     /// An unsigned integer cell of any integer type (or text holding one).
     pub fn u64(&self, name: &str) -> Option<u64> {
         let c = self.batch.uint(name)?;
+        c.is_valid(self.index).then(|| c.value(self.index))
+    }
+
+    /// A floating-point cell of any numeric type (or text holding one).
+    pub fn f64(&self, name: &str) -> Option<f64> {
+        let c = self.batch.float(name)?;
         c.is_valid(self.index).then(|| c.value(self.index))
     }
 
@@ -263,6 +282,8 @@ mod tests {
         assert_eq!(rows[2].str("large"), Some("17"));
         assert_eq!(rows[2].u64("large"), Some(17));
         assert_eq!(rows[0].u64("large"), None);
+        assert_eq!(rows[2].f64("large"), Some(17.0));
+        assert_eq!(rows[1].f64("id"), Some(-1.0));
         assert_eq!(rows[0].str("missing"), None);
         let turns = rows[0].messages("conversation").expect("two turns");
         assert_eq!(turns.len(), 2);
