@@ -199,3 +199,131 @@ async fn helpful_sft_reads_nemo_trl_and_hh_shapes() {
         1
     );
 }
+
+/// 40 different red-team prompts plus 20 edited copies (case changed, a word added): near
+/// dedup keeps about 40, as a `red_team_prompts` option and as `near_dedup` over any table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_duplicates_are_dropped_by_minhash() {
+    let dir = tempfile::tempdir().unwrap();
+    let originals: Vec<String> = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/red_team_prompts.jsonl"),
+    )
+    .unwrap()
+    .lines()
+    .take(40)
+    .map(|l| {
+        serde_json::from_str::<serde_json::Value>(l).unwrap()["prompt"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    })
+    .collect();
+    assert_eq!(originals.len(), 40);
+    let mut all = originals.clone();
+    for (i, p) in originals.iter().take(20).enumerate() {
+        let mut words: Vec<&str> = p.split(' ').collect();
+        words.insert(1 + i % (words.len() - 1), "really");
+        all.push(words.join(" ").to_uppercase());
+    }
+    let path = dir.path().join("prompts.jsonl");
+    std::fs::write(
+        &path,
+        all.iter()
+            .map(|p| serde_json::json!({ "prompt": p }).to_string() + "\n")
+            .collect::<String>(),
+    )
+    .unwrap();
+    let s = session();
+    let count = |out: &[datafusion::arrow::array::RecordBatch]| rows(out);
+    let exact = collect(
+        &s,
+        &format!("SELECT * FROM red_team_prompts('{}')", path.display()),
+    )
+    .await;
+    assert_eq!(
+        count(&exact),
+        60,
+        "exact dedup alone keeps the edited copies"
+    );
+    let near = collect(
+        &s,
+        &format!(
+            "SELECT prompt FROM red_team_prompts('{}', near_dedup => 0.8)",
+            path.display()
+        ),
+    )
+    .await;
+    let kept = count(&near);
+    assert!((38..=42).contains(&kept), "kept {kept} of 60");
+    let texts: Vec<String> = column(&near, "prompt").into_iter().flatten().collect();
+    assert_eq!(
+        texts[..40],
+        originals[..],
+        "the first of each family is kept, in order"
+    );
+    let dropped = s
+        .progress
+        .snapshot()
+        .iter()
+        .find(|p| p.name == "red_team_prompts")
+        .map(|p| p.rows_dropped.load(std::sync::atomic::Ordering::Relaxed))
+        .unwrap();
+    assert_eq!(dropped as usize, 60 - kept, "the count dropped is reported");
+
+    collect(
+        &s,
+        &format!(
+            "CREATE VIEW raw AS SELECT * FROM red_team_prompts('{}')",
+            path.display()
+        ),
+    )
+    .await;
+    let out = collect(
+        &s,
+        "SELECT * FROM near_dedup(raw, column => 'prompt', threshold => 0.8)",
+    )
+    .await;
+    assert_eq!(count(&out), kept, "near_dedup over a table agrees");
+    let out = collect(&s, "SELECT count(*) AS n FROM near_dedup('SELECT prompt AS p FROM raw', column => 'p', threshold => 1.0)").await;
+    assert_eq!(
+        column(&out, "n"),
+        vec![Some("60".to_string())],
+        "1.0 drops only identical texts"
+    );
+
+    for (sql, needle) in [
+        (
+            "SELECT * FROM near_dedup(raw, column => 'text')",
+            "no column 'text'",
+        ),
+        (
+            "SELECT * FROM near_dedup(raw, threshold => 1.5)",
+            "threshold => 1.5",
+        ),
+        (
+            "SELECT * FROM near_dedup(raw, threshold => 'high')",
+            "threshold",
+        ),
+    ] {
+        let e = s
+            .ctx
+            .sql(sql)
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains(needle), "{sql}: {e}");
+    }
+    let bad = format!(
+        "SELECT * FROM red_team_prompts('{}', near_dedup => 0)",
+        path.display()
+    );
+    let e = s
+        .ctx
+        .sql(&bad)
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("near_dedup => 0"), "{e}");
+}

@@ -18,6 +18,8 @@ pub struct StageProgress {
     pub row_errors: AtomicU64,
     /// Input records a source could not turn into rows (reported, never silent).
     pub records_skipped: AtomicU64,
+    /// Rows dropped as (near) duplicates.
+    pub rows_dropped: AtomicU64,
     /// LLM requests of this stage, their attempts, journal hits and tokens.
     pub requests: AtomicU64,
     pub attempts: AtomicU64,
@@ -40,6 +42,7 @@ impl StageProgress {
             rows_done: AtomicU64::new(0),
             row_errors: AtomicU64::new(0),
             records_skipped: AtomicU64::new(0),
+            rows_dropped: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             attempts: AtomicU64::new(0),
             journal_hits: AtomicU64::new(0),
@@ -111,6 +114,10 @@ impl StageProgress {
         let skipped = self.records_skipped.load(Ordering::Relaxed);
         if skipped > 0 {
             s.push_str(&format!(" ({skipped} input records skipped)"));
+        }
+        let dropped = self.rows_dropped.load(Ordering::Relaxed);
+        if dropped > 0 {
+            s.push_str(&format!(" ({dropped} duplicates dropped)"));
         }
         s
     }

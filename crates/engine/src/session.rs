@@ -15,6 +15,7 @@ use crate::stages::critique::CritiqueFactory;
 use crate::stages::exec::{StageFactory, StageFunction};
 use crate::stages::helpful::{HelpfulPairsFunction, HelpfulSftFunction};
 use crate::stages::judge::JudgeFactory;
+use crate::stages::near_dedup::NearDedupFunction;
 use crate::stages::prompts::RedTeamPromptsFunction;
 use crate::stages::respond::RespondFactory;
 use crate::stages::revise::ReviseFactory;
@@ -70,11 +71,12 @@ pub fn table_functions() -> Vec<(&'static str, Arc<dyn TableFunctionImpl>)> {
     for factory in stage_factories() {
         functions.push((factory.function_name(), Arc::new(StageFunction(factory))));
     }
-    functions.extend::<[(&'static str, Arc<dyn TableFunctionImpl>); 4]>([
+    functions.extend::<[(&'static str, Arc<dyn TableFunctionImpl>); 5]>([
         sft,
         pairs,
         ("blend", Arc::new(BlendFunction(BlendKind::Sft))),
         ("blend_pairs", Arc::new(BlendFunction(BlendKind::Pairs))),
+        ("near_dedup", Arc::new(NearDedupFunction)),
     ]);
     functions
 }

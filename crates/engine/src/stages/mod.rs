@@ -10,6 +10,7 @@
 //! | `judge(candidates, …)` | [`judge`] |
 //! | `helpful_sft(path, …)` | [`helpful`] |
 //! | `blend(cai, helpful, …)` | [`blend`] |
+//! | `near_dedup(input, …)` | [`near_dedup`] |
 
 pub mod args;
 pub mod blend;
@@ -21,6 +22,7 @@ pub mod input;
 pub mod judge;
 pub mod lineage;
 pub mod llm_call;
+pub mod near_dedup;
 pub mod prompts;
 pub mod respond;
 pub mod revise;

@@ -43,6 +43,7 @@ use serde_json::Value;
 
 use super::args::StageArgs;
 use super::input::{TableRows, delta_table, session_state};
+use super::near_dedup::{NearDuplicates, check_threshold};
 use super::transcript::{conversation_until_last_human, first_human_turn};
 use crate::keys;
 use crate::progress::{Progress, StageProgress};
@@ -68,6 +69,8 @@ struct PromptOptions {
     source: Option<String>,
     turns: Turns,
     dedup: bool,
+    /// Drop prompts at least this similar to an earlier one ([`super::near_dedup`]).
+    near_dedup: Option<f64>,
 }
 
 #[derive(Debug)]
@@ -130,6 +133,10 @@ impl TableFunctionImpl for RedTeamPromptsFunction {
             id_column: a.str("id_column").map(str::to_string),
             source: a.str("source").map(str::to_string),
             dedup: a.bool_or("dedup", true)?,
+            near_dedup: match a.parsed::<f64>("near_dedup")? {
+                None => None,
+                Some(t) => Some(check_threshold(NAME, "near_dedup", t)?),
+            },
             turns,
             path,
             table,
@@ -235,12 +242,15 @@ struct Reader {
     tx: tokio::sync::mpsc::Sender<Result<RecordBatch>>,
     /// 128 bits of the SHA-256 of each id seen (dedup): 16 bytes a prompt, not its id.
     seen: HashSet<u128>,
+    /// MinHash signatures of the prompts kept, with `near_dedup`.
+    near: Option<NearDuplicates>,
     pending: Vec<Record>,
     skipped: Vec<(usize, String)>,
     skipped_count: usize,
     /// Records whose prompt was extracted (duplicates included).
     read: usize,
     duplicates: usize,
+    near_duplicates: usize,
     /// Set when the consumer went away (a LIMIT was reached): stop reading.
     closed: bool,
 }
@@ -252,17 +262,20 @@ impl Reader {
         progress: Arc<StageProgress>,
         tx: tokio::sync::mpsc::Sender<Result<RecordBatch>>,
     ) -> Self {
+        let near_dedup = options.near_dedup;
         Reader {
             schema,
             options,
             progress,
             tx,
             seen: HashSet::new(),
+            near: near_dedup.map(NearDuplicates::new),
             pending: vec![],
             skipped: vec![],
             skipped_count: 0,
             read: 0,
             duplicates: 0,
+            near_duplicates: 0,
             closed: false,
         }
     }
@@ -576,6 +589,14 @@ impl Reader {
                 let id = r.id.clone().unwrap_or_else(|| keys::prompt_id(&r.prompt));
                 if self.options.dedup && !self.seen.insert(id_digest(&id)) {
                     self.duplicates += 1;
+                    StageProgress::add(&self.progress.rows_dropped, 1);
+                    return Ok(());
+                }
+                if let Some(near) = &mut self.near
+                    && near.seen_or_insert(&r.prompt)
+                {
+                    self.near_duplicates += 1;
+                    StageProgress::add(&self.progress.rows_dropped, 1);
                     return Ok(());
                 }
                 r.id = Some(id);
@@ -650,6 +671,11 @@ impl Reader {
             tracing::info!(
                 "red_team_prompts: {path}: dropped {} duplicate prompt(s) (dedup => false keeps them)",
                 self.duplicates
+            );
+        }
+        if let (Some(t), n @ 1..) = (self.options.near_dedup, self.near_duplicates) {
+            tracing::info!(
+                "red_team_prompts: {path}: dropped {n} near-duplicate prompt(s) (similarity >= {t})"
             );
         }
         Ok(())
