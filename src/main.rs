@@ -76,6 +76,20 @@ enum Command {
         /// The run: a folder (data/runs/NAME) or s3://bucket/prefix/NAME.
         run: String,
     },
+    /// Write the run's report: RUN/report/index.html (charts) and RUN/report/report.json
+    /// (the same figures): per stage requests, errors, tokens, latency; refusals,
+    /// unchanged revisions and principles (SL-CAI); labels, position and length bias (RL-CAI).
+    Report {
+        /// The run: a folder (data/runs/NAME) or s3://bucket/prefix/NAME.
+        run: String,
+        /// Write the two files into this folder instead of the run's report/ folder.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Configuration whose [report] section sets the refusal phrases (default:
+        /// ./caiflow.toml if present).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Delete the data files of old table versions (and of interrupted writes), keeping the
     /// newest --keep versions of each table readable.
     Vacuum {
@@ -388,7 +402,8 @@ async fn execute_run(
     cluster: Option<ClusterRun>,
 ) -> anyhow::Result<()> {
     let stop = options.stop.clone();
-    let mut run = PlanRun::open(store, endpoints)
+    let started_unix_ms = caiflow_run::sessions::unix_ms();
+    let mut run = PlanRun::open(store.clone(), endpoints)
         .await
         .context("opening the run")?;
     if let Some(c) = &cluster {
@@ -426,6 +441,22 @@ async fn execute_run(
     interrupts.abort();
     reporter.abort();
     print_summary(&run.session, &run.journal, cluster.is_some());
+    let record = caiflow_run::sessions::SessionRecord {
+        started_unix_ms,
+        finished_unix_ms: caiflow_run::sessions::unix_ms(),
+        end: match &end {
+            RunEnd::Finished => "finished",
+            RunEnd::Failed(_) => "failed",
+            RunEnd::Interrupted => "interrupted",
+        }
+        .to_string(),
+        cluster: cluster.is_some(),
+        caiflow_version: env!("CARGO_PKG_VERSION").to_string(),
+        stages: run.session.progress.stats(),
+    };
+    if let Err(e) = caiflow_run::sessions::record(&store, &record).await {
+        eprintln!("caiflow: warning: the session's figures were not recorded: {e}");
+    }
     match end {
         RunEnd::Interrupted => {
             eprintln!("caiflow: interrupted; completed requests are kept. To resume: {resume}");
@@ -486,6 +517,9 @@ struct RunArgs {
     /// every executor sees (S3, or a folder shared by all machines).
     #[arg(long, value_name = "URL")]
     cluster: Option<String>,
+    /// Write the run's report (RUN/report/index.html and report.json) when it finishes.
+    #[arg(long)]
+    report: bool,
 }
 
 impl RunArgs {
@@ -607,6 +641,15 @@ async fn cmd_run(args: RunArgs) -> anyhow::Result<()> {
     .await
     .with_context(|| format!("plan {} failed", plan.display()))?;
     eprintln!("caiflow: results in {}", run_store.display);
+    if args.report {
+        let html = write_report(&run_store, &config.report, None).await?;
+        eprintln!("caiflow: report in {html}");
+    } else {
+        eprintln!(
+            "caiflow: see the data: caiflow report {} (or run with --report)",
+            shlex::try_quote(&run_store.display).unwrap_or_default()
+        );
+    }
     println!("{}", run_store.display);
     Ok(())
 }
@@ -671,6 +714,37 @@ async fn cmd_repair(
     .await?;
     println!("{}", store.display);
     Ok(())
+}
+
+async fn cmd_report(
+    run: String,
+    out: Option<PathBuf>,
+    config: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let store = open_run(&run)?;
+    let config = load_config(config.as_deref())?;
+    let html = write_report(&store, &config.report, out.as_deref()).await?;
+    eprintln!("caiflow: report in {html} (figures in report.json beside it)");
+    println!("{html}");
+    Ok(())
+}
+
+/// Compute and write a run's report; returns where its HTML file is.
+async fn write_report(
+    store: &RunStore,
+    config: &caiflow_llm::config::ReportConfig,
+    out: Option<&Path>,
+) -> anyhow::Result<String> {
+    let report = caiflow_report::build(store, config)
+        .await
+        .with_context(|| format!("report of {}", store.display))?;
+    Ok(match out {
+        Some(dir) => caiflow_report::write(&report, dir)?
+            .html
+            .display()
+            .to_string(),
+        None => caiflow_report::save(&report, store).await?,
+    })
 }
 
 async fn cmd_inspect(run: String) -> anyhow::Result<()> {
@@ -960,6 +1034,7 @@ async fn run_main() {
         Command::Run(args) => cmd_run(args).await,
         Command::Repair { run, table, config } => cmd_repair(run, table, config).await,
         Command::Inspect { run } => cmd_inspect(run).await,
+        Command::Report { run, out, config } => cmd_report(run, out, config).await,
         Command::Vacuum { run, keep } => cmd_vacuum(run, keep).await,
         Command::Export {
             run,

@@ -24,7 +24,15 @@ pub struct StageProgress {
     pub requests: AtomicU64,
     pub attempts: AtomicU64,
     pub journal_hits: AtomicU64,
+    /// Completion tokens (`tokens`) and prompt tokens of the answers, journalled ones too.
     pub tokens: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    /// Answers cut off by `max_tokens` (`finish_reason = length`), journalled ones too.
+    pub truncated: AtomicU64,
+    /// Latency of the requests sent (not of journal hits), in ms.
+    latency: Mutex<hdrhistogram::Histogram<u64>>,
+    /// Output rows with an error, by reason (the first [`MAX_REASONS`] distinct ones).
+    errors: Mutex<BTreeMap<String, u64>>,
     /// Whether the stage sends LLM requests (a source that reads files does not).
     pub llm: bool,
     /// What the end-of-run summary must warn about (e.g. an input with no records).
@@ -47,6 +55,10 @@ impl StageProgress {
             attempts: AtomicU64::new(0),
             journal_hits: AtomicU64::new(0),
             tokens: AtomicU64::new(0),
+            prompt_tokens: AtomicU64::new(0),
+            truncated: AtomicU64::new(0),
+            latency: Mutex::new(new_histogram()),
+            errors: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -73,6 +85,57 @@ impl StageProgress {
             ));
         }
         out
+    }
+
+    /// Record the latency of a request that was sent.
+    pub fn latency(&self, ms: u64) {
+        let mut h = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        h.saturating_record(ms.max(1));
+    }
+
+    /// Count an output row's error under its reason.
+    pub fn error(&self, message: &str) {
+        Self::add(&self.row_errors, 1);
+        let reason = error_reason(message);
+        let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        let key = if errors.len() < MAX_REASONS || errors.contains_key(&reason) {
+            reason
+        } else {
+            "(other reasons)".to_string()
+        };
+        *errors.entry(key).or_default() += 1;
+    }
+
+    /// The stage's figures, as recorded in a run's session file.
+    pub fn stats(&self) -> StageStats {
+        let get = Self::get;
+        let requests = get(&self.requests);
+        let hits = get(&self.journal_hits);
+        let latency = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        let sent = requests.saturating_sub(hits);
+        StageStats {
+            name: self.name.clone(),
+            llm: self.llm,
+            rows: get(&self.rows_done),
+            requests,
+            journal_hits: hits,
+            sent,
+            retries: get(&self.attempts).saturating_sub(sent),
+            errors: get(&self.row_errors),
+            errors_by_reason: self
+                .errors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            prompt_tokens: get(&self.prompt_tokens),
+            completion_tokens: get(&self.tokens),
+            truncated: get(&self.truncated),
+            latency_p50_ms: (!latency.is_empty()).then(|| latency.value_at_quantile(0.5)),
+            latency_p95_ms: (!latency.is_empty()).then(|| latency.value_at_quantile(0.95)),
+            dropped: get(&self.rows_dropped),
+            skipped: get(&self.records_skipped),
+            seconds: self.started.elapsed().as_secs_f64(),
+        }
     }
 
     pub fn add(counter: &AtomicU64, n: u64) {
@@ -121,6 +184,74 @@ impl StageProgress {
         }
         s
     }
+}
+
+/// Distinct error reasons kept per stage; further ones are counted together.
+pub const MAX_REASONS: usize = 20;
+
+/// Latencies from 1 ms to 1 hour at 2 significant digits (a few KiB).
+fn new_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 3_600_000, 2)
+        .unwrap_or_else(|_| hdrhistogram::Histogram::new(2).expect("2 significant digits"))
+}
+
+/// An error's reason: its first line with URLs and quoted parts (which differ per row)
+/// elided, cut to 80 characters: "HTTP 500 from …" and "HTTP 503 from …" stay apart, two
+/// rows' timeouts against different URLs are one reason.
+pub fn error_reason(message: &str) -> String {
+    let first = message.lines().next().unwrap_or_default();
+    let mut out = String::new();
+    let mut skipping_quote = false;
+    for word in first.split_whitespace() {
+        if skipping_quote {
+            skipping_quote = !word.ends_with('\'') && !word.ends_with('"');
+            continue;
+        }
+        let w = if word.contains("://") {
+            "URL"
+        } else if word.starts_with('\'') || word.starts_with('"') {
+            skipping_quote = !(word.len() > 1 && (word.ends_with('\'') || word.ends_with('"')));
+            "'…'"
+        } else {
+            word
+        };
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(w);
+        if out.chars().count() >= 80 {
+            break;
+        }
+    }
+    out.chars().take(80).collect()
+}
+
+/// One stage's figures for a session (what `caiflow run` records in the run's
+/// `sessions/` folder and `caiflow report` reads).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StageStats {
+    pub name: String,
+    pub llm: bool,
+    pub rows: u64,
+    /// Requests the stage made: `sent` + `journal_hits`.
+    pub requests: u64,
+    pub journal_hits: u64,
+    pub sent: u64,
+    /// Attempts beyond the first of the requests sent.
+    pub retries: u64,
+    /// Output rows with an error, and by reason.
+    pub errors: u64,
+    pub errors_by_reason: BTreeMap<String, u64>,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Answers cut off by `max_tokens`.
+    pub truncated: u64,
+    pub latency_p50_ms: Option<u64>,
+    pub latency_p95_ms: Option<u64>,
+    /// Rows dropped as duplicates; input records skipped.
+    pub dropped: u64,
+    pub skipped: u64,
+    pub seconds: f64,
 }
 
 /// The end-of-run table: per stage rows, requests, retries, errors, tokens, wall time.
@@ -173,8 +304,53 @@ impl Progress {
             .clone()
     }
 
+    /// Every stage's figures.
+    pub fn stats(&self) -> Vec<StageStats> {
+        self.snapshot().iter().map(|s| s.stats()).collect()
+    }
+
     pub fn snapshot(&self) -> Vec<Arc<StageProgress>> {
         let stages = self.stages.lock().unwrap_or_else(|p| p.into_inner());
         stages.values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_reasons_elide_what_differs_per_row() {
+        assert_eq!(
+            error_reason(
+                "respond: HTTP 500 from http://127.0.0.1:8080/v1: 'boom went the server'\nmore"
+            ),
+            "respond: HTTP 500 from URL '…'"
+        );
+        assert_eq!(
+            error_reason("respond: HTTP 500 from http://10.0.0.1/v1: \"x\""),
+            "respond: HTTP 500 from URL '…'"
+        );
+        let long = "a ".repeat(100);
+        assert_eq!(error_reason(&long).chars().count(), 80);
+    }
+
+    #[test]
+    fn stats_count_reasons_latency_and_tokens() {
+        let p = StageProgress::new("respond", true);
+        for i in 0..30 {
+            p.error(&format!("reason {i}"));
+        }
+        p.error("reason 3");
+        for ms in [10, 20, 30, 40, 1000] {
+            p.latency(ms);
+        }
+        let s = p.stats();
+        assert_eq!(s.errors, 31);
+        assert_eq!(s.errors_by_reason.len(), MAX_REASONS + 1);
+        assert_eq!(s.errors_by_reason["reason 3"], 2);
+        assert_eq!(s.errors_by_reason["(other reasons)"], 10);
+        assert_eq!(s.latency_p50_ms, Some(30));
+        assert!(s.latency_p95_ms.is_some_and(|v| v >= 990), "{s:?}");
     }
 }

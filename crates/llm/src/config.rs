@@ -21,6 +21,54 @@ pub struct Config {
     /// How materialized tables are cut into files (`[tables]`).
     #[serde(default)]
     pub tables: TablesConfig,
+    /// What `caiflow report` counts (`[report]`).
+    #[serde(default)]
+    pub report: ReportConfig,
+}
+
+/// `[report]`: how `caiflow report` judges answers. Read by caiflow-report; kept here
+/// because this module owns the file's format.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReportConfig {
+    /// An answer is a refusal when it contains one of these (compared in lower case, with
+    /// typographic apostrophes made straight).
+    pub refusal_phrases: Vec<String>,
+    /// A revision is "unchanged" when equal to the response after case and whitespace
+    /// normalization, or when the Jaccard similarity of their character 3-shingles is at
+    /// least this.
+    pub unchanged_similarity: f64,
+}
+
+/// The default refusal phrases (`[report] refusal_phrases`).
+pub const DEFAULT_REFUSAL_PHRASES: [&str; 18] = [
+    "i can't",
+    "i cannot",
+    "i can not",
+    "i won't",
+    "i will not",
+    "i'm sorry",
+    "i am sorry",
+    "i apologize",
+    "as an ai",
+    "i'm not able to",
+    "i am not able to",
+    "i'm unable to",
+    "i am unable to",
+    "can't help with",
+    "cannot help with",
+    "not appropriate",
+    "i must decline",
+    "i refuse",
+];
+
+impl Default for ReportConfig {
+    fn default() -> Self {
+        ReportConfig {
+            refusal_phrases: DEFAULT_REFUSAL_PHRASES.map(String::from).to_vec(),
+            unchanged_similarity: 0.9,
+        }
+    }
 }
 
 /// `[tables]`: the size of the data files of materialized tables and of their Parquet row
@@ -414,11 +462,18 @@ impl Config {
         Config {
             endpoints,
             tables: TablesConfig::default(),
+            report: ReportConfig::default(),
         }
     }
 
     fn validate(&self) -> Result<()> {
         self.tables.validate()?;
+        let u = self.report.unchanged_similarity;
+        if !(u > 0.0 && u <= 1.0) {
+            return Err(LlmError::Config(format!(
+                "report.unchanged_similarity = {u}: must be in (0, 1]"
+            )));
+        }
         for (name, e) in &self.endpoints {
             if e.max_concurrency == 0 {
                 return Err(LlmError::Config(format!(

@@ -16,6 +16,7 @@ pub mod inputs;
 pub mod journal;
 pub mod plan;
 pub mod run;
+pub mod sessions;
 pub mod store;
 pub mod write_files;
 

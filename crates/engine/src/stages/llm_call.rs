@@ -187,11 +187,16 @@ pub async fn complete(
                 j.0.record(&o.request_hash, &o.result);
             }
             StageProgress::add(&p.attempts, o.attempts as u64);
+            p.latency(o.latency_ms);
             o
         }
     };
     if let Ok(c) = &outcome.result {
         StageProgress::add(&p.tokens, c.completion_tokens.unwrap_or(0));
+        StageProgress::add(&p.prompt_tokens, c.prompt_tokens.unwrap_or(0));
+        if c.finish_reason.as_deref() == Some("length") {
+            StageProgress::add(&p.truncated, 1);
+        }
     }
     let lineage = lineage_of(env, request, &outcome);
     // A row's failure is data: the text of the error goes into its `error` column.
@@ -209,8 +214,8 @@ pub fn null_lineage() -> Cell {
 
 /// Count an output row's error in the stage's progress.
 pub fn count_error(env: &StageEnv, error: &Option<String>) {
-    if error.is_some() {
-        StageProgress::add(&env.progress.row_errors, 1);
+    if let Some(e) = error {
+        env.progress.error(e);
     }
 }
 

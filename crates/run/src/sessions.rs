@@ -1,0 +1,74 @@
+//! What each session of a run did: `caiflow run` (and `repair`) records one JSON file per
+//! session in the run's `sessions/` folder, with every stage's figures (rows, requests sent
+//! and served from the journal, retries, errors by reason, tokens, latency, truncated
+//! answers). The report reads them; they are a few KiB per session, whatever the run's size.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use caiflow_engine::progress::StageStats;
+
+use crate::error::{Result, RunError};
+use crate::store::RunStore;
+
+/// The folder of session files, in the run.
+const FOLDER: &str = "sessions";
+
+/// One session of a run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub started_unix_ms: u64,
+    pub finished_unix_ms: u64,
+    /// `finished`, `failed` or `interrupted`.
+    pub end: String,
+    /// On a cluster the executors count the requests: the stages' figures are the client's.
+    pub cluster: bool,
+    pub caiflow_version: String,
+    pub stages: Vec<StageStats>,
+}
+
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Write `record` as `sessions/{started}-{pid}.json`.
+pub async fn record(store: &RunStore, record: &SessionRecord) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(record).map_err(|cause| RunError::Json {
+        what: "session record".into(),
+        cause,
+    })?;
+    let name = format!(
+        "{FOLDER}/{:013}-{}.json",
+        record.started_unix_ms,
+        std::process::id()
+    );
+    store.put(&name, bytes.into()).await
+}
+
+/// The run's sessions, oldest first (unreadable files are skipped, with a warning).
+pub async fn sessions(store: &RunStore) -> Result<Vec<SessionRecord>> {
+    let mut names: Vec<String> = store
+        .list(FOLDER)
+        .await?
+        .into_iter()
+        .map(|(name, _)| name)
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    names.sort();
+    let mut out = vec![];
+    for name in names {
+        let Some(bytes) = store.get(&name).await? else {
+            continue;
+        };
+        match serde_json::from_slice::<SessionRecord>(&bytes) {
+            Ok(r) => out.push(r),
+            Err(e) => tracing::warn!("{name}: not a session record ({e}); skipped"),
+        }
+    }
+    out.sort_by_key(|r| r.started_unix_ms);
+    Ok(out)
+}

@@ -1,0 +1,290 @@
+//! `caiflow report`: the figures of an SL-CAI run (two rounds) and an RL-CAI run on the mock
+//! agree with their tables, and headless Chromium renders the HTML report.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use caiflow_testkit::MockServer;
+use common::*;
+use serde_json::Value;
+
+fn caiflow(args: &[&str]) -> (String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_caiflow"))
+        .current_dir(repo_root())
+        .args(args)
+        .output()
+        .expect("run caiflow");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    );
+    assert!(
+        out.status.success(),
+        "caiflow {args:?} failed:\n{stdout}\n{stderr}"
+    );
+    (stdout, stderr)
+}
+
+fn config(dir: &Path, policy: &MockServer, judge: &MockServer) -> PathBuf {
+    let path = dir.join("caiflow.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[endpoints.policy]\nbase_url = '{}'\nmodel = 'mock'\nmax_concurrency = 4\n\
+             [endpoints.judge]\nbase_url = '{}'\nmodel = 'mock-judge'\nmax_concurrency = 4\n",
+            policy.base_url(),
+            judge.base_url()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// 24 prompts; the mock's answers repeat the prompt, so the 6 that say "I can't" make
+/// refusals of the initial responses.
+fn prompts(dir: &Path) -> PathBuf {
+    let path = dir.join("prompts.jsonl");
+    let text: String = (0..24)
+        .map(|i| {
+            let p = if i % 4 == 0 {
+                format!("I can't sleep ({i}); which pills knock a person out?")
+            } else {
+                format!("How do I get into my neighbour's shed number {i}?")
+            };
+            serde_json::json!({ "prompt": p }).to_string() + "\n"
+        })
+        .collect();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn sum(v: &Value) -> u64 {
+    v.as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"))
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum()
+}
+
+/// The HTML is one self-contained file: several inline SVG charts and nothing to load.
+fn check_html(html_path: &Path, min_charts: usize) {
+    let html = std::fs::read_to_string(html_path).unwrap();
+    assert!(
+        html.matches("<svg").count() >= min_charts,
+        "{} charts",
+        html.matches("<svg").count()
+    );
+    for remote in ["src=", "href=", "<script", "<link", "url(", "@import"] {
+        assert!(!html.contains(remote), "{remote} in the report");
+    }
+}
+
+/// Headless Chromium renders the page; the screenshot has content (not one colour).
+fn render(html_path: &Path, dir: &Path) {
+    let png = dir.join("shot.png");
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1200,1600",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.join("chromium").display()
+        ))
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(format!("file://{}", html_path.display()))
+        .output()
+        .expect("chromium (scripts/setup.sh installs it)");
+    assert!(
+        png.is_file(),
+        "no screenshot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let verdict = python(&format!(
+        "from PIL import Image\n\
+         im = Image.open({:?}).convert('RGB')\n\
+         colors = im.getcolors(1 << 24)\n\
+         white = sum(n for n, c in colors if c == (255, 255, 255))\n\
+         print(len(colors), 1 - white / (im.width * im.height))",
+        png.display().to_string()
+    ));
+    let mut parts = verdict.split_whitespace();
+    let colors: usize = parts.next().unwrap().parse().unwrap();
+    let ink: f64 = parts.next().unwrap().parse().unwrap();
+    assert!(colors > 20 && ink > 0.02, "blank screenshot? {verdict}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sl_run_report_agrees_with_its_tables_and_renders() {
+    let (policy, judge) = (
+        MockServer::start().await.unwrap(),
+        MockServer::start().await.unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &policy, &judge);
+    let prompts = prompts(dir.path());
+    let store = dir.path().join("runs");
+    let (stdout, stderr) = caiflow(&[
+        "run",
+        "plans/sl_cai.sql",
+        "--config",
+        config.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+        "--set",
+        &format!("prompts={}", prompts.display()),
+        "--set",
+        "rounds=2",
+        "--report",
+    ]);
+    let run = PathBuf::from(stdout.trim().lines().last().unwrap());
+    let html = run.join("report/index.html");
+    assert!(
+        stderr.contains(&format!("report in {}", html.display())),
+        "{stderr}"
+    );
+    let r = read_json(&run.join("report/report.json"));
+
+    // Every run: per-stage figures, the requests the mock saw.
+    let stages = r["stages"].as_array().unwrap();
+    let stage = |name: &str| stages.iter().find(|s| s["name"] == name).unwrap().clone();
+    let sent: u64 = ["respond", "critique", "revise"]
+        .iter()
+        .map(|s| stage(s)["sent"].as_u64().unwrap())
+        .sum();
+    assert_eq!(sent, policy.requests(), "{stages:?}");
+    assert_eq!(stage("respond")["rows"], 24);
+    assert!(stage("revise")["latency_p95_ms"].as_u64().is_some());
+    assert!(stage("respond")["prompt_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(r["truncated_share"]["respond"], 0.0);
+
+    // SL-CAI: one row per prompt and round; counts agree with the table.
+    let rows = r["tables"]["revisions"].as_u64().unwrap();
+    assert_eq!(rows, 48);
+    assert_eq!(r["sl_rows"], rows);
+    assert_eq!(
+        sum(&r["principles"]),
+        rows,
+        "principle counts sum to the revision rows"
+    );
+    let rounds = r["by_round"].as_object().unwrap();
+    assert_eq!(rounds.keys().collect::<Vec<_>>(), ["1", "2"]);
+    assert!(rounds.values().all(|f| f["rows"] == 24));
+    let refusals = r["refusal_rate"]["response"].as_f64().unwrap();
+    assert!((refusals - 6.0 / 24.0).abs() < 1e-9, "{refusals}");
+    assert!(r["refusal_rate"]["revision"].as_f64().is_some());
+    assert!(r["unchanged_revision_rate"].as_f64().is_some());
+    let ratios = r["principle_length_ratio"].as_object().unwrap();
+    assert_eq!(ratios.len(), r["principles"].as_object().unwrap().len());
+    let hist = &r["length_histograms"];
+    assert_eq!(
+        hist["response"]["counts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_u64().unwrap())
+            .sum::<u64>(),
+        24,
+        "each initial response counted once"
+    );
+    assert_eq!(
+        hist["revision"]["counts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_u64().unwrap())
+            .sum::<u64>(),
+        rows
+    );
+
+    check_html(&html, 4);
+    render(&html, dir.path());
+
+    // `caiflow report RUN --out DIR` writes the same figures elsewhere.
+    let out = dir.path().join("elsewhere");
+    caiflow(&[
+        "report",
+        run.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let again = read_json(&out.join("report.json"));
+    assert_eq!(again["principles"], r["principles"]);
+    assert!(out.join("index.html").is_file());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rl_run_report_counts_labels_positions_and_temperatures() {
+    let (policy, judge) = (
+        MockServer::start().await.unwrap(),
+        MockServer::start().await.unwrap(),
+    );
+    // Per prompt: a pick, another pick, a tie (the judge's answers are taken in turn).
+    judge.push_replies((0..24).map(|i| {
+        match i % 3 {
+            0 => r#"{"chosen": 1, "rejected": 2}"#,
+            1 => r#"{"chosen": 4, "rejected": 1}"#,
+            _ => r#"{"chosen": 3, "rejected": 3}"#,
+        }
+        .to_string()
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &policy, &judge);
+    let prompts = prompts(dir.path());
+    let store = dir.path().join("runs");
+    let (stdout, _) = caiflow(&[
+        "run",
+        "plans/rl_cai.sql",
+        "--config",
+        config.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+        "--set",
+        &format!("prompts={}", prompts.display()),
+    ]);
+    let run = stdout.trim().lines().last().unwrap().to_string();
+    let (html, _) = caiflow(&["report", &run]);
+    let html = PathBuf::from(html.trim());
+    let r = read_json(&html.with_file_name("report.json"));
+    let prompts = r["tables"]["judgements"].as_u64().unwrap();
+    assert_eq!(prompts, 24);
+    assert_eq!(sum(&r["labels"]), prompts, "labels sum to the prompts");
+    assert_eq!(r["labels"]["ok"], 16);
+    assert_eq!(r["labels"]["tie"], 8);
+    assert_eq!(
+        sum(&r["chosen_position"]),
+        16,
+        "chosen positions sum to the ok rows"
+    );
+    assert_eq!(sum(&r["rejected_position"]), 16);
+    // Half the ok verdicts chose the first shown, half the fourth.
+    assert_eq!(r["chosen_position"]["1"], 8);
+    assert_eq!(r["chosen_position"]["4"], 8);
+    let temps = r["chosen_rate_by_temperature"].as_object().unwrap();
+    assert_eq!(temps.len(), 4, "{temps:?}");
+    let rate_sum: f64 = temps.values().map(|v| v.as_f64().unwrap()).sum();
+    assert!(
+        (rate_sum - 1.0).abs() < 1e-9,
+        "each ok row chose one of four: {rate_sum}"
+    );
+    assert!(r["length_ratio"].as_f64().is_some());
+    assert!(
+        r["chosen_prob_histogram"].is_null(),
+        "constitution mode has no chosen_prob"
+    );
+    assert!(r.get("refusal_rate").is_none(), "no SL table in this run");
+    check_html(&html, 4);
+}
