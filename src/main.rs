@@ -869,6 +869,20 @@ async fn cmd_export(
     for f in &report.files {
         println!("{}", f.display());
     }
+    // The dataset card: how the data was made, and the splits for `datasets.load_dataset`.
+    let health = caiflow_report::build(&store, &load_config(None)?.report)
+        .await
+        .with_context(|| format!("report of {}", store.display))?;
+    let summary = caiflow_report::card::ExportSummary {
+        format: format.name().to_string(),
+        table: table.clone(),
+        files: report.data_files.clone(),
+        written: report.written.clone(),
+        skipped: report.skipped.clone(),
+    };
+    let card = caiflow_report::card::dataset_card(&store, &health, &summary).await?;
+    let path = caiflow_report::card::write_card(&out, &card)?;
+    println!("{}", path.display());
     Ok(())
 }
 

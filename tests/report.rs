@@ -60,6 +60,42 @@ fn prompts(dir: &Path) -> PathBuf {
     path
 }
 
+/// Export `run` as `format` and load the folder with Hugging Face `datasets` (offline, its
+/// cache in `dir`): the dataset card's front matter names each split's file.
+fn load_export(run: &str, format: &str, dir: &Path) -> Value {
+    let out = dir.join(format!("export-{format}"));
+    let (stdout, _) = caiflow(&[
+        "export",
+        run,
+        "--format",
+        format,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let card = out.join("README.md");
+    assert!(stdout.contains(&card.display().to_string()), "{stdout}");
+    let text = std::fs::read_to_string(&card).unwrap();
+    assert!(
+        text.starts_with("---\n") && text.contains("configs:"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("api_key") && !text.contains("http://"),
+        "no keys or URLs: {text}"
+    );
+    let loaded = python(&format!(
+        "import json, os\n\
+         os.environ['HF_HUB_OFFLINE'] = '1'\n\
+         os.environ['HF_DATASETS_CACHE'] = {cache:?}\n\
+         import datasets\n\
+         ds = datasets.load_dataset({out:?})\n\
+         print(json.dumps({{s: {{'rows': ds[s].num_rows, 'columns': ds[s].column_names}} for s in ds}}))",
+        cache = dir.join("hf-cache").display().to_string(),
+        out = out.display().to_string(),
+    ));
+    serde_json::from_str(loaded.trim().lines().last().unwrap()).unwrap()
+}
+
 fn read_json(path: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
@@ -224,6 +260,18 @@ async fn sl_run_report_agrees_with_its_tables_and_renders() {
     let again = read_json(&out.join("report.json"));
     assert_eq!(again["principles"], r["principles"]);
     assert!(out.join("index.html").is_file());
+
+    // The export folder loads with `datasets`: the splits, the expected columns.
+    let loaded = load_export(run.to_str().unwrap(), "trl-sft", dir.path());
+    let splits: Vec<&String> = loaded.as_object().unwrap().keys().collect();
+    assert_eq!(splits, ["test", "train"], "{loaded}");
+    assert_eq!(loaded["train"]["columns"], serde_json::json!(["messages"]));
+    let sft_rows = r["tables"]["sft"].as_u64().unwrap();
+    let exported: u64 = ["test", "train"]
+        .iter()
+        .map(|s| loaded[s]["rows"].as_u64().unwrap())
+        .sum();
+    assert_eq!(exported, sft_rows);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -287,4 +335,19 @@ async fn rl_run_report_counts_labels_positions_and_temperatures() {
     );
     assert!(r.get("refusal_rate").is_none(), "no SL table in this run");
     check_html(&html, 4);
+
+    let loaded = load_export(&run, "trl-dpo", dir.path());
+    for split in loaded.as_object().unwrap().keys() {
+        assert_eq!(
+            loaded[split]["columns"],
+            serde_json::json!(["prompt", "chosen", "rejected"])
+        );
+    }
+    let card = std::fs::read_to_string(dir.path().join("export-trl-dpo/README.md")).unwrap();
+    assert!(card.contains("| judge | judge | mock-judge |"), "{card}");
+    assert!(
+        card.contains("Candidate temperatures: `0.01,0.51,1.01,1.51`"),
+        "{card}"
+    );
+    assert!(card.contains("Judge labels: ok 16, tie 8"), "{card}");
 }

@@ -124,6 +124,9 @@ pub struct ExportReport {
     /// Rows skipped, by reason (`error`, `tie`, …).
     pub skipped: BTreeMap<String, usize>,
     pub files: Vec<PathBuf>,
+    /// Split → the file a dataset loader reads for it (its name in the export folder): the
+    /// JSONL file, the comparisons file (`nemo-rm`), the Parquet file (`trl-dpo`).
+    pub data_files: BTreeMap<String, String>,
 }
 
 impl ExportReport {
@@ -245,6 +248,15 @@ impl SplitWriters {
                 report.files.push(path.clone());
                 parquet = Some((path, writer));
             }
+        }
+        let main = match &parquet {
+            Some((path, _)) => Some(path),
+            None => files.first().map(|(path, _)| path),
+        };
+        if let Some(name) = main.and_then(|p| p.file_name()) {
+            report
+                .data_files
+                .insert(split.to_string(), name.to_string_lossy().to_string());
         }
         Ok(SplitWriters { files, parquet })
     }

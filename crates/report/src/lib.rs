@@ -12,6 +12,7 @@
 //!
 //! It depends on the run layer (CLI → report → run → engine).
 
+pub mod card;
 pub mod error;
 pub mod figures;
 pub mod html;
