@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+mod shell;
+
 use anyhow::{Context, bail};
 use caiflow_cluster::client::RunLocation;
 use caiflow_engine::CaiSession;
@@ -122,9 +124,9 @@ enum Command {
     },
     /// Run SQL with caiflow's functions, over a run's tables if --run is given.
     Sql {
-        /// The SQL to run.
+        /// The SQL to run; without it, an interactive prompt (\\d lists tables, \\q quits).
         #[arg(short = 'e', long = "execute")]
-        execute: String,
+        execute: Option<String>,
         /// A run whose tables to register (folder or s3://bucket/prefix/NAME).
         #[arg(long)]
         run: Option<String>,
@@ -887,7 +889,7 @@ async fn cmd_export(
 }
 
 async fn cmd_sql(
-    execute: String,
+    execute: Option<String>,
     run: Option<String>,
     config: Option<PathBuf>,
     max_rows: usize,
@@ -902,7 +904,9 @@ async fn cmd_sql(
         caiflow_cluster::client::connect(&mut session, url, &loaded, None).await?;
     }
     caiflow_run::delta::register_delta_inputs(&session, cluster.is_some());
-    caiflow_run::inputs::register_s3_inputs(&session.ctx, &execute)?;
+    if let Some(sql) = &execute {
+        caiflow_run::inputs::register_s3_inputs(&session.ctx, sql)?;
+    }
     if let Some(run) = &run {
         let store = open_run(run)?;
         let names = if cluster.is_some() {
@@ -916,6 +920,9 @@ async fn cmd_sql(
             eprintln!("earlier versions: {}", older.join(", "));
         }
     }
+    let Some(execute) = execute else {
+        return shell::run(&session, max_rows).await;
+    };
     run_sql(&session, &execute, max_rows, |o| {
         if let Some(p) = &o.preview {
             println!("{p}");

@@ -96,6 +96,46 @@ fn load_export(run: &str, format: &str, dir: &Path) -> Value {
     serde_json::from_str(loaded.trim().lines().last().unwrap()).unwrap()
 }
 
+/// Drive `caiflow sql --run RUN` (the interactive shell) through a pseudo-terminal: type
+/// `lines` one by one, each after the output shows `wait_for[i]`; returns everything shown.
+fn shell(run: &str, dir: &Path, lines: &[(&str, &str)]) -> String {
+    let script = format!(
+        r#"
+import os, pty, select, subprocess, sys, time
+m, s = pty.openpty()
+env = dict(os.environ, CAIFLOW_HISTORY={history:?}, TERM="xterm")
+p = subprocess.Popen([{exe:?}, "sql", "--run", {run:?}], stdin=s, stdout=s, stderr=s,
+                     cwd={root:?}, env=env, close_fds=True)
+os.close(s)
+out = b""
+def wait(pattern, timeout=60):
+    global out
+    end = time.time() + timeout
+    while pattern.encode() not in out and time.time() < end:
+        r, _, _ = select.select([m], [], [], 0.2)
+        if r:
+            try:
+                out += os.read(m, 65536)
+            except OSError:
+                break
+    if pattern.encode() not in out:
+        sys.exit("never saw %r in:\n%s" % (pattern, out.decode(errors="replace")))
+for line, pattern in {lines}:
+    wait(pattern)
+    out += b"\n<<typed>>\n"
+    os.write(m, line.encode() + b"\r")
+p.wait(timeout=60)
+print(out.decode(errors="replace"))
+"#,
+        history = dir.join("history").display().to_string(),
+        exe = env!("CARGO_BIN_EXE_caiflow"),
+        run = run,
+        root = repo_root().display().to_string(),
+        lines = serde_json::to_string(lines).unwrap(),
+    );
+    python(&script)
+}
+
 fn read_json(path: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
@@ -260,6 +300,30 @@ async fn sl_run_report_agrees_with_its_tables_and_renders() {
     let again = read_json(&out.join("report.json"));
     assert_eq!(again["principles"], r["principles"]);
     assert!(out.join("index.html").is_file());
+
+    // The SQL shell answers over the run's tables.
+    let shown = shell(
+        run.to_str().unwrap(),
+        dir.path(),
+        &[
+            ("\\d", "caiflow> "),
+            ("SELECT count(*) + 0", "sft "),
+            ("  AS answer FROM revisions;", "..> "),
+            ("SELECT nope FROM revisions;", "row(s)"),
+            ("\\q", "error:"),
+        ],
+    );
+    assert!(
+        shown.contains("revisions") && shown.contains("sft"),
+        "{shown}"
+    );
+    let answer = shown.split("answer").nth(2).unwrap_or_default();
+    assert!(answer.contains("| 48 "), "{shown}");
+    assert!(
+        shown.contains("error:") && shown.contains("nope"),
+        "{shown}"
+    );
+    assert!(dir.path().join("history").is_file(), "history kept");
 
     // The export folder loads with `datasets`: the splits, the expected columns.
     let loaded = load_export(run.to_str().unwrap(), "trl-sft", dir.path());
