@@ -139,10 +139,10 @@ pub async fn run(session: &CaiSession, max_rows: usize) -> anyhow::Result<()> {
             eprintln!("error: {}", e.to_string().replace('\n', " "));
         }
     }
-    if let Some(h) = &history {
-        if let Err(e) = editor.save_history(h) {
-            eprintln!("caiflow: history not saved to {}: {e}", h.display());
-        }
+    if let Some(h) = &history
+        && let Err(e) = editor.save_history(h)
+    {
+        eprintln!("caiflow: history not saved to {}: {e}", h.display());
     }
     Ok(())
 }
