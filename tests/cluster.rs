@@ -263,6 +263,7 @@ async fn sl_and_rl_plans_on_a_cluster_match_a_local_run() {
         .arg(format!(
             "CREATE EXTERNAL TABLE r STORED AS DELTA LOCATION '{0}'; SELECT count(*) AS n FROM r; \
              SELECT count(*) AS prompts FROM red_team_prompts('{0}'); \
+             SELECT count(*) AS kept FROM near_dedup(r, column => 'prompt', threshold => 1.0); \
              SELECT array_length(make_array(7, 8, 9)) AS three",
             revisions.display()
         ))
@@ -271,7 +272,7 @@ async fn sl_and_rl_plans_on_a_cluster_match_a_local_run() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success()
-            && stdout.matches(&format!("| {n} ")).count() == 2
+            && stdout.matches(&format!("| {n} ")).count() == 3
             && stdout.contains("| 3 "),
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)

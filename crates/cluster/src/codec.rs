@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use caiflow_engine::stages::blend::{BlendKind, BlendTable};
 use caiflow_engine::stages::exec::{StageCall, StageExec, StageExecParts, StageTable};
+use caiflow_engine::stages::near_dedup::{NearDedupExec, NearDedupTable};
 use caiflow_engine::stages::source::{SourceExec, SourceExecParts, SourceTable, task_session};
 use caiflow_engine::stages::spread::SpreadExec;
 use caiflow_run::files::{FilesTable, FilesTableParts};
@@ -45,6 +46,7 @@ const BLEND: u8 = 3;
 const FILES: u8 = 4;
 const SPREAD: u8 = 5;
 const WRITE: u8 = 6;
+const NEAR_DEDUP: u8 = 7;
 
 fn put_part(buf: &mut Vec<u8>, part: &[u8]) {
     buf.extend_from_slice(&(part.len() as u64).to_le_bytes());
@@ -184,6 +186,11 @@ impl LogicalExtensionCodec for CaiLogicalCodec {
                 write: head(&parts)?,
                 input: self.plan_from(part(&parts, 1)?, ctx)?,
             }),
+            NEAR_DEDUP => {
+                let (column, threshold): (String, f64) = head(&parts)?;
+                let input = self.plan_from(part(&parts, 1)?, ctx)?;
+                Arc::new(NearDedupTable::try_new(input, column, threshold)?)
+            }
             other => return internal_err!("caiflow codec: unknown table tag {other}"),
         })
     }
@@ -213,6 +220,10 @@ impl LogicalExtensionCodec for CaiLogicalCodec {
         if let Some(t) = node.downcast_ref::<WriteFilesTable>() {
             let input = self.plan_bytes(&t.input)?;
             return encode(buf, WRITE, &t.write, &[&input]);
+        }
+        if let Some(t) = node.downcast_ref::<NearDedupTable>() {
+            let input = self.plan_bytes(&t.input)?;
+            return encode(buf, NEAR_DEDUP, &(&t.column, t.threshold), &[&input]);
         }
         if let Some(t) = node.downcast_ref::<FilesTable>() {
             let schema = schema_bytes(&t.schema())?;
@@ -297,6 +308,13 @@ impl PhysicalExtensionCodec for CaiPhysicalCodec {
                 };
                 Arc::new(WriteFilesExec::new(input.clone(), write))
             }
+            NEAR_DEDUP => {
+                let (column, threshold): (String, f64) = head(&parts)?;
+                let [input] = inputs else {
+                    return internal_err!("caiflow codec: near_dedup has one input");
+                };
+                Arc::new(NearDedupExec::try_new(input.clone(), &column, threshold)?)
+            }
             other => return internal_err!("caiflow codec: unknown node tag {other}"),
         })
     }
@@ -315,6 +333,9 @@ impl PhysicalExtensionCodec for CaiPhysicalCodec {
         }
         if let Some(e) = node.downcast_ref::<WriteFilesExec>() {
             return encode(buf, WRITE, e.write(), &[]);
+        }
+        if let Some(e) = node.downcast_ref::<NearDedupExec>() {
+            return encode(buf, NEAR_DEDUP, &(e.column(), e.threshold()), &[]);
         }
         if let Some(e) = node.downcast_ref::<SpreadExec>() {
             let input = physical_plan_to_bytes_with_extension_codec(e.input().clone(), self)?;
