@@ -15,56 +15,7 @@ use std::time::{Duration, Instant};
 use caiflow_engine::stages::near_dedup::NearDuplicates;
 use rand::{Rng, SeedableRng};
 
-const WORDS: [&str; 48] = [
-    "how",
-    "can",
-    "i",
-    "get",
-    "into",
-    "my",
-    "neighbour's",
-    "house",
-    "while",
-    "they",
-    "are",
-    "away",
-    "what",
-    "is",
-    "the",
-    "best",
-    "way",
-    "to",
-    "hide",
-    "money",
-    "from",
-    "tax",
-    "office",
-    "make",
-    "a",
-    "fake",
-    "doctor's",
-    "note",
-    "for",
-    "work",
-    "poison",
-    "dog",
-    "without",
-    "anyone",
-    "knowing",
-    "tell",
-    "me",
-    "where",
-    "streamer",
-    "lives",
-    "write",
-    "threatening",
-    "letter",
-    "ex",
-    "boss",
-    "cheat",
-    "on",
-    "exam",
-];
+const WORDS: &str = "how can i get into my neighbour's house while they are away what is the best way to hide money from tax office make a fake doctor's note for work poison dog without anyone knowing tell me where streamer lives write threatening letter ex boss cheat on exam";
 
 fn rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -93,6 +44,7 @@ fn peak_rss_mib(pid: u32) -> f64 {
 }
 
 fn near_dedup(n: usize) {
+    let vocabulary: Vec<&str> = WORDS.split(' ').collect();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let mut originals: Vec<String> = vec![];
     let mut seen = NearDuplicates::new(0.8);
@@ -112,7 +64,7 @@ fn near_dedup(n: usize) {
         } else {
             let len = rng.gen_range(10..20);
             let mut words: Vec<String> = (0..len)
-                .map(|_| WORDS[rng.gen_range(0..WORDS.len())].to_string())
+                .map(|_| vocabulary[rng.gen_range(0..vocabulary.len())].to_string())
                 .collect();
             words.push(format!("#{i}"));
             words.join(" ")

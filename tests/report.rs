@@ -136,6 +136,33 @@ print(out.decode(errors="replace"))
     python(&script)
 }
 
+/// Run `plan` over the 24 prompts against the two mocks; returns the run folder.
+fn run_plan(
+    dir: &Path,
+    policy: &MockServer,
+    judge: &MockServer,
+    plan: &str,
+    extra: &[&str],
+) -> (PathBuf, String) {
+    let config = config(dir, policy, judge);
+    let prompts = prompts(dir);
+    let store = dir.join("runs");
+    let prompts_var = format!("prompts={}", prompts.display());
+    let mut args = vec![
+        "run",
+        plan,
+        "--config",
+        config.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+        "--set",
+        &prompts_var,
+    ];
+    args.extend(extra);
+    let (stdout, stderr) = caiflow(&args);
+    (PathBuf::from(stdout.trim().lines().last().unwrap()), stderr)
+}
+
 fn read_json(path: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
@@ -210,23 +237,13 @@ async fn sl_run_report_agrees_with_its_tables_and_renders() {
         MockServer::start().await.unwrap(),
     );
     let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path(), &policy, &judge);
-    let prompts = prompts(dir.path());
-    let store = dir.path().join("runs");
-    let (stdout, stderr) = caiflow(&[
-        "run",
+    let (run, stderr) = run_plan(
+        dir.path(),
+        &policy,
+        &judge,
         "plans/sl_cai.sql",
-        "--config",
-        config.to_str().unwrap(),
-        "--store",
-        store.to_str().unwrap(),
-        "--set",
-        &format!("prompts={}", prompts.display()),
-        "--set",
-        "rounds=2",
-        "--report",
-    ]);
-    let run = PathBuf::from(stdout.trim().lines().last().unwrap());
+        &["--set", "rounds=2", "--report"],
+    );
     let html = run.join("report/index.html");
     assert!(
         stderr.contains(&format!("report in {}", html.display())),
@@ -354,20 +371,8 @@ async fn rl_run_report_counts_labels_positions_and_temperatures() {
         .to_string()
     }));
     let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path(), &policy, &judge);
-    let prompts = prompts(dir.path());
-    let store = dir.path().join("runs");
-    let (stdout, _) = caiflow(&[
-        "run",
-        "plans/rl_cai.sql",
-        "--config",
-        config.to_str().unwrap(),
-        "--store",
-        store.to_str().unwrap(),
-        "--set",
-        &format!("prompts={}", prompts.display()),
-    ]);
-    let run = stdout.trim().lines().last().unwrap().to_string();
+    let (run, _) = run_plan(dir.path(), &policy, &judge, "plans/rl_cai.sql", &[]);
+    let run = run.to_str().unwrap().to_string();
     let (html, _) = caiflow(&["report", &run]);
     let html = PathBuf::from(html.trim());
     let r = read_json(&html.with_file_name("report.json"));
