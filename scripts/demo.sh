@@ -29,13 +29,13 @@ unset CAIFLOW_BASE_URL CAIFLOW_MODEL
 stamp="$(date +%Y%m%d-%H%M%S)"
 limit="${LIMIT:-20}"
 echo "== SL-CAI on $limit sample prompts" >&2
-"$caiflow" run plans/sl_cai.sql --run "sl-$stamp" --set "limit=$limit" --set max_tokens=96
+"$caiflow" run plans/sl_cai.sql --run "sl-$stamp" --set "limit=$limit" --set max_tokens=96 --report
 sl="data/runs/sl-$stamp"
 "$caiflow" export "$sl" --format nemo-sft >/dev/null
 "$caiflow" export "$sl" --format trl-sft >/dev/null
 echo "== RL-CAI on $limit sample prompts" >&2
 "$caiflow" run plans/rl_cai.sql --run "rl-$stamp" --set "limit=$limit" \
-  --set max_tokens=64 --set judge_max_tokens=160 --set structured=true
+  --set max_tokens=64 --set judge_max_tokens=160 --set structured=true --report
 rl="data/runs/rl-$stamp"
 "$caiflow" export "$rl" --format nemo-rm >/dev/null
 "$caiflow" export "$rl" --format trl-dpo >/dev/null
@@ -50,4 +50,6 @@ echo "  SL-CAI run:        $sl  (Delta Lake tables revisions, sft)"
 echo "  NeMo-Aligner SFT:  $sl/export/nemo-sft/*.jsonl     TRL SFT: $sl/export/trl-sft/*.jsonl"
 echo "  RL-CAI run:        $rl  (Delta Lake tables judgements, preferences)"
 echo "  NeMo-Aligner RM:   $rl/export/nemo-rm/*.jsonl      TRL DPO: $rl/export/trl-dpo/*.{jsonl,parquet}"
-echo "  query it:          $caiflow sql --run $sl -e 'SELECT * FROM revisions LIMIT 3'"
+echo "  reports:           $sl/report/index.html  $rl/report/index.html  (open in a browser)"
+echo "  dataset cards:     $sl/export/trl-sft/README.md (datasets.load_dataset loads the folder)"
+echo "  query it:          $caiflow sql --run $sl -e 'SELECT * FROM revisions LIMIT 3'   (without -e: a shell)"

@@ -647,8 +647,12 @@ async fn cmd_run(args: RunArgs) -> anyhow::Result<()> {
         let html = write_report(&run_store, &config.report, None).await?;
         eprintln!("caiflow: report in {html}");
     } else {
+        let path = run_store
+            .local_path("report/index.html")
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| run_store.location("report/index.html"));
         eprintln!(
-            "caiflow: see the data: caiflow report {} (or run with --report)",
+            "caiflow: see the data: `caiflow report {}` writes {path} (or run with --report)",
             shlex::try_quote(&run_store.display).unwrap_or_default()
         );
     }
