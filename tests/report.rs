@@ -276,6 +276,10 @@ async fn sl_run_report_agrees_with_its_tables_and_renders() {
     let rounds = r["by_round"].as_object().unwrap();
     assert_eq!(rounds.keys().collect::<Vec<_>>(), ["1", "2"]);
     assert!(rounds.values().all(|f| f["rows"] == 24));
+    assert!(
+        rounds["2"]["refusal_rate"]["response"].is_null(),
+        "round 2 rows hold no initial response of their own"
+    );
     let refusals = r["refusal_rate"]["response"].as_f64().unwrap();
     assert!((refusals - 6.0 / 24.0).abs() < 1e-9, "{refusals}");
     assert!(r["refusal_rate"]["revision"].as_f64().is_some());

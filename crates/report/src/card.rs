@@ -233,8 +233,10 @@ pub async fn dataset_card(
     if let Some(sl) = &report.sl {
         let _ = writeln!(
             w,
-            "- Refusal rate: {:.3} of initial responses, {:.3} of revisions; unchanged revisions: {:.3}",
-            sl.refusal_rate.response, sl.refusal_rate.revision, sl.unchanged_revision_rate
+            "- Refusal rate: {} of initial responses, {} of revisions; unchanged revisions: {}",
+            crate::html::rate(sl.refusal_rate.response),
+            crate::html::rate(sl.refusal_rate.revision),
+            crate::html::rate(sl.unchanged_revision_rate)
         );
     }
     if let Some(rl) = &report.rl {

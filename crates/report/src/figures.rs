@@ -63,11 +63,12 @@ impl Histogram {
     }
 }
 
-/// The share of answers that are refusals: initial responses and revisions.
+/// The share of answers that are refusals: initial responses and revisions (null when
+/// there are none: a later round's rows hold no initial response of their own).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Refusals {
-    pub response: f64,
-    pub revision: f64,
+    pub response: Option<f64>,
+    pub revision: Option<f64>,
 }
 
 /// SL-CAI figures of one round (or of all rounds).
@@ -76,7 +77,7 @@ pub struct RoundFigures {
     pub rows: u64,
     pub error_rows: u64,
     pub refusal_rate: Refusals,
-    pub unchanged_revision_rate: f64,
+    pub unchanged_revision_rate: Option<f64>,
     pub response_length: Histogram,
     pub revision_length: Histogram,
 }
@@ -96,7 +97,7 @@ pub struct SlFigures {
     pub sl_rows: u64,
     pub sl_error_rows: u64,
     pub refusal_rate: Refusals,
-    pub unchanged_revision_rate: f64,
+    pub unchanged_revision_rate: Option<f64>,
     pub length_histograms: LengthHistograms,
     /// Round → the same figures for that round's rows.
     pub by_round: BTreeMap<u32, RoundFigures>,
@@ -227,7 +228,7 @@ struct RoundCounts {
 
 impl RoundCounts {
     fn figures(self) -> RoundFigures {
-        let share = |n: u64, d: u64| if d == 0 { 0.0 } else { n as f64 / d as f64 };
+        let share = |n: u64, d: u64| (d > 0).then(|| n as f64 / d as f64);
         RoundFigures {
             rows: self.rows,
             error_rows: self.errors,

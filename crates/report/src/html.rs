@@ -44,7 +44,7 @@ fn bar_chart(
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 18))
             .margin(12)
-            .x_label_area_size(36)
+            .x_label_area_size(if categories.len() > 5 { 48 } else { 34 })
             .y_label_area_size(56)
             .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..top)
             .map_err(chart_err)?;
@@ -54,6 +54,14 @@ fn bar_chart(
             .disable_x_axis()
             .y_desc(y_label)
             .y_labels(6)
+            .max_light_lines(1)
+            .y_label_formatter(&|v| {
+                if top >= 10.0 {
+                    format!("{v:.0}")
+                } else {
+                    format!("{v:.2}")
+                }
+            })
             .draw()
             .map_err(chart_err)?;
         let k = series.len().max(1) as f64;
@@ -84,7 +92,9 @@ fn bar_chart(
                 .draw()
                 .map_err(chart_err)?;
         }
-        // Category names under the bars (drawn in pixels: the x axis is numeric).
+        // Category names under the bars (drawn in pixels: the x axis is numeric); many
+        // categories are staggered on two lines so long names do not run into each other.
+        let staggered = categories.len() > 5;
         let style = TextStyle::from(("sans-serif", 12).into_font()).pos(
             plotters::style::text_anchor::Pos::new(
                 plotters::style::text_anchor::HPos::Center,
@@ -93,8 +103,9 @@ fn bar_chart(
         );
         for (i, c) in categories.iter().enumerate() {
             let (x, y) = chart.backend_coord(&(i as f64, 0.0));
-            let label: String = c.chars().take(14).collect();
-            root.draw(&Text::new(label, (x, y + 6), style.clone()))
+            let label: String = c.chars().take(if staggered { 16 } else { 14 }).collect();
+            let dy = if staggered && i % 2 == 1 { 20 } else { 6 };
+            root.draw(&Text::new(label, (x, y + dy), style.clone()))
                 .map_err(chart_err)?;
         }
         root.present().map_err(chart_err)?;
@@ -134,6 +145,11 @@ fn escape(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+}
+
+/// A share with three decimals, or a dash.
+pub(crate) fn rate(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.3}")).unwrap_or_else(|| "–".into())
 }
 
 fn opt(v: Option<u64>) -> String {
@@ -231,7 +247,7 @@ pub fn render(report: &Report) -> Result<String> {
                         values: sl
                             .by_round
                             .values()
-                            .map(|r| r.refusal_rate.response)
+                            .map(|r| r.refusal_rate.response.unwrap_or(0.0))
                             .collect(),
                     },
                     Series {
@@ -239,7 +255,7 @@ pub fn render(report: &Report) -> Result<String> {
                         values: sl
                             .by_round
                             .values()
-                            .map(|r| r.refusal_rate.revision)
+                            .map(|r| r.refusal_rate.revision.unwrap_or(0.0))
                             .collect(),
                     },
                     Series {
@@ -247,7 +263,7 @@ pub fn render(report: &Report) -> Result<String> {
                         values: sl
                             .by_round
                             .values()
-                            .map(|r| r.unchanged_revision_rate)
+                            .map(|r| r.unchanged_revision_rate.unwrap_or(0.0))
                             .collect(),
                     },
                 ],
@@ -398,23 +414,23 @@ pub fn render(report: &Report) -> Result<String> {
             w,
             "<h2>SL-CAI: {}</h2>\n<table><tr><th>round</th><th>rows</th><th>error rows</th>\
              <th>refusal rate (response)</th><th>refusal rate (revision)</th><th>unchanged revisions</th></tr>\
-             <tr><td>all</td><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td></tr>",
+             <tr><td>all</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(&sl.sl_table),
             sl.sl_rows,
             sl.sl_error_rows,
-            sl.refusal_rate.response,
-            sl.refusal_rate.revision,
-            sl.unchanged_revision_rate
+            rate(sl.refusal_rate.response),
+            rate(sl.refusal_rate.revision),
+            rate(sl.unchanged_revision_rate)
         );
         for (r, f) in &sl.by_round {
             let _ = write!(
                 w,
-                "<tr><td>{r}</td><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td></tr>",
+                "<tr><td>{r}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 f.rows,
                 f.error_rows,
-                f.refusal_rate.response,
-                f.refusal_rate.revision,
-                f.unchanged_revision_rate
+                rate(f.refusal_rate.response),
+                rate(f.refusal_rate.revision),
+                rate(f.unchanged_revision_rate)
             );
         }
         let _ = writeln!(w, "</table>");
