@@ -888,7 +888,8 @@ async fn cmd_export(
     };
     let card = caiflow_report::card::dataset_card(&store, &health, &summary).await?;
     let path = caiflow_report::card::write_card(&out, &card)?;
-    println!("{}", path.display());
+    // stdout lists the data files (scripts read it); the card is said on stderr.
+    eprintln!("dataset card: {}", path.display());
     Ok(())
 }
 

@@ -64,7 +64,7 @@ fn prompts(dir: &Path) -> PathBuf {
 /// cache in `dir`): the dataset card's front matter names each split's file.
 fn load_export(run: &str, format: &str, dir: &Path) -> Value {
     let out = dir.join(format!("export-{format}"));
-    let (stdout, _) = caiflow(&[
+    let (_, stderr) = caiflow(&[
         "export",
         run,
         "--format",
@@ -73,7 +73,7 @@ fn load_export(run: &str, format: &str, dir: &Path) -> Value {
         out.to_str().unwrap(),
     ]);
     let card = out.join("README.md");
-    assert!(stdout.contains(&card.display().to_string()), "{stdout}");
+    assert!(stderr.contains(&card.display().to_string()), "{stderr}");
     let text = std::fs::read_to_string(&card).unwrap();
     assert!(
         text.starts_with("---\n") && text.contains("configs:"),
