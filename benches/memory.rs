@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use caiflow_llm::{Completion, RequestHash};
 use caiflow_run::journal::SegmentWriter;
 use caiflow_testkit::MockServer;
+use caiflow_testkit::proc_status::peak_rss_mib;
 
 /// Words in each mock answer (~1.3 KB).
 const ANSWER_WORDS: usize = 200;
@@ -276,20 +277,6 @@ fn measure(mut cmd: Command) -> Measured {
         peak_rss_mib: peak,
         cpu: children_cpu().saturating_sub(cpu_before),
     }
-}
-
-/// VmHWM (peak resident set) of a process, in MiB (0 once it is gone).
-fn peak_rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
 }
 
 /// User + system CPU time of this process's waited-for children (`/proc/self/stat`).

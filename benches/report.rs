@@ -13,34 +13,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use caiflow_engine::stages::near_dedup::NearDuplicates;
+use caiflow_testkit::proc_status::{peak_rss_mib, status_mib};
 use rand::{Rng, SeedableRng};
 
 const WORDS: &str = "how can i get into my neighbour's house while they are away what is the best way to hide money from tax office make a fake doctor's note for work poison dog without anyone knowing tell me where streamer lives write threatening letter ex boss cheat on exam";
 
 fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
-
-fn peak_rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
+    status_mib("self", "VmRSS")
 }
 
 fn near_dedup(n: usize) {

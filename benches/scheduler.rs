@@ -18,20 +18,7 @@ use caiflow_llm::config::{Config, EndpointConfig};
 use caiflow_testkit::{LoadProfile, MockServer};
 
 fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .map(str::to_string)
-        })
-        .and_then(|l| {
-            l.split_whitespace()
-                .nth(1)
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
+    caiflow_testkit::proc_status::status_mib("self", "VmHWM")
 }
 
 fn session(

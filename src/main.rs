@@ -124,7 +124,7 @@ enum Command {
     },
     /// Run SQL with caiflow's functions, over a run's tables if --run is given.
     Sql {
-        /// The SQL to run; without it, an interactive prompt (\\d lists tables, \\q quits).
+        /// The SQL to run; without it, an interactive prompt (\d lists tables, \q quits).
         #[arg(short = 'e', long = "execute")]
         execute: Option<String>,
         /// A run whose tables to register (folder or s3://bucket/prefix/NAME).

@@ -11,6 +11,7 @@
 //! [`cluster::LocalCluster`] runs a scheduler and executors as processes on this machine.
 
 pub mod cluster;
+pub mod proc_status;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;

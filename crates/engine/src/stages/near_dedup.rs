@@ -22,7 +22,7 @@ use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{internal_err, plan_datafusion_err, plan_err};
+use datafusion::common::{exec_err, internal_err, plan_datafusion_err, plan_err};
 use datafusion::datasource::TableType;
 use datafusion::error::Result;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -348,7 +348,7 @@ fn keep_mask(
     progress: &StageProgress,
 ) -> Result<datafusion::arrow::array::BooleanArray> {
     let Some(texts) = TextColumn::of(batch.column(column).as_ref()) else {
-        return plan_err!("{NAME}: column {column} has no text form");
+        return exec_err!("{NAME}: column {column} has no text form");
     };
     let mut keep = BooleanBuilder::with_capacity(batch.num_rows());
     let mut dropped = 0;
