@@ -12,15 +12,16 @@ use anyhow::{Context, bail};
 use caiflow_cluster::client::RunLocation;
 use caiflow_engine::CaiSession;
 use caiflow_engine::export::{ExportFormat, ExportOptions, export};
-use caiflow_engine::progress::Progress;
+use caiflow_engine::progress::{Progress, StageStats};
 use caiflow_llm::chat_template::ChatTemplate;
 use caiflow_llm::config::Config;
-use caiflow_llm::{CancellationToken, Endpoints};
+use caiflow_llm::{CancellationToken, Endpoints, Usage};
 use caiflow_run::journal::Journal;
 use caiflow_run::plan::{StatementOutcome, run_sql, substitute};
 use caiflow_run::run::{
     RunOptions, TableOutcome, manifests, register_run_tables, register_versions, versions,
 };
+use caiflow_run::sessions::RunUsage;
 use caiflow_run::store::RunStore;
 use caiflow_run::{PlanRun, RunEnd};
 use clap::{Parser, Subcommand};
@@ -121,6 +122,10 @@ enum Command {
         /// turn_suffix, eos); default NeMo's <extra_id_*> template.
         #[arg(long)]
         chat_template: Option<PathBuf>,
+        /// Also export rows whose final answer was cut off by max_tokens (by default they
+        /// are skipped and counted as `truncated`).
+        #[arg(long)]
+        keep_truncated: bool,
     },
     /// Run SQL with caiflow's functions, over a run's tables if --run is given.
     Sql {
@@ -300,18 +305,27 @@ fn spawn_progress(progress: Arc<Progress>) -> tokio::task::JoinHandle<()> {
         })
     } else {
         tokio::spawn(async move {
-            let mut last = String::new();
+            let started = std::time::Instant::now();
+            // What each stage looked like when last printed: a stage is printed when it
+            // changed, so a finished (idle) stage is printed once.
+            let mut last: BTreeMap<String, [u64; 5]> = BTreeMap::new();
             loop {
                 tokio::time::sleep(Duration::from_secs(3)).await;
-                let lines: Vec<String> = progress
-                    .snapshot()
-                    .iter()
-                    .map(|s| format!("{} | {}", s.line(), s.message()))
-                    .collect();
-                let now = lines.join("\n");
-                if !now.is_empty() && now != last {
-                    eprintln!("{now}");
-                    last = now;
+                let stages = progress.snapshot();
+                let mut changed = false;
+                for s in &stages {
+                    let state = s.state();
+                    if last.get(&s.name) != Some(&state) {
+                        eprintln!("{} | {}", s.line(), s.message());
+                        last.insert(s.name.clone(), state);
+                        changed = true;
+                    }
+                }
+                if changed {
+                    eprintln!(
+                        "{}",
+                        caiflow_engine::progress::overall_line(&stages, started.elapsed())
+                    );
                 }
             }
         })
@@ -338,7 +352,13 @@ fn print_outcome(o: &StatementOutcome) {
     }
 }
 
-fn print_summary(session: &CaiSession, journal: &Journal, on_cluster: bool) {
+fn print_summary(
+    session: &CaiSession,
+    journal: &Journal,
+    on_cluster: bool,
+    stats: &[StageStats],
+    before: RunUsage,
+) {
     eprintln!("summary:");
     if on_cluster {
         // The requests were sent (and counted) by the executors.
@@ -346,7 +366,7 @@ fn print_summary(session: &CaiSession, journal: &Journal, on_cluster: bool) {
             "  requests were sent by the cluster's executors: each row's lineage has its requests (worker, attempts, tokens, latency)"
         );
     } else {
-        for line in caiflow_engine::progress::summary_table(&session.progress.snapshot()).lines() {
+        for line in caiflow_engine::progress::summary_table(stats).lines() {
             eprintln!("  {line}");
         }
     }
@@ -364,6 +384,25 @@ fn print_summary(session: &CaiSession, journal: &Journal, on_cluster: bool) {
         "  journal: {} requests served from the journal, {} new outcomes recorded ({} results stored)",
         s.served, s.recorded, s.results
     );
+    if !on_cluster {
+        let mut total = before;
+        total.sessions += 1;
+        total.add(stats);
+        let session: Usage = stats.iter().fold(Usage::default(), |mut u, s| {
+            u.add(&s.spent());
+            u
+        });
+        let run = total.total();
+        eprintln!(
+            "  usage: this session {}; the run, {} session(s): {} (journal hits are free)",
+            usage_line(&session),
+            total.sessions,
+            usage_line(&run)
+        );
+        for line in caiflow_engine::progress::usage_table(&total.as_stats()).lines() {
+            eprintln!("    {line}");
+        }
+    }
     for stage in session.progress.snapshot() {
         for w in stage.warnings() {
             eprintln!("  warning: {w}");
@@ -371,8 +410,62 @@ fn print_summary(session: &CaiSession, journal: &Journal, on_cluster: bool) {
     }
 }
 
+/// `N requests, T tokens (P prompt + C completion), $X`.
+fn usage_line(u: &Usage) -> String {
+    format!(
+        "{} requests, {} tokens ({} prompt + {} completion), ${:.4}",
+        u.requests,
+        u.tokens(),
+        u.prompt_tokens,
+        u.completion_tokens,
+        u.cost
+    )
+}
+
+/// `caiflow run --dry-run`: run the plan on dry endpoints into a temporary store and print
+/// what the real run would send and cost.
+async fn dry_run(
+    sql: &str,
+    config: &caiflow_llm::config::Config,
+    run_store: RunStore,
+    options: RunOptions,
+) -> anyhow::Result<()> {
+    let endpoints = caiflow_engine::dry_run_endpoints(config)?;
+    let exact: Vec<String> = config
+        .endpoints
+        .iter()
+        .filter(|(_, e)| matches!(e.backend, caiflow_llm::config::BackendConfig::Embedded(_)))
+        .map(|(name, _)| name.clone())
+        .collect();
+    let journalled = !run_store.list("journal").await?.is_empty();
+    eprintln!(
+        "caiflow: dry run of {} (nothing is sent or written{})",
+        run_store.display,
+        if journalled {
+            "; requests in its journal are free"
+        } else {
+            ""
+        }
+    );
+    let report = caiflow_run::dry_run::dry_run(
+        sql,
+        endpoints,
+        &exact,
+        journalled.then_some(run_store),
+        options,
+    )
+    .await
+    .context("dry run")?;
+    print!("{}", report.table());
+    Ok(())
+}
+
 /// Exit code of a run stopped with Ctrl-C.
 const INTERRUPTED: i32 = 130;
+
+/// Exit code of a run stopped by a budget (`--max-tokens`, `--max-cost`, `--max-requests`
+/// or an endpoint's `budget`).
+const BUDGET_STOPPED: i32 = 3;
 
 /// Run `sql` into `store` with progress, the summary and Ctrl-C handling: the first Ctrl-C
 /// stops sending and gives requests in flight a grace period, a second stops at once.
@@ -402,9 +495,20 @@ async fn execute_run(
     options: RunOptions,
     resume: &str,
     cluster: Option<ClusterRun>,
+    before: RunUsage,
 ) -> anyhow::Result<()> {
     let stop = options.stop.clone();
     let started_unix_ms = caiflow_run::sessions::unix_ms();
+    let on_cluster = cluster.is_some();
+    let session_record =
+        move |progress: &Progress, end: &str| caiflow_run::sessions::SessionRecord {
+            started_unix_ms,
+            finished_unix_ms: caiflow_run::sessions::unix_ms(),
+            end: end.to_string(),
+            cluster: on_cluster,
+            caiflow_version: env!("CARGO_PKG_VERSION").to_string(),
+            stages: progress.stats(),
+        };
     let mut run = PlanRun::open(store.clone(), endpoints)
         .await
         .context("opening the run")?;
@@ -422,6 +526,19 @@ async fn execute_run(
         );
     }
     let reporter = spawn_progress(run.session.progress.clone());
+    // The session's figures are written while it runs too: a process killed outright
+    // leaves its spend of up to the last few seconds on record.
+    let recorder = {
+        let (store, progress) = (store.clone(), run.session.progress.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let _ =
+                    caiflow_run::sessions::record(&store, &session_record(&progress, "running"))
+                        .await;
+            }
+        })
+    };
     let hard_stop = CancellationToken::new();
     let interrupts = {
         let (stop, hard_stop) = (stop.clone(), hard_stop.clone());
@@ -442,22 +559,32 @@ async fn execute_run(
         .await;
     interrupts.abort();
     reporter.abort();
-    print_summary(&run.session, &run.journal, cluster.is_some());
-    let record = caiflow_run::sessions::SessionRecord {
-        started_unix_ms,
-        finished_unix_ms: caiflow_run::sessions::unix_ms(),
-        end: match &end {
-            RunEnd::Finished => "finished",
-            RunEnd::Failed(_) => "failed",
-            RunEnd::Interrupted => "interrupted",
-        }
-        .to_string(),
-        cluster: cluster.is_some(),
-        caiflow_version: env!("CARGO_PKG_VERSION").to_string(),
-        stages: run.session.progress.stats(),
-    };
+    recorder.abort();
+    let budget_stop = run.session.endpoints.budget_stop();
+    let record = session_record(
+        &run.session.progress,
+        match (&end, &budget_stop) {
+            (RunEnd::Failed(_), Some(_)) => "budget",
+            (RunEnd::Finished, _) => "finished",
+            (RunEnd::Failed(_), None) => "failed",
+            (RunEnd::Interrupted, _) => "interrupted",
+        },
+    );
+    print_summary(
+        &run.session,
+        &run.journal,
+        cluster.is_some(),
+        &record.stages,
+        before,
+    );
     if let Err(e) = caiflow_run::sessions::record(&store, &record).await {
         eprintln!("caiflow: warning: the session's figures were not recorded: {e}");
+    }
+    if let (RunEnd::Failed(_), Some(why)) = (&end, budget_stop) {
+        eprintln!(
+            "caiflow: stopped: {why}. Requests in flight finished and are journalled, nothing is lost: run the same command again with a larger budget to continue: {resume}"
+        );
+        std::process::exit(BUDGET_STOPPED);
     }
     match end {
         RunEnd::Interrupted => {
@@ -522,6 +649,20 @@ struct RunArgs {
     /// Write the run's report (RUN/report/index.html and report.json) when it finishes.
     #[arg(long)]
     report: bool,
+    /// Plan every statement and read the inputs, but send nothing and write nothing to the
+    /// store: print per LLM stage the rows, requests (journalled ones free), prompt and
+    /// completion tokens and cost, then totals per endpoint.
+    #[arg(long, conflicts_with_all = ["cluster", "report"])]
+    dry_run: bool,
+    /// Stop before the run's tokens (prompt + completion, all sessions) pass N.
+    #[arg(long, value_name = "N")]
+    max_tokens: Option<u64>,
+    /// Stop before the run's cost (from the endpoints' prices, all sessions) passes USD.
+    #[arg(long, value_name = "USD")]
+    max_cost: Option<f64>,
+    /// Stop before the run's requests sent (all sessions) pass N.
+    #[arg(long, value_name = "N")]
+    max_requests: Option<u64>,
 }
 
 impl RunArgs {
@@ -547,7 +688,34 @@ impl RunArgs {
         if let Some(c) = &self.cluster {
             w.extend(["--cluster".into(), c.clone()]);
         }
+        for (flag, value) in [
+            ("--max-tokens", self.max_tokens.map(|v| v.to_string())),
+            ("--max-cost", self.max_cost.map(|v| v.to_string())),
+            ("--max-requests", self.max_requests.map(|v| v.to_string())),
+        ] {
+            if let Some(v) = value {
+                w.extend([flag.to_string(), v]);
+            }
+        }
         w
+    }
+
+    /// The run-wide budget of `--max-tokens`, `--max-cost` and `--max-requests`.
+    fn budget(&self) -> anyhow::Result<caiflow_llm::Budget> {
+        let budget = caiflow_llm::Budget {
+            max_tokens: self.max_tokens,
+            max_cost: self.max_cost,
+            max_requests: self.max_requests,
+        };
+        budget
+            .validate("--max-tokens, --max-cost, --max-requests")
+            .map_err(anyhow::Error::msg)?;
+        if self.cluster.is_some() && !budget.is_empty() {
+            bail!(
+                "--max-tokens, --max-cost and --max-requests are not enforced on a cluster yet: run without --cluster, or without a budget"
+            );
+        }
+        Ok(budget)
     }
 }
 
@@ -593,13 +761,42 @@ async fn cmd_run(args: RunArgs) -> anyhow::Result<()> {
             e.max_error_rate = Some(rate);
         }
     }
+    let budget = args.budget()?;
     let stop = CancellationToken::new();
-    let endpoints = caiflow_engine::endpoints(&config, stop.clone())?;
+    // Folders opening the run creates (a dry run removes them again: it writes nothing).
+    let created: Vec<PathBuf> = [
+        Path::new(&args.store).join(&run_name),
+        PathBuf::from(&args.store),
+    ]
+    .into_iter()
+    .filter(|p| !args.store.starts_with("s3://") && !p.exists())
+    .collect();
     let run_store = RunStore::open(&args.store, &run_name)?;
     vars.insert("run".to_string(), run_store.location(""));
     vars.insert("store".to_string(), args.store.clone());
     let sql = substitute(&text, &vars).with_context(|| format!("plan {}", plan.display()))?;
+    let options = RunOptions {
+        from: args.from.iter().map(|t| t.to_ascii_lowercase()).collect(),
+        stop: stop.clone(),
+        files: config.tables.clone(),
+        cluster: args.cluster.is_some(),
+    };
+    if args.dry_run {
+        let result = dry_run(&sql, &config, run_store, options).await;
+        for folder in created {
+            // Only if still empty: nothing else is ever removed.
+            let _ = std::fs::remove_dir(folder);
+        }
+        return result;
+    }
+    let endpoints = caiflow_engine::endpoints(&config, stop.clone())?;
     run_store.check_writable().await?;
+    let before = caiflow_run::sessions::RunUsage::of(
+        &caiflow_run::sessions::sessions(&run_store)
+            .await
+            .context("reading the run's sessions")?,
+    );
+    endpoints.charge_to_budgets(budget, before.total(), &before.by_endpoint());
     // Saved for `repair`: the plan and its variables.
     run_store.put("plan.sql", text.clone().into()).await?;
     run_store
@@ -615,12 +812,6 @@ async fn cmd_run(args: RunArgs) -> anyhow::Result<()> {
             ""
         }
     );
-    let options = RunOptions {
-        from: args.from.iter().map(|t| t.to_ascii_lowercase()).collect(),
-        stop,
-        files: config.tables.clone(),
-        cluster: args.cluster.is_some(),
-    };
     let cluster = match &args.cluster {
         Some(url) => Some(ClusterRun {
             url: url.clone(),
@@ -639,6 +830,7 @@ async fn cmd_run(args: RunArgs) -> anyhow::Result<()> {
         options,
         &resume,
         cluster,
+        before,
     )
     .await
     .with_context(|| format!("plan {} failed", plan.display()))?;
@@ -704,9 +896,17 @@ async fn cmd_repair(
         words.extend(["--config".into(), c.display().to_string()]);
     }
     let config = load_config(config.as_deref())?;
+    let endpoints = caiflow_engine::endpoints(&config, stop.clone())?;
+    let before =
+        caiflow_run::sessions::RunUsage::of(&caiflow_run::sessions::sessions(&store).await?);
+    endpoints.charge_to_budgets(
+        caiflow_llm::Budget::default(),
+        before.total(),
+        &before.by_endpoint(),
+    );
     execute_run(
         store.clone(),
-        caiflow_engine::endpoints(&config, stop.clone())?,
+        endpoints,
         &sql,
         RunOptions {
             from,
@@ -716,6 +916,7 @@ async fn cmd_repair(
         },
         &resume_command(&words),
         None,
+        before,
     )
     .await?;
     println!("{}", store.display);
@@ -793,6 +994,24 @@ async fn cmd_inspect(run: String) -> anyhow::Result<()> {
             );
         }
     }
+    let sessions = caiflow_run::sessions::sessions(&store).await?;
+    if let Some(last) = sessions.last() {
+        let usage = RunUsage::of(&sessions);
+        let this: Usage = last.stages.iter().fold(Usage::default(), |mut u, s| {
+            u.add(&s.spent());
+            u
+        });
+        println!(
+            "  usage: last session ({}) {}; the run, {} session(s): {} (journal hits are free)",
+            last.end,
+            usage_line(&this),
+            usage.sessions,
+            usage_line(&usage.total())
+        );
+        for line in caiflow_engine::progress::usage_table(&usage.as_stats()).lines() {
+            println!("    {line}");
+        }
+    }
     let journal = Journal::open(store.clone()).await?;
     let s = journal.stats();
     let bytes: u64 = store.list("journal").await?.iter().map(|(_, n)| n).sum();
@@ -830,7 +1049,7 @@ async fn cmd_export(
     format: ExportFormat,
     table: Option<String>,
     out: Option<PathBuf>,
-    prefix: String,
+    mut options: ExportOptions,
     chat_template: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let store = open_run(&run)?;
@@ -843,10 +1062,6 @@ async fn cmd_export(
         };
         base.join(format.name())
     });
-    let mut options = ExportOptions {
-        prefix,
-        ..Default::default()
-    };
     if let Some(path) = chat_template {
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
@@ -1069,7 +1284,22 @@ async fn run_main() {
             out,
             prefix,
             chat_template,
-        } => cmd_export(run, format, table, out, prefix, chat_template).await,
+            keep_truncated,
+        } => {
+            cmd_export(
+                run,
+                format,
+                table,
+                out,
+                ExportOptions {
+                    prefix,
+                    keep_truncated,
+                    ..Default::default()
+                },
+                chat_template,
+            )
+            .await
+        }
         Command::Sql {
             execute,
             run,

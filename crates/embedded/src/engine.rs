@@ -48,6 +48,9 @@ struct Job {
     request: ChatRequest,
     /// Tokenize the joined turns as they are instead of rendering the chat template.
     raw_prompt: bool,
+    /// Only count the prompt's tokens (answered with an empty completion whose
+    /// `prompt_tokens` is the count): a dry run's exact figure.
+    count_only: bool,
     reply: Reply,
 }
 
@@ -84,11 +87,29 @@ impl Engine {
         request: ChatRequest,
         raw_prompt: bool,
     ) -> Result<Completion, AttemptError> {
+        self.send(request, raw_prompt, false).await
+    }
+
+    /// The request's prompt tokens, as the model's tokenizer counts them.
+    pub async fn count(&self, request: ChatRequest, raw_prompt: bool) -> Option<u64> {
+        self.send(request, raw_prompt, true)
+            .await
+            .ok()
+            .and_then(|c| c.prompt_tokens)
+    }
+
+    async fn send(
+        &self,
+        request: ChatRequest,
+        raw_prompt: bool,
+        count_only: bool,
+    ) -> Result<Completion, AttemptError> {
         let (reply, answer) = oneshot::channel();
         self.jobs
             .send(Job {
                 request,
                 raw_prompt,
+                count_only,
                 reply,
             })
             .map_err(|_| AttemptError::fatal("the model thread is gone"))?;
@@ -279,9 +300,10 @@ impl Decoder<'_> {
         let Job {
             request,
             raw_prompt,
+            count_only,
             reply,
         } = job;
-        let prepared = (|| {
+        let tokens = (|| {
             let text = if raw_prompt {
                 request.joined_text()
             } else {
@@ -289,7 +311,17 @@ impl Decoder<'_> {
                     .render(&request.messages)
                     .map_err(AttemptError::fatal)?
             };
-            let prompt = self.model.vocab().tokenize(text.as_bytes(), true, true);
+            Ok(self.model.vocab().tokenize(text.as_bytes(), true, true))
+        })();
+        if count_only {
+            // A count travels back as the prompt size of an empty completion.
+            let _ = reply.send(tokens.map(|t| Completion {
+                prompt_tokens: Some(t.len() as u64),
+                ..Default::default()
+            }));
+            return None;
+        }
+        let prepared = tokens.and_then(|prompt| {
             if prompt.is_empty() {
                 return Err(AttemptError::fatal(
                     "the prompt is empty after tokenization",
@@ -305,7 +337,7 @@ impl Decoder<'_> {
             let sampler =
                 sampling::sampler_for(self.model, &request.params).map_err(AttemptError::fatal)?;
             Ok((prompt, sampler))
-        })();
+        });
         match prepared {
             Ok((prompt, sampler)) => Some(Admission {
                 reply,

@@ -97,6 +97,11 @@ impl Backend for EmbeddedBackend {
         let engine = self.engine().await.map_err(AttemptError::fatal)?;
         engine.submit(request.clone(), self.raw_prompt).await
     }
+
+    async fn count_prompt_tokens(&self, request: &ChatRequest) -> Option<u64> {
+        let engine = self.engine().await.ok()?;
+        engine.count(request.clone(), self.raw_prompt).await
+    }
 }
 
 /// Engines alive, by settings: a second endpoint on the same model gets the running engine

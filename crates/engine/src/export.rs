@@ -106,6 +106,9 @@ pub struct ExportOptions {
     pub prefix: String,
     /// Template of `nemo-rm` texts.
     pub template: ChatTemplate,
+    /// Export rows whose final answer was cut off by `max_tokens` (`truncated`); by
+    /// default they are skipped (reason `truncated`).
+    pub keep_truncated: bool,
 }
 
 impl Default for ExportOptions {
@@ -113,6 +116,7 @@ impl Default for ExportOptions {
         ExportOptions {
             prefix: "rlaif".into(),
             template: ChatTemplate::default(),
+            keep_truncated: false,
         }
     }
 }
@@ -177,9 +181,13 @@ fn sft_line(format: ExportFormat, row: &InputRow) -> Option<serde_json::Value> {
 }
 
 /// Why a row is not exported, if it is not.
-fn skip_reason(format: ExportFormat, row: &InputRow) -> Option<String> {
+fn skip_reason(format: ExportFormat, row: &InputRow, keep_truncated: bool) -> Option<String> {
     if row.str("error").is_some() {
         return Some("error".into());
+    }
+    // A Boolean column read as a number: 1 is true.
+    if !keep_truncated && row.u64("truncated") == Some(1) {
+        return Some("truncated".into());
     }
     if format.is_preference() {
         let label = row.str("label").unwrap_or("no label");
@@ -306,7 +314,7 @@ pub async fn export(
     let mut stream = df.execute_stream().await?;
     while let Some(batch) = stream.next().await {
         for row in InputBatch::new(batch?).rows() {
-            if let Some(reason) = skip_reason(format, &row) {
+            if let Some(reason) = skip_reason(format, &row, options.keep_truncated) {
                 *report.skipped.entry(reason).or_default() += 1;
                 continue;
             }

@@ -29,11 +29,27 @@ use caiflow_llm::{CancellationToken, Endpoints, LlmError};
 /// The endpoints of `config`, with every backend this build has (the embedded model when the
 /// `embedded` feature is on); cancelling `stop` halts them all.
 pub fn endpoints(config: &Config, stop: CancellationToken) -> Result<Endpoints, LlmError> {
+    build_endpoints(config, Some(stop))
+}
+
+/// The endpoints of `config` for a dry run (see [`Endpoints::dry_run`]): nothing is sent; an
+/// embedded model is loaded to count prompt tokens exactly.
+pub fn dry_run_endpoints(config: &Config) -> Result<Endpoints, LlmError> {
+    build_endpoints(config, None)
+}
+
+fn build_endpoints(
+    config: &Config,
+    stop: Option<CancellationToken>,
+) -> Result<Endpoints, LlmError> {
     #[cfg(feature = "embedded")]
     let factory = caiflow_embedded::EmbeddedFactory::default();
     #[cfg(feature = "embedded")]
     let factory: Option<&dyn caiflow_llm::BackendFactory> = Some(&factory);
     #[cfg(not(feature = "embedded"))]
     let factory = None;
-    Endpoints::from_config_with(config, factory, stop)
+    match stop {
+        Some(stop) => Endpoints::from_config_with(config, factory, stop),
+        None => Endpoints::dry_run(config, factory),
+    }
 }

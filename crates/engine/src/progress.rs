@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use caiflow_llm::Usage;
+
 #[derive(Debug)]
 pub struct StageProgress {
     pub name: String,
@@ -27,8 +29,16 @@ pub struct StageProgress {
     /// Completion tokens (`tokens`) and prompt tokens of the answers, journalled ones too.
     pub tokens: AtomicU64,
     pub prompt_tokens: AtomicU64,
-    /// Answers cut off by `max_tokens` (`finish_reason = length`), journalled ones too.
+    /// Final answers cut off by `max_tokens` (`finish_reason = length`), journalled ones
+    /// too; and answers cut off that were asked again (`retry_truncated`).
     pub truncated: AtomicU64,
+    pub truncated_retried: AtomicU64,
+    /// Sum of `max_tokens` over the requests sent: the completion tokens they may use.
+    pub max_completion_tokens: AtomicU64,
+    /// Requests a judge may still add by asking again when a verdict does not parse.
+    pub possible_reasks: AtomicU64,
+    /// What the requests sent used, by endpoint (journal hits are free).
+    spent: Mutex<BTreeMap<String, Usage>>,
     /// Latency of the requests sent (not of journal hits), in ms.
     latency: Mutex<hdrhistogram::Histogram<u64>>,
     /// Output rows with an error, by reason (the first [`MAX_REASONS`] distinct ones).
@@ -57,6 +67,10 @@ impl StageProgress {
             tokens: AtomicU64::new(0),
             prompt_tokens: AtomicU64::new(0),
             truncated: AtomicU64::new(0),
+            truncated_retried: AtomicU64::new(0),
+            max_completion_tokens: AtomicU64::new(0),
+            possible_reasks: AtomicU64::new(0),
+            spent: Mutex::new(BTreeMap::new()),
             latency: Mutex::new(new_histogram()),
             errors: Mutex::new(BTreeMap::new()),
         }
@@ -91,6 +105,22 @@ impl StageProgress {
     pub fn latency(&self, ms: u64) {
         let mut h = self.latency.lock().unwrap_or_else(|p| p.into_inner());
         h.saturating_record(ms.max(1));
+    }
+
+    /// Add what a request sent to `endpoint` used.
+    pub fn spend(&self, endpoint: &str, usage: &Usage) {
+        let mut spent = self.spent.lock().unwrap_or_else(|p| p.into_inner());
+        spent.entry(endpoint.to_string()).or_default().add(usage);
+    }
+
+    /// What the stage's requests used, all endpoints together.
+    pub fn spent(&self) -> Usage {
+        let spent = self.spent.lock().unwrap_or_else(|p| p.into_inner());
+        let mut total = Usage::default();
+        for u in spent.values() {
+            total.add(u);
+        }
+        total
     }
 
     /// Count an output row's error under its reason.
@@ -130,6 +160,10 @@ impl StageProgress {
             prompt_tokens: get(&self.prompt_tokens),
             completion_tokens: get(&self.tokens),
             truncated: get(&self.truncated),
+            truncated_retried: get(&self.truncated_retried),
+            max_completion_tokens: get(&self.max_completion_tokens),
+            possible_reasks: get(&self.possible_reasks),
+            usage: self.spent.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             latency_p50_ms: (!latency.is_empty()).then(|| latency.value_at_quantile(0.5)),
             latency_p95_ms: (!latency.is_empty()).then(|| latency.value_at_quantile(0.95)),
             dropped: get(&self.rows_dropped),
@@ -163,6 +197,19 @@ impl StageProgress {
         m
     }
 
+    /// The counts a progress line shows (rows done, started, errors, skipped, dropped):
+    /// equal states need not be printed again.
+    pub fn state(&self) -> [u64; 5] {
+        [
+            &self.rows_done,
+            &self.rows_started,
+            &self.row_errors,
+            &self.records_skipped,
+            &self.rows_dropped,
+        ]
+        .map(Self::get)
+    }
+
     pub fn line(&self) -> String {
         let done = self.rows_done.load(Ordering::Relaxed);
         let started = self.rows_started.load(Ordering::Relaxed);
@@ -184,6 +231,57 @@ impl StageProgress {
         }
         s
     }
+}
+
+/// One line over all stages: rows done, requests sent and their rate, elapsed time, and an
+/// ETA once it can be guessed.
+///
+/// The ETA takes the prompts as the rows the sources (stages that send no requests) read,
+/// and for each LLM stage as many units per prompt as it has started (rounds, candidates);
+/// the share done is the mean over LLM stages, and the time left is elapsed × (1 − share) /
+/// share. It is a guess while the sources are still reading, and says so.
+pub fn overall_line(stages: &[Arc<StageProgress>], elapsed: std::time::Duration) -> String {
+    let get = StageProgress::get;
+    let secs = elapsed.as_secs_f64().max(1e-3);
+    let llm: Vec<&Arc<StageProgress>> = stages.iter().filter(|s| s.llm).collect();
+    let sent: u64 = llm
+        .iter()
+        .map(|s| get(&s.requests).saturating_sub(get(&s.journal_hits)))
+        .sum();
+    let prompts: u64 = stages
+        .iter()
+        .filter(|s| !s.llm)
+        .map(|s| get(&s.rows_done))
+        .max()
+        .unwrap_or(0);
+    let shares: Vec<f64> = llm
+        .iter()
+        .map(|s| {
+            let started = get(&s.rows_started);
+            let units = prompts.max(1) * started.div_ceil(prompts.max(1)).max(1);
+            get(&s.rows_done) as f64 / units as f64
+        })
+        .collect();
+    let share = if shares.is_empty() || prompts == 0 {
+        0.0
+    } else {
+        (shares.iter().sum::<f64>() / shares.len() as f64).min(1.0)
+    };
+    let eta = if (0.01..1.0).contains(&share) {
+        let left = secs * (1.0 - share) / share;
+        format!("ETA ~{}m{:02}s", (left / 60.0) as u64, (left % 60.0) as u64)
+    } else if share >= 1.0 {
+        "finishing".to_string()
+    } else {
+        "ETA unknown yet".to_string()
+    };
+    format!(
+        "overall: {:.0}% of {prompts} prompts through {} LLM stage(s), {sent} requests sent ({:.1}/s), {:.0}s elapsed, {eta}",
+        share * 100.0,
+        llm.len(),
+        sent as f64 / secs,
+        secs
+    )
 }
 
 /// Distinct error reasons kept per stage; further ones are counted together.
@@ -244,8 +342,21 @@ pub struct StageStats {
     pub errors_by_reason: BTreeMap<String, u64>,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
-    /// Answers cut off by `max_tokens`.
+    /// Final answers cut off by `max_tokens`, and cut-off answers asked again.
     pub truncated: u64,
+    #[serde(default)]
+    pub truncated_retried: u64,
+    /// Sum of `max_tokens` over the requests sent (a dry run's completion upper bound).
+    #[serde(default)]
+    pub max_completion_tokens: u64,
+    /// Requests a judge could have added by asking again (verdicts read at the first try
+    /// leave `attempts - 1` each).
+    #[serde(default)]
+    pub possible_reasks: u64,
+    /// What the requests sent used (requests, tokens, cost), by endpoint. Journal hits are
+    /// free and not in it.
+    #[serde(default)]
+    pub usage: BTreeMap<String, Usage>,
     pub latency_p50_ms: Option<u64>,
     pub latency_p95_ms: Option<u64>,
     /// Rows dropped as duplicates; input records skipped.
@@ -254,28 +365,77 @@ pub struct StageStats {
     pub seconds: f64,
 }
 
-/// The end-of-run table: per stage rows, requests, retries, errors, tokens, wall time.
-pub fn summary_table(stages: &[Arc<StageProgress>]) -> String {
-    let get = StageProgress::get;
+/// The end-of-run table: per stage rows, requests (journal hits among them), retries,
+/// errors, truncated answers, tokens and cost of the requests sent, wall time.
+pub fn summary_table(stages: &[StageStats]) -> String {
     let mut out = format!(
-        "{:<18} {:>8} {:>9} {:>8} {:>8} {:>9} {:>10} {:>8}\n",
-        "stage", "rows", "requests", "retries", "errors", "journal", "tokens", "wall s"
+        "{:<18} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9} {:>11} {:>10} {:>8}\n",
+        "stage",
+        "rows",
+        "requests",
+        "journal",
+        "retries",
+        "errors",
+        "truncated",
+        "tokens",
+        "cost $",
+        "wall s"
     );
     for s in stages {
-        let requests = get(&s.requests);
-        let sent = requests.saturating_sub(get(&s.journal_hits));
+        let spent = s.spent();
         out.push_str(&format!(
-            "{:<18} {:>8} {:>9} {:>8} {:>8} {:>9} {:>10} {:>8.1}\n",
+            "{:<18} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9} {:>11} {:>10.4} {:>8.1}\n",
             s.name,
-            get(&s.rows_done),
-            requests,
-            get(&s.attempts).saturating_sub(sent),
-            get(&s.row_errors),
-            get(&s.journal_hits),
-            get(&s.tokens),
-            s.started.elapsed().as_secs_f64()
+            s.rows,
+            s.requests,
+            s.journal_hits,
+            s.retries,
+            s.errors,
+            s.truncated,
+            spent.tokens(),
+            spent.cost,
+            s.seconds
         ));
     }
+    out
+}
+
+impl StageStats {
+    /// What the stage's requests used, all endpoints together.
+    pub fn spent(&self) -> Usage {
+        let mut total = Usage::default();
+        for u in self.usage.values() {
+            total.add(u);
+        }
+        total
+    }
+}
+
+/// Usage by stage and by endpoint: `requests, prompt tokens, completion tokens, cost`.
+pub fn usage_table(stages: &[StageStats]) -> String {
+    let mut by_endpoint: BTreeMap<&str, Usage> = BTreeMap::new();
+    let mut out = format!(
+        "{:<18} {:<10} {:>9} {:>13} {:>13} {:>10}\n",
+        "stage", "endpoint", "requests", "prompt tok", "completion", "cost $"
+    );
+    let row = |out: &mut String, stage: &str, endpoint: &str, u: &Usage| {
+        out.push_str(&format!(
+            "{stage:<18} {endpoint:<10} {:>9} {:>13} {:>13} {:>10.4}\n",
+            u.requests, u.prompt_tokens, u.completion_tokens, u.cost
+        ));
+    };
+    for s in stages {
+        for (endpoint, u) in &s.usage {
+            row(&mut out, &s.name, endpoint, u);
+            by_endpoint.entry(endpoint).or_default().add(u);
+        }
+    }
+    let mut total = Usage::default();
+    for (endpoint, u) in &by_endpoint {
+        row(&mut out, "(all stages)", endpoint, u);
+        total.add(u);
+    }
+    row(&mut out, "(total)", "", &total);
     out
 }
 

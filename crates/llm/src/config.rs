@@ -140,6 +140,11 @@ pub struct EndpointConfig {
     pub scheduling: crate::gate::GateConfig,
     /// Abort the run when more than this share of requests fail (after 20 requests).
     pub max_error_rate: Option<f64>,
+    /// US dollars per million input and output tokens: costs in summaries and reports, and
+    /// what `max_cost` budgets count.
+    pub price: Option<crate::spend::Price>,
+    /// What requests to this endpoint may spend in a run, over all its sessions.
+    pub budget: crate::spend::Budget,
     pub backend: BackendConfig,
 }
 
@@ -215,15 +220,21 @@ struct CommonKeys {
     scheduling: crate::gate::GateConfig,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     max_error_rate: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    price: Option<crate::spend::Price>,
+    #[serde(default, skip_serializing_if = "crate::spend::Budget::is_empty")]
+    budget: crate::spend::Budget,
 }
 
-const COMMON_KEYS: [&str; 6] = [
+const COMMON_KEYS: [&str; 8] = [
     "model",
     "max_concurrency",
     "timeout_secs",
     "retry",
     "scheduling",
     "max_error_rate",
+    "price",
+    "budget",
 ];
 
 impl<'de> Deserialize<'de> for EndpointConfig {
@@ -248,6 +259,8 @@ impl<'de> Deserialize<'de> for EndpointConfig {
             retry: c.retry,
             scheduling: c.scheduling,
             max_error_rate: c.max_error_rate,
+            price: c.price,
+            budget: c.budget,
             backend,
         })
     }
@@ -270,6 +283,8 @@ impl Serialize for EndpointConfig {
                 retry: self.retry.clone(),
                 scheduling: self.scheduling.clone(),
                 max_error_rate: self.max_error_rate,
+                price: self.price,
+                budget: self.budget,
             },
             backend: &self.backend,
         }
@@ -289,6 +304,8 @@ impl EndpointConfig {
             retry: RetryPolicy::default(),
             scheduling: Default::default(),
             max_error_rate: None,
+            price: None,
+            budget: Default::default(),
             backend,
         }
     }
@@ -483,6 +500,38 @@ impl Config {
             if e.timeout().is_zero() {
                 return Err(LlmError::Config(format!(
                     "endpoints.{name}.timeout_secs must be positive"
+                )));
+            }
+            if let Some(r) = e.max_error_rate
+                && !(0.0..=1.0).contains(&r)
+            {
+                return Err(LlmError::Config(format!(
+                    "endpoints.{name}.max_error_rate = {r}: must be in [0, 1]"
+                )));
+            }
+            if let Some(p) = &e.price
+                && !(p.input_per_mtok >= 0.0
+                    && p.output_per_mtok >= 0.0
+                    && p.input_per_mtok.is_finite()
+                    && p.output_per_mtok.is_finite())
+            {
+                return Err(LlmError::Config(format!(
+                    "endpoints.{name}.price: input_per_mtok and output_per_mtok must be non-negative amounts"
+                )));
+            }
+            e.budget
+                .validate(&format!("endpoints.{name}.budget"))
+                .map_err(LlmError::Config)?;
+            if [
+                e.scheduling.requests_per_minute,
+                e.scheduling.tokens_per_minute,
+            ]
+            .into_iter()
+            .flatten()
+            .any(|v| !(v > 0.0 && v.is_finite()))
+            {
+                return Err(LlmError::Config(format!(
+                    "endpoints.{name}.scheduling: requests_per_minute and tokens_per_minute must be positive"
                 )));
             }
             if e.retry.max_attempts == 0 {

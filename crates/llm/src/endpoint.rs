@@ -14,6 +14,7 @@ use crate::hash::RequestHash;
 use crate::nemo::NemoBackend;
 use crate::openai::{ApiKey, OpenAiBackend};
 use crate::retry::RetryPolicy;
+use crate::spend::{Budget, Ledger, Price, Usage, estimate_prompt_tokens};
 use crate::{AttemptError, Backend, ChatRequest, Completion};
 
 /// Builds the backends of endpoint kinds this crate does not implement itself (the embedded
@@ -32,6 +33,8 @@ pub struct CallOutcome {
     pub result: Result<Completion, LlmError>,
     pub attempts: u32,
     pub latency_ms: u64,
+    /// What the request used (tokens, cost): zero unless it was sent and answered.
+    pub usage: Usage,
 }
 
 /// Live counters, read by the progress reporter.
@@ -65,6 +68,15 @@ pub struct Endpoint {
     /// Cancelled when the run stops: nothing more is sent.
     stop: CancellationToken,
     pub counters: EndpointCounters,
+    /// What a million tokens cost, when known.
+    pub price: Option<Price>,
+    /// This endpoint's own budget (`budget = { … }`).
+    pub budget: Budget,
+    /// The ledgers every request is charged to (the run's, the endpoint's), once set.
+    ledgers: std::sync::OnceLock<Vec<Arc<Ledger>>>,
+    /// The largest ratio seen of a prompt's real tokens to its estimate (at least 1): worst
+    /// cases are reserved with it.
+    prompt_ratio: std::sync::Mutex<f64>,
 }
 
 impl Endpoint {
@@ -90,6 +102,70 @@ impl Endpoint {
             ready: tokio::sync::OnceCell::new(),
             stop: CancellationToken::new(),
             counters: EndpointCounters::default(),
+            price: None,
+            budget: Budget::default(),
+            ledgers: std::sync::OnceLock::new(),
+            prompt_ratio: std::sync::Mutex::new(1.0),
+        }
+    }
+
+    /// The cost of `prompt` + `completion` tokens at this endpoint's price (0 without one).
+    pub fn cost(&self, prompt: u64, completion: u64) -> f64 {
+        self.price.map_or(0.0, |p| p.cost(prompt, completion))
+    }
+
+    /// Charge every request from now on to `ledgers` (set once; later calls are ignored).
+    pub fn charge_to(&self, ledgers: Vec<Arc<Ledger>>) {
+        let _ = self.ledgers.set(ledgers);
+    }
+
+    /// Why a budget this endpoint is charged to stopped admitting requests, if one did.
+    pub fn budget_stop(&self) -> Option<String> {
+        self.ledgers.get()?.iter().find_map(|l| l.stop_message())
+    }
+
+    /// Whether requests admitted by this endpoint's ledgers (of any endpoint charged to the
+    /// same run budget) are still in flight.
+    pub fn budget_in_flight(&self) -> bool {
+        self.ledgers
+            .get()
+            .is_some_and(|ls| ls.iter().any(|l| l.in_flight() > 0))
+    }
+
+    /// A request's worst case: estimated prompt tokens (scaled by the largest error seen so
+    /// far) plus its `max_tokens`, and their cost.
+    fn worst_case(&self, request: &ChatRequest) -> (Usage, u64) {
+        let estimate = estimate_prompt_tokens(request);
+        let ratio = *self.prompt_ratio.lock().unwrap_or_else(|p| p.into_inner());
+        let prompt = (estimate as f64 * ratio).ceil() as u64;
+        let completion = u64::from(request.params.max_tokens.unwrap_or(4096));
+        (
+            Usage {
+                requests: 1,
+                prompt_tokens: prompt,
+                completion_tokens: completion,
+                cost: self.cost(prompt, completion),
+            },
+            estimate,
+        )
+    }
+
+    /// What an answered request used; a server that reports no usage is counted by the
+    /// estimate (prompt) and the answer's length (a token per 4 bytes).
+    fn used(&self, completion: &Completion, estimate: u64) -> Usage {
+        let prompt = completion.prompt_tokens.unwrap_or(estimate);
+        let generated = completion
+            .completion_tokens
+            .unwrap_or_else(|| (completion.text.len() as u64).div_ceil(4));
+        if completion.prompt_tokens.is_some() && estimate > 0 {
+            let mut ratio = self.prompt_ratio.lock().unwrap_or_else(|p| p.into_inner());
+            *ratio = ratio.max(prompt as f64 / estimate as f64);
+        }
+        Usage {
+            requests: 1,
+            prompt_tokens: prompt,
+            completion_tokens: generated,
+            cost: self.cost(prompt, generated),
         }
     }
 
@@ -201,6 +277,8 @@ impl Endpoint {
         endpoint.base_url = config.base_url().map(str::to_string);
         endpoint.gate = Gate::new(config.max_concurrency, config.scheduling.clone());
         endpoint.max_error_rate = config.max_error_rate;
+        endpoint.price = config.price;
+        endpoint.budget = config.budget;
         Ok(endpoint)
     }
 
@@ -269,14 +347,24 @@ impl Endpoint {
         priority: u32,
     ) -> CallOutcome {
         let started = Instant::now();
+        let refused = |why: LlmError| CallOutcome {
+            request_hash: request_hash.clone(),
+            result: Err(why),
+            attempts: 0,
+            latency_ms: 0,
+            usage: Usage::default(),
+        };
         if let Some(why) = self.halted() {
-            return CallOutcome {
-                request_hash,
-                result: Err(why),
-                attempts: 0,
-                latency_ms: 0,
-            };
+            return refused(why);
         }
+        let (worst, estimate) = self.worst_case(request);
+        let reservation = match self.ledgers.get() {
+            Some(ledgers) => match crate::spend::reserve(ledgers, worst) {
+                Ok(r) => Some(r),
+                Err(why) => return refused(LlmError::Budget(why)),
+            },
+            None => None,
+        };
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let mut attempts = 0;
         let result = loop {
@@ -339,6 +427,18 @@ impl Endpoint {
             tracing::debug!(endpoint = %self.name, attempt = attempts, error = %error.message, "retrying");
             tokio::time::sleep(self.retry.delay(attempts, error.retry_after)).await;
         };
+        let usage = match &result {
+            Ok(c) => self.used(c, estimate),
+            // A request that failed used no tokens the server reported, but was sent.
+            Err(_) if attempts > 0 => Usage {
+                requests: 1,
+                ..Default::default()
+            },
+            Err(_) => Usage::default(),
+        };
+        if let Some(r) = reservation {
+            r.settle(&usage);
+        }
         if let Err(e) = &result {
             self.counters.failures.fetch_add(1, Ordering::Relaxed);
             self.check_error_rate(e);
@@ -348,6 +448,7 @@ impl Endpoint {
             result,
             attempts,
             latency_ms: started.elapsed().as_millis() as u64,
+            usage,
         }
     }
 }
@@ -373,6 +474,22 @@ impl Endpoints {
         factory: Option<&dyn BackendFactory>,
         stop: CancellationToken,
     ) -> Result<Self> {
+        Self::build(config, factory, stop, false)
+    }
+
+    /// The endpoints of `config` for a dry run: each answers at once without sending
+    /// anything ([`crate::dry::DryBackend`]); an embedded one still loads its model, to
+    /// count prompt tokens exactly.
+    pub fn dry_run(config: &Config, factory: Option<&dyn BackendFactory>) -> Result<Self> {
+        Self::build(config, factory, CancellationToken::new(), true)
+    }
+
+    fn build(
+        config: &Config,
+        factory: Option<&dyn BackendFactory>,
+        stop: CancellationToken,
+        dry: bool,
+    ) -> Result<Self> {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
@@ -382,6 +499,12 @@ impl Endpoints {
         for (name, e) in &config.endpoints {
             let mut endpoint = Endpoint::from_config(name, e, client.clone(), factory)?;
             endpoint.stop = stop.clone();
+            if dry {
+                endpoint.backend = Arc::new(crate::dry::DryBackend {
+                    inner: endpoint.backend.clone(),
+                });
+                endpoint.base_url = None;
+            }
             by_name.insert(name.clone(), Arc::new(endpoint));
         }
         Ok(Endpoints { by_name })
@@ -401,5 +524,33 @@ impl Endpoints {
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Endpoint>> {
         self.by_name.values()
+    }
+
+    /// Charge every request to the run's budget and to its endpoint's own: `run_spent` and
+    /// `endpoint_spent` are what earlier sessions of the run used. Returns the run's ledger.
+    pub fn charge_to_budgets(
+        &self,
+        run: Budget,
+        run_spent: Usage,
+        endpoint_spent: &BTreeMap<String, Usage>,
+    ) -> Arc<Ledger> {
+        let run_ledger = Ledger::new("run", run, run_spent);
+        for (name, e) in &self.by_name {
+            let mut ledgers = vec![run_ledger.clone()];
+            if !e.budget.is_empty() {
+                ledgers.push(Ledger::new(
+                    &format!("endpoints.{name}.budget"),
+                    e.budget,
+                    endpoint_spent.get(name).copied().unwrap_or_default(),
+                ));
+            }
+            e.charge_to(ledgers);
+        }
+        run_ledger
+    }
+
+    /// Why a budget stopped the run, if one did.
+    pub fn budget_stop(&self) -> Option<String> {
+        self.by_name.values().find_map(|e| e.budget_stop())
     }
 }

@@ -37,6 +37,10 @@ pub enum LlmError {
     /// The run is stopping: the request was not sent.
     #[error("interrupted before sending (Ctrl-C)")]
     Interrupted,
+    /// A budget (`--max-tokens`, `--max-cost`, `--max-requests` or an endpoint's `budget`)
+    /// has no room for the request: it was not sent.
+    #[error("{0}")]
+    Budget(String),
     /// The endpoint gave up on every request (refused key, error rate above the maximum).
     #[error("{0}")]
     Aborted(String),

@@ -9,6 +9,7 @@
 
 pub mod chat_template;
 pub mod config;
+pub mod dry;
 pub mod endpoint;
 pub mod error;
 pub mod gate;
@@ -17,6 +18,7 @@ pub mod models;
 pub mod nemo;
 pub mod openai;
 pub mod retry;
+pub mod spend;
 
 use std::fmt::Debug;
 use std::time::Duration;
@@ -26,6 +28,7 @@ use serde::{Deserialize, Serialize};
 pub use endpoint::{BackendFactory, CallOutcome, Endpoint, Endpoints};
 pub use error::LlmError;
 pub use hash::{REQUEST_HASH_SCHEME, RequestHash};
+pub use spend::{Budget, Price, Usage};
 pub use tokio_util::sync::CancellationToken;
 
 /// One chat turn. Roles are lower-case OpenAI roles: `system`, `user`, `assistant`.
@@ -143,6 +146,12 @@ pub trait Backend: Send + Sync + Debug {
     }
 
     async fn complete(&self, request: &ChatRequest) -> Result<Completion, AttemptError>;
+
+    /// The request's prompt tokens, exactly, when this backend has the model's tokenizer at
+    /// hand (the embedded model); `None` for servers.
+    async fn count_prompt_tokens(&self, _request: &ChatRequest) -> Option<u64> {
+        None
+    }
 }
 
 /// Classify an HTTP status the way DESIGN §4 says: 408, 429 and 5xx are worth retrying,

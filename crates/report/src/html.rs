@@ -388,6 +388,31 @@ pub fn render(report: &Report) -> Result<String> {
             );
         }
         let _ = writeln!(w, "</table>");
+        let _ = write!(
+            w,
+            "<h3>Usage over all sessions</h3>\n<table><tr><th>stage</th><th>endpoint</th>\
+             <th>requests sent</th><th>prompt tokens</th><th>completion tokens</th><th>cost $</th></tr>"
+        );
+        for (stage, by_endpoint) in &report.usage {
+            for (endpoint, u) in by_endpoint {
+                let _ = write!(
+                    w,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.4}</td></tr>",
+                    escape(stage),
+                    escape(endpoint),
+                    u.requests,
+                    u.prompt_tokens,
+                    u.completion_tokens,
+                    u.cost
+                );
+            }
+        }
+        let t = &report.usage_total;
+        let _ = writeln!(
+            w,
+            "<tr><td>total</td><td></td><td>{}</td><td>{}</td><td>{}</td><td>{:.4}</td></tr></table>",
+            t.requests, t.prompt_tokens, t.completion_tokens, t.cost
+        );
         let reasons: Vec<_> = report
             .stages
             .iter()

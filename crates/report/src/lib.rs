@@ -26,9 +26,10 @@ use serde::{Deserialize, Serialize};
 use caiflow_engine::CaiSession;
 use caiflow_engine::progress::StageStats;
 use caiflow_llm::Endpoints;
+use caiflow_llm::Usage;
 use caiflow_llm::config::ReportConfig;
 use caiflow_run::run::{manifests, register_run_tables};
-use caiflow_run::sessions::{SessionRecord, sessions, unix_ms};
+use caiflow_run::sessions::{RunUsage, SessionRecord, sessions, unix_ms};
 use caiflow_run::store::RunStore;
 
 pub use error::{ReportError, Result};
@@ -50,6 +51,11 @@ pub struct Report {
     pub stages: Vec<StageStats>,
     /// Per LLM stage: the share of its answers cut off by `max_tokens`.
     pub truncated_share: BTreeMap<String, f64>,
+    /// What the run's requests used over all its sessions (journal hits are free): stage →
+    /// endpoint → {requests, prompt_tokens, completion_tokens, cost}.
+    pub usage: BTreeMap<String, BTreeMap<String, Usage>>,
+    /// The same, all stages and endpoints together.
+    pub usage_total: Usage,
     /// Committed table → rows.
     pub tables: BTreeMap<String, u64>,
     #[serde(flatten)]
@@ -136,7 +142,10 @@ pub async fn build(store: &RunStore, config: &ReportConfig) -> Result<Report> {
             rl = Some(acc.finish());
         }
     }
+    let usage = RunUsage::of(&all);
     Ok(Report {
+        usage_total: usage.total(),
+        usage: usage.stages,
         run: store.display.clone(),
         generated_unix_ms: unix_ms(),
         caiflow_version: env!("CARGO_PKG_VERSION").to_string(),

@@ -13,6 +13,25 @@ use crate::journal::Journal;
 use crate::plan::StatementOutcome;
 use crate::run::{RunOptions, Runner, TableOutcome};
 use crate::store::RunStore;
+use caiflow_engine::journal::RequestJournal;
+
+/// A run's journal that serves what it holds and records nothing (a dry run's view).
+#[derive(Debug)]
+struct ReadOnly(Journal);
+
+#[async_trait::async_trait]
+impl RequestJournal for ReadOnly {
+    async fn lookup(&self, hash: &caiflow_llm::RequestHash) -> Option<caiflow_llm::Completion> {
+        self.0.lookup(hash).await
+    }
+
+    fn record(
+        &self,
+        _hash: &caiflow_llm::RequestHash,
+        _result: &std::result::Result<caiflow_llm::Completion, caiflow_llm::LlmError>,
+    ) {
+    }
+}
 
 /// A run being executed: its store, journal and session (whose progress a caller may show
 /// while it runs).
@@ -46,6 +65,27 @@ impl PlanRun {
             store,
             journal,
             session,
+        })
+    }
+
+    /// A dry run (`caiflow run --dry-run`, with dry endpoints): tables are written to
+    /// `scratch` (a temporary store the caller deletes), requests the run at `journal_of`
+    /// journalled are served from its journal, and nothing is recorded there or anywhere.
+    pub async fn dry(
+        scratch: RunStore,
+        endpoints: Endpoints,
+        journal_of: Option<RunStore>,
+    ) -> Result<PlanRun> {
+        let journal = Arc::new(Journal::open(scratch.clone()).await?);
+        journal.prepare_for_writing().await?;
+        let lookup: Option<Arc<dyn RequestJournal>> = match journal_of {
+            Some(store) => Some(Arc::new(ReadOnly(Journal::open(store).await?))),
+            None => None,
+        };
+        Ok(PlanRun {
+            store: scratch,
+            journal,
+            session: CaiSession::with_journal(endpoints, lookup),
         })
     }
 

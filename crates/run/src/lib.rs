@@ -9,6 +9,7 @@
 //! down, never a global.
 
 pub mod delta;
+pub mod dry_run;
 pub mod error;
 pub mod execute;
 pub mod files;

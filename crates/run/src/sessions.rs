@@ -3,11 +3,13 @@
 //! and served from the journal, retries, errors by reason, tokens, latency, truncated
 //! answers). The report reads them; they are a few KiB per session, whatever the run's size.
 
+use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use caiflow_engine::progress::StageStats;
+use caiflow_llm::Usage;
 
 use crate::error::{Result, RunError};
 use crate::store::RunStore;
@@ -20,7 +22,8 @@ const FOLDER: &str = "sessions";
 pub struct SessionRecord {
     pub started_unix_ms: u64,
     pub finished_unix_ms: u64,
-    /// `finished`, `failed` or `interrupted`.
+    /// `finished`, `failed`, `interrupted`, `budget` (a budget stopped it) or `running`
+    /// (written while it runs; a session killed outright keeps its last one).
     pub end: String,
     /// On a cluster the executors count the requests: the stages' figures are the client's.
     pub cluster: bool,
@@ -71,4 +74,69 @@ pub async fn sessions(store: &RunStore) -> Result<Vec<SessionRecord>> {
     }
     out.sort_by_key(|r| r.started_unix_ms);
     Ok(out)
+}
+
+/// What a run's sessions spent, added up: per stage and endpoint, requests sent, tokens and
+/// cost. Journal hits are free, so a request counts once however often the run resumed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunUsage {
+    pub sessions: usize,
+    /// Stage name → endpoint → usage.
+    pub stages: BTreeMap<String, BTreeMap<String, Usage>>,
+}
+
+impl RunUsage {
+    /// The sum over `sessions`.
+    pub fn of(sessions: &[SessionRecord]) -> RunUsage {
+        let mut out = RunUsage {
+            sessions: sessions.len(),
+            ..Default::default()
+        };
+        for s in sessions {
+            out.add(&s.stages);
+        }
+        out
+    }
+
+    /// Add one session's stages.
+    pub fn add(&mut self, stages: &[StageStats]) {
+        for stage in stages {
+            let into = self.stages.entry(stage.name.clone()).or_default();
+            for (endpoint, u) in &stage.usage {
+                into.entry(endpoint.clone()).or_default().add(u);
+            }
+        }
+    }
+
+    /// Everything, all stages and endpoints.
+    pub fn total(&self) -> Usage {
+        let mut total = Usage::default();
+        for u in self.stages.values().flat_map(|e| e.values()) {
+            total.add(u);
+        }
+        total
+    }
+
+    /// Per endpoint, all stages.
+    pub fn by_endpoint(&self) -> BTreeMap<String, Usage> {
+        let mut out: BTreeMap<String, Usage> = BTreeMap::new();
+        for (endpoint, u) in self.stages.values().flat_map(|e| e.iter()) {
+            out.entry(endpoint.clone()).or_default().add(u);
+        }
+        out
+    }
+
+    /// As stage figures with only their usage set (for [`usage_table`]).
+    ///
+    /// [`usage_table`]: caiflow_engine::progress::usage_table
+    pub fn as_stats(&self) -> Vec<StageStats> {
+        self.stages
+            .iter()
+            .map(|(name, usage)| StageStats {
+                name: name.clone(),
+                usage: usage.clone(),
+                ..Default::default()
+            })
+            .collect()
+    }
 }

@@ -85,6 +85,12 @@ pub struct MockState {
     logprobs: Mutex<Option<Vec<(String, f64)>>>,
     /// Words the default answer is padded to (0: as it is).
     answer_words: std::sync::atomic::AtomicUsize,
+    /// Cut answers longer than the request's `max_tokens` words (`finish_reason = length`).
+    honor_max_tokens: std::sync::atomic::AtomicBool,
+    /// Tokens reported in `usage` over all answers: a word is a token, and each message
+    /// costs 3 more in the prompt.
+    pub prompt_tokens: AtomicU64,
+    pub completion_tokens: AtomicU64,
 }
 
 pub struct MockServer {
@@ -186,6 +192,12 @@ impl MockServer {
     /// benchmarks; 0 leaves it short).
     pub fn set_answer_words(&self, words: usize) {
         self.state.answer_words.store(words, Ordering::SeqCst);
+    }
+
+    /// Cut answers to the request's `max_tokens` words, with `finish_reason = length`, as a
+    /// real server does (off by default: the default answer ignores `max_tokens`).
+    pub fn honor_max_tokens(&self, on: bool) {
+        self.state.honor_max_tokens.store(on, Ordering::SeqCst);
     }
 
     pub fn set_latency(&self, latency: Duration) {
@@ -380,6 +392,8 @@ fn stats(state: &MockState) -> Value {
         "distinct": map.len(),
         "repeated": map.values().map(|n| n.saturating_sub(1)).sum::<u64>(),
         "peak_in_flight": state.peak_in_flight.load(Ordering::SeqCst),
+        "prompt_tokens": state.prompt_tokens.load(Ordering::SeqCst),
+        "completion_tokens": state.completion_tokens.load(Ordering::SeqCst),
     })
 }
 
@@ -444,7 +458,41 @@ async fn chat(State(state): State<Arc<MockState>>, body: axum::Json<Value>) -> R
             state.answer_words.load(Ordering::Relaxed),
         )
     });
-    let mut choice = json!({"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"});
+    let mut finish = "stop";
+    let mut content = content;
+    let limit = body.get("max_tokens").and_then(Value::as_u64);
+    if let Some(limit) = limit.filter(|_| state.honor_max_tokens.load(Ordering::Relaxed))
+        && content.split_whitespace().count() as u64 > limit
+    {
+        content = content
+            .split_whitespace()
+            .take(limit as usize)
+            .collect::<Vec<_>>()
+            .join(" ");
+        finish = "length";
+    }
+    let prompt_tokens: u64 = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .map(|ms| {
+            ms.iter()
+                .map(|m| {
+                    m.get("content")
+                        .and_then(Value::as_str)
+                        .map_or(0, |c| c.split_whitespace().count() as u64)
+                        + 3
+                })
+                .sum()
+        })
+        .unwrap_or(0);
+    let completion_tokens = content.split_whitespace().count() as u64;
+    state
+        .prompt_tokens
+        .fetch_add(prompt_tokens, Ordering::SeqCst);
+    state
+        .completion_tokens
+        .fetch_add(completion_tokens, Ordering::SeqCst);
+    let mut choice = json!({"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish});
     let wants_logprobs = body
         .get("logprobs")
         .is_some_and(|v| v.as_bool() == Some(true));
@@ -467,7 +515,7 @@ async fn chat(State(state): State<Arc<MockState>>, body: axum::Json<Value>) -> R
         "object": "chat.completion",
         "model": body.get("model").cloned().unwrap_or(Value::Null),
         "choices": [choice],
-        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
     });
     (StatusCode::OK, reply.to_string()).into_response()
 }

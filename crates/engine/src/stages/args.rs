@@ -27,6 +27,10 @@ pub struct StageArgs {
 fn literal_text(function: &str, expr: &Expr) -> Result<String> {
     let scalar = match expr {
         Expr::Literal(s, _) => s,
+        // `-1` is a negation of the literal 1.
+        Expr::Negative(inner) if matches!(inner.as_ref(), Expr::Literal(s, _) if !s.is_null()) => {
+            return Ok(format!("-{}", literal_text(function, inner)?));
+        }
         other => {
             return plan_err!("{function}: arguments must be literals, got {other}");
         }
@@ -138,6 +142,25 @@ impl StageArgs {
             Some(v) if v == "true" || v == "1" || v == "yes" => Ok(true),
             Some(v) if v == "false" || v == "0" || v == "no" => Ok(false),
             Some(v) => plan_err!("{}: option {name} => '{v}' is not a boolean", self.function),
+        }
+    }
+
+    /// A numeric option's value must be `ok`: else a planning error naming the option, the
+    /// value and the allowed `range`.
+    pub fn check(
+        &self,
+        name: &str,
+        value: impl std::fmt::Display,
+        ok: bool,
+        range: &str,
+    ) -> Result<()> {
+        if ok {
+            Ok(())
+        } else {
+            plan_err!(
+                "{}: option {name} => {value} is out of range (allowed: {range})",
+                self.function
+            )
         }
     }
 

@@ -24,7 +24,7 @@ use datafusion::common::plan_err;
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::TableType;
 use datafusion::error::Result;
-use datafusion::functions::core::expr_fn::named_struct;
+use datafusion::functions::core::expr_fn::{coalesce, get_field, named_struct};
 use datafusion::functions::string::expr_fn::concat;
 use datafusion::functions_nested::expr_fn::make_array;
 use datafusion::logical_expr::{Expr, LogicalPlan, cast, col, lit, when};
@@ -48,6 +48,28 @@ pub enum BlendKind {
 #[derive(Debug)]
 pub struct BlendFunction(pub BlendKind);
 
+/// `truncated`: the row's final answer (the revision; the chosen or rejected answer) was
+/// cut off by `max_tokens`. Exports skip such rows unless told to keep them.
+fn truncated_field() -> Field {
+    Field::new("truncated", DataType::Boolean, true)
+}
+
+/// The `truncated` value of CAI rows: from the input's `truncated` column (judgements) or
+/// its revision's lineage, else false.
+fn truncated_expr(df: &DataFrame) -> Expr {
+    let schema = df.schema().as_arrow();
+    if schema.index_of("truncated").is_ok() {
+        coalesce(vec![col("truncated"), lit(false)])
+    } else if schema.index_of("revise_lineage").is_ok() {
+        coalesce(vec![
+            get_field(col("revise_lineage"), "finish_reason").eq(lit("length")),
+            lit(false),
+        ])
+    } else {
+        lit(false)
+    }
+}
+
 fn utf8(name: &str) -> Field {
     Field::new(name, DataType::Utf8, true)
 }
@@ -64,6 +86,7 @@ impl BlendKind {
         match self {
             BlendKind::Sft => {
                 let mut fields: Vec<_> = sft_schema().fields().iter().cloned().collect();
+                fields.push(Arc::new(truncated_field()));
                 fields.push(Arc::new(utf8("error")));
                 Arc::new(Schema::new(fields))
             }
@@ -75,6 +98,7 @@ impl BlendKind {
                 utf8("rejected"),
                 utf8("label"),
                 Field::new("chosen_prob", DataType::Float64, true),
+                truncated_field(),
                 utf8("error"),
             ])),
         }
@@ -117,6 +141,7 @@ impl BlendKind {
     }
 
     fn cai_rows(self, df: DataFrame, has_round: bool) -> Result<DataFrame> {
+        let truncated = truncated_expr(&df);
         match self {
             BlendKind::Sft => {
                 let round = if has_round {
@@ -150,6 +175,7 @@ impl BlendKind {
                     lit("sl_cai").alias("source"),
                     lit("").alias("system"),
                     cast(messages, message_list_type()).alias("messages"),
+                    truncated.alias("truncated"),
                     cast(col("error"), DataType::Utf8).alias("error"),
                 ])
             }
@@ -166,6 +192,7 @@ impl BlendKind {
                     lit(ScalarValue::Float64(None))
                 }
                 .alias("chosen_prob"),
+                truncated.alias("truncated"),
                 cast(col("error"), DataType::Utf8).alias("error"),
             ]),
         }
@@ -178,6 +205,7 @@ impl BlendKind {
                 cast(col("source"), DataType::Utf8).alias("source"),
                 cast(col("system"), DataType::Utf8).alias("system"),
                 cast(col("messages"), message_list_type()).alias("messages"),
+                lit(false).alias("truncated"),
                 lit(ScalarValue::Utf8(None)).alias("error"),
             ]),
             BlendKind::Pairs => df.select(vec![
@@ -188,6 +216,7 @@ impl BlendKind {
                 cast(col("rejected"), DataType::Utf8).alias("rejected"),
                 lit("ok").alias("label"),
                 lit(ScalarValue::Float64(None)).alias("chosen_prob"),
+                lit(false).alias("truncated"),
                 lit(ScalarValue::Utf8(None)).alias("error"),
             ]),
         }
@@ -212,9 +241,7 @@ impl TableFunctionImpl for BlendFunction {
             }
         };
         let ratio: f64 = a.parsed_or("ratio", 0.5)?;
-        if !(0.0..1.0).contains(&ratio) {
-            return plan_err!("{name}: ratio => {ratio} must be in [0, 1)");
-        }
+        a.check("ratio", ratio, (0.0..1.0).contains(&ratio), "[0, 1)")?;
         let seed: i64 = a.parsed_or("seed", 42)?;
         a.finish(&[])?;
         let (needed_cai, needed_helpful) = kind.needed();

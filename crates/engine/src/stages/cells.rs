@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, Float64Builder, ListBuilder, StringBuilder, StructBuilder, UInt32Builder,
-    UInt64Builder,
+    ArrayRef, BooleanBuilder, Float64Builder, ListBuilder, StringBuilder, StructBuilder,
+    UInt32Builder, UInt64Builder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Fields};
 use datafusion::common::{Result, internal_err};
@@ -19,6 +19,7 @@ pub enum Cell {
     U32(Option<u32>),
     U64(Option<u64>),
     F64(Option<f64>),
+    Bool(Option<bool>),
     /// A `List<UInt32>` value (never null).
     U32List(Vec<u32>),
     Lineage(Option<Box<Lineage>>),
@@ -76,6 +77,7 @@ pub enum ColumnBuilder {
     U32(UInt32Builder),
     U64(UInt64Builder),
     F64(Float64Builder),
+    Bool(BooleanBuilder),
     U32List(ListBuilder<UInt32Builder>),
     Lineage(Box<LineageBuilder>),
     Candidates(ListBuilder<StructBuilder>),
@@ -90,6 +92,7 @@ impl ColumnBuilder {
             DataType::UInt32 => ColumnBuilder::U32(UInt32Builder::new()),
             DataType::UInt64 => ColumnBuilder::U64(UInt64Builder::new()),
             DataType::Float64 => ColumnBuilder::F64(Float64Builder::new()),
+            DataType::Boolean => ColumnBuilder::Bool(BooleanBuilder::new()),
             DataType::List(item) if item.data_type() == &DataType::UInt32 => {
                 ColumnBuilder::U32List(ListBuilder::new(UInt32Builder::new()))
             }
@@ -112,6 +115,7 @@ impl ColumnBuilder {
             (ColumnBuilder::U32(b), Cell::U32(v)) => b.append_option(v),
             (ColumnBuilder::U64(b), Cell::U64(v)) => b.append_option(v),
             (ColumnBuilder::F64(b), Cell::F64(v)) => b.append_option(v),
+            (ColumnBuilder::Bool(b), Cell::Bool(v)) => b.append_option(v),
             (ColumnBuilder::U32List(b), Cell::U32List(v)) => {
                 b.values().append_slice(&v);
                 b.append(true);
@@ -134,6 +138,7 @@ impl ColumnBuilder {
             ColumnBuilder::U32(_) => "UInt32",
             ColumnBuilder::U64(_) => "UInt64",
             ColumnBuilder::F64(_) => "Float64",
+            ColumnBuilder::Bool(_) => "Boolean",
             ColumnBuilder::U32List(_) => "List<UInt32>",
             ColumnBuilder::Lineage(_) => "lineage",
             ColumnBuilder::Candidates(_) => "candidates",
@@ -146,6 +151,7 @@ impl ColumnBuilder {
             ColumnBuilder::U32(mut b) => Arc::new(b.finish()),
             ColumnBuilder::U64(mut b) => Arc::new(b.finish()),
             ColumnBuilder::F64(mut b) => Arc::new(b.finish()),
+            ColumnBuilder::Bool(mut b) => Arc::new(b.finish()),
             ColumnBuilder::U32List(mut b) => Arc::new(b.finish()),
             ColumnBuilder::Lineage(b) => b.finish(),
             ColumnBuilder::Candidates(mut b) => Arc::new(b.finish()),

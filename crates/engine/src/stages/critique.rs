@@ -41,6 +41,7 @@ impl StageFactory for CritiqueFactory {
     }
     fn build(&self, args: &StageArgs, _input: &Schema) -> Result<Arc<dyn RowStage>> {
         let round = args.parsed_or("round", 1u32)?;
+        args.check("round", round, round >= 1, ">= 1")?;
         if round == 0 {
             return plan_err!("critique: round counts from 1");
         }
@@ -65,6 +66,10 @@ pub fn critique_fields() -> Vec<Field> {
 
 #[async_trait]
 impl RowStage for Critique {
+    fn retry_truncated(&self) -> Option<u32> {
+        self.options.retry_truncated
+    }
+
     fn name(&self) -> &str {
         "critique"
     }

@@ -57,6 +57,11 @@ pub struct StageEnv {
     pub journal: Option<Arc<crate::journal::JournalHandle>>,
     /// Scheduling priority of this stage's requests (deeper stages first).
     pub priority: u32,
+    /// `retry_truncated`: ask again with this `max_tokens` when an answer is cut off.
+    pub retry_truncated: Option<u32>,
+    /// Set when a budget refused one of this stream's requests: the stream then fails once
+    /// the requests in flight are answered, so its table is not committed.
+    pub budget_refused: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// One CAI stage, row by row. Implementations hold only plain options (serde data) and
@@ -70,6 +75,11 @@ pub trait RowStage: fmt::Debug + Send + Sync + 'static {
     fn output_fields(&self) -> Vec<Field>;
     /// The endpoint this stage calls, if any.
     fn endpoint(&self) -> Option<&str> {
+        None
+    }
+    /// `retry_truncated` of the stage's options: ask once more with this many tokens when
+    /// an answer is cut off by `max_tokens`.
+    fn retry_truncated(&self) -> Option<u32> {
         None
     }
     /// How deep in a row's conversation this stage's requests are: waiting requests of
@@ -545,6 +555,8 @@ async fn stage_env(stage: &dyn RowStage, context: &TaskContext) -> Result<StageE
         },
         journal,
         priority: stage.priority(),
+        retry_truncated: stage.retry_truncated(),
+        budget_refused: Default::default(),
         worker: match &resources {
             Some(r) => r.0.worker().into(),
             None => LOCAL_WORKER.into(),
@@ -672,6 +684,8 @@ fn stream_rows(
     batch_size: usize,
 ) -> impl futures::Stream<Item = Result<RecordBatch>> + Send {
     let endpoint = env.endpoint.clone();
+    let refused = env.budget_refused.clone();
+    let budget_end = (endpoint.clone(), refused.clone());
     // Enough rows in flight to keep the endpoint's whole budget busy from this partition,
     // plus headroom so a finished slot is refilled at once.
     let window = endpoint
@@ -721,9 +735,42 @@ fn stream_rows(
             if let Some(why) = endpoint.as_ref().and_then(|e| e.aborted()) {
                 return exec_err!("{why}");
             }
+            // A budget refused a request: once the requests in flight are answered (and
+            // journalled), the query fails, so nothing half done is committed.
+            if let Some(e) = endpoint.as_ref()
+                && refused.load(std::sync::atomic::Ordering::Relaxed)
+                && !e.budget_in_flight()
+            {
+                return exec_err!("{}", budget_message(e));
+            }
             assembler.assemble(chunk.into_iter().collect::<Result<Vec<_>>>()?)
         })
         .try_filter(|b| futures::future::ready(b.num_rows() > 0))
+        // The end: a stream that had a request refused fails even if no chunk came after.
+        .chain(
+            futures::stream::once(async move {
+                let (endpoint, refused) = budget_end;
+                match endpoint {
+                    Some(e) if refused.load(std::sync::atomic::Ordering::Relaxed) => {
+                        // Other streams' requests in flight finish (and are journalled)
+                        // before the query fails and drops them.
+                        while e.budget_in_flight() {
+                            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        }
+                        Some(exec_err!("{}", budget_message(&e)))
+                    }
+                    _ => None,
+                }
+            })
+            .filter_map(futures::future::ready),
+        )
+}
+
+/// The message of the budget that stopped `endpoint`'s requests.
+fn budget_message(endpoint: &Endpoint) -> String {
+    endpoint
+        .budget_stop()
+        .unwrap_or_else(|| "a budget stopped the run".to_string())
 }
 
 /// Builds an output batch from finished rows that may come from several input batches.

@@ -38,6 +38,7 @@ use super::exec::{Grouping, RowStage, StageEnv, StageFactory};
 use super::llm_call::{Lineage, LlmDefaults, LlmOptions, complete, count_error, text};
 use super::row::InputRow;
 use super::verdict::{Verdict, parse_verdict};
+use crate::progress::StageProgress;
 use caiflow_llm::Message;
 
 pub const DEFAULT_JUDGE_CONSTITUTION: &str =
@@ -149,24 +150,39 @@ impl StageFactory for JudgeFactory {
                     .filter_map(|p| p.trim().parse().ok())
                     .collect();
                 match parts.as_slice() {
-                    [lo, hi] if 0.0 <= *lo && lo <= hi && *hi <= 1.0 => Some((*lo, *hi)),
+                    [lo, hi] if 0.0 <= *lo && lo < hi && *hi <= 1.0 => Some((*lo, *hi)),
                     _ => {
                         return plan_err!(
-                            "judge: clamp => '{spec}' must be 'low,high' within [0, 1]"
+                            "judge: option clamp => '{spec}' is out of range (allowed: 'low,high' with 0 <= low < high <= 1)"
                         );
                     }
                 }
             }
         };
-        let attempts = args.parsed_or("attempts", 3u32)?.max(1);
+        let attempts = args.parsed_or("attempts", 3u32)?;
+        args.check("attempts", attempts, attempts >= 1, ">= 1")?;
+        let samples_per_comparison = args.parsed_or("samples_per_comparison", 1u32)?;
+        args.check(
+            "samples_per_comparison",
+            samples_per_comparison,
+            samples_per_comparison >= 1,
+            ">= 1",
+        )?;
+        let top_logprobs = args.parsed_or("top_logprobs", 20u32)?;
+        args.check(
+            "top_logprobs",
+            top_logprobs,
+            (1..=20).contains(&top_logprobs),
+            "1 to 20",
+        )?;
         Ok(Arc::new(Judge {
             options,
             mode,
             attempts,
             principles: Arc::new(principles),
-            samples_per_comparison: args.parsed_or("samples_per_comparison", 1u32)?.max(1),
+            samples_per_comparison,
             clamp,
-            top_logprobs: args.parsed_or("top_logprobs", 20u32)?,
+            top_logprobs,
             structured: args.bool_or("structured", false)?,
         }))
     }
@@ -223,6 +239,18 @@ impl Judgement {
     }
 
     fn cells(self, candidates: Vec<CandidateCell>) -> OutRow {
+        // Whether the chosen or the rejected answer was cut off by `max_tokens`.
+        let picked: Vec<u32> = [&self.chosen, &self.rejected]
+            .into_iter()
+            .flatten()
+            .map(|c| c.sample_idx)
+            .collect();
+        let truncated = (!picked.is_empty()).then(|| {
+            candidates.iter().any(|c| {
+                c.sample_idx.is_some_and(|i| picked.contains(&i))
+                    && c.finish_reason.as_deref() == Some("length")
+            })
+        });
         vec![
             Cell::Candidates(candidates),
             Cell::U32(Some(self.num_candidates)),
@@ -231,6 +259,7 @@ impl Judgement {
             text(self.rejected.as_ref().map(|c| c.response.clone())),
             Cell::U32(self.chosen.as_ref().map(|c| c.sample_idx)),
             Cell::U32(self.rejected.as_ref().map(|c| c.sample_idx)),
+            Cell::Bool(truncated),
             text(Some(self.label.to_string())),
             Cell::F64(self.chosen_prob),
             text(self.explanation),
@@ -289,6 +318,11 @@ impl Judge {
             };
             match parse_verdict(&raw, n) {
                 Ok((verdict, explanation)) => {
+                    // The asks this verdict did not need: a dry run's range of requests.
+                    StageProgress::add(
+                        &env.progress.possible_reasks,
+                        u64::from(self.attempts - attempt),
+                    );
                     let mut j = Judgement {
                         num_candidates: n as u32,
                         order,
@@ -468,6 +502,10 @@ pub fn option_a_probability(top: &[Vec<(String, f64)>]) -> Option<f64> {
 
 #[async_trait]
 impl RowStage for Judge {
+    fn retry_truncated(&self) -> Option<u32> {
+        self.options.retry_truncated
+    }
+
     fn name(&self) -> &str {
         "judge"
     }
@@ -487,6 +525,8 @@ impl RowStage for Judge {
             Field::new("rejected", DataType::Utf8, true),
             Field::new("chosen_idx", DataType::UInt32, true),
             Field::new("rejected_idx", DataType::UInt32, true),
+            // The chosen or the rejected answer was cut off by `max_tokens`.
+            Field::new("truncated", DataType::Boolean, true),
             Field::new("label", DataType::Utf8, true),
             Field::new("chosen_prob", DataType::Float64, true),
             Field::new("explanation", DataType::Utf8, true),

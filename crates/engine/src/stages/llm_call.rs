@@ -13,7 +13,9 @@ pub use super::lineage::{Lineage, lineage_field};
 use super::row::InputRow;
 use crate::constitution::FewShot;
 use crate::progress::StageProgress;
-use caiflow_llm::{CallOutcome, ChatRequest, Completion, Message, SamplingParams};
+use std::sync::atomic::Ordering;
+
+use caiflow_llm::{CallOutcome, ChatRequest, Completion, LlmError, Message, SamplingParams};
 
 /// Options common to respond, critique and revise.
 #[derive(Clone, Debug)]
@@ -26,6 +28,8 @@ pub struct LlmOptions {
     pub seed: u64,
     pub system: Option<String>,
     pub few_shot: Arc<FewShot>,
+    /// Ask once more, with this `max_tokens`, when an answer is cut off by `max_tokens`.
+    pub retry_truncated: Option<u32>,
 }
 
 /// Per-stage defaults of [`LlmOptions`].
@@ -61,7 +65,7 @@ impl LlmOptions {
     pub fn parse_with(args: &StageArgs, defaults: &LlmDefaults) -> Result<Self> {
         let few_shot = FewShot::resolve(&args.str_or("few_shot", defaults.few_shot))
             .map_err(|e| plan_datafusion_err!("{}: {e}", args.function()))?;
-        Ok(LlmOptions {
+        let options = LlmOptions {
             endpoint: args.str_or("endpoint", defaults.endpoint),
             temperature: args.parsed_or("temperature", defaults.temperature)?,
             top_p: args.parsed("top_p")?.or(defaults.top_p),
@@ -70,7 +74,37 @@ impl LlmOptions {
             seed: args.parsed_or("seed", 42)?,
             system: args.str("system").map(str::to_string),
             few_shot: Arc::new(few_shot),
-        })
+            retry_truncated: args.parsed("retry_truncated")?,
+        };
+        options.validate(args)?;
+        Ok(options)
+    }
+
+    /// Every sampling option in its range (checked when the plan is made, before anything
+    /// is sent).
+    fn validate(&self, args: &StageArgs) -> Result<()> {
+        args.check(
+            "temperature",
+            self.temperature,
+            valid_temperature(self.temperature),
+            "[0, 2]",
+        )?;
+        if let Some(p) = self.top_p {
+            args.check("top_p", p, p > 0.0 && p <= 1.0, "(0, 1]")?;
+        }
+        if let Some(k) = self.top_k {
+            args.check("top_k", k, k >= 1, ">= 1")?;
+        }
+        args.check("max_tokens", self.max_tokens, self.max_tokens >= 1, ">= 1")?;
+        if let Some(n) = self.retry_truncated {
+            args.check(
+                "retry_truncated",
+                n,
+                n > self.max_tokens,
+                &format!("> max_tokens ({})", self.max_tokens),
+            )?;
+        }
+        Ok(())
     }
 
     /// System prompt and few-shot turns, then the row's own turns.
@@ -108,6 +142,11 @@ impl LlmOptions {
             },
         }
     }
+}
+
+/// Whether a sampling temperature is in the range every server takes, [0, 2].
+pub fn valid_temperature(t: f64) -> bool {
+    (0.0..=2.0).contains(&t)
 }
 
 /// The row's conversation: the `conversation` column when the input has one (multi-turn
@@ -153,8 +192,30 @@ pub async fn call(
 
 /// Send a request, or serve it from the run's journal when it was completed before (then
 /// `attempts` is 0 in the lineage). Every new outcome is journalled; failures are journalled
-/// as failures and never served.
+/// as failures and never served. An answer cut off by `max_tokens` is asked once more with
+/// the stage's `retry_truncated` tokens, when it has that option.
 pub async fn complete(
+    env: &StageEnv,
+    request: &ChatRequest,
+) -> (Result<Completion, String>, Option<Lineage>) {
+    let (result, lineage) = complete_once(env, request).await;
+    let cut_off = matches!(&result, Ok(c) if c.finish_reason.as_deref() == Some("length"));
+    let (result, lineage) = match env.retry_truncated {
+        Some(tokens) if cut_off => {
+            StageProgress::add(&env.progress.truncated_retried, 1);
+            let mut again = request.clone();
+            again.params.max_tokens = Some(tokens);
+            complete_once(env, &again).await
+        }
+        _ => (result, lineage),
+    };
+    if matches!(&result, Ok(c) if c.finish_reason.as_deref() == Some("length")) {
+        StageProgress::add(&env.progress.truncated, 1);
+    }
+    (result, lineage)
+}
+
+async fn complete_once(
     env: &StageEnv,
     request: &ChatRequest,
 ) -> (Result<Completion, String>, Option<Lineage>) {
@@ -169,6 +230,7 @@ pub async fn complete(
             result: Ok(c),
             attempts: 0,
             latency_ms: 0,
+            usage: Default::default(),
         }),
         None => None,
     };
@@ -183,20 +245,31 @@ pub async fn complete(
             let o = endpoint
                 .call_with_priority(request, hash, env.priority)
                 .await;
-            if let Some(j) = &env.journal {
-                j.0.record(&o.request_hash, &o.result);
+            match &o.result {
+                // Not sent: nothing to journal (a re-run sends it).
+                Err(LlmError::Budget(_)) => env.budget_refused.store(true, Ordering::Relaxed),
+                Err(LlmError::Interrupted) => {}
+                _ => {
+                    if let Some(j) = &env.journal {
+                        j.0.record(&o.request_hash, &o.result);
+                    }
+                    StageProgress::add(
+                        &p.max_completion_tokens,
+                        u64::from(request.params.max_tokens.unwrap_or(0)),
+                    );
+                }
             }
             StageProgress::add(&p.attempts, o.attempts as u64);
-            p.latency(o.latency_ms);
+            if o.attempts > 0 {
+                p.latency(o.latency_ms);
+                p.spend(&endpoint.name, &o.usage);
+            }
             o
         }
     };
     if let Ok(c) = &outcome.result {
         StageProgress::add(&p.tokens, c.completion_tokens.unwrap_or(0));
         StageProgress::add(&p.prompt_tokens, c.prompt_tokens.unwrap_or(0));
-        if c.finish_reason.as_deref() == Some("length") {
-            StageProgress::add(&p.truncated, 1);
-        }
     }
     let lineage = lineage_of(env, request, &outcome);
     // A row's failure is data: the text of the error goes into its `error` column.

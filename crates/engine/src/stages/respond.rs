@@ -35,6 +35,10 @@ impl StageFactory for RespondFactory {
 
 #[async_trait]
 impl RowStage for Respond {
+    fn retry_truncated(&self) -> Option<u32> {
+        self.options.retry_truncated
+    }
+
     fn name(&self) -> &str {
         "respond"
     }

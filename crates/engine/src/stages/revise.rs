@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use datafusion::common::plan_err;
 use datafusion::error::Result;
 
 use super::args::StageArgs;
@@ -39,9 +38,7 @@ impl StageFactory for ReviseFactory {
     }
     fn build(&self, args: &StageArgs, _input: &Schema) -> Result<Arc<dyn RowStage>> {
         let rounds = args.parsed_or("rounds", 1u32)?;
-        if !(1..=16).contains(&rounds) {
-            return plan_err!("revise: rounds => {rounds} must be between 1 and 16");
-        }
+        args.check("rounds", rounds, (1..=16).contains(&rounds), "1 to 16")?;
         Ok(Arc::new(Revise {
             options: LlmOptions::parse(args)?,
             constitution: load_constitution(args)?,
@@ -196,6 +193,10 @@ impl Revise {
 
 #[async_trait]
 impl RowStage for Revise {
+    fn retry_truncated(&self) -> Option<u32> {
+        self.options.retry_truncated
+    }
+
     fn name(&self) -> &str {
         "revise"
     }

@@ -15,6 +15,7 @@ use datafusion::error::Result;
 use super::args::StageArgs;
 use super::cells::{Cell, OutRow};
 use super::exec::{RowStage, StageEnv, StageFactory};
+use super::llm_call::valid_temperature;
 use super::llm_call::{
     LlmDefaults, LlmOptions, base_turns, call, count_error, lineage_field, null_lineage, text,
     upstream_error,
@@ -38,8 +39,13 @@ pub fn parse_temperatures(spec: &str) -> Result<Vec<f64>> {
         .map(|t| t.trim().parse::<f64>())
         .collect::<std::result::Result<_, _>>()
         .map_err(|e| plan_datafusion_err!("sample: temperatures => '{spec}': {e}"))?;
-    if temps.is_empty() || temps.iter().any(|t| !t.is_finite() || *t < 0.0) {
-        return plan_err!("sample: temperatures => '{spec}' must be non-negative numbers");
+    if temps.is_empty() {
+        return plan_err!("sample: temperatures => '{spec}' names no temperature");
+    }
+    if let Some(t) = temps.iter().find(|t| !valid_temperature(**t)) {
+        return plan_err!(
+            "sample: option temperatures => '{spec}': {t} is out of range (allowed: [0, 2])"
+        );
     }
     Ok(temps)
 }
@@ -70,6 +76,10 @@ impl StageFactory for SampleFactory {
 
 #[async_trait]
 impl RowStage for Sample {
+    fn retry_truncated(&self) -> Option<u32> {
+        self.options.retry_truncated
+    }
+
     fn name(&self) -> &str {
         "sample"
     }

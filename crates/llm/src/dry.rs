@@ -1,0 +1,64 @@
+//! `caiflow run --dry-run`: a backend that answers every request at once, sending nothing,
+//! so a plan runs through to the end and every request it would send is counted.
+//!
+//! The answer stands for the expected one: half of the request's `max_tokens` (the
+//! documented expected completion), a filler of about that many tokens after a verdict
+//! that a judge can read (`{"chosen": 1, "rejected": 2}`), so later turns, built on earlier
+//! answers, have about the size they will have. Prompt tokens are exact when the wrapped
+//! backend can count them (the embedded model's tokenizer), else the estimate of
+//! [`crate::spend::estimate_prompt_tokens`].
+
+use std::sync::Arc;
+
+use crate::spend::estimate_prompt_tokens;
+use crate::{AttemptError, Backend, ChatRequest, Completion};
+
+#[derive(Debug)]
+pub struct DryBackend {
+    /// The endpoint's real backend, asked only to count prompt tokens.
+    pub inner: Arc<dyn Backend>,
+}
+
+/// The verdict a dry answer starts with: readable by the judge.
+const VERDICT: &str = "{\"chosen\": 1, \"rejected\": 2} ";
+
+/// The completion tokens a dry run expects of a request: half its `max_tokens`.
+pub fn expected_completion_tokens(request: &ChatRequest) -> u64 {
+    (u64::from(request.params.max_tokens.unwrap_or(512)) / 2).max(1)
+}
+
+#[async_trait::async_trait]
+impl Backend for DryBackend {
+    async fn prepare(&self) -> Result<(), crate::LlmError> {
+        self.inner.prepare().await
+    }
+
+    async fn count_prompt_tokens(&self, request: &ChatRequest) -> Option<u64> {
+        self.inner.count_prompt_tokens(request).await
+    }
+
+    async fn complete(&self, request: &ChatRequest) -> Result<Completion, AttemptError> {
+        let prompt = match self.inner.count_prompt_tokens(request).await {
+            Some(n) => n,
+            None => estimate_prompt_tokens(request),
+        };
+        let expected = expected_completion_tokens(request);
+        // About a token per 4 bytes, as the estimate counts them.
+        let filler = (expected as usize).saturating_sub(VERDICT.len() / 4);
+        let mut text = String::with_capacity(VERDICT.len() + filler * 4);
+        text.push_str(VERDICT);
+        for _ in 0..filler {
+            text.push_str("abc ");
+        }
+        Ok(Completion {
+            text,
+            finish_reason: Some("stop".into()),
+            prompt_tokens: Some(prompt),
+            completion_tokens: Some(expected),
+            top_logprobs: request
+                .params
+                .top_logprobs
+                .map(|_| vec![vec![("A".to_string(), -0.4), ("B".to_string(), -1.1)]]),
+        })
+    }
+}
