@@ -370,8 +370,46 @@ fn both_plans_run_on_the_embedded_default() {
         !repo_root().join("caiflow.toml").exists(),
         "this test needs the default (no caiflow.toml) configuration"
     );
+    // A dry run first: the embedded model's tokenizer counts the prompt tokens exactly.
+    let dry = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_caiflow"))
+            .current_dir(repo_root())
+            .env_remove("CAIFLOW_BASE_URL")
+            .args(["run", "plans/sl_cai.sql", "--store"])
+            .arg(store.path())
+            .args([
+                "--run",
+                "sl",
+                "--set",
+                "limit=6",
+                "--set",
+                "max_tokens=32",
+                "--dry-run",
+            ])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let planned = dry();
+    let respond = planned
+        .lines()
+        .find(|l| l.starts_with("respond "))
+        .unwrap_or_else(|| panic!("{planned}"));
+    assert!(
+        respond.contains("requests         6") && respond.contains("(exact)"),
+        "{planned}"
+    );
     let stderr = run("plans/sl_cai.sql", "sl", &["limit=6", "max_tokens=32"]);
     assert!(stderr.contains("endpoint policy"), "{stderr}");
+    // Once run, everything it would send is in its journal.
+    let again = dry();
+    assert!(again.contains("total: requests to send 0 "), "{again}");
     let stderr = run(
         "plans/rl_cai.sql",
         "rl",
