@@ -478,3 +478,40 @@ async fn invalid_option_values_are_planning_errors() {
     assert!(!out.status.success());
     assert!(text(&out).1.contains("max_cost"), "{:?}", text(&out));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_budgets_on_the_command_line_and_per_endpoint() {
+    let policy = MockServer::start().await.unwrap();
+    let judge = MockServer::start().await.unwrap();
+    let s = Setup::new(&policy, &judge, 12);
+    let out = s.run("plans/sl_cai.sql", "n", &["--max-requests", "7"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("request budget reached (--max-requests 7)"),
+        "{stderr}"
+    );
+    let first = policy.state.requests.load(Ordering::SeqCst);
+    assert!(first <= 7, "{first}");
+
+    // The same limit in caiflow.toml, on the endpoint: it counts every session of the run.
+    let config = std::fs::read_to_string(&s.config).unwrap().replace(
+        "max_concurrency = 4\nprice",
+        "max_concurrency = 4\nbudget = { max_requests = 20 }\nprice",
+    );
+    std::fs::write(&s.config, config).unwrap();
+    policy.state.requests.store(0, Ordering::SeqCst);
+    let out = s.run("plans/sl_cai.sql", "n", &[]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("request budget reached (endpoints.policy.budget.max_requests 20)"),
+        "{stderr}"
+    );
+    let sent = policy.state.requests.load(Ordering::SeqCst);
+    let (run_requests, _) = run_usage(&s.inspect("n"));
+    assert!(
+        run_requests <= 20 && first + sent == run_requests,
+        "{run_requests} in the run, {first} then {sent}"
+    );
+}
