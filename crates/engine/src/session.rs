@@ -13,6 +13,7 @@ use crate::sql::NamedArgs;
 use crate::stages::blend::{BlendFunction, BlendKind};
 use crate::stages::critique::CritiqueFactory;
 use crate::stages::exec::{StageFactory, StageFunction};
+use crate::stages::generate::GenerateFactory;
 use crate::stages::helpful::{HelpfulPairsFunction, HelpfulSftFunction};
 use crate::stages::judge::JudgeFactory;
 use crate::stages::near_dedup::NearDedupFunction;
@@ -32,6 +33,7 @@ fn stage_factories() -> Vec<Arc<dyn StageFactory>> {
         Arc::new(ReviseFactory),
         Arc::new(SampleFactory),
         Arc::new(JudgeFactory),
+        Arc::new(GenerateFactory),
     ]
 }
 

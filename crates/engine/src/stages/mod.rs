@@ -11,12 +11,14 @@
 //! | `helpful_sft(path, …)` | [`helpful`] |
 //! | `blend(cai, helpful, …)` | [`blend`] |
 //! | `near_dedup(input, …)` | [`near_dedup`] |
+//! | `generate(input, template => …, output => …)` | [`generate`] |
 
 pub mod args;
 pub mod blend;
 pub mod cells;
 pub mod critique;
 pub mod exec;
+pub mod generate;
 pub mod helpful;
 pub mod input;
 pub mod judge;

@@ -1,0 +1,296 @@
+//! `generate(input, template => '…{column}…', output => 'name', …)`: one request per row for
+//! a prompt written in SQL, with everything the CAI stages have (the endpoint's shared
+//! budget and depth-first scheduler, the journal, retries, budgets, lineage
+//! `{output}_lineage`, errors as data, progress).
+//!
+//! The template names input columns in braces (`{{` and `}}` are literal braces); unknown
+//! names are planning errors listing the input's columns. `messages => 'column'` sends a
+//! conversation column (`List<Struct{role, content}>`) as it is instead. `json_schema =>
+//! '{…}'` asks for structured output: the answer must parse as JSON, else the row is asked
+//! again (`attempts`, default 3, in the same conversation), then recorded as an error row
+//! whose `{output}` is the last raw answer.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::common::{plan_datafusion_err, plan_err};
+use datafusion::error::Result;
+
+use super::args::StageArgs;
+use super::cells::{Cell, OutRow};
+use super::exec::{RowStage, StageEnv, StageFactory};
+use super::llm_call::{
+    LlmDefaults, LlmOptions, complete, count_error, lineage_field, null_lineage, text,
+};
+use super::row::InputRow;
+use caiflow_llm::Message;
+
+/// A piece of a template: literal text or an input column's value.
+#[derive(Clone, Debug, PartialEq)]
+enum Piece {
+    Text(String),
+    Column(String),
+}
+
+/// Split `template` into pieces; `{{` and `}}` are literal braces.
+fn parse_template(template: &str) -> Result<Vec<Piece>> {
+    let mut pieces = vec![];
+    let mut text = String::new();
+    let mut chars = template.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '{' if chars.peek() == Some(&'{') => {
+                chars.next();
+                text.push('{');
+            }
+            '}' if chars.peek() == Some(&'}') => {
+                chars.next();
+                text.push('}');
+            }
+            '{' => {
+                let mut name = String::new();
+                loop {
+                    match chars.next() {
+                        Some('}') => break,
+                        Some(c) => name.push(c),
+                        None => {
+                            return plan_err!(
+                                "generate: template has an unclosed '{{' (write '{{{{' for a literal brace)"
+                            );
+                        }
+                    }
+                }
+                if !text.is_empty() {
+                    pieces.push(Piece::Text(std::mem::take(&mut text)));
+                }
+                pieces.push(Piece::Column(name.trim().to_string()));
+            }
+            '}' => {
+                return plan_err!(
+                    "generate: template has a '}}' without '{{' (write '}}}}' for a literal brace)"
+                );
+            }
+            c => text.push(c),
+        }
+    }
+    if !text.is_empty() {
+        pieces.push(Piece::Text(text));
+    }
+    Ok(pieces)
+}
+
+#[derive(Debug)]
+pub struct Generate {
+    options: LlmOptions,
+    /// The prompt, when the input's columns are filled into a template.
+    template: Vec<Piece>,
+    /// The conversation column sent as it is (instead of a template).
+    messages: Option<String>,
+    output: String,
+    /// `response_format` of structured output, when a JSON schema was given.
+    response_format: Option<serde_json::Value>,
+    attempts: u32,
+}
+
+#[derive(Debug)]
+pub struct GenerateFactory;
+
+impl StageFactory for GenerateFactory {
+    fn function_name(&self) -> &'static str {
+        "generate"
+    }
+    fn build(&self, args: &StageArgs, input: &Schema) -> Result<Arc<dyn RowStage>> {
+        let defaults = LlmDefaults {
+            few_shot: "none",
+            ..Default::default()
+        };
+        let options = LlmOptions::parse_with(args, &defaults)?;
+        let output = args.str_or("output", "generated");
+        if output.trim().is_empty() || output == "error" || input.index_of(&output).is_ok() {
+            return plan_err!(
+                "generate: output => '{output}' must name a new column (not 'error' nor an input column)"
+            );
+        }
+        let columns: Vec<&str> = input.fields().iter().map(|f| f.name().as_str()).collect();
+        let known = |name: &str| -> Result<()> {
+            if columns.contains(&name) {
+                Ok(())
+            } else {
+                plan_err!(
+                    "generate: the input has no column '{name}' (it has: {})",
+                    columns.join(", ")
+                )
+            }
+        };
+        let (template, messages) = match (args.str("template"), args.str("messages")) {
+            (Some(t), None) => {
+                let pieces = parse_template(t)?;
+                for p in &pieces {
+                    if let Piece::Column(name) = p {
+                        known(name)?;
+                    }
+                }
+                (pieces, None)
+            }
+            (None, Some(column)) => {
+                known(column)?;
+                (vec![], Some(column.to_string()))
+            }
+            _ => {
+                return plan_err!(
+                    "generate: give template => '…{{column}}…' or messages => 'column' (one of them)"
+                );
+            }
+        };
+        let response_format = match args.str("json_schema") {
+            None => None,
+            Some(s) => {
+                let schema: serde_json::Value = serde_json::from_str(s)
+                    .map_err(|e| plan_datafusion_err!("generate: json_schema is not JSON: {e}"))?;
+                Some(serde_json::json!({
+                    "type": "json_schema",
+                    "json_schema": {"name": output, "schema": schema}
+                }))
+            }
+        };
+        let attempts = args.parsed_or("attempts", 3u32)?;
+        args.check("attempts", attempts, attempts >= 1, ">= 1")?;
+        Ok(Arc::new(Generate {
+            options,
+            template,
+            messages,
+            output,
+            response_format,
+            attempts,
+        }))
+    }
+}
+
+impl Generate {
+    /// The row's turns: the template filled in, or its conversation column.
+    fn turns(&self, row: &InputRow) -> Result<Vec<Message>, String> {
+        if let Some(column) = &self.messages {
+            return match row.messages(column) {
+                Some(turns) if !turns.is_empty() => Ok(turns),
+                _ => Err(format!("input column '{column}' is null or empty")),
+            };
+        }
+        let mut prompt = String::new();
+        for piece in &self.template {
+            match piece {
+                Piece::Text(t) => prompt.push_str(t),
+                Piece::Column(c) => match row.str(c) {
+                    Some(v) => prompt.push_str(v),
+                    None => return Err(format!("input column '{c}' is null")),
+                },
+            }
+        }
+        Ok(vec![Message::user(prompt)])
+    }
+}
+
+#[async_trait]
+impl RowStage for Generate {
+    fn retry_truncated(&self) -> Option<u32> {
+        self.options.retry_truncated
+    }
+
+    fn name(&self) -> &str {
+        "generate"
+    }
+    fn required_columns(&self) -> Vec<&'static str> {
+        // The template's columns are checked when the stage is built.
+        vec![]
+    }
+    fn output_fields(&self) -> Vec<Field> {
+        vec![
+            Field::new(self.output.as_str(), DataType::Utf8, true),
+            lineage_field(&self.output),
+            Field::new("error", DataType::Utf8, true),
+        ]
+    }
+    fn endpoint(&self) -> Option<&str> {
+        Some(&self.options.endpoint)
+    }
+
+    async fn process(&self, row: InputRow, env: &StageEnv) -> Vec<OutRow> {
+        let failed = |error: String, raw: Option<String>, lineage: Cell| {
+            let error = Some(error);
+            count_error(env, &error);
+            vec![vec![text(raw), lineage, text(error)]]
+        };
+        if let Some(e) = row.str("error") {
+            return failed(e.to_string(), None, null_lineage());
+        }
+        let mut turns = match self.turns(&row) {
+            Ok(t) => t,
+            Err(e) => return failed(format!("generate: {e}"), None, null_lineage()),
+        };
+        // The row's key for its sampling seed: its prompt id, else what it asks.
+        let key = match row.str("prompt_id") {
+            Some(id) => id.as_bytes().to_vec(),
+            None => caiflow_llm::RequestHash::of("", &self.options.request(turns.clone(), &[]))
+                .to_string()
+                .into_bytes(),
+        };
+        let mut last = String::new();
+        for attempt in 1..=self.attempts {
+            let attempt_bytes = attempt.to_le_bytes();
+            let mut request = self.options.request(
+                turns.clone(),
+                &[b"generate", self.output.as_bytes(), &key, &attempt_bytes],
+            );
+            request.params.response_format = self.response_format.clone();
+            let (result, lineage) = complete(env, &request).await;
+            let raw = match result {
+                Ok(c) => c.text,
+                Err(e) => return failed(format!("generate: {e}"), None, lineage.into()),
+            };
+            if self.response_format.is_none() {
+                return vec![vec![text(Some(raw)), lineage.into(), text(None)]];
+            }
+            match serde_json::from_str::<serde_json::Value>(raw.trim()) {
+                Ok(_) => return vec![vec![text(Some(raw)), lineage.into(), text(None)]],
+                Err(e) => {
+                    if attempt == self.attempts {
+                        return failed(
+                            format!(
+                                "generate: the answer is not valid JSON after {} attempt(s): {e}",
+                                self.attempts
+                            ),
+                            Some(raw),
+                            lineage.into(),
+                        );
+                    }
+                    turns.push(Message::assistant(&raw));
+                    turns.push(Message::user(format!(
+                        "That answer is not valid JSON ({e}). Answer again with the JSON only."
+                    )));
+                    last = raw;
+                }
+            }
+        }
+        // Only with attempts = 0, which the factory refuses.
+        failed("generate: no answer".into(), Some(last), null_lineage())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_name_columns_and_escape_braces() {
+        assert_eq!(
+            parse_template("Is {prompt} harmful? {{json}}").unwrap(),
+            vec![
+                Piece::Text("Is ".into()),
+                Piece::Column("prompt".into()),
+                Piece::Text(" harmful? {json}".into()),
+            ]
+        );
+        assert!(parse_template("open {prompt").is_err());
+        assert!(parse_template("close }").is_err());
+    }
+}
