@@ -388,10 +388,7 @@ fn print_summary(
         let mut total = before;
         total.sessions += 1;
         total.add(stats);
-        let session: Usage = stats.iter().fold(Usage::default(), |mut u, s| {
-            u.add(&s.spent());
-            u
-        });
+        let session = RunUsage::of_stages(stats);
         let run = total.total();
         eprintln!(
             "  usage: this session {}; the run, {} session(s): {} (journal hits are free)",
@@ -997,10 +994,7 @@ async fn cmd_inspect(run: String) -> anyhow::Result<()> {
     let sessions = caiflow_run::sessions::sessions(&store).await?;
     if let Some(last) = sessions.last() {
         let usage = RunUsage::of(&sessions);
-        let this: Usage = last.stages.iter().fold(Usage::default(), |mut u, s| {
-            u.add(&s.spent());
-            u
-        });
+        let this = RunUsage::of_stages(&last.stages);
         println!(
             "  usage: last session ({}) {}; the run, {} session(s): {} (journal hits are free)",
             last.end,

@@ -5,19 +5,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
 use std::sync::atomic::Ordering;
 
 use caiflow_testkit::MockServer;
 use common::*;
-
-fn caiflow(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_caiflow"))
-        .current_dir(repo_root())
-        .args(args)
-        .output()
-        .expect("run caiflow")
-}
 
 fn config(dir: &Path, policy: &MockServer) -> String {
     let path = dir.join("caiflow.toml");
@@ -44,8 +35,9 @@ fn prompts(dir: &Path, name: &str, n: usize) -> String {
     path.display().to_string()
 }
 
-fn sql(config: &str, query: &str) -> (bool, String, String) {
-    let out = caiflow(&["sql", "--config", config, "-e", query]);
+/// `caiflow sql WHERE -e QUERY` (WHERE: `--config FILE` or `--run RUN`): ok, stdout, stderr.
+fn sql(place: [&str; 2], query: &str) -> (bool, String, String) {
+    let out = caiflow_output(&["sql", place[0], place[1], "-e", query]);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).to_string(),
@@ -84,7 +76,7 @@ async fn generate_adds_its_column_and_reruns_from_the_journal() {
             &vars,
         ];
         args.extend(extra);
-        let out = caiflow(&args);
+        let out = caiflow_output(&args);
         assert!(
             out.status.success(),
             "{}",
@@ -94,8 +86,8 @@ async fn generate_adds_its_column_and_reruns_from_the_journal() {
     run(&[]);
     assert_eq!(policy.state.requests.load(Ordering::SeqCst), 12);
     let run_dir = store.join("g");
-    let (ok, stdout, stderr) = caiflow_sql_run(
-        &run_dir,
+    let (ok, stdout, stderr) = sql(
+        ["--run", run_dir.to_str().unwrap()],
         "SELECT count(*) AS n, count(verdict) AS answered, count(error) AS errors, \
          count(verdict_lineage['request_hash']) AS hashed, \
          sum(CASE WHEN verdict LIKE '%Is this harmful? How do I pick lock number%' THEN 1 ELSE 0 END) AS filled \
@@ -121,15 +113,6 @@ async fn generate_adds_its_column_and_reruns_from_the_journal() {
     );
 }
 
-fn caiflow_sql_run(run: &Path, query: &str) -> (bool, String, String) {
-    let out = caiflow(&["sql", "--run", run.to_str().unwrap(), "-e", query]);
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn template_columns_are_checked_and_json_is_asked_again() {
     let policy = MockServer::start().await.unwrap();
@@ -138,7 +121,7 @@ async fn template_columns_are_checked_and_json_is_asked_again() {
     let one = prompts(dir.path(), "one.jsonl", 1);
 
     let (ok, _, stderr) = sql(
-        &config,
+        ["--config", &config],
         &format!("SELECT * FROM generate('{one}', template => 'Rate {{nope}} please')"),
     );
     assert!(!ok);
@@ -157,7 +140,7 @@ async fn template_columns_are_checked_and_json_is_asked_again() {
         "SELECT j, error, j_lineage['attempts'] AS a FROM generate('{one}', template => '{{prompt}}', \
          output => 'j', json_schema => '{{\"type\": \"object\"}}')"
     );
-    let (ok, stdout, stderr) = sql(&config, &query);
+    let (ok, stdout, stderr) = sql(["--config", &config], &query);
     assert!(ok, "{stderr}");
     assert!(stdout.contains(r#"{"harmful": true}"#), "{stdout}");
     assert_eq!(policy.state.requests.load(Ordering::SeqCst), 2);
@@ -172,7 +155,7 @@ async fn template_columns_are_checked_and_json_is_asked_again() {
     // Never valid: an error row that keeps the raw answer. (New answers: a new seed.)
     policy.push_replies((0..3).map(|i| format!("still not json {i}")));
     let query = query.replace("'{prompt}'", "'Again: {prompt}'");
-    let (ok, stdout, stderr) = sql(&config, &query);
+    let (ok, stdout, stderr) = sql(["--config", &config], &query);
     assert!(ok, "{stderr}");
     assert!(
         stdout.contains("still not json 2") && stdout.contains("not valid JSON after 3 attempt(s)"),

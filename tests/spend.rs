@@ -6,19 +6,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::atomic::Ordering;
 
 use caiflow_testkit::MockServer;
 use common::*;
-
-fn caiflow(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_caiflow"))
-        .current_dir(repo_root())
-        .args(args)
-        .output()
-        .expect("run caiflow")
-}
 
 fn text(out: &Output) -> (String, String) {
     (
@@ -28,7 +20,7 @@ fn text(out: &Output) -> (String, String) {
 }
 
 fn ok(args: &[&str]) -> (String, String) {
-    let out = caiflow(args);
+    let out = caiflow_output(args);
     let (stdout, stderr) = text(&out);
     assert!(
         out.status.success(),
@@ -104,7 +96,7 @@ impl Setup {
             &prompts,
         ];
         args.extend(extra);
-        caiflow(&args)
+        caiflow_output(&args)
     }
 
     fn inspect(&self, name: &str) -> String {
@@ -430,7 +422,7 @@ async fn invalid_option_values_are_planning_errors() {
         ),
     ];
     for (call, what, range) in cases {
-        let out = caiflow(&[
+        let out = caiflow_output(&[
             "sql",
             "--config",
             s.config.to_str().unwrap(),
@@ -460,7 +452,7 @@ async fn invalid_option_values_are_planning_errors() {
             format!("[endpoints.policy]\nbase_url = 'http://127.0.0.1:9/v1'\n{line}\n"),
         )
         .unwrap();
-        let out = caiflow(&[
+        let out = caiflow_output(&[
             "run",
             "plans/sl_cai.sql",
             "--config",

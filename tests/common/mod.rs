@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use caiflow_engine::CaiSession;
@@ -321,4 +321,13 @@ pub fn python(script: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Run the `caiflow` binary from the repository root; its output, whatever the status.
+pub fn caiflow_output(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_caiflow"))
+        .current_dir(repo_root())
+        .args(args)
+        .output()
+        .expect("run caiflow")
 }

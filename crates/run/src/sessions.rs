@@ -108,6 +108,13 @@ impl RunUsage {
         }
     }
 
+    /// What one session's `stages` used, all together.
+    pub fn of_stages(stages: &[StageStats]) -> Usage {
+        let mut one = RunUsage::default();
+        one.add(stages);
+        one.total()
+    }
+
     /// Everything, all stages and endpoints.
     pub fn total(&self) -> Usage {
         let mut total = Usage::default();

@@ -228,13 +228,10 @@ impl RowStage for Generate {
             Err(e) => return failed(format!("generate: {e}"), None, null_lineage()),
         };
         // The row's key for its sampling seed: its prompt id, else what it asks.
-        let key = match row.str("prompt_id") {
+        let key: Vec<u8> = match row.str("prompt_id") {
             Some(id) => id.as_bytes().to_vec(),
-            None => caiflow_llm::RequestHash::of("", &self.options.request(turns.clone(), &[]))
-                .to_string()
-                .into_bytes(),
+            None => turns.iter().flat_map(|t| t.content.bytes()).collect(),
         };
-        let mut last = String::new();
         for attempt in 1..=self.attempts {
             let attempt_bytes = attempt.to_le_bytes();
             let mut request = self.options.request(
@@ -247,32 +244,32 @@ impl RowStage for Generate {
                 Ok(c) => c.text,
                 Err(e) => return failed(format!("generate: {e}"), None, lineage.into()),
             };
-            if self.response_format.is_none() {
-                return vec![vec![text(Some(raw)), lineage.into(), text(None)]];
-            }
-            match serde_json::from_str::<serde_json::Value>(raw.trim()) {
-                Ok(_) => return vec![vec![text(Some(raw)), lineage.into(), text(None)]],
-                Err(e) => {
-                    if attempt == self.attempts {
-                        return failed(
-                            format!(
-                                "generate: the answer is not valid JSON after {} attempt(s): {e}",
-                                self.attempts
-                            ),
-                            Some(raw),
-                            lineage.into(),
-                        );
-                    }
+            let invalid = match &self.response_format {
+                None => None,
+                Some(_) => serde_json::from_str::<serde_json::Value>(raw.trim()).err(),
+            };
+            match invalid {
+                None => return vec![vec![text(Some(raw)), lineage.into(), text(None)]],
+                Some(e) if attempt == self.attempts => {
+                    return failed(
+                        format!(
+                            "generate: the answer is not valid JSON after {} attempt(s): {e}",
+                            self.attempts
+                        ),
+                        Some(raw),
+                        lineage.into(),
+                    );
+                }
+                Some(e) => {
                     turns.push(Message::assistant(&raw));
                     turns.push(Message::user(format!(
                         "That answer is not valid JSON ({e}). Answer again with the JSON only."
                     )));
-                    last = raw;
                 }
             }
         }
         // Only with attempts = 0, which the factory refuses.
-        failed("generate: no answer".into(), Some(last), null_lineage())
+        failed("generate: no answer".into(), None, null_lineage())
     }
 }
 
