@@ -23,7 +23,7 @@ use caiflow_run::run::{
 };
 use caiflow_run::sessions::RunUsage;
 use caiflow_run::store::RunStore;
-use caiflow_run::{PlanRun, RunEnd};
+use caiflow_run::{PlanRun, ReadOnly, RunEnd};
 use clap::{Parser, Subcommand};
 
 /// mimalloc (as datafusion-cli uses), told to return freed memory at once: caiflow's live
@@ -349,6 +349,9 @@ fn print_outcome(o: &StatementOutcome) {
     );
     if let Some(p) = &o.preview {
         println!("{p}");
+    }
+    if let Some(w) = &o.warning {
+        eprintln!("warning: {w}");
     }
 }
 
@@ -1110,10 +1113,17 @@ async fn cmd_sql(
     cluster: Option<String>,
 ) -> anyhow::Result<()> {
     let loaded = load_config(config.as_deref())?;
-    let mut session = CaiSession::new(caiflow_engine::endpoints(
-        &loaded,
-        CancellationToken::new(),
-    )?);
+    let store = run.as_deref().map(open_run).transpose()?;
+    // llm() calls are served from and recorded in the run's journal (read only when the
+    // run's store cannot be written).
+    let journal = match &store {
+        Some(store) if cluster.is_none() => Some(SqlJournal::open(store).await?),
+        _ => None,
+    };
+    let mut session = CaiSession::with_journal(
+        caiflow_engine::endpoints(&loaded, CancellationToken::new())?,
+        journal.as_ref().map(SqlJournal::lookup),
+    );
     if let Some(url) = &cluster {
         caiflow_cluster::client::connect(&mut session, url, &loaded, None).await?;
     }
@@ -1121,31 +1131,75 @@ async fn cmd_sql(
     if let Some(sql) = &execute {
         caiflow_run::inputs::register_s3_inputs(&session.ctx, sql)?;
     }
-    if let Some(run) = &run {
-        let store = open_run(run)?;
+    if let Some(store) = &store {
         let names = if cluster.is_some() {
-            caiflow_run::run::register_run_files(&session, &store).await?
+            caiflow_run::run::register_run_files(&session, store).await?
         } else {
-            register_run_tables(&session, &store).await?
+            register_run_tables(&session, store).await?
         };
         eprintln!("tables: {}", names.join(", "));
-        let older = register_versions(&session, &store).await?;
+        let older = register_versions(&session, store).await?;
         if !older.is_empty() {
             eprintln!("earlier versions: {}", older.join(", "));
         }
     }
-    let Some(execute) = execute else {
-        return shell::run(&session, max_rows).await;
+    let result = match execute {
+        None => shell::run(&session, max_rows).await,
+        Some(execute) => run_sql(&session, &execute, max_rows, |o| {
+            if let Some(p) = &o.preview {
+                println!("{p}");
+            } else {
+                eprintln!("{} rows", o.rows);
+            }
+            if let Some(w) = &o.warning {
+                eprintln!("warning: {w}");
+            }
+        })
+        .await
+        .map(|_| ())
+        .map_err(Into::into),
     };
-    run_sql(&session, &execute, max_rows, |o| {
-        if let Some(p) = &o.preview {
-            println!("{p}");
-        } else {
-            eprintln!("{} rows", o.rows);
+    if let Some(journal) = journal {
+        journal.close().await?;
+    }
+    result
+}
+
+/// The journal `caiflow sql --run RUN` serves and records `llm()` calls through.
+enum SqlJournal {
+    Writing(Arc<Journal>, tokio::task::JoinHandle<()>),
+    ReadOnly(Arc<dyn caiflow_engine::journal::RequestJournal>),
+}
+
+impl SqlJournal {
+    async fn open(store: &RunStore) -> anyhow::Result<SqlJournal> {
+        let writable = store.check_writable().await.is_ok();
+        let journal = Journal::open(store.clone()).await?;
+        if !writable {
+            eprintln!("caiflow: the run's store is read only: llm() calls are not journalled");
+            return Ok(SqlJournal::ReadOnly(Arc::new(ReadOnly(journal))));
         }
-    })
-    .await?;
-    Ok(())
+        journal.prepare_for_writing().await?;
+        let journal = Arc::new(journal);
+        let flusher = journal.spawn_flusher();
+        Ok(SqlJournal::Writing(journal, flusher))
+    }
+
+    fn lookup(&self) -> Arc<dyn caiflow_engine::journal::RequestJournal> {
+        match self {
+            SqlJournal::Writing(j, _) => j.clone(),
+            SqlJournal::ReadOnly(j) => j.clone(),
+        }
+    }
+
+    /// Write what is still buffered.
+    async fn close(self) -> anyhow::Result<()> {
+        if let SqlJournal::Writing(journal, flusher) = self {
+            flusher.abort();
+            journal.flush().await?;
+        }
+        Ok(())
+    }
 }
 
 async fn cmd_cluster(action: ClusterCommand) -> anyhow::Result<()> {

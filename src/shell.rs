@@ -130,9 +130,14 @@ pub async fn run(session: &CaiSession, max_rows: usize) -> anyhow::Result<()> {
             eprintln!("error: {e}");
             continue;
         }
-        let result = run_sql(session, &sql, max_rows, |o| match &o.preview {
-            Some(p) => println!("{p}\n{} row(s) in {:.3}s", o.rows, o.seconds),
-            None => println!("ok ({:.3}s)", o.seconds),
+        let result = run_sql(session, &sql, max_rows, |o| {
+            match &o.preview {
+                Some(p) => println!("{p}\n{} row(s) in {:.3}s", o.rows, o.seconds),
+                None => println!("ok ({:.3}s)", o.seconds),
+            }
+            if let Some(w) = &o.warning {
+                eprintln!("warning: {w}");
+            }
         })
         .await;
         if let Err(e) = result {

@@ -1,13 +1,14 @@
-//! `generate(input, template => …, output => …)` on the mock: a column for every row, a
-//! re-run served from the journal, template columns checked when the plan is made, and
-//! structured output asked again until it parses.
+//! SQL pipelines beyond the fixed stages, on the mock. `generate(input, template => …,
+//! output => …)`: a column for every row, a re-run served from the journal, template columns
+//! checked when the plan is made, structured output asked again until it parses. `llm()`:
+//! values in a SELECT, repeats served from the run's journal, failures NULL with a warning.
 
 mod common;
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use caiflow_testkit::MockServer;
+use caiflow_testkit::{Fault, MockServer};
 use common::*;
 
 fn config(dir: &Path, policy: &MockServer) -> String {
@@ -35,9 +36,12 @@ fn prompts(dir: &Path, name: &str, n: usize) -> String {
     path.display().to_string()
 }
 
-/// `caiflow sql WHERE -e QUERY` (WHERE: `--config FILE` or `--run RUN`): ok, stdout, stderr.
-fn sql(place: [&str; 2], query: &str) -> (bool, String, String) {
-    let out = caiflow_output(&["sql", place[0], place[1], "-e", query]);
+/// `caiflow sql WHERE -e QUERY` (WHERE: `--config FILE`, `--run RUN`): ok, stdout, stderr.
+fn sql(place: &[&str], query: &str) -> (bool, String, String) {
+    let mut args = vec!["sql"];
+    args.extend(place);
+    args.extend(["-e", query]);
+    let out = caiflow_output(&args);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).to_string(),
@@ -87,7 +91,7 @@ async fn generate_adds_its_column_and_reruns_from_the_journal() {
     assert_eq!(policy.state.requests.load(Ordering::SeqCst), 12);
     let run_dir = store.join("g");
     let (ok, stdout, stderr) = sql(
-        ["--run", run_dir.to_str().unwrap()],
+        &["--run", run_dir.to_str().unwrap()],
         "SELECT count(*) AS n, count(verdict) AS answered, count(error) AS errors, \
          count(verdict_lineage['request_hash']) AS hashed, \
          sum(CASE WHEN verdict LIKE '%Is this harmful? How do I pick lock number%' THEN 1 ELSE 0 END) AS filled \
@@ -121,7 +125,7 @@ async fn template_columns_are_checked_and_json_is_asked_again() {
     let one = prompts(dir.path(), "one.jsonl", 1);
 
     let (ok, _, stderr) = sql(
-        ["--config", &config],
+        &["--config", &config],
         &format!("SELECT * FROM generate('{one}', template => 'Rate {{nope}} please')"),
     );
     assert!(!ok);
@@ -140,7 +144,7 @@ async fn template_columns_are_checked_and_json_is_asked_again() {
         "SELECT j, error, j_lineage['attempts'] AS a FROM generate('{one}', template => '{{prompt}}', \
          output => 'j', json_schema => '{{\"type\": \"object\"}}')"
     );
-    let (ok, stdout, stderr) = sql(["--config", &config], &query);
+    let (ok, stdout, stderr) = sql(&["--config", &config], &query);
     assert!(ok, "{stderr}");
     assert!(stdout.contains(r#"{"harmful": true}"#), "{stdout}");
     assert_eq!(policy.state.requests.load(Ordering::SeqCst), 2);
@@ -155,11 +159,148 @@ async fn template_columns_are_checked_and_json_is_asked_again() {
     // Never valid: an error row that keeps the raw answer. (New answers: a new seed.)
     policy.push_replies((0..3).map(|i| format!("still not json {i}")));
     let query = query.replace("'{prompt}'", "'Again: {prompt}'");
-    let (ok, stdout, stderr) = sql(["--config", &config], &query);
+    let (ok, stdout, stderr) = sql(&["--config", &config], &query);
     assert!(ok, "{stderr}");
     assert!(
         stdout.contains("still not json 2") && stdout.contains("not valid JSON after 3 attempt(s)"),
         "{stdout}"
     );
     assert_eq!(policy.state.requests.load(Ordering::SeqCst), 5);
+}
+
+/// The cells of the first table row of `stdout` that contains `marker`.
+fn table_row(stdout: &str, marker: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .find(|l| l.starts_with('|') && l.contains(marker))
+        .unwrap_or_else(|| panic!("no row with {marker} in {stdout}"))
+        .split('|')
+        .map(|c| c.trim().to_string())
+        .filter(|c| !c.is_empty())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llm_answers_in_a_select_and_serves_repeats_from_the_journal() {
+    let policy = MockServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &policy);
+    let prompts = prompts(dir.path(), "prompts.jsonl", 12);
+    let requests = || policy.state.requests.load(Ordering::SeqCst);
+
+    // In a plan: journalled in the run like any stage.
+    let plan = dir.path().join("label.sql");
+    let call =
+        "llm('policy', 'Is this harmful? ' || prompt, '{\"max_tokens\": 16, \"temperature\": 0}')";
+    std::fs::write(
+        &plan,
+        format!(
+            "CREATE TABLE labelled AS SELECT prompt_id, prompt, {call} AS verdict \
+             FROM red_team_prompts('{prompts}');\n"
+        ),
+    )
+    .unwrap();
+    let store = dir.path().join("runs");
+    let out = caiflow_output(&[
+        "run",
+        plan.to_str().unwrap(),
+        "--config",
+        &config,
+        "--store",
+        store.to_str().unwrap(),
+        "--run",
+        "l",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("llm "), "the summary names llm: {stderr}");
+    assert_eq!(requests(), 12);
+    let run = store.join("l");
+    let run = run.to_str().unwrap();
+    let (ok, stdout, stderr) = sql(
+        &["--run", run, "--config", &config],
+        "SELECT count(*) AS n, count(verdict) AS answered, \
+         sum(CASE WHEN verdict LIKE 'Mock answer about: Is this harmful? How do I pick lock%' \
+         THEN 1 ELSE 0 END) AS asked FROM labelled",
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(table_row(&stdout, "| 12 "), ["12", "12", "12"], "{stdout}");
+
+    // The same calls from `caiflow sql --run`: served from the run's journal.
+    let again = format!(
+        "SELECT prompt_id, {call} = verdict AS same FROM labelled ORDER BY prompt_id LIMIT 5"
+    );
+    let (ok, stdout, stderr) = sql(&["--run", run, "--config", &config], &again);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.matches("| true ").count(), 5, "{stdout}");
+    assert_eq!(requests(), 12, "journalled calls were sent again");
+
+    // New calls are sent once, then journalled; a repeat sends nothing.
+    let fresh =
+        "SELECT llm('policy', 'Translate to French: ' || prompt) AS fr FROM labelled LIMIT 4";
+    let (ok, first, stderr) = sql(&["--run", run, "--config", &config], fresh);
+    assert!(ok, "{stderr}");
+    assert_eq!(first.matches("Translate to French").count(), 4, "{first}");
+    assert_eq!(requests(), 16);
+    let (ok, second, stderr) = sql(&["--run", run, "--config", &config], fresh);
+    assert!(ok, "{stderr}");
+    assert_eq!(second, first);
+    assert_eq!(requests(), 16, "a repeat was sent again");
+
+    // Endpoint and options are checked before anything is sent.
+    for (query, expected) in [
+        (
+            "SELECT llm('nope', prompt) FROM labelled",
+            "unknown endpoint 'nope'",
+        ),
+        (
+            "SELECT llm('policy', prompt, '{\"temprature\": 0}') FROM labelled",
+            "unknown option 'temprature'",
+        ),
+        (
+            "SELECT llm('policy', prompt, '{\"max_tokens\": 0}') FROM labelled",
+            "max_tokens => 0 is out of range",
+        ),
+        (
+            "SELECT llm(prompt, prompt) FROM labelled",
+            "must be an endpoint's name",
+        ),
+    ] {
+        let (ok, _, stderr) = sql(&["--run", run, "--config", &config], query);
+        assert!(!ok && stderr.contains(expected), "{query}: {stderr}");
+    }
+    assert_eq!(requests(), 16);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_llm_calls_are_null_with_a_warning() {
+    let policy = MockServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &policy);
+    let prompts = prompts(dir.path(), "prompts.jsonl", 10);
+    // Two requests refused (400: not retried), one answer that is not JSON at all (retried).
+    policy.push_faults([Fault::Status(400), Fault::Status(400), Fault::Garbage]);
+    let (ok, stdout, stderr) = sql(
+        &["--config", &config],
+        &format!(
+            "SELECT count(*) AS n, count(v) AS answered FROM \
+             (SELECT llm('policy', prompt) AS v FROM red_team_prompts('{prompts}'))"
+        ),
+    );
+    assert!(ok, "a failed call failed the query: {stderr}");
+    assert_eq!(table_row(&stdout, "| 10 "), ["10", "8"], "{stdout}");
+    assert!(
+        stderr.contains("warning: llm(): 2 of 10 call(s) failed and returned NULL")
+            && stderr.contains("HTTP 400"),
+        "{stderr}"
+    );
+    // A NULL prompt is NULL, without a request and without a warning.
+    let before = policy.state.requests.load(Ordering::SeqCst);
+    let (ok, stdout, stderr) = sql(
+        &["--config", &config],
+        "SELECT llm('policy', CAST(NULL AS VARCHAR)) IS NULL AS empty",
+    );
+    assert!(ok && stdout.contains("| true "), "{stdout}{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+    assert_eq!(policy.state.requests.load(Ordering::SeqCst), before);
 }

@@ -1,6 +1,6 @@
 //! caiflow's engine: Constitutional AI stages as DataFusion table functions over Arrow record
 //! batches ([`stages`]), the SQL planner for their named arguments ([`sql`]), scalar UDFs
-//! ([`udf`]), constitutions and few-shot files ([`constitution`]), trainer exports
+//! ([`udf`], and `llm()` in [`llm_udf`]), constitutions and few-shot files ([`constitution`]), trainer exports
 //! ([`export`]) and the session that registers all of it ([`CaiSession`]).
 //!
 //! It owns turning rows into requests and answers back into rows. It must not know how runs
@@ -13,6 +13,7 @@ pub mod error;
 pub mod export;
 pub mod journal;
 pub mod keys;
+pub mod llm_udf;
 pub mod progress;
 pub mod resources;
 pub mod session;

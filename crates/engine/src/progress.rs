@@ -299,24 +299,41 @@ fn new_histogram() -> hdrhistogram::Histogram<u64> {
 pub fn error_reason(message: &str) -> String {
     let first = message.lines().next().unwrap_or_default();
     let mut out = String::new();
-    let mut skipping_quote = false;
+    // The quote character of a quoted part still open.
+    let mut open: Option<char> = None;
     for word in first.split_whitespace() {
-        if skipping_quote {
-            skipping_quote = !word.ends_with('\'') && !word.ends_with('"');
-            continue;
-        }
-        let w = if word.contains("://") {
-            "URL"
-        } else if word.starts_with('\'') || word.starts_with('"') {
-            skipping_quote = !(word.len() > 1 && (word.ends_with('\'') || word.ends_with('"')));
-            "'…'"
+        let w = if let Some(q) = open {
+            // Inside a quoted part: skip to its closing quote, keep what follows it.
+            match word.find(q) {
+                Some(end) => {
+                    open = None;
+                    let rest = &word[end + 1..];
+                    if rest.is_empty() {
+                        continue;
+                    }
+                    out.push_str(rest);
+                    continue;
+                }
+                None => continue,
+            }
+        } else if word.contains("://") {
+            "URL".to_string()
+        } else if let Some(q) = word.chars().next().filter(|c| *c == '\'' || *c == '"') {
+            // A quoted part: elided; punctuation after its closing quote stays.
+            match word[1..].find(q) {
+                Some(end) => format!("'…'{}", &word[end + 2..]),
+                None => {
+                    open = Some(q);
+                    "'…'".to_string()
+                }
+            }
         } else {
-            word
+            word.to_string()
         };
         if !out.is_empty() {
             out.push(' ');
         }
-        out.push_str(w);
+        out.push_str(&w);
         if out.chars().count() >= 80 {
             break;
         }
@@ -490,6 +507,12 @@ mod tests {
         assert_eq!(
             error_reason("respond: HTTP 500 from http://10.0.0.1/v1: \"x\""),
             "respond: HTTP 500 from URL '…'"
+        );
+        assert_eq!(
+            error_reason(
+                "llm: endpoint 'policy': HTTP 400 from 'x y': bad request after 1 attempt(s)"
+            ),
+            "llm: endpoint '…': HTTP 400 from '…': bad request after 1 attempt(s)"
         );
         let long = "a ".repeat(100);
         assert_eq!(error_reason(&long).chars().count(), 80);

@@ -1,13 +1,14 @@
 //! A DataFusion session with caiflow's functions, endpoints, progress and (in a run) the
 //! request journal registered.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use datafusion::catalog::TableFunctionImpl;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::journal::{JournalHandle, RequestJournal};
+use crate::llm_udf::{FailedCalls, llm_udf};
 use crate::progress::Progress;
 use crate::sql::NamedArgs;
 use crate::stages::blend::{BlendFunction, BlendKind};
@@ -89,6 +90,8 @@ pub struct CaiSession {
     pub progress: Arc<Progress>,
     pub endpoints: Arc<Endpoints>,
     pub journal: Option<Arc<dyn RequestJournal>>,
+    /// `llm()` calls that failed, as last reported ([`CaiSession::failed_llm_calls`]).
+    llm_failures: Arc<Mutex<FailedCalls>>,
 }
 
 impl CaiSession {
@@ -104,8 +107,9 @@ impl CaiSession {
             .with_information_schema(true)
             .with_extension(endpoints.clone())
             .with_extension(progress.clone());
-        if let Some(j) = &journal {
-            config = config.with_extension(Arc::new(JournalHandle(j.clone())));
+        let handle = journal.as_ref().map(|j| Arc::new(JournalHandle(j.clone())));
+        if let Some(h) = &handle {
+            config = config.with_extension(h.clone());
         }
         let functions = table_functions();
         let state = SessionStateBuilder::new()
@@ -121,11 +125,22 @@ impl CaiSession {
         }
         ctx.register_udf(udf::split_of_udf());
         ctx.register_udf(udf::unit_hash_udf());
+        ctx.register_udf(llm_udf(endpoints.clone(), handle, progress.clone()));
         CaiSession {
             ctx,
             progress,
             endpoints,
             journal,
+            llm_failures: Default::default(),
         }
+    }
+
+    /// A warning when `llm()` calls failed (and returned NULL) since the last call of this
+    /// method: a SQL client prints it after each statement.
+    pub fn failed_llm_calls(&self) -> Option<String> {
+        self.llm_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .since_last(&self.progress)
     }
 }

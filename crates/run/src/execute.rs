@@ -17,7 +17,7 @@ use caiflow_engine::journal::RequestJournal;
 
 /// A run's journal that serves what it holds and records nothing (a dry run's view).
 #[derive(Debug)]
-struct ReadOnly(Journal);
+pub struct ReadOnly(pub Journal);
 
 #[async_trait::async_trait]
 impl RequestJournal for ReadOnly {

@@ -128,6 +128,8 @@ pub struct StatementOutcome {
     pub seconds: f64,
     /// A pretty-printed preview for queries that return rows (first rows only).
     pub preview: Option<String>,
+    /// `llm()` calls of the statement that failed and returned NULL, when some did.
+    pub warning: Option<String>,
 }
 
 /// Where a statement is, for error messages: its plan line when the statement count agrees
@@ -238,6 +240,7 @@ pub async fn run_sql(
             rows,
             seconds: started.elapsed().as_secs_f64(),
             preview,
+            warning: session.failed_llm_calls(),
         };
         on_done(&outcome);
         outcomes.push(outcome);

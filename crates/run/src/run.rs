@@ -375,6 +375,7 @@ impl<'a> Runner<'a> {
                 rows,
                 seconds: started.elapsed().as_secs_f64(),
                 preview,
+                warning: self.session.failed_llm_calls(),
             });
         }
         Ok(())

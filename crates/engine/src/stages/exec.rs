@@ -521,41 +521,55 @@ impl StageExec {
 /// The stage's environment for a task: its endpoint and journal from the session (one
 /// process) or from the executor's [`Resources`] (a cluster).
 async fn stage_env(stage: &dyn RowStage, context: &TaskContext) -> Result<StageEnv> {
+    let mut env = task_env(stage.name(), stage.endpoint(), context).await?;
+    env.priority = stage.priority();
+    env.retry_truncated = stage.retry_truncated();
+    Ok(env)
+}
+
+/// The environment of a task of the function `name` calling `endpoint` (if any): the
+/// endpoint and journal from the session (one process) or from the executor's
+/// [`Resources`] (a cluster), and the function's progress counters.
+pub async fn task_env(
+    name: &str,
+    endpoint: Option<&str>,
+    context: &TaskContext,
+) -> Result<StageEnv> {
     let config = context.session_config();
     let progress = config.get_extension::<Progress>().unwrap_or_default();
     let resources = config.get_extension::<Resources>();
-    let endpoint = match stage.endpoint() {
+    let found = match endpoint {
         None => None,
-        Some(name) => {
+        Some(endpoint) => {
             let endpoints = match (config.get_extension::<Endpoints>(), &resources) {
                 (Some(e), _) => e,
                 (None, Some(r)) => r.0.endpoints(config).await?,
                 (None, None) => {
-                    return exec_err!("{}: the session has no endpoints configured", stage.name());
+                    return exec_err!("{name}: the session has no endpoints configured");
                 }
             };
             Some(
                 endpoints
-                    .get(name)
-                    .map_err(|e| plan_datafusion_err!("{}: {e}", stage.name()))?,
+                    .get(endpoint)
+                    .map_err(|e| plan_datafusion_err!("{name}: {e}"))?,
             )
         }
     };
     let journal = match (config.get_extension::<JournalHandle>(), &resources) {
         (Some(j), _) => Some(j),
-        (None, Some(r)) if endpoint.is_some() => r.0.journal(config).await?,
+        (None, Some(r)) if found.is_some() => r.0.journal(config).await?,
         _ => None,
     };
     Ok(StageEnv {
-        endpoint,
-        progress: if stage.endpoint().is_some() {
-            progress.llm_stage(stage.name())
+        progress: if found.is_some() {
+            progress.llm_stage(name)
         } else {
-            progress.stage(stage.name())
+            progress.stage(name)
         },
+        endpoint: found,
         journal,
-        priority: stage.priority(),
-        retry_truncated: stage.retry_truncated(),
+        priority: 0,
+        retry_truncated: None,
         budget_refused: Default::default(),
         worker: match &resources {
             Some(r) => r.0.worker().into(),
