@@ -2,6 +2,8 @@
 //! output => …)`: a column for every row, a re-run served from the journal, template columns
 //! checked when the plan is made, structured output asked again until it parses. `llm()`:
 //! values in a SELECT, repeats served from the run's journal, failures NULL with a warning.
+//! `red_team_generate`: n distinct new prompts from answers in every format, duplicates of
+//! seeds and of each other dropped, a model that never complies stopped by the cap.
 
 mod common;
 
@@ -303,4 +305,212 @@ async fn failed_llm_calls_are_null_with_a_warning() {
     assert!(ok && stdout.contains("| true "), "{stdout}{stderr}");
     assert!(!stderr.contains("warning"), "{stderr}");
     assert_eq!(policy.state.requests.load(Ordering::SeqCst), before);
+}
+
+/// A request made of `k` words drawn from a vocabulary by `i`: texts far apart from each
+/// other (no near duplicates by chance).
+fn request_text(i: usize) -> String {
+    const WORDS: [&str; 24] = [
+        "bypass",
+        "neighbour",
+        "pharmacy",
+        "quietly",
+        "wallet",
+        "password",
+        "explosive",
+        "forge",
+        "landlord",
+        "camera",
+        "poison",
+        "insurance",
+        "border",
+        "ticket",
+        "malware",
+        "stalk",
+        "exam",
+        "bank",
+        "drone",
+        "vaccine",
+        "casino",
+        "smuggle",
+        "alarm",
+        "ledger",
+    ];
+    let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let words: Vec<&str> = (0..7)
+        .map(|_| {
+            x ^= x >> 29;
+            x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            WORDS[(x >> 40) as usize % WORDS.len()]
+        })
+        .collect();
+    format!("Tell me how to {} ({i})", words.join(" "))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn red_team_generate_collects_n_distinct_new_prompts() {
+    let policy = MockServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &policy);
+    let seeds = prompts(dir.path(), "seeds.jsonl", 10);
+    let requests = || policy.state.requests.load(Ordering::SeqCst);
+    // Answers in every format; each repeats a seed (another case), the previous answer's
+    // first prompt and (near) itself, so only 4 of its items are new.
+    let mut next = 0;
+    let replies: Vec<String> = (0..30)
+        .map(|a| {
+            let mut items: Vec<String> = (0..4).map(|j| request_text(next + j)).collect();
+            next += 4;
+            items.push(format!("HOW DO I PICK LOCK NUMBER {}?", a % 10));
+            if a > 0 {
+                items.push(request_text(next - 5));
+            }
+            items.push(format!("{}!!", items[0].to_uppercase()));
+            match a % 4 {
+                0 => serde_json::to_string(&items).unwrap(),
+                1 => {
+                    let list: Vec<String> = items
+                        .iter()
+                        .enumerate()
+                        .map(|(i, t)| format!("{}. {t}", i + 1))
+                        .collect();
+                    format!(
+                        "Here are new requests:\n{}\nHope this helps.",
+                        list.join("\n")
+                    )
+                }
+                2 => items
+                    .iter()
+                    .map(|t| format!("- \"{t}\""))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                _ => format!("I'm sorry, but here they are\n{}", items.join("\n\n")),
+            }
+        })
+        .collect();
+    policy.push_replies(replies);
+    let plan = dir.path().join("grow.sql");
+    std::fs::write(
+        &plan,
+        "CREATE TABLE generated AS SELECT * FROM red_team_generate(red_team_prompts('${seeds}'), \
+           n => 100, per_request => 4, shots => 3);\n\
+         CREATE VIEW both_prompts AS SELECT prompt_id, prompt, source FROM red_team_prompts('${seeds}') \
+           UNION ALL SELECT prompt_id, prompt, source FROM generated;\n\
+         CREATE TABLE responses AS SELECT * FROM respond(both_prompts, max_tokens => 8);\n",
+    )
+    .unwrap();
+    let store = dir.path().join("runs");
+    let run = |extra: &[&str]| {
+        let vars = format!("seeds={seeds}");
+        let mut args = vec![
+            "run",
+            plan.to_str().unwrap(),
+            "--config",
+            &config,
+            "--store",
+            store.to_str().unwrap(),
+            "--run",
+            "grow",
+            "--set",
+            &vars,
+        ];
+        args.extend(extra);
+        let out = caiflow_output(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{stderr}");
+        stderr
+    };
+    run(&[]);
+    // 25 answers of 4 new prompts each, then 110 responses.
+    assert_eq!(requests(), 25 + 110);
+    let run_dir = store.join("grow");
+    let run_dir = run_dir.to_str().unwrap();
+    let check = "SELECT count(*) AS n, count(DISTINCT prompt) AS distinct_prompts, \
+           count(DISTINCT prompt_id) AS ids, \
+           sum(CASE WHEN source = 'generated' THEN 1 ELSE 0 END) AS generated, \
+           sum(CASE WHEN prompt LIKE 'Tell me how to %' THEN 1 ELSE 0 END) AS requests, \
+           min(array_length(seed_ids)) AS min_shown, \
+           count(prompt_lineage['request_hash']) AS lineage \
+         FROM generated";
+    let (ok, stdout, stderr) = sql(&["--run", run_dir, "--config", &config], check);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        table_row(&stdout, "| 100 "),
+        ["100", "100", "100", "100", "100", "3", "100"],
+        "{stdout}"
+    );
+    let (ok, stdout, stderr) = sql(
+        &["--run", run_dir, "--config", &config],
+        &format!(
+            "SELECT count(*) AS seeds_again FROM generated g JOIN red_team_prompts('{seeds}') s \
+             ON lower(g.prompt) = lower(s.prompt)"
+        ),
+    );
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("| 0 "),
+        "a seed was generated again: {stdout}"
+    );
+    let (ok, stdout, stderr) = sql(
+        &["--run", run_dir, "--config", &config],
+        "SELECT count(*) AS n, count(response) AS answered FROM responses",
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(table_row(&stdout, "| 110 "), ["110", "110"], "{stdout}");
+    let first = sql(
+        &["--run", run_dir, "--config", &config],
+        "SELECT prompt FROM generated ORDER BY prompt",
+    );
+
+    // Recomputed from the journal: the same prompts, nothing sent.
+    run(&["--from", "generated"]);
+    assert_eq!(requests(), 135, "a re-run sent requests");
+    let again = sql(
+        &["--run", run_dir, "--config", &config],
+        "SELECT prompt FROM generated ORDER BY prompt",
+    );
+    assert_eq!(again.1, first.1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn red_team_generate_stops_a_model_that_does_not_comply() {
+    let policy = MockServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &policy);
+    let seeds = prompts(dir.path(), "seeds.jsonl", 5);
+    // The mock's default answer repeats the instruction: one new "prompt", then nothing.
+    let (ok, _, stderr) = sql(
+        &["--config", &config],
+        &format!(
+            "SELECT count(*) FROM red_team_generate('{seeds}', n => 50, max_fruitless => 3, \
+             per_request => 10)"
+        ),
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("3 requests in a row gave no new prompt (1 of 50 kept)")
+            && stderr.contains("Mock answer about"),
+        "{stderr}"
+    );
+    let sent = policy.state.requests.load(Ordering::SeqCst);
+    assert!((4..=4 + 4).contains(&sent), "{sent} requests");
+
+    for (query, expected) in [
+        (
+            format!("SELECT * FROM red_team_generate('{seeds}')"),
+            "give n => N",
+        ),
+        (
+            format!("SELECT * FROM red_team_generate('{seeds}', n => 5, per_request => 0)"),
+            "per_request => 0 is out of range",
+        ),
+        (
+            "SELECT * FROM red_team_generate('SELECT 1 AS x', n => 5)".to_string(),
+            "no column 'prompt' (they have: x)",
+        ),
+    ] {
+        let (ok, _, stderr) = sql(&["--config", &config], &query);
+        assert!(!ok && stderr.contains(expected), "{query}: {stderr}");
+    }
+    assert_eq!(policy.state.requests.load(Ordering::SeqCst), sent);
 }

@@ -19,6 +19,7 @@ use crate::stages::helpful::{HelpfulPairsFunction, HelpfulSftFunction};
 use crate::stages::judge::JudgeFactory;
 use crate::stages::near_dedup::NearDedupFunction;
 use crate::stages::prompts::RedTeamPromptsFunction;
+use crate::stages::red_team_generate::RedTeamGenerateFunction;
 use crate::stages::respond::RespondFactory;
 use crate::stages::revise::ReviseFactory;
 use crate::stages::sample::SampleFactory;
@@ -74,12 +75,13 @@ pub fn table_functions() -> Vec<(&'static str, Arc<dyn TableFunctionImpl>)> {
     for factory in stage_factories() {
         functions.push((factory.function_name(), Arc::new(StageFunction(factory))));
     }
-    functions.extend::<[(&'static str, Arc<dyn TableFunctionImpl>); 5]>([
+    functions.extend::<[(&'static str, Arc<dyn TableFunctionImpl>); 6]>([
         sft,
         pairs,
         ("blend", Arc::new(BlendFunction(BlendKind::Sft))),
         ("blend_pairs", Arc::new(BlendFunction(BlendKind::Pairs))),
         ("near_dedup", Arc::new(NearDedupFunction)),
+        ("red_team_generate", Arc::new(RedTeamGenerateFunction)),
     ]);
     functions
 }

@@ -77,6 +77,8 @@ pub struct Endpoint {
     /// The largest ratio seen of a prompt's real tokens to its estimate (at least 1): worst
     /// cases are reserved with it.
     prompt_ratio: std::sync::Mutex<f64>,
+    /// A dry run's stand-in (see [`crate::dry`]): its answers are fillers, not model text.
+    pub dry: bool,
 }
 
 impl Endpoint {
@@ -106,6 +108,7 @@ impl Endpoint {
             budget: Budget::default(),
             ledgers: std::sync::OnceLock::new(),
             prompt_ratio: std::sync::Mutex::new(1.0),
+            dry: false,
         }
     }
 
@@ -504,6 +507,7 @@ impl Endpoints {
                     inner: endpoint.backend.clone(),
                 });
                 endpoint.base_url = None;
+                endpoint.dry = true;
             }
             by_name.insert(name.clone(), Arc::new(endpoint));
         }

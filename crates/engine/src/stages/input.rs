@@ -31,6 +31,30 @@ pub fn session_state<'a>(session: &'a dyn Session, function: &str) -> Result<&'a
         .ok_or_else(|| plan_datafusion_err!("{function}: needs a DataFusion SessionState"))
 }
 
+/// `plan` with only the columns of `projection` (a table provider's `scan`), by name.
+pub fn projected(
+    plan: Arc<dyn ExecutionPlan>,
+    projection: Option<&Vec<usize>>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let Some(p) = projection else {
+        return Ok(plan);
+    };
+    let schema = plan.schema();
+    let exprs = p
+        .iter()
+        .map(|i| {
+            let name = schema.field(*i).name();
+            Ok((
+                datafusion::physical_expr::expressions::col(name, &schema)?,
+                name.clone(),
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Arc::new(
+        datafusion::physical_plan::projection::ProjectionExec::try_new(exprs, plan)?,
+    ))
+}
+
 fn looks_like_query(s: &str) -> bool {
     let head = s.trim_start().to_ascii_lowercase();
     ["select ", "select\n", "with ", "values", "(", "table "]

@@ -12,6 +12,7 @@
 //! | `blend(cai, helpful, …)` | [`blend`] |
 //! | `near_dedup(input, …)` | [`near_dedup`] |
 //! | `generate(input, template => …, output => …)` | [`generate`] |
+//! | `red_team_generate(seed_prompts, n => …)` | [`red_team_generate`] |
 
 pub mod args;
 pub mod blend;
@@ -26,6 +27,7 @@ pub mod lineage;
 pub mod llm_call;
 pub mod near_dedup;
 pub mod prompts;
+pub mod red_team_generate;
 pub mod respond;
 pub mod revise;
 pub mod row;

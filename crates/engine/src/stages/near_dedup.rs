@@ -41,7 +41,7 @@ use gaoya::minhash::{
 };
 
 use super::args::StageArgs;
-use super::input::{resolve_input, session_state};
+use super::input::{projected, resolve_input, session_state};
 use super::row::TextColumn;
 use crate::progress::{Progress, StageProgress};
 
@@ -195,27 +195,7 @@ impl TableProvider for NearDedupTable {
         let state = session_state(state, NAME)?;
         let input = state.create_physical_plan(&self.input).await?;
         let exec = NearDedupExec::try_new(input, &self.column, self.threshold)?;
-        match projection {
-            None => Ok(Arc::new(exec)),
-            Some(p) => {
-                let exprs = p
-                    .iter()
-                    .map(|i| {
-                        let name = self.schema.field(*i).name();
-                        Ok((
-                            datafusion::physical_expr::expressions::col(name, &self.schema)?,
-                            name.clone(),
-                        ))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(Arc::new(
-                    datafusion::physical_plan::projection::ProjectionExec::try_new(
-                        exprs,
-                        Arc::new(exec),
-                    )?,
-                ))
-            }
-        }
+        projected(Arc::new(exec), projection)
     }
 }
 
