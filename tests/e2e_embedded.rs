@@ -456,6 +456,85 @@ fn both_plans_run_on_the_embedded_default() {
     });
 }
 
+/// The augmented plan as a new user runs it: seed prompts -> model-written prompts -> SL-CAI
+/// on both, on the embedded default (small n).
+#[test]
+fn augmented_plan_runs_on_the_embedded_default() {
+    let _serial = serial();
+    let store = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_caiflow"))
+        .current_dir(repo_root())
+        .env_remove("CAIFLOW_BASE_URL")
+        .args(["run", "plans/sl_cai_augmented.sql", "--store"])
+        .arg(store.path())
+        .args(["--run", "aug"])
+        .args([
+            "--set",
+            "limit=4",
+            "--set",
+            "generate=3",
+            "--set",
+            "max_tokens=32",
+        ])
+        .args(["--set", "generate_max_tokens=160"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("table generated_prompts: 3 rows"),
+        "{stderr}"
+    );
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let run =
+            caiflow_run::store::RunStore::open(store.path().to_str().unwrap(), "aug").unwrap();
+        let session = caiflow_engine::CaiSession::new(caiflow_llm::Endpoints::default());
+        caiflow_run::run::register_run_tables(&session, &run)
+            .await
+            .unwrap();
+        let generated = collect(&session, "SELECT * FROM generated_prompts").await;
+        assert_eq!(rows(&generated), 3);
+        assert!(
+            column(&generated, "source")
+                .iter()
+                .all(|s| s.as_deref() == Some("generated"))
+        );
+        let seeds = collect(
+            &session,
+            "SELECT prompt FROM red_team_prompts('data/red_team_prompts.jsonl') LIMIT 4",
+        )
+        .await;
+        let seeds: Vec<String> = column(&seeds, "prompt")
+            .into_iter()
+            .flatten()
+            .map(|s| s.to_lowercase())
+            .collect();
+        for p in column(&generated, "prompt").into_iter().flatten() {
+            assert!(
+                !p.trim().is_empty() && !seeds.contains(&p.to_lowercase()),
+                "{p}"
+            );
+        }
+        // SL-CAI ran on the 4 seeds and the 3 generated prompts.
+        let revisions = collect(
+            &session,
+            "SELECT source, count(*) AS n FROM revisions WHERE error IS NULL \
+             GROUP BY source ORDER BY source",
+        )
+        .await;
+        assert_eq!(
+            column(&revisions, "source"),
+            [Some("generated".into()), Some("jsonl".into())]
+        );
+        assert_eq!(
+            column(&revisions, "n"),
+            [Some("3".into()), Some("4".into())]
+        );
+    });
+}
+
 /// The judge's principle mode needs the first token's log-probabilities: the embedded
 /// backend supplies them, so soft labels come out of an in-process model too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

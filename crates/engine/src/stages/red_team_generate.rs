@@ -32,7 +32,7 @@ use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TablePr
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{exec_err, internal_err, plan_err};
 use datafusion::datasource::TableType;
-use datafusion::error::Result;
+use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
@@ -270,6 +270,12 @@ impl ExecutionPlan for RedTeamGenerateExec {
         let tx = builder.tx();
         builder.spawn(async move {
             let env = task_env(NAME, Some(&generation.options.endpoint), &context).await?;
+            // Is the endpoint there at all? Fails once, naming the fix.
+            if let Some(e) = &env.endpoint {
+                e.preflight()
+                    .await
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            }
             let seeds = Seeds::read(input, generation.threshold).await?;
             Generator::new(generation, Arc::new(env), seeds)
                 .run(|batch| {
