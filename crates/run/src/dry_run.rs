@@ -95,7 +95,7 @@ impl DryRun {
             let endpoints: Vec<(&String, &Usage)> = s.usage.iter().collect();
             if endpoints.is_empty() {
                 out.push_str(&format!(
-                    "{:<12} rows {:>7}  requests {:>9}  free {:>7} (from the journal)\n",
+                    "{:<18} rows {:>7}  requests {:>9}  free {:>7} (from the journal)\n",
                     s.name,
                     s.rows,
                     requests(s),
@@ -115,7 +115,7 @@ impl DryRun {
                 t.2 += hits;
                 t.3 += reasks;
                 out.push_str(&format!(
-                    "{:<12} rows {:>7}  requests {:>9}  free {:>7}  endpoint {endpoint}  {}\n",
+                    "{:<18} rows {:>7}  requests {:>9}  free {:>7}  endpoint {endpoint}  {}\n",
                     s.name,
                     s.rows,
                     requests(s),

@@ -502,12 +502,14 @@ impl Generator {
                     .unwrap_or_else(|| "a budget stopped the run".into());
                 return exec_err!("{why}");
             }
+            // A dry run's stand-ins are distinct by construction: never deduplicated.
+            let stand_in = matches!(&asked.answer, Err(e) if e == DRY);
             let candidates = match &asked.answer {
                 Ok(text) => {
                     last_answer = text.clone();
                     parse_prompts(text)
                 }
-                Err(e) if e == DRY => (0..per_request)
+                Err(_) if stand_in => (0..per_request)
                     .map(|j| format!("dry run: generated request {} #{j}", asked.index))
                     .collect(),
                 Err(e) => {
@@ -521,7 +523,7 @@ impl Generator {
                 if kept == n {
                     break;
                 }
-                if is_refusal(&prompt) || !self.seeds.keep(&prompt) {
+                if !stand_in && (is_refusal(&prompt) || !self.seeds.keep(&prompt)) {
                     StageProgress::add(&progress.rows_dropped, 1);
                     continue;
                 }
