@@ -278,6 +278,32 @@ async fn sl_and_rl_plans_on_a_cluster_match_a_local_run() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // The functions that hold their process's session are refused, saying what to do.
+    for (query, expected) in [
+        (
+            "SELECT llm('policy', 'hi') AS a".to_string(),
+            "llm() runs in one process, not on a cluster",
+        ),
+        (
+            format!(
+                "SELECT * FROM red_team_generate('{}', n => 2)",
+                prompts.display()
+            ),
+            "red_team_generate runs in one process, not on a cluster",
+        ),
+    ] {
+        let out = caiflow()
+            .args(["sql", "--config", cluster_config.to_str().expect("utf-8")])
+            .args(["--cluster", &cluster.url(), "-e", &query])
+            .output()
+            .expect("caiflow sql");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(expected),
+            "{query}: {stderr}"
+        );
+    }
+
     // An endpoint the executors cannot reach: one line naming it, nothing committed.
     let closed = format!("http://127.0.0.1:{}/v1", free_port_pair());
     let config = write_config(&cluster_dir, &closed, &closed, max_concurrency);

@@ -5,6 +5,11 @@
 use std::time::Duration;
 
 use ballista_core::extension::{SessionConfigExt, SessionStateExt};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::plan_err;
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
 use datafusion::prelude::SessionContext;
 
 use caiflow_engine::CaiSession;
@@ -161,6 +166,8 @@ pub async fn connect(
     for f in scalar_functions() {
         ctx.register_udf((*f).clone());
     }
+    // Known, so a query naming it is told why it cannot run here.
+    ctx.register_udf(ScalarUDF::new_from_impl(OneProcessOnly::llm()));
     session.ctx = ctx;
     tracing::info!(
         "cluster {}: {} executors, {slots} task slots",
@@ -243,5 +250,44 @@ mod tests {
         let u = SchedulerUrl::parse("df://10.0.0.1:50050").expect("url");
         assert_eq!((u.host.as_str(), u.port), ("10.0.0.1", 50050));
         assert!(SchedulerUrl::parse("df://nohost").is_err());
+    }
+}
+
+/// `llm()` in a cluster session: it holds its process's endpoints and journal and cannot
+/// travel to an executor, so planning a query that uses it fails, saying what to do.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct OneProcessOnly {
+    signature: Signature,
+}
+
+impl OneProcessOnly {
+    fn llm() -> Self {
+        OneProcessOnly {
+            signature: Signature::variadic_any(Volatility::Volatile),
+        }
+    }
+}
+
+impl ScalarUDFImpl for OneProcessOnly {
+    fn name(&self) -> &str {
+        caiflow_engine::llm_udf::NAME
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> datafusion::error::Result<DataType> {
+        plan_err!(
+            "llm() runs in one process, not on a cluster: use generate(input, template => …) \
+             in a plan sent to a cluster, or run the query without --cluster"
+        )
+    }
+
+    fn invoke_with_args(
+        &self,
+        _args: ScalarFunctionArgs,
+    ) -> datafusion::error::Result<ColumnarValue> {
+        plan_err!("llm() runs in one process, not on a cluster")
     }
 }

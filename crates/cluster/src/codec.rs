@@ -16,7 +16,7 @@ use std::sync::Arc;
 use ballista_core::serde::{BallistaLogicalExtensionCodec, BallistaPhysicalExtensionCodec};
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::catalog::TableProvider;
-use datafusion::common::{TableReference, internal_datafusion_err, internal_err};
+use datafusion::common::{TableReference, internal_datafusion_err, internal_err, plan_err};
 use datafusion::datasource::file_format::FileFormatFactory;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use caiflow_engine::stages::blend::{BlendKind, BlendTable};
 use caiflow_engine::stages::exec::{StageCall, StageExec, StageExecParts, StageTable};
 use caiflow_engine::stages::near_dedup::{NearDedupExec, NearDedupTable};
+use caiflow_engine::stages::red_team_generate::RedTeamGenerateTable;
 use caiflow_engine::stages::source::{SourceExec, SourceExecParts, SourceTable, task_session};
 use caiflow_engine::stages::spread::SpreadExec;
 use caiflow_run::files::{FilesTable, FilesTableParts};
@@ -228,6 +229,12 @@ impl LogicalExtensionCodec for CaiLogicalCodec {
         if let Some(t) = node.downcast_ref::<FilesTable>() {
             let schema = schema_bytes(&t.schema())?;
             return encode(buf, FILES, t.parts(), &[&schema]);
+        }
+        if node.downcast_ref::<RedTeamGenerateTable>().is_some() {
+            return plan_err!(
+                "red_team_generate runs in one process, not on a cluster: run its statement \
+                 without --cluster, then the rest of the plan on the cluster (its table is reused)"
+            );
         }
         buf.push(BALLISTA);
         self.ballista
