@@ -203,16 +203,29 @@ async fn llm_answers_in_a_select_and_serves_repeats_from_the_journal() {
     )
     .unwrap();
     let store = dir.path().join("runs");
-    let out = caiflow_output(&[
-        "run",
-        plan.to_str().unwrap(),
-        "--config",
-        &config,
-        "--store",
-        store.to_str().unwrap(),
-        "--run",
-        "l",
-    ]);
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            plan.to_str().unwrap(),
+            "--config",
+            &config,
+            "--store",
+            store.to_str().unwrap(),
+            "--run",
+            "l",
+        ];
+        args.extend(extra);
+        caiflow_output(&args)
+    };
+    // A budget stops the statement: no table of NULLs standing for calls never made.
+    let out = run(&["--max-requests", "5"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("request budget reached"), "{stderr}");
+    assert!(!committed(&store.join("l"), "labelled"));
+    assert!(requests() <= 5);
+    // The same command with no budget continues: the 5 answers come from the journal.
+    let out = run(&[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("llm "), "the summary names llm: {stderr}");

@@ -9,7 +9,9 @@
 //! [`crate::CaiSession`]).
 //!
 //! A failed call is NULL, never a failed query: it is counted under the `llm` stage's
-//! errors (by reason), which the CLI reports after the statement. A NULL prompt is NULL
+//! errors (by reason), which the CLI reports after the statement. What stops the run
+//! (Ctrl-C, a spend budget reached, an endpoint that gave up) fails the statement instead,
+//! so NULLs standing for calls never made are not committed as answers. A NULL prompt is NULL
 //! without a request. The endpoint and the options must be literals, checked when the query
 //! is planned: options are a JSON object of the stages' LLM options (`system`,
 //! `temperature`, `top_p`, `top_k`, `max_tokens`, `seed`, `retry_truncated`, `few_shot`).
@@ -212,6 +214,29 @@ impl AsyncScalarUDFImpl for LlmFunction {
             .buffered(window)
             .collect()
             .await;
+        // The run stops (Ctrl-C, a budget, an endpoint that gave up): the statement fails,
+        // so NULLs that stand for calls never made are not committed as answers.
+        if let Some(endpoint) = &env.endpoint {
+            if endpoint.stopping() {
+                return exec_err!("{NAME}: interrupted: the run is stopping");
+            }
+            if let Some(why) = endpoint.aborted() {
+                return exec_err!("{NAME}: {why}");
+            }
+            if env
+                .budget_refused
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                // Other statements' requests in flight finish (and are journalled) first.
+                while endpoint.budget_in_flight() {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                let why = endpoint
+                    .budget_stop()
+                    .unwrap_or_else(|| "a budget stopped the run".into());
+                return exec_err!("{why}");
+            }
+        }
         let mut out = StringBuilder::with_capacity(rows, 0);
         for answer in answers {
             out.append_option(answer);

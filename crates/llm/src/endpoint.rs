@@ -289,6 +289,11 @@ impl Endpoint {
         self.max_concurrency
     }
 
+    /// Whether the run is stopping (Ctrl-C): no request is sent any more.
+    pub fn stopping(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+
     /// Why no request may be sent now: the run is stopping, or the endpoint gave up.
     fn halted(&self) -> Option<LlmError> {
         if self.stop.is_cancelled() {
