@@ -8,6 +8,7 @@
 mod common;
 
 use std::path::Path;
+use std::process::Output;
 use std::sync::atomic::Ordering;
 
 use caiflow_testkit::{Fault, MockServer};
@@ -36,6 +37,22 @@ fn prompts(dir: &Path, name: &str, n: usize) -> String {
         .collect();
     std::fs::write(&path, text).unwrap();
     path.display().to_string()
+}
+
+/// `caiflow run PLAN --config CONFIG --store STORE --run RUN EXTRA…`.
+fn run_plan(plan: &Path, config: &str, store: &Path, run: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "run",
+        plan.to_str().unwrap(),
+        "--config",
+        config,
+        "--store",
+        store.to_str().unwrap(),
+        "--run",
+        run,
+    ];
+    args.extend(extra);
+    caiflow_output(&args)
 }
 
 /// `caiflow sql WHERE -e QUERY` (WHERE: `--config FILE`, `--run RUN`): ok, stdout, stderr.
@@ -67,22 +84,11 @@ async fn generate_adds_its_column_and_reruns_from_the_journal() {
     )
     .unwrap();
     let store = dir.path().join("runs");
+    let vars = format!("prompts={prompts}");
     let run = |extra: &[&str]| {
-        let vars = format!("prompts={prompts}");
-        let mut args = vec![
-            "run",
-            plan.to_str().unwrap(),
-            "--config",
-            &config,
-            "--store",
-            store.to_str().unwrap(),
-            "--run",
-            "g",
-            "--set",
-            &vars,
-        ];
+        let mut args = vec!["--set", &vars];
         args.extend(extra);
-        let out = caiflow_output(&args);
+        let out = run_plan(&plan, &config, &store, "g", &args);
         assert!(
             out.status.success(),
             "{}",
@@ -203,20 +209,7 @@ async fn llm_answers_in_a_select_and_serves_repeats_from_the_journal() {
     )
     .unwrap();
     let store = dir.path().join("runs");
-    let run = |extra: &[&str]| {
-        let mut args = vec![
-            "run",
-            plan.to_str().unwrap(),
-            "--config",
-            &config,
-            "--store",
-            store.to_str().unwrap(),
-            "--run",
-            "l",
-        ];
-        args.extend(extra);
-        caiflow_output(&args)
-    };
+    let run = |extra: &[&str]| run_plan(&plan, &config, &store, "l", extra);
     // A budget stops the statement: no table of NULLs standing for calls never made.
     let out = run(&["--max-requests", "5"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -413,22 +406,11 @@ async fn red_team_generate_collects_n_distinct_new_prompts() {
     )
     .unwrap();
     let store = dir.path().join("runs");
+    let vars = format!("seeds={seeds}");
     let run = |extra: &[&str]| {
-        let vars = format!("seeds={seeds}");
-        let mut args = vec![
-            "run",
-            plan.to_str().unwrap(),
-            "--config",
-            &config,
-            "--store",
-            store.to_str().unwrap(),
-            "--run",
-            "grow",
-            "--set",
-            &vars,
-        ];
+        let mut args = vec!["--set", &vars];
         args.extend(extra);
-        let out = caiflow_output(&args);
+        let out = run_plan(&plan, &config, &store, "grow", &args);
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(out.status.success(), "{stderr}");
         stderr
