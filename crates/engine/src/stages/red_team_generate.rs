@@ -350,10 +350,11 @@ impl Seeds {
     /// Whether `text` is new (not a duplicate of a seed or of a prompt kept before); a new
     /// text is remembered.
     fn keep(&mut self, text: &str) -> bool {
-        if self.exact.contains(&exact_key(text)) || self.near.seen_or_insert(text) {
+        let key = exact_key(text);
+        if self.exact.contains(&key) || self.near.seen_or_insert(text) {
             return false;
         }
-        self.exact.insert(exact_key(text));
+        self.exact.insert(key);
         true
     }
 }
@@ -484,7 +485,7 @@ impl Generator {
                 in_flight.push_back(self.ask());
             }
             let Some(asked) = in_flight.next().await else {
-                break;
+                return internal_err!("{NAME}: no request in flight with {kept} of {n} kept");
             };
             StageProgress::add(&progress.rows_started, 1);
             if let Some(why) = endpoint.aborted() {
@@ -505,16 +506,12 @@ impl Generator {
             // A dry run's stand-ins are distinct by construction: never deduplicated.
             let stand_in = matches!(&asked.answer, Err(e) if e == DRY);
             let candidates = match &asked.answer {
-                Ok(text) => {
-                    last_answer = text.clone();
-                    parse_prompts(text)
-                }
+                Ok(text) => parse_prompts(text),
                 Err(_) if stand_in => (0..per_request)
                     .map(|j| format!("dry run: generated request {} #{j}", asked.index))
                     .collect(),
                 Err(e) => {
                     progress.error(&format!("{NAME}: {e}"));
-                    last_answer = format!("(failed: {e})");
                     vec![]
                 }
             };
@@ -533,7 +530,15 @@ impl Generator {
                 new += 1;
             }
             StageProgress::add(&progress.rows_done, new);
-            fruitless = if new == 0 { fruitless + 1 } else { 0 };
+            if new == 0 {
+                fruitless += 1;
+                last_answer = match &asked.answer {
+                    Ok(text) => text.chars().take(QUOTED).collect(),
+                    Err(e) => format!("(failed: {e})"),
+                };
+            } else {
+                fruitless = 0;
+            }
             if rows.len() >= BATCH_ROWS || kept == n {
                 if !emit(rows.finish()?).await {
                     return Ok(());
@@ -544,16 +549,14 @@ impl Generator {
                 return Ok(());
             }
             if fruitless >= self.generation.max_fruitless {
-                let quoted: String = last_answer.chars().take(QUOTED).collect();
                 return exec_err!(
                     "{NAME}: {fruitless} requests in a row gave no new prompt ({kept} of {n} \
                      kept); the model does not seem to follow the instruction. Last answer: \
-                     {quoted:?}. Try a stronger model (endpoint => …), a higher temperature, \
+                     {last_answer:?}. Try a stronger model (endpoint => …), a higher temperature, \
                      or a smaller n; answers so far are journalled, a re-run reuses them"
                 );
             }
         }
-        Ok(())
     }
 }
 
