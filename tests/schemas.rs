@@ -106,6 +106,10 @@ async fn schema_files_match_the_code() {
             "blend_pairs",
             "SELECT * FROM blend_pairs(stored_judgements, pairs)".to_string(),
         ),
+        (
+            "red_team_generate",
+            "SELECT * FROM red_team_generate(prompts, n => 10)".to_string(),
+        ),
     ];
     // LIMIT 0 on a view over LLM stages calls no endpoint (port 9 has no server).
     for sql in &setup {
