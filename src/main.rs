@@ -23,7 +23,7 @@ use caiflow_run::run::{
 };
 use caiflow_run::sessions::RunUsage;
 use caiflow_run::store::RunStore;
-use caiflow_run::{PlanRun, ReadOnly, RunEnd};
+use caiflow_run::{OnDemandJournal, PlanRun, RunEnd};
 use clap::{Parser, Subcommand};
 
 /// mimalloc (as datafusion-cli uses), told to return freed memory at once: caiflow's live
@@ -1117,12 +1117,14 @@ async fn cmd_sql(
     // llm() calls are served from and recorded in the run's journal (read only when the
     // run's store cannot be written).
     let journal = match &store {
-        Some(store) if cluster.is_none() => Some(SqlJournal::open(store).await?),
+        Some(store) if cluster.is_none() => Some(OnDemandJournal::new(store.clone())),
         _ => None,
     };
     let mut session = CaiSession::with_journal(
         caiflow_engine::endpoints(&loaded, CancellationToken::new())?,
-        journal.as_ref().map(SqlJournal::lookup),
+        journal
+            .clone()
+            .map(|j| j as Arc<dyn caiflow_engine::journal::RequestJournal>),
     );
     if let Some(url) = &cluster {
         caiflow_cluster::client::connect(&mut session, url, &loaded, None).await?;
@@ -1163,43 +1165,6 @@ async fn cmd_sql(
         journal.close().await?;
     }
     result
-}
-
-/// The journal `caiflow sql --run RUN` serves and records `llm()` calls through.
-enum SqlJournal {
-    Writing(Arc<Journal>, tokio::task::JoinHandle<()>),
-    ReadOnly(Arc<dyn caiflow_engine::journal::RequestJournal>),
-}
-
-impl SqlJournal {
-    async fn open(store: &RunStore) -> anyhow::Result<SqlJournal> {
-        let writable = store.check_writable().await.is_ok();
-        let journal = Journal::open(store.clone()).await?;
-        if !writable {
-            eprintln!("caiflow: the run's store is read only: llm() calls are not journalled");
-            return Ok(SqlJournal::ReadOnly(Arc::new(ReadOnly(journal))));
-        }
-        journal.prepare_for_writing().await?;
-        let journal = Arc::new(journal);
-        let flusher = journal.spawn_flusher();
-        Ok(SqlJournal::Writing(journal, flusher))
-    }
-
-    fn lookup(&self) -> Arc<dyn caiflow_engine::journal::RequestJournal> {
-        match self {
-            SqlJournal::Writing(j, _) => j.clone(),
-            SqlJournal::ReadOnly(j) => j.clone(),
-        }
-    }
-
-    /// Write what is still buffered.
-    async fn close(self) -> anyhow::Result<()> {
-        if let SqlJournal::Writing(journal, flusher) = self {
-            flusher.abort();
-            journal.flush().await?;
-        }
-        Ok(())
-    }
 }
 
 async fn cmd_cluster(action: ClusterCommand) -> anyhow::Result<()> {

@@ -17,7 +17,7 @@ use caiflow_engine::journal::RequestJournal;
 
 /// A run's journal that serves what it holds and records nothing (a dry run's view).
 #[derive(Debug)]
-pub struct ReadOnly(pub Journal);
+struct ReadOnly(Journal);
 
 #[async_trait::async_trait]
 impl RequestJournal for ReadOnly {
@@ -30,6 +30,87 @@ impl RequestJournal for ReadOnly {
         _hash: &caiflow_llm::RequestHash,
         _result: &std::result::Result<caiflow_llm::Completion, caiflow_llm::LlmError>,
     ) {
+    }
+}
+
+/// A run's journal opened at its first request (`caiflow sql --run RUN`: reading a large
+/// journal's index takes a while, and most queries send nothing), read only when the run's
+/// store cannot be written. A journal that cannot be opened is a warning: requests are then
+/// sent without it.
+#[derive(Debug)]
+pub struct OnDemandJournal {
+    store: RunStore,
+    opened: tokio::sync::OnceCell<Option<Opened>>,
+}
+
+#[derive(Debug)]
+enum Opened {
+    Writing(Arc<Journal>, tokio::task::JoinHandle<()>),
+    ReadOnly(Box<Journal>),
+}
+
+impl OnDemandJournal {
+    pub fn new(store: RunStore) -> Arc<OnDemandJournal> {
+        Arc::new(OnDemandJournal {
+            store,
+            opened: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    async fn opened(&self) -> Option<&Opened> {
+        let open = async {
+            let journal = Journal::open(self.store.clone()).await?;
+            if self.store.check_writable().await.is_err() {
+                tracing::warn!("the run's store is read only: new answers are not journalled");
+                return Ok(Opened::ReadOnly(Box::new(journal)));
+            }
+            journal.prepare_for_writing().await?;
+            let journal = Arc::new(journal);
+            let flusher = journal.spawn_flusher();
+            Ok::<_, RunError>(Opened::Writing(journal, flusher))
+        };
+        self.opened
+            .get_or_init(|| async {
+                open.await
+                    .map_err(|e| {
+                        tracing::warn!(
+                            "the run's journal is not used ({e}): answers are not journalled"
+                        )
+                    })
+                    .ok()
+            })
+            .await
+            .as_ref()
+    }
+
+    /// Write what is still buffered.
+    pub async fn close(&self) -> Result<()> {
+        if let Some(Some(Opened::Writing(journal, flusher))) = self.opened.get() {
+            flusher.abort();
+            journal.flush().await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestJournal for OnDemandJournal {
+    async fn lookup(&self, hash: &caiflow_llm::RequestHash) -> Option<caiflow_llm::Completion> {
+        match self.opened().await? {
+            Opened::Writing(j, _) => j.lookup(hash).await,
+            Opened::ReadOnly(j) => j.lookup(hash).await,
+        }
+    }
+
+    fn record(
+        &self,
+        hash: &caiflow_llm::RequestHash,
+        result: &std::result::Result<caiflow_llm::Completion, caiflow_llm::LlmError>,
+    ) {
+        // A request is looked up (and the journal opened) before it is sent.
+        if let Some(Some(Opened::Writing(j, _))) = self.opened.get() {
+            j.record(hash, result);
+        }
     }
 }
 

@@ -22,4 +22,4 @@ pub mod store;
 pub mod write_files;
 
 pub use error::{Result, RunError};
-pub use execute::{PlanRun, ReadOnly, RunEnd};
+pub use execute::{OnDemandJournal, PlanRun, RunEnd};
