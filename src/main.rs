@@ -1113,6 +1113,7 @@ async fn cmd_sql(
     cluster: Option<String>,
 ) -> anyhow::Result<()> {
     let loaded = load_config(config.as_deref())?;
+    let started_unix_ms = caiflow_run::sessions::unix_ms();
     let store = run.as_deref().map(open_run).transpose()?;
     // llm() calls are served from and recorded in the run's journal (read only when the
     // run's store cannot be written).
@@ -1163,8 +1164,31 @@ async fn cmd_sql(
     };
     if let Some(journal) = journal {
         journal.close().await?;
+        // What llm() and stages sent counts toward the run's usage (and its budgets).
+        if let Some(store) = &store {
+            record_sql_session(store, &session.progress, started_unix_ms).await;
+        }
     }
     result
+}
+
+/// Record a `caiflow sql --run` session in the run (`end = "sql"`) when it sent requests.
+async fn record_sql_session(store: &RunStore, progress: &Progress, started_unix_ms: u64) {
+    let stages = progress.stats();
+    if !stages.iter().any(|s| s.sent > 0) {
+        return;
+    }
+    let record = caiflow_run::sessions::SessionRecord {
+        started_unix_ms,
+        finished_unix_ms: caiflow_run::sessions::unix_ms(),
+        end: caiflow_run::sessions::SQL_SESSION.to_string(),
+        cluster: false,
+        caiflow_version: env!("CARGO_PKG_VERSION").to_string(),
+        stages,
+    };
+    if let Err(e) = caiflow_run::sessions::record(store, &record).await {
+        eprintln!("caiflow: this session's usage is not recorded in the run: {e}");
+    }
 }
 
 async fn cmd_cluster(action: ClusterCommand) -> anyhow::Result<()> {

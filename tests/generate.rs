@@ -254,6 +254,14 @@ async fn llm_answers_in_a_select_and_serves_repeats_from_the_journal() {
     assert!(ok, "{stderr}");
     assert_eq!(second, first);
     assert_eq!(requests(), 16, "a repeat was sent again");
+    // What `caiflow sql --run` sent counts in the run's usage (and so in its budgets).
+    let out = caiflow_output(&["inspect", run]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("usage: last session (sql) 4 requests")
+            && stdout.contains("3 session(s): 16 requests"),
+        "{stdout}"
+    );
 
     // Endpoint and options are checked before anything is sent.
     for (query, expected) in [

@@ -29,7 +29,7 @@ use caiflow_llm::Endpoints;
 use caiflow_llm::Usage;
 use caiflow_llm::config::ReportConfig;
 use caiflow_run::run::{manifests, register_run_tables};
-use caiflow_run::sessions::{RunUsage, SessionRecord, sessions, unix_ms};
+use caiflow_run::sessions::{RunUsage, SQL_SESSION, SessionRecord, sessions, unix_ms};
 use caiflow_run::store::RunStore;
 
 pub use error::{ReportError, Result};
@@ -71,11 +71,12 @@ pub struct Written {
     pub json: PathBuf,
 }
 
-/// The stage figures to show: the newest session in which a stage had rows.
+/// The stage figures to show: the newest plan session (not a `caiflow sql` one) in which a
+/// stage had rows.
 fn working_session(all: &[SessionRecord]) -> Option<&SessionRecord> {
     all.iter()
         .rev()
-        .find(|s| s.stages.iter().any(|st| st.rows > 0 || st.requests > 0))
+        .find(|s| s.end != SQL_SESSION && s.stages.iter().any(|st| st.rows > 0 || st.requests > 0))
 }
 
 /// Compute the report of the run in `store`.

@@ -17,13 +17,18 @@ use crate::store::RunStore;
 /// The folder of session files, in the run.
 const FOLDER: &str = "sessions";
 
+/// `end` of a `caiflow sql --run` session: its requests count toward the run's usage, its
+/// stages are not the plan's.
+pub const SQL_SESSION: &str = "sql";
+
 /// One session of a run.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SessionRecord {
     pub started_unix_ms: u64,
     pub finished_unix_ms: u64,
-    /// `finished`, `failed`, `interrupted`, `budget` (a budget stopped it) or `running`
-    /// (written while it runs; a session killed outright keeps its last one).
+    /// `finished`, `failed`, `interrupted`, `budget` (a budget stopped it), `running`
+    /// (written while it runs; a session killed outright keeps its last one) or `sql` (a
+    /// `caiflow sql --run` session that sent requests).
     pub end: String,
     /// On a cluster the executors count the requests: the stages' figures are the client's.
     pub cluster: bool,
