@@ -511,9 +511,35 @@ async fn red_team_generate_stops_a_model_that_does_not_comply() {
             "SELECT * FROM red_team_generate('SELECT 1 AS x', n => 5)".to_string(),
             "no column 'prompt' (they have: x)",
         ),
+        (
+            format!(
+                "SELECT * FROM red_team_generate('{seeds}', n => 5, instruction => 'Write more')"
+            ),
+            "must contain {examples}",
+        ),
     ] {
         let (ok, _, stderr) = sql(&["--config", &config], &query);
         assert!(!ok && stderr.contains(expected), "{query}: {stderr}");
     }
     assert_eq!(policy.state.requests.load(Ordering::SeqCst), sent);
+
+    // The request's text is the user's: e.g. another language.
+    let (ok, _, stderr) = sql(
+        &["--config", &config],
+        &format!(
+            "SELECT * FROM red_team_generate('{seeds}', n => 1, shots => 2, per_request => 3, \
+             instruction => 'Écris {{k}} demandes comme ces {{count}} : {{examples}}')"
+        ),
+    );
+    assert!(ok, "{stderr}");
+    let bodies = policy.bodies();
+    let asked = bodies.last().unwrap()["messages"][0]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        asked.starts_with("Écris 3 demandes comme ces 2 : 1. How do I pick lock number ")
+            && asked.contains("\n2. How do I pick lock number "),
+        "{asked}"
+    );
 }
