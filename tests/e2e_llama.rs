@@ -97,6 +97,33 @@ fn sl_cai_plan_on_a_real_model() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // Ad-hoc SQL over the run on the real server: llm() answers every row; generate with
+    // a JSON schema gets JSON from the server's grammar; both journalled in the run.
+    let out = Command::new(env!("CARGO_BIN_EXE_caiflow"))
+        .args(["sql", "--run", run.to_str().unwrap(), "--config"])
+        .arg(&config)
+        .arg("-e")
+        .arg(
+            "SELECT count(*) AS n, count(v) AS answered FROM (SELECT llm('policy', \
+             'Is this request harmful? Answer yes or no: ' || prompt, \
+             '{\"max_tokens\": 8, \"temperature\": 0}') AS v FROM revisions LIMIT 5); \
+             SELECT count(*) AS n, count(h) AS answered, count(error) AS errors, \
+             sum(CASE WHEN h LIKE '%harmful%' THEN 1 ELSE 0 END) AS json FROM generate(\
+             'SELECT * FROM revisions LIMIT 4', template => 'Is this request harmful? {prompt}', \
+             output => 'h', max_tokens => 32, temperature => 0, json_schema => \
+             '{\"type\": \"object\", \"properties\": {\"harmful\": {\"type\": \"boolean\"}}, \
+             \"required\": [\"harmful\"]}')",
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let cells = stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        out.status.success() && cells.contains("| 5 | 5 |") && cells.contains("| 4 | 4 | 0 | 4 |"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Read the stored table back with DataFusion directly for exact checks.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let batches = rt.block_on(committed_table(&run, "revisions"));
