@@ -21,7 +21,12 @@ use datafusion::error::Result;
 use datafusion::execution::context::SessionState;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{CreateExternalTable, LogicalPlan, LogicalPlanBuilder};
-use datafusion::physical_plan::{ExecutionPlan, execute_stream};
+use datafusion::physical_expr::EquivalenceProperties;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::{
+    ExecutionPlan, ExecutionPlanProperties, Partitioning, PlanProperties, execute_stream,
+};
 use futures::{FutureExt, StreamExt};
 
 pub fn session_state<'a>(session: &'a dyn Session, function: &str) -> Result<&'a SessionState> {
@@ -29,6 +34,27 @@ pub fn session_state<'a>(session: &'a dyn Session, function: &str) -> Result<&'a
         .as_any()
         .downcast_ref::<SessionState>()
         .ok_or_else(|| plan_datafusion_err!("{function}: needs a DataFusion SessionState"))
+}
+
+/// `plan` as one stream (its partitions merged when it has several), and the properties of
+/// a node that reads it so and emits one stream of `schema` as it goes: for nodes whose
+/// state spans the whole input (deduplication, generation).
+pub fn one_stream(
+    plan: Arc<dyn ExecutionPlan>,
+    schema: SchemaRef,
+) -> (Arc<dyn ExecutionPlan>, Arc<PlanProperties>) {
+    let plan = if plan.output_partitioning().partition_count() > 1 {
+        Arc::new(CoalescePartitionsExec::new(plan)) as Arc<dyn ExecutionPlan>
+    } else {
+        plan
+    };
+    let properties = Arc::new(PlanProperties::new(
+        EquivalenceProperties::new(schema),
+        Partitioning::UnknownPartitioning(1),
+        EmissionType::Incremental,
+        Boundedness::Bounded,
+    ));
+    (plan, properties)
 }
 
 /// `plan` with only the columns of `projection` (a table provider's `scan`), by name.

@@ -27,13 +27,10 @@ use datafusion::datasource::TableType;
 use datafusion::error::Result;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{Expr, LogicalPlan};
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
-use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties,
-    Partitioning, PlanProperties,
+    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, PlanProperties,
 };
 use futures::StreamExt;
 use gaoya::minhash::{
@@ -41,7 +38,7 @@ use gaoya::minhash::{
 };
 
 use super::args::StageArgs;
-use super::input::{projected, resolve_input, session_state};
+use super::input::{one_stream, projected, resolve_input, session_state};
 use super::row::TextColumn;
 use crate::progress::{Progress, StageProgress};
 
@@ -211,21 +208,11 @@ pub struct NearDedupExec {
 
 impl NearDedupExec {
     pub fn try_new(input: Arc<dyn ExecutionPlan>, column: &str, threshold: f64) -> Result<Self> {
-        let input = if input.output_partitioning().partition_count() > 1 {
-            Arc::new(CoalescePartitionsExec::new(input)) as Arc<dyn ExecutionPlan>
-        } else {
-            input
-        };
         let schema = input.schema();
         schema
             .index_of(column)
             .map_err(|_| plan_datafusion_err!("{NAME}: input has no column '{column}'"))?;
-        let properties = Arc::new(PlanProperties::new(
-            EquivalenceProperties::new(schema),
-            Partitioning::UnknownPartitioning(1),
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        ));
+        let (input, properties) = one_stream(input, schema);
         Ok(NearDedupExec {
             input,
             column: column.to_string(),

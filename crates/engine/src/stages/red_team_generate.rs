@@ -35,20 +35,17 @@ use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{Expr, LogicalPlan};
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
-use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::stream::RecordBatchReceiverStream;
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties,
-    Partitioning, PlanProperties,
+    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, PlanProperties,
 };
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 
 use super::args::StageArgs;
 use super::exec::{StageEnv, task_env};
-use super::input::{projected, resolve_input, session_state};
+use super::input::{one_stream, projected, resolve_input, session_state};
 use super::lineage::{Lineage, LineageBuilder, lineage_field};
 use super::llm_call::{LlmDefaults, LlmOptions, complete};
 use super::near_dedup::{NearDuplicates, check_threshold};
@@ -207,17 +204,7 @@ pub struct RedTeamGenerateExec {
 
 impl RedTeamGenerateExec {
     pub fn try_new(input: Arc<dyn ExecutionPlan>, generation: Generation) -> Result<Self> {
-        let input = if input.output_partitioning().partition_count() > 1 {
-            Arc::new(CoalescePartitionsExec::new(input)) as Arc<dyn ExecutionPlan>
-        } else {
-            input
-        };
-        let properties = Arc::new(PlanProperties::new(
-            EquivalenceProperties::new(output_schema()),
-            Partitioning::UnknownPartitioning(1),
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        ));
+        let (input, properties) = one_stream(input, output_schema());
         Ok(RedTeamGenerateExec {
             input,
             generation,
