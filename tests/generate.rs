@@ -319,6 +319,29 @@ async fn failed_llm_calls_are_null_with_a_warning() {
     assert!(ok && stdout.contains("| true "), "{stdout}{stderr}");
     assert!(!stderr.contains("warning"), "{stderr}");
     assert_eq!(policy.state.requests.load(Ordering::SeqCst), before);
+
+    // Structured output: the schema is sent; an answer that is not JSON is NULL.
+    policy.push_replies([r#"{"harmful": true}"#.to_string(), "yes it is".to_string()]);
+    let (ok, stdout, stderr) = sql(
+        &["--config", &config],
+        &format!(
+            "SELECT count(*) AS n, count(v) AS answered FROM (SELECT llm('policy', \
+             'Harmful? ' || prompt, '{{\"json_schema\": {{\"type\": \"object\"}}}}') AS v \
+             FROM red_team_prompts('{prompts}') LIMIT 2)"
+        ),
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(table_row(&stdout, "| 2 "), ["2", "1"], "{stdout}");
+    assert!(
+        stderr.contains("1 of 2 call(s) failed") && stderr.contains("not valid JSON"),
+        "{stderr}"
+    );
+    let bodies = policy.bodies();
+    let last = bodies.last().unwrap();
+    assert_eq!(
+        last["response_format"]["json_schema"]["schema"]["type"], "object",
+        "{last}"
+    );
 }
 
 /// A request made of `k` words drawn from a vocabulary by `i`: texts far apart from each

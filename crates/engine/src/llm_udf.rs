@@ -14,7 +14,8 @@
 //! so NULLs standing for calls never made are not committed as answers. A NULL prompt is NULL
 //! without a request. The endpoint and the options must be literals, checked when the query
 //! is planned: options are a JSON object of the stages' LLM options (`system`,
-//! `temperature`, `top_p`, `top_k`, `max_tokens`, `seed`, `retry_truncated`, `few_shot`).
+//! `temperature`, `top_p`, `top_k`, `max_tokens`, `seed`, `retry_truncated`, `few_shot`)
+//! and `json_schema` (structured output; an answer that does not parse is a failed call).
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -36,7 +37,7 @@ use crate::progress::{Progress, StageProgress};
 use crate::resources::LOCAL_WORKER;
 use crate::stages::args::StageArgs;
 use crate::stages::exec::StageEnv;
-use crate::stages::llm_call::{LlmDefaults, LlmOptions, complete};
+use crate::stages::llm_call::{LlmDefaults, LlmOptions, complete, json_response_format};
 use crate::stages::row::TextColumn;
 use caiflow_llm::{Endpoints, Message};
 
@@ -98,7 +99,7 @@ fn literal(value: Option<&ScalarValue>) -> Option<&str> {
 
 /// The call's LLM options: the endpoint and the options object, checked as the stages check
 /// theirs.
-fn parse_options(endpoint: &str, options: Option<&str>) -> Result<LlmOptions> {
+fn parse_options(endpoint: &str, options: Option<&str>) -> Result<CallOptions> {
     let mut texts = vec![format!("endpoint => {endpoint}")];
     if let Some(json) = options {
         let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(json)
@@ -120,14 +121,29 @@ fn parse_options(endpoint: &str, options: Option<&str>) -> Result<LlmOptions> {
         few_shot: "none",
         ..Default::default()
     };
-    let options = LlmOptions::parse_with(&args, &defaults)?;
+    let llm = LlmOptions::parse_with(&args, &defaults)?;
+    let response_format = args
+        .str("json_schema")
+        .map(|s| json_response_format(NAME, "answer", s))
+        .transpose()?;
     args.finish(&[])?;
-    Ok(options)
+    Ok(CallOptions {
+        llm,
+        response_format,
+    })
+}
+
+/// What a call of `llm()` asks with.
+#[derive(Debug)]
+struct CallOptions {
+    llm: LlmOptions,
+    /// Structured output (`json_schema`): the answer must parse as JSON.
+    response_format: Option<serde_json::Value>,
 }
 
 impl LlmFunction {
     /// The endpoint and options of a call, from its literal arguments.
-    fn call_options(&self, args: &[Option<&ScalarValue>]) -> Result<LlmOptions> {
+    fn call_options(&self, args: &[Option<&ScalarValue>]) -> Result<CallOptions> {
         let Some(endpoint) = literal(args.first().copied().flatten()) else {
             return plan_err!(
                 "{NAME}: the first argument must be an endpoint's name as a literal, e.g. llm('policy', prompt)"
@@ -185,7 +201,7 @@ impl AsyncScalarUDFImpl for LlmFunction {
         let options = Arc::new(self.call_options(&refs)?);
         let endpoint = self
             .endpoints
-            .get(&options.endpoint)
+            .get(&options.llm.endpoint)
             .map_err(|e| plan_datafusion_err!("{NAME}: {e}"))?;
         let rows = args.number_rows;
         let prompts: ArrayRef = match args.args.get(1) {
@@ -202,7 +218,7 @@ impl AsyncScalarUDFImpl for LlmFunction {
             progress: self.progress.llm_stage(NAME),
             journal: self.journal.clone(),
             priority: 0,
-            retry_truncated: options.retry_truncated,
+            retry_truncated: options.llm.retry_truncated,
             budget_refused: Default::default(),
         });
         let answers: Vec<Option<String>> = futures::stream::iter(0..rows)
@@ -245,20 +261,31 @@ impl AsyncScalarUDFImpl for LlmFunction {
     }
 }
 
-/// One row's answer: NULL for a NULL prompt, and for a failed call (counted as an error).
-async fn ask(env: &StageEnv, options: &LlmOptions, prompt: Option<String>) -> Option<String> {
+/// One row's answer: NULL for a NULL prompt, and for a failed call or, with a JSON schema,
+/// an answer that is not JSON (counted as an error).
+async fn ask(env: &StageEnv, options: &CallOptions, prompt: Option<String>) -> Option<String> {
     let prompt = prompt?;
     StageProgress::add(&env.progress.rows_started, 1);
     let key = [NAME.as_bytes(), prompt.as_bytes()];
-    let request = options.request(vec![Message::user(prompt.clone())], &key);
+    let mut request = options
+        .llm
+        .request(vec![Message::user(prompt.clone())], &key);
+    request.params.response_format = options.response_format.clone();
     let (result, _lineage) = complete(env, &request).await;
     StageProgress::add(&env.progress.rows_done, 1);
+    let failed = |why: String| {
+        env.progress.error(&format!("{NAME}: {why}"));
+        None
+    };
     match result {
-        Ok(c) => Some(c.text),
-        Err(e) => {
-            env.progress.error(&format!("{NAME}: {e}"));
-            None
+        Ok(c) if options.response_format.is_some() => {
+            match serde_json::from_str::<serde_json::Value>(c.text.trim()) {
+                Ok(_) => Some(c.text),
+                Err(e) => failed(format!("the answer is not valid JSON: {e}")),
+            }
         }
+        Ok(c) => Some(c.text),
+        Err(e) => failed(e),
     }
 }
 
@@ -304,12 +331,17 @@ mod tests {
     fn options_are_json_of_the_stages_options() {
         let o = parse_options(
             "policy",
-            Some(r#"{"temperature": 0, "max_tokens": 8, "system": "Be brief, please."}"#),
+            Some(
+                r#"{"temperature": 0, "max_tokens": 8, "system": "Be brief, please.",
+                    "json_schema": {"type": "object"}}"#,
+            ),
         )
         .unwrap();
-        assert_eq!(o.temperature, 0.0);
-        assert_eq!(o.max_tokens, 8);
-        assert_eq!(o.system.as_deref(), Some("Be brief, please."));
+        assert_eq!(o.llm.temperature, 0.0);
+        assert_eq!(o.llm.max_tokens, 8);
+        assert_eq!(o.llm.system.as_deref(), Some("Be brief, please."));
+        let format = o.response_format.unwrap();
+        assert_eq!(format["json_schema"]["schema"]["type"], "object");
         let bad = parse_options("policy", Some(r#"{"temprature": 0}"#)).unwrap_err();
         assert!(
             bad.to_string().contains("unknown option 'temprature'"),

@@ -14,14 +14,15 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use datafusion::common::{plan_datafusion_err, plan_err};
+use datafusion::common::plan_err;
 use datafusion::error::Result;
 
 use super::args::StageArgs;
 use super::cells::{Cell, OutRow};
 use super::exec::{RowStage, StageEnv, StageFactory};
 use super::llm_call::{
-    LlmDefaults, LlmOptions, complete, count_error, lineage_field, null_lineage, text,
+    LlmDefaults, LlmOptions, complete, count_error, json_response_format, lineage_field,
+    null_lineage, text,
 };
 use super::row::InputRow;
 use caiflow_llm::Message;
@@ -143,17 +144,10 @@ impl StageFactory for GenerateFactory {
                 );
             }
         };
-        let response_format = match args.str("json_schema") {
-            None => None,
-            Some(s) => {
-                let schema: serde_json::Value = serde_json::from_str(s)
-                    .map_err(|e| plan_datafusion_err!("generate: json_schema is not JSON: {e}"))?;
-                Some(serde_json::json!({
-                    "type": "json_schema",
-                    "json_schema": {"name": output, "schema": schema}
-                }))
-            }
-        };
+        let response_format = args
+            .str("json_schema")
+            .map(|s| json_response_format("generate", &output, s))
+            .transpose()?;
         let attempts = args.parsed_or("attempts", 3u32)?;
         args.check("attempts", attempts, attempts >= 1, ">= 1")?;
         Ok(Arc::new(Generate {

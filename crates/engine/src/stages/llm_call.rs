@@ -144,6 +144,17 @@ impl LlmOptions {
     }
 }
 
+/// The OpenAI `response_format` asking for JSON that follows `schema` (a JSON schema's
+/// text; `name` names it), for `function`'s `json_schema` option.
+pub fn json_response_format(function: &str, name: &str, schema: &str) -> Result<serde_json::Value> {
+    let schema: serde_json::Value = serde_json::from_str(schema)
+        .map_err(|e| plan_datafusion_err!("{function}: json_schema is not JSON: {e}"))?;
+    Ok(serde_json::json!({
+        "type": "json_schema",
+        "json_schema": {"name": name, "schema": schema}
+    }))
+}
+
 /// Whether a sampling temperature is in the range every server takes, [0, 2].
 pub fn valid_temperature(t: f64) -> bool {
     (0.0..=2.0).contains(&t)
