@@ -21,7 +21,7 @@ use caiflow_run::plan::{StatementOutcome, run_sql, substitute};
 use caiflow_run::run::{
     RunOptions, TableOutcome, manifests, register_run_tables, register_versions, versions,
 };
-use caiflow_run::sessions::RunUsage;
+use caiflow_run::sessions::{RunUsage, SessionRecord};
 use caiflow_run::store::RunStore;
 use caiflow_run::{OnDemandJournal, PlanRun, RunEnd};
 use clap::{Parser, Subcommand};
@@ -460,6 +460,22 @@ async fn dry_run(
     Ok(())
 }
 
+/// Charge every request of `endpoints` to the run-wide `budget` and to the endpoints' own,
+/// counting what the run's earlier sessions spent; returns that earlier usage.
+async fn charge_budgets(
+    endpoints: &Endpoints,
+    store: &RunStore,
+    budget: caiflow_llm::Budget,
+) -> anyhow::Result<RunUsage> {
+    let before = RunUsage::of(
+        &caiflow_run::sessions::sessions(store)
+            .await
+            .context("reading the run's sessions")?,
+    );
+    endpoints.charge_to_budgets(budget, before.total(), &before.by_endpoint());
+    Ok(before)
+}
+
 /// Exit code of a run stopped with Ctrl-C.
 const INTERRUPTED: i32 = 130;
 
@@ -500,15 +516,9 @@ async fn execute_run(
     let stop = options.stop.clone();
     let started_unix_ms = caiflow_run::sessions::unix_ms();
     let on_cluster = cluster.is_some();
-    let session_record =
-        move |progress: &Progress, end: &str| caiflow_run::sessions::SessionRecord {
-            started_unix_ms,
-            finished_unix_ms: caiflow_run::sessions::unix_ms(),
-            end: end.to_string(),
-            cluster: on_cluster,
-            caiflow_version: env!("CARGO_PKG_VERSION").to_string(),
-            stages: progress.stats(),
-        };
+    let session_record = move |progress: &Progress, end: &str| {
+        SessionRecord::now(started_unix_ms, end, on_cluster, progress.stats())
+    };
     let mut run = PlanRun::open(store.clone(), endpoints)
         .await
         .context("opening the run")?;
@@ -791,12 +801,7 @@ async fn cmd_run(args: RunArgs) -> anyhow::Result<()> {
     }
     let endpoints = caiflow_engine::endpoints(&config, stop.clone())?;
     run_store.check_writable().await?;
-    let before = caiflow_run::sessions::RunUsage::of(
-        &caiflow_run::sessions::sessions(&run_store)
-            .await
-            .context("reading the run's sessions")?,
-    );
-    endpoints.charge_to_budgets(budget, before.total(), &before.by_endpoint());
+    let before = charge_budgets(&endpoints, &run_store, budget).await?;
     // Saved for `repair`: the plan and its variables.
     run_store.put("plan.sql", text.clone().into()).await?;
     run_store
@@ -897,13 +902,7 @@ async fn cmd_repair(
     }
     let config = load_config(config.as_deref())?;
     let endpoints = caiflow_engine::endpoints(&config, stop.clone())?;
-    let before =
-        caiflow_run::sessions::RunUsage::of(&caiflow_run::sessions::sessions(&store).await?);
-    endpoints.charge_to_budgets(
-        caiflow_llm::Budget::default(),
-        before.total(),
-        &before.by_endpoint(),
-    );
+    let before = charge_budgets(&endpoints, &store, caiflow_llm::Budget::default()).await?;
     execute_run(
         store.clone(),
         endpoints,
@@ -1178,14 +1177,12 @@ async fn record_sql_session(store: &RunStore, progress: &Progress, started_unix_
     if !stages.iter().any(|s| s.sent > 0) {
         return;
     }
-    let record = caiflow_run::sessions::SessionRecord {
+    let record = SessionRecord::now(
         started_unix_ms,
-        finished_unix_ms: caiflow_run::sessions::unix_ms(),
-        end: caiflow_run::sessions::SQL_SESSION.to_string(),
-        cluster: false,
-        caiflow_version: env!("CARGO_PKG_VERSION").to_string(),
+        caiflow_run::sessions::SQL_SESSION,
+        false,
         stages,
-    };
+    );
     if let Err(e) = caiflow_run::sessions::record(store, &record).await {
         eprintln!("caiflow: this session's usage is not recorded in the run: {e}");
     }

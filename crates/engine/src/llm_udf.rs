@@ -232,26 +232,8 @@ impl AsyncScalarUDFImpl for LlmFunction {
             .await;
         // The run stops (Ctrl-C, a budget, an endpoint that gave up): the statement fails,
         // so NULLs that stand for calls never made are not committed as answers.
-        if let Some(endpoint) = &env.endpoint {
-            if endpoint.stopping() {
-                return exec_err!("{NAME}: interrupted: the run is stopping");
-            }
-            if let Some(why) = endpoint.aborted() {
-                return exec_err!("{NAME}: {why}");
-            }
-            if env
-                .budget_refused
-                .load(std::sync::atomic::Ordering::Relaxed)
-            {
-                // Other statements' requests in flight finish (and are journalled) first.
-                while endpoint.budget_in_flight() {
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-                let why = endpoint
-                    .budget_stop()
-                    .unwrap_or_else(|| "a budget stopped the run".into());
-                return exec_err!("{why}");
-            }
+        if let Some(why) = env.stopped().await {
+            return exec_err!("{NAME}: {why}");
         }
         let mut out = StringBuilder::with_capacity(rows, 0);
         for answer in answers {

@@ -113,16 +113,6 @@ impl StageProgress {
         spent.entry(endpoint.to_string()).or_default().add(usage);
     }
 
-    /// What the stage's requests used, all endpoints together.
-    pub fn spent(&self) -> Usage {
-        let spent = self.spent.lock().unwrap_or_else(|p| p.into_inner());
-        let mut total = Usage::default();
-        for u in spent.values() {
-            total.add(u);
-        }
-        total
-    }
-
     /// Count an output row's error under its reason.
     pub fn error(&self, message: &str) {
         Self::add(&self.row_errors, 1);
@@ -420,11 +410,7 @@ pub fn summary_table(stages: &[StageStats]) -> String {
 impl StageStats {
     /// What the stage's requests used, all endpoints together.
     pub fn spent(&self) -> Usage {
-        let mut total = Usage::default();
-        for u in self.usage.values() {
-            total.add(u);
-        }
-        total
+        self.usage.values().sum()
     }
 }
 

@@ -76,6 +76,16 @@ pub struct Usage {
     pub cost: f64,
 }
 
+impl<'a> std::iter::Sum<&'a Usage> for Usage {
+    fn sum<I: Iterator<Item = &'a Usage>>(iter: I) -> Usage {
+        let mut total = Usage::default();
+        for u in iter {
+            total.add(u);
+        }
+        total
+    }
+}
+
 impl Usage {
     pub fn tokens(&self) -> u64 {
         self.prompt_tokens + self.completion_tokens

@@ -71,11 +71,33 @@ pub async fn dry_run(
     })
 }
 
-/// A request count, with the re-asks a judge may add as a range.
-fn requests(s: &StageStats) -> String {
-    match s.possible_reasks {
-        0 => s.requests.to_string(),
-        n => format!("{}-{}", s.requests, s.requests + n),
+/// A request count `n`, as the range `n-m` when a judge may add up to `reasks` re-asks.
+fn count_range(n: u64, reasks: u64) -> String {
+    match reasks {
+        0 => n.to_string(),
+        r => format!("{n}-{}", n + r),
+    }
+}
+
+/// What an endpoint's (or all) lines add up to.
+#[derive(Clone, Copy, Debug, Default)]
+struct Totals {
+    /// Of the requests to send.
+    usage: Usage,
+    /// Upper bound on their completion tokens.
+    upper: u64,
+    /// Requests served from the journal.
+    free: u64,
+    /// Re-asks a judge may add.
+    reasks: u64,
+}
+
+impl Totals {
+    fn add(&mut self, other: &Totals) {
+        self.usage.add(&other.usage);
+        self.upper += other.upper;
+        self.free += other.free;
+        self.reasks += other.reasks;
     }
 }
 
@@ -88,80 +110,68 @@ impl DryRun {
     /// Tokens and cost are those of the requests to send; journalled ones are free.
     pub fn table(&self) -> String {
         let mut out = String::new();
-        let mut totals: BTreeMap<String, (Usage, u64, u64, u64)> = BTreeMap::new();
+        let mut totals: BTreeMap<String, Totals> = BTreeMap::new();
         for s in &self.stages {
+            let requests = count_range(s.requests, s.possible_reasks);
             // A stage's upper bound on completion tokens is shared out by requests sent.
             let upper_per_request = s.max_completion_tokens as f64 / s.sent.max(1) as f64;
-            let endpoints: Vec<(&String, &Usage)> = s.usage.iter().collect();
-            if endpoints.is_empty() {
+            if s.usage.is_empty() {
                 out.push_str(&format!(
                     "{:<18} rows {:>7}  requests {:>9}  free {:>7} (from the journal)\n",
-                    s.name,
-                    s.rows,
-                    requests(s),
-                    s.journal_hits
+                    s.name, s.rows, requests, s.journal_hits
                 ));
             }
-            for (i, (endpoint, u)) in endpoints.into_iter().enumerate() {
-                let upper = (upper_per_request * u.requests as f64).round() as u64;
-                let (hits, reasks) = if i == 0 {
-                    (s.journal_hits, s.possible_reasks)
-                } else {
-                    (0, 0)
+            for (i, (endpoint, u)) in s.usage.iter().enumerate() {
+                // The stage's journal hits and re-asks are counted with its first endpoint.
+                let line = Totals {
+                    usage: *u,
+                    upper: (upper_per_request * u.requests as f64).round() as u64,
+                    free: if i == 0 { s.journal_hits } else { 0 },
+                    reasks: if i == 0 { s.possible_reasks } else { 0 },
                 };
-                let t = totals.entry(endpoint.clone()).or_default();
-                t.0.add(u);
-                t.1 += upper;
-                t.2 += hits;
-                t.3 += reasks;
+                totals.entry(endpoint.clone()).or_default().add(&line);
                 out.push_str(&format!(
                     "{:<18} rows {:>7}  requests {:>9}  free {:>7}  endpoint {endpoint}  {}\n",
                     s.name,
                     s.rows,
-                    requests(s),
-                    hits,
-                    self.figures(endpoint, u, upper)
+                    requests,
+                    line.free,
+                    self.figures(endpoint, u, line.upper)
                 ));
             }
         }
-        let mut all = (Usage::default(), 0, 0, 0);
-        for (endpoint, (u, upper, hits, reasks)) in &totals {
-            let range = match reasks {
-                0 => String::new(),
-                n => format!("-{}", u.requests + hits + n),
-            };
+        let mut all = Totals::default();
+        for (endpoint, t) in &totals {
             out.push_str(&format!(
-                "endpoint {endpoint}: requests {}{range}  free {hits}  {}\n",
-                u.requests + hits,
-                self.figures(endpoint, u, *upper)
+                "endpoint {endpoint}: requests {}  free {}  {}\n",
+                count_range(t.usage.requests + t.free, t.reasks),
+                t.free,
+                self.figures(endpoint, &t.usage, t.upper)
             ));
-            all.0.add(u);
-            all.1 += upper;
-            all.2 += hits;
-            all.3 += reasks;
+            all.add(t);
         }
         let cost = |c: f64| format!("${c:.4}");
         let priced = totals.keys().all(|e| self.price(e).is_some());
         let upper_cost: f64 = totals
             .iter()
-            .map(|(e, (u, upper, _, _))| {
+            .map(|(e, t)| {
                 self.price(e)
-                    .map_or(0.0, |p| p.cost(u.prompt_tokens, *upper))
+                    .map_or(0.0, |p| p.cost(t.usage.prompt_tokens, t.upper))
             })
             .sum();
         out.push_str(&format!(
-            "total: requests to send {}{}  free {}  prompt tokens {}  completion tokens <= {}, expected {}{}\n",
-            all.0.requests,
-            match all.3 {
-                0 => String::new(),
-                n => format!("-{}", all.0.requests + n),
-            },
-            all.2,
-            all.0.prompt_tokens,
-            all.1,
-            all.0.completion_tokens,
+            "total: requests to send {}  free {}  prompt tokens {}  completion tokens <= {}, expected {}{}\n",
+            count_range(all.usage.requests, all.reasks),
+            all.free,
+            all.usage.prompt_tokens,
+            all.upper,
+            all.usage.completion_tokens,
             if priced && !totals.is_empty() {
-                format!("  cost <= {}, expected {}", cost(upper_cost), cost(all.0.cost))
+                format!(
+                    "  cost <= {}, expected {}",
+                    cost(upper_cost),
+                    cost(all.usage.cost)
+                )
             } else {
                 String::new()
             }

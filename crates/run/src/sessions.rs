@@ -36,6 +36,20 @@ pub struct SessionRecord {
     pub stages: Vec<StageStats>,
 }
 
+impl SessionRecord {
+    /// The record of a session that started at `started_unix_ms` and ended (so far) now.
+    pub fn now(started_unix_ms: u64, end: &str, cluster: bool, stages: Vec<StageStats>) -> Self {
+        SessionRecord {
+            started_unix_ms,
+            finished_unix_ms: unix_ms(),
+            end: end.to_string(),
+            cluster,
+            caiflow_version: env!("CARGO_PKG_VERSION").to_string(),
+            stages,
+        }
+    }
+}
+
 pub fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -115,18 +129,12 @@ impl RunUsage {
 
     /// What one session's `stages` used, all together.
     pub fn of_stages(stages: &[StageStats]) -> Usage {
-        let mut one = RunUsage::default();
-        one.add(stages);
-        one.total()
+        stages.iter().flat_map(|s| s.usage.values()).sum()
     }
 
     /// Everything, all stages and endpoints.
     pub fn total(&self) -> Usage {
-        let mut total = Usage::default();
-        for u in self.stages.values().flat_map(|e| e.values()) {
-            total.add(u);
-        }
-        total
+        self.stages.values().flat_map(|e| e.values()).sum()
     }
 
     /// Per endpoint, all stages.

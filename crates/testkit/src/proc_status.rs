@@ -19,3 +19,18 @@ pub fn status_mib(pid: &str, field: &str) -> f64 {
 pub fn peak_rss_mib(pid: u32) -> f64 {
     status_mib(&pid.to_string(), "VmHWM")
 }
+
+/// Wait for `child` to exit, sampling its peak resident set every 20 ms: its exit status
+/// and peak RSS in MiB.
+pub fn wait_with_peak_rss(
+    child: &mut std::process::Child,
+) -> std::io::Result<(std::process::ExitStatus, f64)> {
+    let mut peak = 0.0f64;
+    loop {
+        peak = peak.max(peak_rss_mib(child.id()));
+        if let Some(status) = child.try_wait()? {
+            return Ok((status, peak));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -64,6 +64,32 @@ pub struct StageEnv {
     pub budget_refused: Arc<std::sync::atomic::AtomicBool>,
 }
 
+impl StageEnv {
+    /// Why this stage's work must stop, if it must: the run is stopping (Ctrl-C), the
+    /// endpoint gave up (refused key, error rate), or a budget refused one of its requests
+    /// (said once no budgeted request is in flight anywhere, so their answers are
+    /// journalled first; the caller's own requests must be finished before asking).
+    pub async fn stopped(&self) -> Option<String> {
+        let endpoint = self.endpoint.as_ref()?;
+        if endpoint.stopping() {
+            return Some("interrupted: the run is stopping".into());
+        }
+        if let Some(why) = endpoint.aborted() {
+            return Some(why.to_string());
+        }
+        if self
+            .budget_refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            while endpoint.budget_in_flight() {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            return Some(budget_message(endpoint));
+        }
+        None
+    }
+}
+
 /// One CAI stage, row by row. Implementations hold only plain options (serde data) and
 /// endpoint names, never live clients.
 #[async_trait]

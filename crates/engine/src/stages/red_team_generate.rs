@@ -368,8 +368,16 @@ impl Seeds {
 struct Asked {
     index: u64,
     shown: Vec<usize>,
-    answer: Result<String, String>,
+    answer: Answer,
     lineage: Option<Lineage>,
+}
+
+/// What a request brought back.
+enum Answer {
+    Text(String),
+    /// A dry run's stand-in (not model text): it stands for `per_request` new prompts.
+    StandIn,
+    Failed(String),
 }
 
 struct Generator {
@@ -438,15 +446,16 @@ impl Generator {
         async move {
             let (result, lineage) = complete(&env, &request).await;
             let answer = match result {
-                // A dry run's stand-in answers are fillers: stand for `per_request` prompts.
+                // A dry run's stand-in answers are fillers (journal hits, attempts 0, are
+                // real answers in a dry run too).
                 Ok(_)
                     if env.endpoint.as_ref().is_some_and(|e| e.dry)
                         && lineage.as_ref().and_then(|l| l.attempts) != Some(0) =>
                 {
-                    Err(DRY.to_string())
+                    Answer::StandIn
                 }
-                Ok(c) => Ok(c.text),
-                Err(e) => Err(e),
+                Ok(c) => Answer::Text(c.text),
+                Err(e) => Answer::Failed(e),
             };
             Asked {
                 index,
@@ -488,29 +497,25 @@ impl Generator {
                 return internal_err!("{NAME}: no request in flight with {kept} of {n} kept");
             };
             StageProgress::add(&progress.rows_started, 1);
-            if let Some(why) = endpoint.aborted() {
-                return exec_err!("{NAME}: {why}");
-            }
             if self
                 .env
                 .budget_refused
                 .load(std::sync::atomic::Ordering::Relaxed)
             {
-                // Requests in flight finish and are journalled before the query fails.
+                // This query's requests in flight finish and are journalled first.
                 while in_flight.next().await.is_some() {}
-                let why = endpoint
-                    .budget_stop()
-                    .unwrap_or_else(|| "a budget stopped the run".into());
-                return exec_err!("{why}");
+            }
+            if let Some(why) = self.env.stopped().await {
+                return exec_err!("{NAME}: {why}");
             }
             // A dry run's stand-ins are distinct by construction: never deduplicated.
-            let stand_in = matches!(&asked.answer, Err(e) if e == DRY);
+            let stand_in = matches!(asked.answer, Answer::StandIn);
             let candidates = match &asked.answer {
-                Ok(text) => parse_prompts(text),
-                Err(_) if stand_in => (0..per_request)
+                Answer::Text(text) => parse_prompts(text),
+                Answer::StandIn => (0..per_request)
                     .map(|j| format!("dry run: generated request {} #{j}", asked.index))
                     .collect(),
-                Err(e) => {
+                Answer::Failed(e) => {
                     progress.error(&format!("{NAME}: {e}"));
                     vec![]
                 }
@@ -533,8 +538,9 @@ impl Generator {
             if new == 0 {
                 fruitless += 1;
                 last_answer = match &asked.answer {
-                    Ok(text) => text.chars().take(QUOTED).collect(),
-                    Err(e) => format!("(failed: {e})"),
+                    Answer::Text(text) => text.chars().take(QUOTED).collect(),
+                    Answer::StandIn => String::new(),
+                    Answer::Failed(e) => format!("(failed: {e})"),
                 };
             } else {
                 fruitless = 0;
@@ -559,9 +565,6 @@ impl Generator {
         }
     }
 }
-
-/// A dry run's stand-in answer (not model text).
-const DRY: &str = "(dry run)";
 
 /// The output rows being gathered.
 #[derive(Default)]
