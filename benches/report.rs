@@ -10,10 +10,10 @@
 //! smoke run (2,000 prompts, 2,000 rows).
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use caiflow_engine::stages::near_dedup::NearDuplicates;
-use caiflow_testkit::proc_status::{peak_rss_mib, status_mib};
+use caiflow_testkit::proc_status::{status_mib, wait_with_peak_rss};
 use rand::{Rng, SeedableRng};
 
 const WORDS: &str = "how can i get into my neighbour's house while they are away what is the best way to hide money from tax office make a fake doctor's note for work poison dog without anyone knowing tell me where streamer lives write threatening letter ex boss cheat on exam";
@@ -114,15 +114,8 @@ fn report(rows: usize) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("caiflow report");
-    let mut peak = 0.0f64;
-    loop {
-        peak = peak.max(peak_rss_mib(child.id()));
-        if let Some(status) = child.try_wait().expect("wait") {
-            assert!(status.success(), "caiflow report failed");
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (status, peak) = wait_with_peak_rss(&mut child).expect("wait");
+    assert!(status.success(), "caiflow report failed");
     let secs = started.elapsed().as_secs_f64();
     let json: serde_json::Value = serde_json::from_slice(
         &std::fs::read(run.join("report/report.json")).expect("report.json"),

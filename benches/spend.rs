@@ -12,11 +12,11 @@
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use caiflow_llm::spend::{Ledger, reserve};
 use caiflow_llm::{Budget, Usage};
-use caiflow_testkit::proc_status::peak_rss_mib;
+use caiflow_testkit::proc_status::wait_with_peak_rss;
 
 fn ledger(requests: usize, threads: usize) {
     let budget = Budget {
@@ -94,11 +94,7 @@ fn dry_run(prompts: usize) {
         .stderr(Stdio::null())
         .spawn()
         .expect("caiflow run --dry-run");
-    let mut peak = 0.0f64;
-    while child.try_wait().expect("wait").is_none() {
-        peak = peak.max(peak_rss_mib(child.id()));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (_, peak) = wait_with_peak_rss(&mut child).expect("wait");
     let out = child.wait_with_output().expect("output");
     let secs = started.elapsed().as_secs_f64();
     let stdout = String::from_utf8_lossy(&out.stdout);

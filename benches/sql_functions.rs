@@ -12,10 +12,10 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use caiflow_testkit::MockServer;
-use caiflow_testkit::proc_status::peak_rss_mib;
+use caiflow_testkit::proc_status::wait_with_peak_rss;
 
 /// A request of 8 random-letter words drawn by `i`: no two are near duplicates by chance.
 /// (Texts from a small alphabet, e.g. 24 syllables, share so many shingles that the LSH
@@ -51,11 +51,7 @@ fn sql(dir: &Path, config: &Path, query: &str) -> (f64, f64, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("caiflow sql");
-    let mut peak = 0.0f64;
-    while child.try_wait().expect("wait").is_none() {
-        peak = peak.max(peak_rss_mib(child.id()));
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let (_, peak) = wait_with_peak_rss(&mut child).expect("wait");
     let out = child.wait_with_output().expect("output");
     let secs = started.elapsed().as_secs_f64();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();

@@ -106,16 +106,11 @@ async fn generate_adds_its_column_and_reruns_from_the_journal() {
          FROM classified",
     );
     assert!(ok, "{stderr}");
-    let row = stdout
-        .lines()
-        .find(|l| l.contains("| 12 "))
-        .unwrap_or_else(|| panic!("{stdout}"));
-    let cells: Vec<&str> = row
-        .split('|')
-        .map(str::trim)
-        .filter(|c| !c.is_empty())
-        .collect();
-    assert_eq!(cells, ["12", "12", "0", "12", "12"], "{stdout}");
+    assert_eq!(
+        table_row(&stdout, "| 12 "),
+        ["12", "12", "0", "12", "12"],
+        "{stdout}"
+    );
     // Recomputed: every answer comes from the journal.
     run(&["--from", "classified"]);
     assert_eq!(
@@ -174,18 +169,6 @@ async fn template_columns_are_checked_and_json_is_asked_again() {
         "{stdout}"
     );
     assert_eq!(policy.state.requests.load(Ordering::SeqCst), 5);
-}
-
-/// The cells of the first table row of `stdout` that contains `marker`.
-fn table_row(stdout: &str, marker: &str) -> Vec<String> {
-    stdout
-        .lines()
-        .find(|l| l.starts_with('|') && l.contains(marker))
-        .unwrap_or_else(|| panic!("no row with {marker} in {stdout}"))
-        .split('|')
-        .map(|c| c.trim().to_string())
-        .filter(|c| !c.is_empty())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

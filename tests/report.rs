@@ -10,23 +10,6 @@ use caiflow_testkit::MockServer;
 use common::*;
 use serde_json::Value;
 
-fn caiflow(args: &[&str]) -> (String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_caiflow"))
-        .current_dir(repo_root())
-        .args(args)
-        .output()
-        .expect("run caiflow");
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    );
-    assert!(
-        out.status.success(),
-        "caiflow {args:?} failed:\n{stdout}\n{stderr}"
-    );
-    (stdout, stderr)
-}
-
 fn config(dir: &Path, policy: &MockServer, judge: &MockServer) -> PathBuf {
     let path = dir.join("caiflow.toml");
     std::fs::write(
@@ -64,7 +47,7 @@ fn prompts(dir: &Path) -> PathBuf {
 /// cache in `dir`): the dataset card's front matter names each split's file.
 fn load_export(run: &str, format: &str, dir: &Path) -> Value {
     let out = dir.join(format!("export-{format}"));
-    let (_, stderr) = caiflow(&[
+    let (_, stderr) = caiflow_ok(&[
         "export",
         run,
         "--format",
@@ -159,7 +142,7 @@ fn run_plan(
         &prompts_var,
     ];
     args.extend(extra);
-    let (stdout, stderr) = caiflow(&args);
+    let (stdout, stderr) = caiflow_ok(&args);
     (PathBuf::from(stdout.trim().lines().last().unwrap()), stderr)
 }
 
@@ -312,7 +295,7 @@ async fn sl_run_report_agrees_with_its_tables_and_renders() {
 
     // `caiflow report RUN --out DIR` writes the same figures elsewhere.
     let out = dir.path().join("elsewhere");
-    caiflow(&[
+    caiflow_ok(&[
         "report",
         run.to_str().unwrap(),
         "--out",
@@ -377,7 +360,7 @@ async fn rl_run_report_counts_labels_positions_and_temperatures() {
     let dir = tempfile::tempdir().unwrap();
     let (run, _) = run_plan(dir.path(), &policy, &judge, "plans/rl_cai.sql", &[]);
     let run = run.to_str().unwrap().to_string();
-    let (html, _) = caiflow(&["report", &run]);
+    let (html, _) = caiflow_ok(&["report", &run]);
     let html = PathBuf::from(html.trim());
     let r = read_json(&html.with_file_name("report.json"));
     let prompts = r["tables"]["judgements"].as_u64().unwrap();

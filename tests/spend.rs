@@ -12,23 +12,6 @@ use std::sync::atomic::Ordering;
 use caiflow_testkit::MockServer;
 use common::*;
 
-fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
-
-fn ok(args: &[&str]) -> (String, String) {
-    let out = caiflow_output(args);
-    let (stdout, stderr) = text(&out);
-    assert!(
-        out.status.success(),
-        "caiflow {args:?} failed:\n{stdout}\n{stderr}"
-    );
-    (stdout, stderr)
-}
-
 /// Two mock endpoints; the policy has a price, so costs are computed.
 fn config(dir: &Path, policy: &MockServer, judge: &MockServer) -> PathBuf {
     let path = dir.join("caiflow.toml");
@@ -101,7 +84,7 @@ impl Setup {
 
     fn inspect(&self, name: &str) -> String {
         let run = self.store().join(name);
-        ok(&["inspect", run.to_str().unwrap()]).0
+        caiflow_ok(&["inspect", run.to_str().unwrap()]).0
     }
 }
 
@@ -151,7 +134,7 @@ async fn dry_runs_send_nothing_and_count_what_the_real_run_sends() {
         let mut args = vars.clone();
         args.push("--dry-run");
         let out = s.run(plan, name, &args);
-        let (stdout, stderr) = text(&out);
+        let (stdout, stderr) = output_text(&out);
         assert!(out.status.success(), "{stdout}\n{stderr}");
         assert_eq!(
             policy.state.requests.load(Ordering::SeqCst),
@@ -175,7 +158,7 @@ async fn dry_runs_send_nothing_and_count_what_the_real_run_sends() {
 
         judge_replies(&judge, 100);
         let out = s.run(plan, name, &vars);
-        let (stdout2, stderr2) = text(&out);
+        let (stdout2, stderr2) = output_text(&out);
         assert!(out.status.success(), "{stdout2}\n{stderr2}");
         let sent = policy.state.requests.load(Ordering::SeqCst)
             + judge.state.requests.load(Ordering::SeqCst);
@@ -202,7 +185,7 @@ async fn dry_runs_send_nothing_and_count_what_the_real_run_sends() {
 
         // A dry run of the finished run: every request is in its journal, so free.
         let out = s.run(plan, name, &[vars.as_slice(), &["--dry-run"]].concat());
-        let (stdout3, _) = text(&out);
+        let (stdout3, _) = output_text(&out);
         assert!(stdout3.contains("total: requests to send 0"), "{stdout3}");
         policy.state.requests.store(0, Ordering::SeqCst);
         judge.state.requests.store(0, Ordering::SeqCst);
@@ -216,7 +199,7 @@ async fn a_token_budget_stops_before_it_is_passed_and_the_rerun_continues() {
     let s = Setup::new(&policy, &judge, 12);
     // The whole run, uninterrupted, in another run of the same store: its usage.
     let out = s.run("plans/sl_cai.sql", "whole", &[]);
-    assert!(out.status.success(), "{:?}", text(&out));
+    assert!(out.status.success(), "{:?}", output_text(&out));
     let whole = run_usage(&s.inspect("whole"));
     let whole_requests = policy.state.requests.load(Ordering::SeqCst);
     assert_eq!(whole.0, whole_requests, "usage counts the requests sent");
@@ -233,7 +216,7 @@ async fn a_token_budget_stops_before_it_is_passed_and_the_rerun_continues() {
     policy.state.completion_tokens.store(0, Ordering::SeqCst);
     let budget = (whole.1 / 3).to_string();
     let out = s.run("plans/sl_cai.sql", "budget", &["--max-tokens", &budget]);
-    let (_, stderr) = text(&out);
+    let (_, stderr) = output_text(&out);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     let last = stderr
         .lines()
@@ -260,7 +243,7 @@ async fn a_token_budget_stops_before_it_is_passed_and_the_rerun_continues() {
         "budget",
         &["--max-tokens", &(whole.1 * 2).to_string()],
     );
-    assert!(out.status.success(), "{:?}", text(&out));
+    assert!(out.status.success(), "{:?}", output_text(&out));
     let stats: serde_json::Value = reqwest::get(format!("http://{}/stats", policy.addr))
         .await
         .unwrap()
@@ -289,7 +272,7 @@ async fn truncated_answers_are_counted_skipped_by_export_and_retried() {
     let s = Setup::new(&policy, &judge, 8);
     // Revisions of at most 4 words: every one is cut off.
     let out = s.run("plans/sl_cai.sql", "cut", &["--set", "revise_max_tokens=4"]);
-    let (_, stderr) = text(&out);
+    let (_, stderr) = output_text(&out);
     assert!(out.status.success(), "{stderr}");
     let revise = stderr
         .lines()
@@ -300,7 +283,7 @@ async fn truncated_answers_are_counted_skipped_by_export_and_retried() {
     assert_eq!(truncated, 8, "{revise}");
     let run = s.store().join("cut");
     let out_dir = s.dir.path().join("sft");
-    let (_, stderr) = ok(&[
+    let (_, stderr) = caiflow_ok(&[
         "export",
         run.to_str().unwrap(),
         "--format",
@@ -310,7 +293,7 @@ async fn truncated_answers_are_counted_skipped_by_export_and_retried() {
     ]);
     assert!(stderr.contains("skipped 8 row(s): truncated"), "{stderr}");
     let kept = s.dir.path().join("sft-kept");
-    let (_, stderr) = ok(&[
+    let (_, stderr) = caiflow_ok(&[
         "export",
         run.to_str().unwrap(),
         "--format",
@@ -329,17 +312,8 @@ async fn truncated_answers_are_counted_skipped_by_export_and_retried() {
         s.prompts.display()
     );
     policy.state.requests.store(0, Ordering::SeqCst);
-    let (stdout, _) = ok(&["sql", "--config", s.config.to_str().unwrap(), "-e", &sql]);
-    let row = stdout
-        .lines()
-        .find(|l| l.contains("| 8 "))
-        .unwrap_or_else(|| panic!("{stdout}"));
-    let cells: Vec<&str> = row
-        .split('|')
-        .map(str::trim)
-        .filter(|c| !c.is_empty())
-        .collect();
-    assert_eq!(cells, ["8", "0", "64"], "{stdout}");
+    let (stdout, _) = caiflow_ok(&["sql", "--config", s.config.to_str().unwrap(), "-e", &sql]);
+    assert_eq!(table_row(&stdout, "| 8 "), ["8", "0", "64"], "{stdout}");
     assert_eq!(
         policy.state.requests.load(Ordering::SeqCst),
         16,
@@ -429,7 +403,7 @@ async fn invalid_option_values_are_planning_errors() {
             "-e",
             &format!("SELECT count(*) FROM {call}"),
         ]);
-        let (stdout, stderr) = text(&out);
+        let (stdout, stderr) = output_text(&out);
         assert!(!out.status.success(), "{call} was accepted:\n{stdout}");
         assert!(
             stderr.contains(what) && stderr.contains(range),
@@ -459,7 +433,7 @@ async fn invalid_option_values_are_planning_errors() {
             bad.to_str().unwrap(),
             "--dry-run",
         ]);
-        let (_, stderr) = text(&out);
+        let (_, stderr) = output_text(&out);
         assert!(
             !out.status.success() && stderr.contains(needle),
             "{line}: {stderr}"
@@ -468,7 +442,11 @@ async fn invalid_option_values_are_planning_errors() {
     // A bad budget on the command line is refused before anything runs.
     let out = s.run("plans/sl_cai.sql", "x", &["--max-cost=-1"]);
     assert!(!out.status.success());
-    assert!(text(&out).1.contains("max_cost"), "{:?}", text(&out));
+    assert!(
+        output_text(&out).1.contains("max_cost"),
+        "{:?}",
+        output_text(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -477,7 +455,7 @@ async fn request_budgets_on_the_command_line_and_per_endpoint() {
     let judge = MockServer::start().await.unwrap();
     let s = Setup::new(&policy, &judge, 12);
     let out = s.run("plans/sl_cai.sql", "n", &["--max-requests", "7"]);
-    let (_, stderr) = text(&out);
+    let (_, stderr) = output_text(&out);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(
         stderr.contains("request budget reached (--max-requests 7)"),
@@ -494,7 +472,7 @@ async fn request_budgets_on_the_command_line_and_per_endpoint() {
     std::fs::write(&s.config, config).unwrap();
     policy.state.requests.store(0, Ordering::SeqCst);
     let out = s.run("plans/sl_cai.sql", "n", &[]);
-    let (_, stderr) = text(&out);
+    let (_, stderr) = output_text(&out);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(
         stderr.contains("request budget reached (endpoints.policy.budget.max_requests 20)"),

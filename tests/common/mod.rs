@@ -323,6 +323,37 @@ pub fn python(script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
+/// A finished process's stdout and stderr, as text.
+pub fn output_text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// Run the `caiflow` binary from the repository root, which must succeed: stdout, stderr.
+pub fn caiflow_ok(args: &[&str]) -> (String, String) {
+    let out = caiflow_output(args);
+    let (stdout, stderr) = output_text(&out);
+    assert!(
+        out.status.success(),
+        "caiflow {args:?} failed:\n{stdout}\n{stderr}"
+    );
+    (stdout, stderr)
+}
+
+/// The cells of the first row of a printed table (`| a | b |`) that contains `marker`.
+pub fn table_row(stdout: &str, marker: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .find(|l| l.starts_with('|') && l.contains(marker))
+        .unwrap_or_else(|| panic!("no row with {marker} in {stdout}"))
+        .split('|')
+        .map(|c| c.trim().to_string())
+        .filter(|c| !c.is_empty())
+        .collect()
+}
+
 /// Run the `caiflow` binary from the repository root; its output, whatever the status.
 pub fn caiflow_output(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_caiflow"))
