@@ -66,10 +66,6 @@ pub fn critique_fields() -> Vec<Field> {
 
 #[async_trait]
 impl RowStage for Critique {
-    fn retry_truncated(&self) -> Option<u32> {
-        self.options.retry_truncated
-    }
-
     fn name(&self) -> &str {
         "critique"
     }
@@ -81,8 +77,8 @@ impl RowStage for Critique {
         f.push(Field::new("error", DataType::Utf8, true));
         f
     }
-    fn endpoint(&self) -> Option<&str> {
-        Some(&self.options.endpoint)
+    fn llm_options(&self) -> Option<&LlmOptions> {
+        Some(&self.options)
     }
     fn priority(&self) -> u32 {
         1

@@ -38,6 +38,7 @@ use futures::{StreamExt, TryStreamExt};
 use super::args::StageArgs;
 use super::cells::{ColumnBuilder, OutRow};
 use super::input::{resolve_input, session_state};
+use super::llm_call::LlmOptions;
 use super::row::{InputBatch, InputRow};
 use super::spread::SpreadExec;
 use crate::journal::JournalHandle;
@@ -99,14 +100,18 @@ pub trait RowStage: fmt::Debug + Send + Sync + 'static {
     fn required_columns(&self) -> Vec<&'static str>;
     /// Columns added; an input column of the same name is replaced.
     fn output_fields(&self) -> Vec<Field>;
+    /// The stage's LLM options (endpoint, sampling, `retry_truncated`), if it calls an LLM.
+    fn llm_options(&self) -> Option<&LlmOptions> {
+        None
+    }
     /// The endpoint this stage calls, if any.
     fn endpoint(&self) -> Option<&str> {
-        None
+        self.llm_options().map(|o| o.endpoint.as_str())
     }
     /// `retry_truncated` of the stage's options: ask once more with this many tokens when
     /// an answer is cut off by `max_tokens`.
     fn retry_truncated(&self) -> Option<u32> {
-        None
+        self.llm_options().and_then(|o| o.retry_truncated)
     }
     /// How deep in a row's conversation this stage's requests are: waiting requests of
     /// deeper stages are sent first, so rows finish before new rows start (depth-first).

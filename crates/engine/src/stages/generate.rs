@@ -186,10 +186,6 @@ impl Generate {
 
 #[async_trait]
 impl RowStage for Generate {
-    fn retry_truncated(&self) -> Option<u32> {
-        self.options.retry_truncated
-    }
-
     fn name(&self) -> &str {
         "generate"
     }
@@ -204,8 +200,8 @@ impl RowStage for Generate {
             Field::new("error", DataType::Utf8, true),
         ]
     }
-    fn endpoint(&self) -> Option<&str> {
-        Some(&self.options.endpoint)
+    fn llm_options(&self) -> Option<&LlmOptions> {
+        Some(&self.options)
     }
 
     async fn process(&self, row: InputRow, env: &StageEnv) -> Vec<OutRow> {

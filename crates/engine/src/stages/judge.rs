@@ -502,10 +502,6 @@ pub fn option_a_probability(top: &[Vec<(String, f64)>]) -> Option<f64> {
 
 #[async_trait]
 impl RowStage for Judge {
-    fn retry_truncated(&self) -> Option<u32> {
-        self.options.retry_truncated
-    }
-
     fn name(&self) -> &str {
         "judge"
     }
@@ -535,8 +531,8 @@ impl RowStage for Judge {
             Field::new("error", DataType::Utf8, true),
         ]
     }
-    fn endpoint(&self) -> Option<&str> {
-        Some(&self.options.endpoint)
+    fn llm_options(&self) -> Option<&LlmOptions> {
+        Some(&self.options)
     }
     fn priority(&self) -> u32 {
         1

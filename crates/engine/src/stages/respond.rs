@@ -35,10 +35,6 @@ impl StageFactory for RespondFactory {
 
 #[async_trait]
 impl RowStage for Respond {
-    fn retry_truncated(&self) -> Option<u32> {
-        self.options.retry_truncated
-    }
-
     fn name(&self) -> &str {
         "respond"
     }
@@ -52,8 +48,8 @@ impl RowStage for Respond {
             Field::new("error", DataType::Utf8, true),
         ]
     }
-    fn endpoint(&self) -> Option<&str> {
-        Some(&self.options.endpoint)
+    fn llm_options(&self) -> Option<&LlmOptions> {
+        Some(&self.options)
     }
 
     async fn process(&self, row: InputRow, env: &StageEnv) -> Vec<OutRow> {

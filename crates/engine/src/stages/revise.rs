@@ -193,10 +193,6 @@ impl Revise {
 
 #[async_trait]
 impl RowStage for Revise {
-    fn retry_truncated(&self) -> Option<u32> {
-        self.options.retry_truncated
-    }
-
     fn name(&self) -> &str {
         "revise"
     }
@@ -217,8 +213,8 @@ impl RowStage for Revise {
         f.push(Field::new("error", DataType::Utf8, true));
         f
     }
-    fn endpoint(&self) -> Option<&str> {
-        Some(&self.options.endpoint)
+    fn llm_options(&self) -> Option<&LlmOptions> {
+        Some(&self.options)
     }
     fn priority(&self) -> u32 {
         2

@@ -76,10 +76,6 @@ impl StageFactory for SampleFactory {
 
 #[async_trait]
 impl RowStage for Sample {
-    fn retry_truncated(&self) -> Option<u32> {
-        self.options.retry_truncated
-    }
-
     fn name(&self) -> &str {
         "sample"
     }
@@ -96,8 +92,8 @@ impl RowStage for Sample {
             Field::new("error", DataType::Utf8, true),
         ]
     }
-    fn endpoint(&self) -> Option<&str> {
-        Some(&self.options.endpoint)
+    fn llm_options(&self) -> Option<&LlmOptions> {
+        Some(&self.options)
     }
 
     async fn process(&self, row: InputRow, env: &StageEnv) -> Vec<OutRow> {
