@@ -78,16 +78,24 @@ impl StageEnv {
         if let Some(why) = endpoint.aborted() {
             return Some(why.to_string());
         }
-        if self
+        self.budget_stopped().await
+    }
+
+    /// The message of the budget that refused one of this stage's requests, if one did:
+    /// said once no budgeted request is in flight anywhere (other streams' answers are
+    /// journalled before the query fails and drops them).
+    pub async fn budget_stopped(&self) -> Option<String> {
+        let endpoint = self.endpoint.as_ref()?;
+        if !self
             .budget_refused
             .load(std::sync::atomic::Ordering::Relaxed)
         {
-            while endpoint.budget_in_flight() {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-            return Some(budget_message(endpoint));
+            return None;
         }
-        None
+        while endpoint.budget_in_flight() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Some(budget_message(endpoint))
     }
 }
 
@@ -730,7 +738,7 @@ fn stream_rows(
 ) -> impl futures::Stream<Item = Result<RecordBatch>> + Send {
     let endpoint = env.endpoint.clone();
     let refused = env.budget_refused.clone();
-    let budget_end = (endpoint.clone(), refused.clone());
+    let env_end = env.clone();
     // Enough rows in flight to keep the endpoint's whole budget busy from this partition,
     // plus headroom so a finished slot is refilled at once.
     let window = endpoint
@@ -794,18 +802,7 @@ fn stream_rows(
         // The end: a stream that had a request refused fails even if no chunk came after.
         .chain(
             futures::stream::once(async move {
-                let (endpoint, refused) = budget_end;
-                match endpoint {
-                    Some(e) if refused.load(std::sync::atomic::Ordering::Relaxed) => {
-                        // Other streams' requests in flight finish (and are journalled)
-                        // before the query fails and drops them.
-                        while e.budget_in_flight() {
-                            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                        }
-                        Some(exec_err!("{}", budget_message(&e)))
-                    }
-                    _ => None,
-                }
+                env_end.budget_stopped().await.map(|why| exec_err!("{why}"))
             })
             .filter_map(futures::future::ready),
         )
