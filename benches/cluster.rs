@@ -99,8 +99,21 @@ fn main() {
         let s = server.clone();
         tokio::task::spawn_blocking(move || {
             run(&d, &s, &p, "local", None);
+            // Executors serve the mock and touch only the bench's folder.
+            let executor_config = d.join("executor.toml");
+            std::fs::write(
+                &executor_config,
+                format!("[endpoints.mock]\nbase_url = '{}'\n", s.base_url()),
+            )
+            .expect("executor config");
+            let args = vec![
+                "--config".to_string(),
+                executor_config.display().to_string(),
+                "--allow".to_string(),
+                d.display().to_string(),
+            ];
             for executors in [1, 2] {
-                let cluster = LocalCluster::start(bin, executors, 2, 30);
+                let cluster = LocalCluster::start_with(bin, executors, 2, 30, vec![], args.clone());
                 run(
                     &d,
                     &s,

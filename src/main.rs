@@ -17,10 +17,12 @@ use caiflow_llm::chat_template::ChatTemplate;
 use caiflow_llm::config::Config;
 use caiflow_llm::{CancellationToken, Endpoints, Usage};
 use caiflow_run::journal::Journal;
+use caiflow_run::lock::RunLock;
 use caiflow_run::plan::{StatementOutcome, run_sql, substitute};
 use caiflow_run::run::{
     RunOptions, TableOutcome, manifests, register_run_tables, register_versions, versions,
 };
+use caiflow_run::saved;
 use caiflow_run::sessions::{RunUsage, SessionRecord};
 use caiflow_run::store::RunStore;
 use caiflow_run::{OnDemandJournal, PlanRun, RunEnd};
@@ -101,6 +103,10 @@ enum Command {
         /// Versions of each table whose data stays (time travel to them keeps working).
         #[arg(long, default_value_t = 1)]
         keep: usize,
+        /// Keep files removed from a table less than this many hours ago (Delta's retention
+        /// window, default 7 days): readers of an older version in progress keep working.
+        #[arg(long, default_value_t = 168.0, value_name = "HOURS")]
+        retain_hours: f64,
     },
     /// Export a run's table for a trainer (SFT: nemo-sft, trl-sft; preferences: nemo-rm, trl-dpo).
     Export {
@@ -187,6 +193,15 @@ enum ClusterCommand {
         /// Folder for shuffle files (default: a temporary folder).
         #[arg(long)]
         work_dir: Option<String>,
+        /// The endpoints this executor may call (a caiflow.toml): a task naming another
+        /// server or key variable is refused. Keys come from this executor's environment.
+        /// Without it the executor serves no endpoints.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// A folder or s3://bucket[/prefix] tasks may read and write: run stores and inputs
+        /// (repeatable). Everything else is refused.
+        #[arg(long, value_name = "DIR|S3_URL")]
+        allow: Vec<String>,
     },
 }
 
@@ -269,6 +284,11 @@ fn resume_command(words: &[String]) -> String {
 /// `data/runs/NAME` or `s3://bucket/prefix/NAME` → the store and the run name.
 fn open_run(spec: &str) -> anyhow::Result<RunStore> {
     let spec = spec.trim_end_matches('/');
+    if let Some(rest) = spec.strip_prefix("s3://")
+        && !rest.contains('/')
+    {
+        bail!("{spec} names a bucket, not a run: name the run's folder, s3://BUCKET/[PREFIX/]RUN");
+    }
     let (store, run) = spec.rsplit_once('/').unwrap_or((".", spec));
     if !spec.starts_with("s3://") && !Path::new(spec).is_dir() {
         bail!("no run folder {spec}");
@@ -504,6 +524,7 @@ fn shared_store(store: &str) -> anyhow::Result<String> {
     Ok(path.display().to_string())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn execute_run(
     store: RunStore,
     endpoints: Endpoints,
@@ -512,6 +533,7 @@ async fn execute_run(
     resume: &str,
     cluster: Option<ClusterRun>,
     before: RunUsage,
+    lock: RunLock,
 ) -> anyhow::Result<()> {
     let stop = options.stop.clone();
     let started_unix_ms = caiflow_run::sessions::unix_ms();
@@ -553,13 +575,13 @@ async fn execute_run(
     let interrupts = {
         let (stop, hard_stop) = (stop.clone(), hard_stop.clone());
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
+            if interrupted().await {
                 eprintln!(
                     "caiflow: stopping (Ctrl-C again to stop at once); keeping completed requests"
                 );
                 stop.cancel();
             }
-            if tokio::signal::ctrl_c().await.is_ok() {
+            if interrupted().await {
                 hard_stop.cancel();
             }
         })
@@ -580,16 +602,25 @@ async fn execute_run(
             (RunEnd::Interrupted, _) => "interrupted",
         },
     );
-    print_summary(
-        &run.session,
-        &run.journal,
-        cluster.is_some(),
-        &record.stages,
-        before,
-    );
+    // Work was done when requests completed (now or in an earlier session) or tables were
+    // committed: only then are a summary and a resume hint worth printing.
+    let completed = RunUsage::of_stages(&record.stages).requests > 0
+        || before.total().requests > 0
+        || run.journal.stats().served > 0
+        || !tables.is_empty();
+    if completed || matches!(end, RunEnd::Finished) {
+        print_summary(
+            &run.session,
+            &run.journal,
+            cluster.is_some(),
+            &record.stages,
+            before,
+        );
+    }
     if let Err(e) = caiflow_run::sessions::record(&store, &record).await {
         eprintln!("caiflow: warning: the session's figures were not recorded: {e}");
     }
+    lock.release().await;
     if let (RunEnd::Failed(_), Some(why)) = (&end, budget_stop) {
         eprintln!(
             "caiflow: stopped: {why}. Requests in flight finished and are journalled, nothing is lost: run the same command again with a larger budget to continue: {resume}"
@@ -607,8 +638,10 @@ async fn execute_run(
                 Some(_) => caiflow_cluster::client::readable_error(&message),
                 None => message,
             };
-            eprintln!("caiflow: error: {message}");
-            eprintln!("caiflow: completed requests are kept. To continue: {resume}");
+            eprintln!("caiflow: error: {}", without_wrappers(&message));
+            if completed {
+                eprintln!("caiflow: completed requests are kept. To continue: {resume}");
+            }
             std::process::exit(1);
         }
         RunEnd::Finished => {}
@@ -801,12 +834,11 @@ async fn cmd_run(args: RunArgs) -> anyhow::Result<()> {
     }
     let endpoints = caiflow_engine::endpoints(&config, stop.clone())?;
     run_store.check_writable().await?;
+    let lock = RunLock::acquire(&run_store, "run", stop.clone()).await?;
     let before = charge_budgets(&endpoints, &run_store, budget).await?;
-    // Saved for `repair`: the plan and its variables.
-    run_store.put("plan.sql", text.clone().into()).await?;
-    run_store
-        .put("plan.vars.json", serde_json::to_vec_pretty(&vars)?.into())
-        .await?;
+    // Saved for `repair`: the plan, its variables, the configuration (no keys: only the
+    // names of their variables) and the folder relative paths resolve against.
+    saved::save(&run_store, &text, &vars, &config).await?;
     eprintln!(
         "caiflow: running {} into {} (run {run_name}: the same command continues it{})",
         plan.display(),
@@ -836,6 +868,7 @@ async fn cmd_run(args: RunArgs) -> anyhow::Result<()> {
         &resume,
         cluster,
         before,
+        lock,
     )
     .await
     .with_context(|| format!("plan {} failed", plan.display()))?;
@@ -863,18 +896,43 @@ async fn cmd_repair(
     config: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let store = open_run(&run)?;
-    let text = store
-        .get("plan.sql")
-        .await?
-        .context("the run has no saved plan.sql")?;
-    let vars: BTreeMap<String, String> = match store.get("plan.vars.json").await? {
-        Some(b) => serde_json::from_slice(&b).context("plan.vars.json")?,
-        None => BTreeMap::new(),
+    // Paths named on the command line resolve against the cwd of this command; the plan's
+    // against the folder the run was made in.
+    let config_path = config
+        .as_deref()
+        .map(|c| std::fs::canonicalize(c).with_context(|| format!("config {}", c.display())))
+        .transpose()?;
+    let plan = saved::load(&store).await?;
+    let stop = CancellationToken::new();
+    let lock = RunLock::acquire(&store, "repair", stop.clone()).await?;
+    let config = match (&config_path, &plan.config) {
+        (Some(path), Some(recorded)) => {
+            let given = load_config(Some(path))?;
+            saved::check_same_requests(recorded, &given)?;
+            given
+        }
+        (Some(path), None) => load_config(Some(path))?,
+        (None, Some(recorded)) => recorded.clone(),
+        (None, None) => bail!(
+            "run {} has no recorded configuration (made by an older caiflow): pass the one it was made with, --config FILE",
+            store.display
+        ),
     };
+    if let Some(cwd) = &plan.cwd {
+        std::env::set_current_dir(cwd).with_context(|| {
+            format!(
+                "the run was made in {}, which its plan's relative paths name: that folder is gone",
+                cwd.display()
+            )
+        })?;
+    }
     let mut from: BTreeSet<String> = tables.iter().map(|t| t.to_ascii_lowercase()).collect();
     if from.is_empty() {
         for m in manifests(&store).await? {
-            if m.error_rows.unwrap_or(0) > 0 {
+            if let Some(why) = &m.damaged {
+                eprintln!("table {}: damaged ({why})", m.table);
+                from.insert(m.table);
+            } else if m.error_rows.unwrap_or(0) > 0 {
                 eprintln!(
                     "table {}: {} row(s) with errors",
                     m.table,
@@ -889,18 +947,17 @@ async fn cmd_repair(
             "caiflow: nothing to repair in {} (no table has error rows)",
             store.display
         );
+        lock.release().await;
         return Ok(());
     }
-    let sql = substitute(&String::from_utf8_lossy(&text), &vars)?;
-    let stop = CancellationToken::new();
-    let mut words = vec!["repair".to_string(), run.clone()];
+    let sql = substitute(&plan.text, &plan.vars)?;
+    let mut words = vec!["repair".to_string(), store.display.clone()];
     for t in &tables {
         words.extend(["--table".into(), t.clone()]);
     }
-    if let Some(c) = &config {
+    if let Some(c) = &config_path {
         words.extend(["--config".into(), c.display().to_string()]);
     }
-    let config = load_config(config.as_deref())?;
     let endpoints = caiflow_engine::endpoints(&config, stop.clone())?;
     let before = charge_budgets(&endpoints, &store, caiflow_llm::Budget::default()).await?;
     execute_run(
@@ -916,6 +973,7 @@ async fn cmd_repair(
         &resume_command(&words),
         None,
         before,
+        lock,
     )
     .await?;
     println!("{}", store.display);
@@ -961,6 +1019,13 @@ async fn cmd_inspect(run: String) -> anyhow::Result<()> {
         println!("  no committed tables");
     }
     for m in &ms {
+        if let Some(why) = &m.damaged {
+            println!(
+                "  table {:<14} DAMAGED: {why} (the next run, `--from {}` or `repair`, recomputes it; the journal makes that free)",
+                m.table, m.table
+            );
+            continue;
+        }
         println!(
             "  table {:<14} {:>8} rows {:>6} errors  partitioned by [{}]  data {} (Delta, version {})  fingerprint {}  finished {}",
             m.table,
@@ -1027,16 +1092,27 @@ async fn cmd_inspect(run: String) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn cmd_vacuum(run: String, keep: usize) -> anyhow::Result<()> {
+async fn cmd_vacuum(run: String, keep: usize, retain_hours: f64) -> anyhow::Result<()> {
+    if !(retain_hours >= 0.0 && retain_hours.is_finite()) {
+        bail!("--retain-hours {retain_hours}: expected a number of hours, 0 or more");
+    }
     let store = open_run(&run)?;
+    // Held while vacuuming: no write of this run is in progress, none starts.
+    let lock = RunLock::acquire(&store, "vacuum", CancellationToken::new()).await?;
+    let retain = Duration::from_secs_f64(retain_hours * 3600.0);
     for m in manifests(&store).await? {
-        let deleted = caiflow_run::delta::vacuum(&store, &m.table, keep).await?;
+        if m.damaged.is_some() {
+            println!("table {}: damaged, left as it is", m.table);
+            continue;
+        }
+        let deleted = caiflow_run::delta::vacuum(&store, &m.table, keep, retain).await?;
         println!(
-            "table {}: {deleted} file(s) deleted, newest {} version(s) kept",
+            "table {}: {deleted} file(s) deleted, newest {} version(s) kept, files removed less than {retain_hours} h ago kept",
             m.table,
             keep.max(1)
         );
     }
+    lock.release().await;
     Ok(())
 }
 
@@ -1120,8 +1196,9 @@ async fn cmd_sql(
         Some(store) if cluster.is_none() => Some(OnDemandJournal::new(store.clone())),
         _ => None,
     };
+    let stop = CancellationToken::new();
     let mut session = CaiSession::with_journal(
-        caiflow_engine::endpoints(&loaded, CancellationToken::new())?,
+        caiflow_engine::endpoints(&loaded, stop.clone())?,
         journal
             .clone()
             .map(|j| j as Arc<dyn caiflow_engine::journal::RequestJournal>),
@@ -1145,21 +1222,34 @@ async fn cmd_sql(
             eprintln!("earlier versions: {}", older.join(", "));
         }
     }
+    let mut stopped = false;
     let result = match execute {
         None => shell::run(&session, max_rows).await,
-        Some(execute) => run_sql(&session, &execute, max_rows, |o| {
-            if let Some(p) = &o.preview {
-                println!("{p}");
-            } else {
-                eprintln!("{} rows", o.rows);
+        Some(execute) => {
+            let query = run_sql(&session, &execute, max_rows, |o| {
+                if let Some(p) = &o.preview {
+                    println!("{p}");
+                } else {
+                    eprintln!("{} rows", o.rows);
+                }
+                if let Some(w) = &o.warning {
+                    eprintln!("warning: {w}");
+                }
+            });
+            tokio::pin!(query);
+            // Ctrl-C or SIGTERM: nothing more is sent, requests in flight may finish, and
+            // what was paid for is journalled and counted below before the process ends.
+            tokio::select! {
+                r = &mut query => r.map(|_| ()).map_err(Into::into),
+                _ = interrupted() => {
+                    eprintln!("caiflow: stopping; keeping completed requests");
+                    stop.cancel();
+                    stopped = true;
+                    let _ = tokio::time::timeout(STOP_GRACE, &mut query).await;
+                    Ok(())
+                }
             }
-            if let Some(w) = &o.warning {
-                eprintln!("warning: {w}");
-            }
-        })
-        .await
-        .map(|_| ())
-        .map_err(Into::into),
+        }
     };
     if let Some(journal) = journal {
         journal.close().await?;
@@ -1167,6 +1257,10 @@ async fn cmd_sql(
         if let Some(store) = &store {
             record_sql_session(store, &session.progress, started_unix_ms).await;
         }
+    }
+    if stopped {
+        eprintln!("caiflow: interrupted; completed requests are journalled and counted");
+        std::process::exit(INTERRUPTED);
     }
     result
 }
@@ -1210,14 +1304,19 @@ async fn cmd_cluster(action: ClusterCommand) -> anyhow::Result<()> {
             concurrent_tasks,
             heartbeat,
             work_dir,
+            config,
+            allow,
         } => {
             eprintln!("caiflow: cluster executor {bind} (scheduler {scheduler})");
+            let endpoints = config.as_deref().map(Config::load).transpose()?;
             let options = ExecutorOptions {
                 scheduler,
                 bind,
                 concurrent_tasks,
                 heartbeat: Duration::from_secs(heartbeat),
                 work_dir,
+                endpoints,
+                allow,
             };
             run_executor(options, CancellationToken::new()).await?
         }
@@ -1310,7 +1409,11 @@ async fn run_main() {
         Command::Repair { run, table, config } => cmd_repair(run, table, config).await,
         Command::Inspect { run } => cmd_inspect(run).await,
         Command::Report { run, out, config } => cmd_report(run, out, config).await,
-        Command::Vacuum { run, keep } => cmd_vacuum(run, keep).await,
+        Command::Vacuum {
+            run,
+            keep,
+            retain_hours,
+        } => cmd_vacuum(run, keep, retain_hours).await,
         Command::Export {
             run,
             format,
@@ -1353,8 +1456,49 @@ async fn run_main() {
     };
     if let Err(e) = result {
         let message = caiflow_cluster::client::readable_error(&format!("{e:#}"));
-        eprintln!("caiflow: error: {message}");
+        eprintln!("caiflow: error: {}", without_wrappers(&message));
         std::process::exit(1);
+    }
+}
+
+/// An error message without the wrappers libraries put around the cause ("Generic
+/// DeltaTable error: Error during planning: …" says only "…").
+fn without_wrappers(message: &str) -> String {
+    const WRAPPERS: [&str; 10] = [
+        "Generic DeltaTable error: ",
+        "Error during planning: ",
+        "External error: ",
+        "Execution error: ",
+        "Arrow error: ",
+        "Invalid argument error: ",
+        "Object Store error: ",
+        "Internal error: ",
+        "Kernel error: ",
+        "Generic error: ",
+    ];
+    let mut out = message.to_string();
+    for w in WRAPPERS {
+        out = out.replace(w, "");
+    }
+    out
+}
+
+/// Ctrl-C or SIGTERM (a service manager's or a container's stop): both stop gracefully.
+async fn interrupted() -> bool {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                c = tokio::signal::ctrl_c() => c.is_ok(),
+                t = term.recv() => t.is_some(),
+            },
+            Err(_) => tokio::signal::ctrl_c().await.is_ok(),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.is_ok()
     }
 }
 

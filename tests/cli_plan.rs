@@ -303,3 +303,145 @@ async fn rl_cai_plan_judges_every_prompt_and_exports_rm_and_dpo() {
         }
     }
 }
+
+fn mock_config(dir: &std::path::Path, server: &MockServer) -> std::path::PathBuf {
+    let config = dir.join("caiflow.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[endpoints.policy]\nbase_url = '{}'\nmodel = 'mock'\n",
+            server.base_url()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// `--set` values are literals: one cannot end a statement or add one (not even under
+/// --dry-run), and a path holding a quote works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_values_are_literals_not_sql() {
+    let server = MockServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = mock_config(dir.path(), &server);
+    let prompts = dir.path().join("it's prompts.jsonl");
+    std::fs::write(&prompts, "{\"prompt\": \"a\"}\n{\"prompt\": \"b\"}\n").unwrap();
+    let target = dir.path().join("written-by-injection");
+    for dry in [true, false] {
+        let mut cmd = caiflow();
+        cmd.args(["run", "plans/sl_cai.sql", "--config"])
+            .arg(&config)
+            .arg("--store")
+            .arg(dir.path())
+            .arg("--set")
+            .arg(format!("prompts={}", prompts.display()))
+            .arg("--set")
+            .arg(format!(
+                "limit=1; COPY (SELECT 1 AS x) TO '{}' STORED AS CSV",
+                target.display()
+            ));
+        if dry {
+            cmd.arg("--dry-run");
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "one line: {err}");
+        assert!(
+            lines[0].contains("variable 'limit'") && lines[0].contains("outside quotes"),
+            "{err}"
+        );
+        assert!(!target.exists(), "the injected COPY ran");
+    }
+    assert_eq!(server.requests(), 0);
+    // A quote in a path is part of the path.
+    let (_, stderr) = run_ok(
+        caiflow()
+            .args(["run", "plans/sl_cai.sql", "--config"])
+            .arg(&config)
+            .arg("--store")
+            .arg(dir.path())
+            .arg("--set")
+            .arg(format!("prompts={}", prompts.display())),
+    );
+    assert!(stderr.contains("table revisions: 2 rows"), "{stderr}");
+    // An unclosed `${` before multibyte text is an error line, not a crash.
+    let out = caiflow()
+        .args(["run", "plans/sl_cai.sql", "--config"])
+        .arg(&config)
+        .args(["--set", "limit=${aéééééééééééééééééééééééééééééééééééééé"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A literal that is not in an input position (`'.'`, `'/'`) is a value: the table is
+/// reused on the next run, and nothing walks the file system for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dot_literal_is_a_value_not_an_input_folder() {
+    let server = MockServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = mock_config(dir.path(), &server);
+    let prompts = dir.path().join("p.jsonl");
+    std::fs::write(&prompts, "{\"prompt\": \"a\"}\n").unwrap();
+    let plan = dir.path().join("dots.sql");
+    std::fs::write(
+        &plan,
+        "CREATE TABLE joined AS SELECT concat(prompt, '.', '/', prompt_id) AS k \
+         FROM red_team_prompts('${prompts}') WHERE prompt <> '.';\n",
+    )
+    .unwrap();
+    let run = |_: ()| {
+        run_ok(
+            caiflow()
+                .arg("run")
+                .arg(&plan)
+                .arg("--config")
+                .arg(&config)
+                .arg("--store")
+                .arg(dir.path().join("runs"))
+                .args(["--run", "dots", "--set"])
+                .arg(format!("prompts={}", prompts.display())),
+        )
+    };
+    let (_, first) = run(());
+    assert!(first.contains("table joined: 1 rows"), "{first}");
+    let (_, second) = run(());
+    assert!(second.contains("table joined: reused"), "{second}");
+}
+
+/// Export file names come from the table's split values: one that is not a plain name
+/// (`/abs/x`, `../x`) is refused, nothing is written outside the folder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_refuses_split_values_that_are_not_file_names() {
+    let server = MockServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = mock_config(dir.path(), &server);
+    let outside = dir.path().join("outside");
+    let out = caiflow()
+        .args(["run", "plans/sl_cai.sql", "--config"])
+        .arg(&config)
+        .arg("--store")
+        .arg(dir.path())
+        .arg("--set")
+        .arg(format!("splits={}=1", outside.display()))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("is not usable as a file name"), "{err}");
+    assert!(!std::fs::exists(outside.with_extension("jsonl")).unwrap());
+    // A bucket alone is not a run.
+    let out = caiflow().args(["inspect", "s3://bucket"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("names a bucket, not a run"),
+        "{err}"
+    );
+}

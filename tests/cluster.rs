@@ -35,6 +35,27 @@ fn write_config(dir: &Path, policy: &str, judge: &str, max_concurrency: usize) -
     config
 }
 
+/// Start a cluster whose executors serve the endpoints at `urls` (an executor config written
+/// into `dir`) and read and write under `allow`.
+fn start_cluster(
+    dir: &Path,
+    urls: &[&str],
+    allow: &[&Path],
+    env: Vec<(String, String)>,
+) -> Cluster {
+    let mut text = String::new();
+    for (i, url) in urls.iter().enumerate() {
+        text.push_str(&format!("[endpoints.e{i}]\nbase_url = '{url}'\n\n"));
+    }
+    let config = dir.join("executor.toml");
+    std::fs::write(&config, text).expect("executor config");
+    let mut args = vec!["--config".to_string(), config.display().to_string()];
+    for a in allow {
+        args.extend(["--allow".to_string(), a.display().to_string()]);
+    }
+    Cluster::start_with(Path::new(env!("CARGO_BIN_EXE_caiflow")), 2, 2, 6, env, args)
+}
+
 fn write_prompts(dir: &Path, n: usize) -> PathBuf {
     let prompts = dir.join("prompts.jsonl");
     let mut text = String::new();
@@ -163,11 +184,19 @@ async fn sl_and_rl_plans_on_a_cluster_match_a_local_run() {
     );
     let store = dir.path().join("runs");
     std::fs::create_dir_all(&store).expect("store");
-    let cluster = tokio::task::spawn_blocking(|| {
-        Cluster::start(Path::new(env!("CARGO_BIN_EXE_caiflow")), 2, 2, 6)
-    })
-    .await
-    .expect("cluster");
+    let closed = format!("http://127.0.0.1:{}/v1", free_port_pair());
+    let cluster = {
+        let (root, urls) = (
+            dir.path().to_path_buf(),
+            [mocks[2].base_url(), mocks[3].base_url(), closed.clone()],
+        );
+        tokio::task::spawn_blocking(move || {
+            let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+            start_cluster(&root, &urls, &[&root], vec![])
+        })
+        .await
+        .expect("cluster")
+    };
 
     for (plan, keys, workers) in [
         ("plans/sl_cai.sql", SL_KEYS, SL_WORKERS),
@@ -305,7 +334,6 @@ async fn sl_and_rl_plans_on_a_cluster_match_a_local_run() {
     }
 
     // An endpoint the executors cannot reach: one line naming it, nothing committed.
-    let closed = format!("http://127.0.0.1:{}/v1", free_port_pair());
     let config = write_config(&cluster_dir, &closed, &closed, max_concurrency);
     let out = run_plan(
         "plans/sl_cai.sql",
@@ -361,11 +389,12 @@ async fn an_executor_killed_mid_run_is_replaced_and_every_row_lands_once() {
     );
     let store = dir.path().join("runs");
     std::fs::create_dir_all(&store).expect("store");
-    let mut cluster = tokio::task::spawn_blocking(|| {
-        Cluster::start(Path::new(env!("CARGO_BIN_EXE_caiflow")), 2, 2, 6)
-    })
-    .await
-    .expect("cluster");
+    let mut cluster = {
+        let (root, url) = (dir.path().to_path_buf(), mock.base_url());
+        tokio::task::spawn_blocking(move || start_cluster(&root, &[&url], &[&root], vec![]))
+            .await
+            .expect("cluster")
+    };
     let url = cluster.url();
     let run = {
         let (config, store, prompts) = (config.clone(), store.clone(), prompts.clone());
@@ -466,17 +495,19 @@ async fn a_plan_on_a_cluster_with_its_run_on_s3() {
     let prompts = write_prompts(dir.path(), n);
     let config = write_config(dir.path(), &mock.base_url(), &mock.base_url(), 4);
     let cluster_env = env.clone();
-    let cluster = tokio::task::spawn_blocking(move || {
-        Cluster::start_with_env(
-            Path::new(env!("CARGO_BIN_EXE_caiflow")),
-            2,
-            2,
-            6,
-            cluster_env,
-        )
-    })
-    .await
-    .expect("cluster");
+    let cluster = {
+        let (root, url) = (dir.path().to_path_buf(), mock.base_url());
+        tokio::task::spawn_blocking(move || {
+            start_cluster(
+                &root,
+                &[&url],
+                &[&root, Path::new("s3://cluster/runs")],
+                cluster_env,
+            )
+        })
+        .await
+        .expect("cluster")
+    };
     let with_env = |cmd: &mut Command| {
         for (k, v) in &env {
             cmd.env(k, v);
@@ -511,4 +542,113 @@ async fn a_plan_on_a_cluster_with_its_run_on_s3() {
         "{listed}"
     );
     assert_eq!(mock.requests() as usize, 3 * n, "each request once");
+}
+
+/// A cluster shared by a team: its executors hold secrets in their environment, serve only
+/// the endpoints their owner configured, touch only their `--allow` folders, and run only
+/// jobs signed with the cluster's token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_serves_only_its_own_endpoints_folders_and_signed_jobs() {
+    let approved = MockServer::start().await.expect("mock");
+    let attacker = MockServer::start().await.expect("attacker");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let n = 4;
+    let prompts = write_prompts(dir.path(), n);
+    let store = dir.path().join("runs");
+    std::fs::create_dir_all(&store).expect("store");
+    let elsewhere = tempfile::tempdir().expect("another folder");
+    let token = "team-secret-token".to_string();
+    let env = vec![
+        (
+            "AWS_SECRET_ACCESS_KEY".to_string(),
+            "executor-own-secret".to_string(),
+        ),
+        ("CAIFLOW_CLUSTER_TOKEN".to_string(), token.clone()),
+    ];
+    let cluster = {
+        let (root, url) = (dir.path().to_path_buf(), approved.base_url());
+        tokio::task::spawn_blocking(move || start_cluster(&root, &[&url], &[&root], env))
+            .await
+            .expect("cluster")
+    };
+    let run = |config: &Path, store: &Path, run: &str, token: Option<&str>| {
+        let mut cmd = caiflow();
+        cmd.env_remove("CAIFLOW_CLUSTER_TOKEN");
+        if let Some(t) = token {
+            cmd.env("CAIFLOW_CLUSTER_TOKEN", t);
+        }
+        cmd.args(["run", "plans/sl_cai.sql", "--config"])
+            .arg(config)
+            .arg("--store")
+            .arg(store)
+            .args(["--run", run, "--set"])
+            .arg(format!("prompts={}", prompts.display()))
+            .args(["--cluster", &cluster.url()])
+            .output()
+            .expect("run caiflow")
+    };
+    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).to_string();
+
+    // A job without the token is refused before any task runs.
+    let good = write_config(dir.path(), &approved.base_url(), &approved.base_url(), 2);
+    let out = run(&good, &store, "unsigned", None);
+    assert!(!out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not signed"), "{}", stderr(&out));
+    assert_eq!(approved.requests(), 0);
+
+    // An endpoint of the client's choosing, with the executor's AWS secret as its key: refused;
+    // the secret never reaches that server.
+    let hostile_dir = dir.path().join("hostile");
+    std::fs::create_dir_all(&hostile_dir).expect("dir");
+    let hostile = hostile_dir.join("caiflow.toml");
+    std::fs::write(
+        &hostile,
+        format!(
+            "[endpoints.policy]\nbase_url = '{0}'\nmodel = 'm'\napi_key_env = 'AWS_SECRET_ACCESS_KEY'\n\n\
+             [endpoints.judge]\nbase_url = '{0}'\nmodel = 'm'\napi_key_env = 'AWS_SECRET_ACCESS_KEY'\n",
+            attacker.base_url()
+        ),
+    )
+    .expect("config");
+    // The client itself needs the variable set to name it.
+    let out = {
+        let mut cmd = caiflow();
+        cmd.env("CAIFLOW_CLUSTER_TOKEN", &token)
+            .env("AWS_SECRET_ACCESS_KEY", "client-side")
+            .args(["run", "plans/sl_cai.sql", "--config"])
+            .arg(&hostile)
+            .arg("--store")
+            .arg(&store)
+            .args(["--run", "hostile", "--set"])
+            .arg(format!("prompts={}", prompts.display()))
+            .args(["--cluster", &cluster.url()]);
+        cmd.output().expect("run caiflow")
+    };
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("refuses endpoint 'policy'"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        attacker.requests(),
+        0,
+        "nothing was sent to the client's server"
+    );
+    assert!(
+        !attacker
+            .bodies()
+            .iter()
+            .any(|b| b.to_string().contains("executor-own-secret"))
+    );
+
+    // A run store outside the executors' --allow folders: refused.
+    let out = run(&good, elsewhere.path(), "outside", Some(&token));
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--allow"), "{}", stderr(&out));
+
+    // Signed, approved and inside: it runs.
+    let out = run(&good, &store, "signed", Some(&token));
+    assert_ok(&out, Some(&cluster));
+    assert_eq!(approved.requests() as usize, 3 * n);
 }

@@ -221,8 +221,15 @@ async fn a_journal_keyed_by_another_hash_scheme_is_said_before_anything_is_sent(
         std::fs::read_to_string(&scheme).unwrap().trim(),
         caiflow_llm::REQUEST_HASH_SCHEME
     );
-    // As a journal written before the canonical hash looks: no SCHEME file.
+    // A lost SCHEME file deletes nothing: the run is served from the journal.
     std::fs::remove_file(&scheme).unwrap();
+    let stderr = f.run("r", &["--from", "revisions"]);
+    assert_eq!(f.server.requests(), 30, "{stderr}");
+    assert!(stderr.contains("SCHEME is missing"), "{stderr}");
+    assert!(scheme.exists(), "written again");
+
+    // As a journal written before the canonical hash looks: SCHEME names the old scheme.
+    std::fs::write(&scheme, "caiflow-request-v1 (JSON text)\n").unwrap();
     let stderr = f.run("r", &["--from", "revisions"]);
     let said = stderr
         .lines()
@@ -482,43 +489,248 @@ async fn a_run_on_an_s3_store_resumes_and_reads_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ctrl_c_stops_gracefully_keeps_completed_work_and_exits_130() {
-    let f = Fixture::new(40, 150).await;
-    let child = caiflow()
-        .args(f.args("stopped", &[]))
+async fn ctrl_c_and_sigterm_stop_gracefully_keep_completed_work_and_exit_130() {
+    for (signal, run) in [("-INT", "stopped"), ("-TERM", "terminated")] {
+        let f = Fixture::new(40, 150).await;
+        let child = caiflow()
+            .args(f.args(run, &[]))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(130), "{signal}: {stderr}");
+        assert!(stderr.contains("interrupted"), "{stderr}");
+        // The stop says how to resume: the same command, with the run named.
+        let hint = stderr
+            .lines()
+            .find(|l| l.contains("To resume: caiflow run plans/sl_cai.sql"))
+            .unwrap_or_else(|| panic!("{stderr}"));
+        assert!(hint.contains(&format!("--run {run}")), "{hint}");
+        let dir = f.run_dir(run);
+        assert!(!committed(&dir, "revisions"), "nothing is committed");
+        let sent_before = f.server.requests();
+        assert!(sent_before > 0 && sent_before < 120, "{sent_before}");
+
+        f.run(run, &[]);
+        assert_eq!(f.revisions(run).await.len(), 40);
+        // Everything completed before the stop was kept: nothing is asked twice.
+        assert_eq!(
+            f.server.repeated(),
+            0,
+            "{signal}: {} requests in all",
+            f.server.requests()
+        );
+        assert_eq!(f.server.requests(), 120);
+    }
+}
+
+/// `repair` regenerates only the failed rows, with the run's own configuration, from any
+/// folder: the saved plan's relative paths resolve where the run was made, and a
+/// configuration that would change the model is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_uses_the_runs_own_configuration_from_any_folder() {
+    let f = Fixture::new(20, 0).await;
+    // 13 of the 20 respond requests fail for good (a 400 is not retried).
+    f.server.push_faults((0..13).map(|_| Fault::Status(400)));
+    f.run("r", &[]);
+    let before = f.revisions("r").await;
+    let good: Vec<_> = before
+        .iter()
+        .filter(|(_, r)| r != "ERROR")
+        .cloned()
+        .collect();
+    assert_eq!(good.len(), 7, "{before:?}");
+    let sent = f.server.requests();
+
+    // Another model in another caiflow.toml: refused, nothing sent.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let other = elsewhere.path().join("caiflow.toml");
+    std::fs::write(
+        &other,
+        format!(
+            "[endpoints.policy]\nbase_url = '{}'\nmodel = 'another-model'\n",
+            f.server.base_url()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_caiflow"))
+        .current_dir(elsewhere.path())
+        .args(["repair", f.run_dir("r").to_str().unwrap(), "--config"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("model 'another-model'") && err.contains("repair without --config"),
+        "{err}"
+    );
+    assert_eq!(f.server.requests(), sent);
+
+    // From that folder (its caiflow.toml names another model), without --config: the run's
+    // own configuration; only the failed rows are asked again.
+    let out = Command::new(env!("CARGO_BIN_EXE_caiflow"))
+        .current_dir(elsewhere.path())
+        .args(["repair", f.run_dir("r").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = f.revisions("r").await;
+    assert!(after.iter().all(|(_, r)| r != "ERROR"), "{after:?}");
+    for row in &good {
+        assert!(after.contains(row), "good row {row:?} was regenerated");
+    }
+    let repaired = f.server.requests() - sent;
+    assert!(
+        (13..=39).contains(&repaired),
+        "{repaired} requests for 13 failed rows"
+    );
+    let models: std::collections::BTreeSet<String> = f
+        .server
+        .bodies()
+        .iter()
+        .filter_map(|b| b["model"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(models.len(), 1, "one model throughout: {models:?}");
+}
+
+/// One process per run: a second one is refused naming the holder, vacuum included (so it
+/// never races a write); vacuum right after a run leaves caiflow's tables caiflow's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_process_per_run_and_vacuum_keeps_the_tables() {
+    let f = Fixture::new(20, 150).await;
+    let mut first = caiflow()
+        .args(f.args("r", &[]))
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{stderr}");
-    assert!(stderr.contains("interrupted"), "{stderr}");
-    // The stop says how to resume: the same command, with the run named.
-    let hint = stderr
-        .lines()
-        .find(|l| l.contains("To resume: caiflow run plans/sl_cai.sql"))
-        .unwrap_or_else(|| panic!("{stderr}"));
-    assert!(hint.contains("--run stopped"), "{hint}");
-    let run = f.run_dir("stopped");
-    assert!(!committed(&run, "revisions"), "nothing is committed");
-    let sent_before = f.server.requests();
-    assert!(sent_before > 0 && sent_before < 120, "{sent_before}");
+    let started = std::time::Instant::now();
+    while f.server.requests() == 0 && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for args in [
+        f.args("r", &[]),
+        vec!["vacuum".into(), f.run_dir("r").display().to_string()],
+    ] {
+        let out = caiflow().args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {err}");
+        assert!(
+            err.contains("is in use by caiflow run (pid") && err.lines().count() == 1,
+            "{err}"
+        );
+    }
+    assert!(first.wait().unwrap().success());
+    let sent = f.server.requests();
+    assert_eq!(sent, 60);
 
-    f.run("stopped", &[]);
-    assert_eq!(f.revisions("stopped").await.len(), 40);
-    // Everything completed before the stop was kept: nothing is asked twice.
-    assert_eq!(
-        f.server.repeated(),
-        0,
-        "{} requests in all",
-        f.server.requests()
+    // A re-materialization, then vacuum with no retention: the old version's files go, the
+    // tables stay caiflow's and are reused.
+    f.run("r", &["--from", "revisions"]);
+    let out = caiflow()
+        .args([
+            "vacuum",
+            f.run_dir("r").to_str().unwrap(),
+            "--retain-hours",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(f.server.requests(), 120);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("table revisions: ") && !l.contains(": 0 file")),
+        "{text}"
+    );
+    let out = caiflow()
+        .args(["inspect", f.run_dir("r").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let inspected = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        inspected.contains("table revisions") && inspected.contains("VACUUM END"),
+        "{inspected}"
+    );
+    let stderr = f.run("r", &[]);
+    assert!(stderr.contains("table revisions: reused"), "{stderr}");
+    assert_eq!(
+        f.server.requests(),
+        sent,
+        "nothing recomputed after a vacuum"
+    );
+    // The default retention keeps what was removed within the last 7 days.
+    f.run("r", &["--from", "revisions"]);
+    let out = caiflow()
+        .args(["vacuum", f.run_dir("r").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("table revisions: 0 file(s) deleted"),
+        "{text}"
+    );
+}
+
+/// A damaged table (a data file gone, a commit cut short) is reported by inspect and
+/// recomputed by the next run, free from the journal; report and vacuum keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_version_is_reported_and_recomputed() {
+    let f = Fixture::new(6, 0).await;
+    f.run("r", &[]);
+    let sent = f.server.requests();
+    let table = f.run_dir("r").join("revisions");
+    // A commit cut short: the latest log entry truncated.
+    let log = table.join("_delta_log").join("00000000000000000000.json");
+    let text = std::fs::read_to_string(&log).unwrap();
+    std::fs::write(&log, &text[..text.len() / 2]).unwrap();
+    for command in ["inspect", "report", "vacuum"] {
+        let out = caiflow()
+            .args([command, f.run_dir("r").to_str().unwrap()])
+            .output()
+            .unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{command}: {all}");
+        if command == "inspect" {
+            assert!(
+                all.contains("table revisions") && all.contains("DAMAGED"),
+                "{all}"
+            );
+        }
+    }
+    let stderr = f.run("r", &[]);
+    assert!(stderr.contains("table revisions: 6 rows"), "{stderr}");
+    assert_eq!(f.server.requests(), sent, "recomputed from the journal");
+    assert_eq!(f.revisions("r").await.len(), 6);
+    // The damaged table was moved aside, not deleted.
+    let aside = std::fs::read_dir(f.run_dir("r"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("revisions.damaged-")
+        });
+    assert!(aside);
 }

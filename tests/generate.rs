@@ -549,3 +549,52 @@ async fn red_team_generate_stops_a_model_that_does_not_comply() {
         "{asked}"
     );
 }
+
+/// Ctrl-C during `caiflow sql --run … -e` with llm() calls: it stops, and what was sent is
+/// journalled and counted in the run's usage (so budgets see it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_in_sql_run_keeps_and_counts_what_was_sent() {
+    let policy = MockServer::start().await.unwrap();
+    policy.set_latency(std::time::Duration::from_millis(200));
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &policy);
+    let prompts = prompts(dir.path(), "prompts.jsonl", 60);
+    let run = dir.path().join("runs").join("adhoc");
+    std::fs::create_dir_all(&run).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_caiflow"))
+        .args([
+            "sql",
+            "--run",
+            run.to_str().unwrap(),
+            "--config",
+            &config,
+            "-e",
+        ])
+        .arg(format!(
+            "SELECT llm('policy', prompt) AS a FROM red_team_prompts('{prompts}')"
+        ))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while policy.requests() < 8 && started.elapsed() < std::time::Duration::from_secs(30) {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    let sent = policy.requests();
+    assert!(sent < 60, "it stopped: {sent}");
+    let out = caiflow_output(&["inspect", run.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("usage: last session (sql) {sent} requests")),
+        "{sent} sent: {stdout}"
+    );
+}

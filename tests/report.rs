@@ -66,6 +66,10 @@ fn load_export(run: &str, format: &str, dir: &Path) -> Value {
         !text.contains("api_key") && !text.contains("http://"),
         "no keys or URLs: {text}"
     );
+    assert!(
+        !text.contains(&dir.display().to_string()),
+        "no local paths: {text}"
+    );
     let loaded = python(&format!(
         "import json, os\n\
          os.environ['HF_HUB_OFFLINE'] = '1'\n\

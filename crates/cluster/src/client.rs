@@ -127,19 +127,24 @@ pub async fn connect(
         return Err(ClusterError::NoExecutors { url: url.display() });
     }
     let slots: usize = executors.iter().map(|(_, s)| s).sum();
+    // Without credentials in URLs: executors serve their own definitions of these.
     let endpoints = Config {
-        endpoints: config.endpoints.clone(),
+        endpoints: config.redacted().endpoints,
         ..Default::default()
     };
     let endpoints = toml::to_string(&endpoints).map_err(|e| {
         ClusterError::Address(format!("encoding the endpoints for the cluster: {e}"))
     })?;
-    let options = RunOptions {
+    let mut options = RunOptions {
         store: run.map(|r| r.store.clone()).unwrap_or_default(),
         run: run.map(|r| r.run.clone()).unwrap_or_default(),
         endpoints,
         executors: executors.len(),
+        auth: String::new(),
     };
+    if let Some(token) = crate::trust::token_from_env() {
+        options.auth = crate::trust::sign(&token, &options);
+    }
     let state = session.ctx.state();
     let config = state
         .config()

@@ -23,6 +23,9 @@ pub struct RunOptions {
     pub endpoints: String,
     /// How many executors share each endpoint's limits (each gets an equal share).
     pub executors: usize,
+    /// The client's signature of the fields above (see [`crate::trust::sign`]); empty
+    /// without a cluster token.
+    pub auth: String,
 }
 
 impl Default for RunOptions {
@@ -32,6 +35,7 @@ impl Default for RunOptions {
             run: String::new(),
             endpoints: String::new(),
             executors: 1,
+            auth: String::new(),
         }
     }
 }
@@ -61,6 +65,7 @@ impl ExtensionOptions for RunOptions {
             "store" => self.store = value.to_string(),
             "run" => self.run = value.to_string(),
             "endpoints" => self.endpoints = value.to_string(),
+            "auth" => self.auth = value.to_string(),
             "executors" => {
                 self.executors = value
                     .parse()
@@ -86,6 +91,11 @@ impl ExtensionOptions for RunOptions {
                 self.executors.to_string(),
                 "executors sharing each endpoint's limits",
             ),
+            entry(
+                "auth",
+                self.auth.clone(),
+                "the client's signature of the run",
+            ),
         ]
     }
 }
@@ -102,6 +112,7 @@ mod tests {
             run: "r1".into(),
             endpoints: "[endpoints.policy]\nmodel = 'm'\n".into(),
             executors: 3,
+            auth: "ab12".into(),
         };
         let config = SessionConfig::new().with_option_extension(sent.clone());
         let mut received = SessionConfig::new().with_option_extension(RunOptions::default());

@@ -21,7 +21,7 @@ use caiflow_llm::CancellationToken;
 use crate::codec::{CaiLogicalCodec, CaiPhysicalCodec};
 use crate::error::{ClusterError, Result};
 use crate::options::RunOptions;
-use crate::resources::ExecutorResources;
+use crate::resources::{ExecutorResources, Trust};
 use crate::stores::EnvObjectStores;
 
 /// The scalar functions every cluster process registers: Ballista's sessions start with
@@ -54,9 +54,9 @@ pub fn cluster_config() -> SessionConfig {
 
 fn runtime(
     work_dir: Option<&str>,
+    stores: Arc<EnvObjectStores>,
 ) -> datafusion::error::Result<Arc<datafusion::execution::runtime_env::RuntimeEnv>> {
-    let mut builder =
-        RuntimeEnvBuilder::new().with_object_store_registry(Arc::new(EnvObjectStores::default()));
+    let mut builder = RuntimeEnvBuilder::new().with_object_store_registry(stores);
     if let Some(dir) = work_dir {
         builder = builder.with_temp_file_path(dir);
     }
@@ -82,11 +82,26 @@ pub struct SchedulerOptions {
 /// Run a scheduler until the process is stopped.
 pub async fn run_scheduler(options: SchedulerOptions) -> Result<()> {
     let addr = address("--bind", &options.bind)?;
+    let token = crate::trust::token_from_env();
+    crate::trust::check_bind("--bind", addr, token.as_deref())?;
     let session_builder = Arc::new(
-        |config: SessionConfig| -> datafusion::error::Result<SessionState> {
+        move |config: SessionConfig| -> datafusion::error::Result<SessionState> {
+            // Every job's session is built here from the client's options: one not signed
+            // with the cluster's token is refused before anything is planned.
+            if token.is_some() {
+                let run = config
+                    .options()
+                    .extensions
+                    .get::<RunOptions>()
+                    .cloned()
+                    .unwrap_or_default();
+                crate::trust::verify(token.as_deref(), &run)
+                    .map_err(datafusion::error::DataFusionError::Execution)?;
+            }
             let state = ballista_core::utils::default_session_builder(config)?;
+            let stores = Arc::new(EnvObjectStores::default());
             let mut state = datafusion::execution::SessionStateBuilder::new_from_existing(state)
-                .with_runtime_env(runtime(None)?)
+                .with_runtime_env(runtime(None, stores)?)
                 .build();
             for f in scalar_functions() {
                 datafusion::execution::FunctionRegistry::register_udf(&mut state, f)?;
@@ -130,14 +145,26 @@ pub struct ExecutorOptions {
     pub heartbeat: Duration,
     /// Shuffle files and other scratch data (default: a temporary folder).
     pub work_dir: Option<String>,
+    /// The endpoints this executor may serve (`--config`): tasks naming others are refused.
+    pub endpoints: Option<caiflow_llm::config::Config>,
+    /// Where tasks may read and write (`--allow`, folders or `s3://bucket[/prefix]`).
+    pub allow: Vec<String>,
 }
 
 /// Run an executor until the process is stopped. `stop` halts its endpoints.
 pub async fn run_executor(options: ExecutorOptions, stop: CancellationToken) -> Result<()> {
     let addr = address("--bind", &options.bind)?;
     let scheduler = address("--scheduler", &options.scheduler)?;
+    let token = crate::trust::token_from_env();
+    crate::trust::check_bind("--bind", addr, token.as_deref())?;
+    let roots = Arc::new(crate::trust::Roots::parse(&options.allow)?);
     let worker = options.bind.clone();
-    let resources = Arc::new(ExecutorResources::new(&worker, stop));
+    let trust = Trust {
+        endpoints: options.endpoints.clone(),
+        roots: roots.clone(),
+        token,
+    };
+    let resources = Arc::new(ExecutorResources::new(&worker, stop, trust));
     let shared = resources.clone();
     let config_producer =
         Arc::new(move || cluster_config().with_extension(Arc::new(Resources(shared.clone()))));
@@ -146,7 +173,9 @@ pub async fn run_executor(options: ExecutorOptions, stop: CancellationToken) -> 
         registry.scalar_functions.insert(f.name().to_string(), f);
     }
     let work_dir = options.work_dir.clone();
-    let runtime_producer = Arc::new(move |_: &SessionConfig| runtime(work_dir.as_deref()));
+    let stores = Arc::new(EnvObjectStores::confined(roots));
+    let runtime_producer =
+        Arc::new(move |_: &SessionConfig| runtime(work_dir.as_deref(), stores.clone()));
     let config = ExecutorProcessConfig {
         executor_id: worker,
         bind_host: addr.ip().to_string(),

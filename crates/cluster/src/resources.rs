@@ -22,6 +22,7 @@ use caiflow_run::journal::Journal;
 use caiflow_run::store::RunStore;
 
 use crate::options::RunOptions;
+use crate::trust::Roots;
 
 /// Runs remembered at once.
 const RUNS_KEPT: usize = 4;
@@ -38,6 +39,8 @@ struct RunJournal {
 pub struct ExecutorResources {
     worker: String,
     stop: CancellationToken,
+    /// What this executor may serve and touch, and the cluster's token.
+    trust: Trust,
     endpoints: Mutex<VecDeque<(String, Arc<Endpoints>)>>,
     journals: tokio::sync::Mutex<VecDeque<(String, Arc<RunJournal>)>>,
 }
@@ -54,12 +57,29 @@ fn run_options(config: &SessionConfig) -> Result<&RunOptions> {
         .ok_or_else(|| exec_datafusion_err!("this executor's sessions have no caiflow options"))
 }
 
+/// What an executor trusts (see [`crate::trust`]).
+#[derive(Debug, Default)]
+pub struct Trust {
+    /// The endpoints it may serve (`--config`); None serves none.
+    pub endpoints: Option<Config>,
+    /// Where it may read and write (`--allow`).
+    pub roots: Arc<Roots>,
+    /// The cluster's shared secret.
+    pub token: Option<String>,
+}
+
+/// A refusal, as the task's error.
+fn refused(why: String) -> DataFusionError {
+    DataFusionError::Execution(why)
+}
+
 impl ExecutorResources {
     /// `worker` names this executor in lineage; cancelling `stop` halts its endpoints.
-    pub fn new(worker: &str, stop: CancellationToken) -> Self {
+    pub fn new(worker: &str, stop: CancellationToken, trust: Trust) -> Self {
         ExecutorResources {
             worker: worker.to_string(),
             stop,
+            trust,
             endpoints: Mutex::new(VecDeque::new()),
             journals: tokio::sync::Mutex::new(VecDeque::new()),
         }
@@ -83,6 +103,7 @@ impl TaskResources for ExecutorResources {
 
     async fn endpoints(&self, config: &SessionConfig) -> Result<Arc<Endpoints>> {
         let options = run_options(config)?;
+        crate::trust::verify(self.trust.token.as_deref(), options).map_err(refused)?;
         let key = format!("{}\n{}", options.executors, options.endpoints);
         let mut cache = self
             .endpoints
@@ -96,7 +117,9 @@ impl TaskResources for ExecutorResources {
                 "this task carries no endpoints (caiflow.endpoints is not set): send plans with `caiflow run --cluster` or `caiflow sql --cluster`"
             ));
         }
-        let mut parsed = Config::parse(&options.endpoints).map_err(external)?;
+        let asked = Config::parse(&options.endpoints).map_err(external)?;
+        let mut parsed = crate::trust::approve(self.trust.endpoints.as_ref(), &asked, &self.worker)
+            .map_err(refused)?;
         for endpoint in parsed.endpoints.values_mut() {
             *endpoint = endpoint.share(options.executors);
         }
@@ -113,6 +136,13 @@ impl TaskResources for ExecutorResources {
         let options = run_options(config)?;
         if options.store.is_empty() {
             return Ok(None);
+        }
+        crate::trust::verify(self.trust.token.as_deref(), options).map_err(refused)?;
+        if !self.trust.roots.allows_run(&options.store, &options.run) {
+            return Err(refused(format!(
+                "executor {} refuses run {} of store {}: outside the folders it was started with (--allow)",
+                self.worker, options.run, options.store
+            )));
         }
         let key = format!("{}\n{}", options.store, options.run);
         let run = {

@@ -9,9 +9,30 @@ use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStor
 use object_store::ObjectStore;
 use url::Url;
 
+use crate::trust::{Confined, Root, Roots};
+
+/// The object stores of a cluster process. Confined ones (every executor's) reach only the
+/// folders and buckets of their [`Roots`]: local paths through [`Confined`], S3 keys checked
+/// per bucket at first use and per object by [`Confined`]'s S3 counterpart.
 #[derive(Debug, Default)]
 pub struct EnvObjectStores {
     known: DefaultObjectStoreRegistry,
+    roots: Option<Arc<Roots>>,
+}
+
+impl EnvObjectStores {
+    /// Stores that reach only `roots` (none at all when it is empty).
+    pub fn confined(roots: Arc<Roots>) -> Self {
+        let known = DefaultObjectStoreRegistry::new();
+        if let Ok(url) = Url::parse("file://") {
+            let local: Arc<dyn ObjectStore> = Arc::new(object_store::local::LocalFileSystem::new());
+            known.register_store(&url, Arc::new(Confined::new(local, roots.clone())));
+        }
+        EnvObjectStores {
+            known,
+            roots: Some(roots),
+        }
+    }
 }
 
 impl ObjectStoreRegistry for EnvObjectStores {
@@ -32,8 +53,22 @@ impl ObjectStoreRegistry for EnvObjectStores {
             Ok(store) => Ok(store),
             Err(e) => match (url.scheme(), url.host_str()) {
                 ("s3", Some(bucket)) => {
+                    if let Some(roots) = &self.roots
+                        && !roots
+                            .0
+                            .iter()
+                            .any(|r| matches!(r, Root::S3 { bucket: b, .. } if b == bucket))
+                    {
+                        return Err(datafusion::error::DataFusionError::Execution(format!(
+                            "bucket {bucket} is outside the places this executor was started with (--allow)"
+                        )));
+                    }
                     let store = caiflow_run::store::s3_from_env(bucket)
                         .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+                    let store: Arc<dyn ObjectStore> = match &self.roots {
+                        Some(roots) => Arc::new(Confined::bucket(store, bucket, roots.clone())),
+                        None => store,
+                    };
                     self.known.register_store(url, store.clone());
                     Ok(store)
                 }

@@ -291,6 +291,18 @@ impl SplitWriters {
     }
 }
 
+/// Whether `name` (a value of a table's `split` column) can name export files inside the
+/// output folder: letters, digits, `-`, `_` and `.` (not first), at most 64 characters. A
+/// split holding `/`, `..` or a leading `.` would write outside the folder or hide files.
+pub fn is_split_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
 /// Export a table (a run's `sft` or `preferences`) into `out` in `format`, one set of files
 /// per value of its `split` column (or `all` without one), streaming batch by batch.
 pub async fn export(
@@ -320,6 +332,12 @@ pub async fn export(
             }
             let split = row.str("split").unwrap_or("all").to_string();
             if !writers.contains_key(&split) {
+                if !is_split_name(&split) {
+                    let shown: String = split.chars().take(80).collect();
+                    return Err(EngineError::Plan(format!(
+                        "split {shown:?} cannot name an export file (letters, digits, '-', '_' and '.' only): change the table's split values (the plan's `splits` variable)"
+                    )));
+                }
                 let w = SplitWriters::open(format, options, &split, out, &mut report)?;
                 writers.insert(split.clone(), w);
             }

@@ -32,7 +32,13 @@ pub fn parse_splits(spec: &str) -> std::result::Result<Vec<(String, f64)>, Strin
         if !(ratio.is_finite() && ratio >= 0.0) {
             return Err(format!("split '{item}': ratio must be >= 0"));
         }
-        parts.push((name.trim().to_string(), ratio));
+        let name = name.trim();
+        if !crate::export::is_split_name(name) {
+            return Err(format!(
+                "split name '{name}' is not usable as a file name: use letters, digits, '-', '_' and '.' (not first), at most 64"
+            ));
+        }
+        parts.push((name.to_string(), ratio));
     }
     let total: f64 = parts.iter().map(|p| p.1).sum();
     if parts.is_empty() || total <= 0.0 {
@@ -209,6 +215,9 @@ mod tests {
     #[test]
     fn bad_specs_are_rejected() {
         assert!(parse_splits("train").is_err());
+        for bad in ["/abs/x=1", "../x=1", ".hidden=1", "a b=1", "x/y=1"] {
+            assert!(parse_splits(bad).is_err(), "{bad}");
+        }
         assert!(parse_splits("train=0").is_err());
         assert!(parse_splits("train=-1,test=2").is_err());
     }

@@ -145,6 +145,9 @@ pub struct EndpointConfig {
     pub price: Option<crate::spend::Price>,
     /// What requests to this endpoint may spend in a run, over all its sessions.
     pub budget: crate::spend::Budget,
+    /// The largest response body read from this endpoint's server, in MiB (default 16): a
+    /// longer or endless body fails the request instead of filling memory.
+    pub max_response_mib: Option<u64>,
     pub backend: BackendConfig,
 }
 
@@ -224,9 +227,11 @@ struct CommonKeys {
     price: Option<crate::spend::Price>,
     #[serde(default, skip_serializing_if = "crate::spend::Budget::is_empty")]
     budget: crate::spend::Budget,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_response_mib: Option<u64>,
 }
 
-const COMMON_KEYS: [&str; 8] = [
+const COMMON_KEYS: [&str; 9] = [
     "model",
     "max_concurrency",
     "timeout_secs",
@@ -235,6 +240,7 @@ const COMMON_KEYS: [&str; 8] = [
     "max_error_rate",
     "price",
     "budget",
+    "max_response_mib",
 ];
 
 impl<'de> Deserialize<'de> for EndpointConfig {
@@ -261,6 +267,7 @@ impl<'de> Deserialize<'de> for EndpointConfig {
             max_error_rate: c.max_error_rate,
             price: c.price,
             budget: c.budget,
+            max_response_mib: c.max_response_mib,
             backend,
         })
     }
@@ -285,10 +292,45 @@ impl Serialize for EndpointConfig {
                 max_error_rate: self.max_error_rate,
                 price: self.price,
                 budget: self.budget,
+                max_response_mib: self.max_response_mib,
             },
             backend: &self.backend,
         }
         .serialize(s)
+    }
+}
+
+/// `url` with any user name and password replaced by `***` (`https://***@host/v1`), for
+/// messages, saved configurations and anything sent to other processes. Text that does not
+/// parse as a URL is returned with everything before an `@` hidden, to be safe.
+pub fn redact_userinfo(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("***");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Ok(_) => url.to_string(),
+        Err(_) => match url.rsplit_once('@') {
+            Some((_, host)) => format!("***@{host}"),
+            None => url.to_string(),
+        },
+    }
+}
+
+impl Config {
+    /// This configuration as it may be stored or shown: URLs without credentials (API keys
+    /// are never in it: only the names of their environment variables).
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        for e in c.endpoints.values_mut() {
+            match &mut e.backend {
+                BackendConfig::Openai(o) => o.base_url = redact_userinfo(&o.base_url),
+                BackendConfig::Nemo(n) => n.base_url = redact_userinfo(&n.base_url),
+                BackendConfig::Embedded(_) => {}
+            }
+        }
+        c
     }
 }
 
@@ -306,6 +348,7 @@ impl EndpointConfig {
             max_error_rate: None,
             price: None,
             budget: Default::default(),
+            max_response_mib: None,
             backend,
         }
     }
@@ -371,6 +414,14 @@ impl EndpointConfig {
             BackendConfig::Nemo(n) => Some(&n.base_url),
             BackendConfig::Embedded(_) => None,
         }
+    }
+
+    /// The largest response body read, in bytes (`max_response_mib`, default 16 MiB).
+    pub fn max_response_bytes(&self) -> u64 {
+        self.max_response_mib
+            .map_or(crate::DEFAULT_MAX_RESPONSE_BYTES, |m| {
+                m.saturating_mul(1 << 20)
+            })
     }
 
     pub fn timeout(&self) -> std::time::Duration {
@@ -502,6 +553,11 @@ impl Config {
                     "endpoints.{name}.timeout_secs must be positive"
                 )));
             }
+            if e.max_response_mib == Some(0) {
+                return Err(LlmError::Config(format!(
+                    "endpoints.{name}.max_response_mib = 0: must be at least 1"
+                )));
+            }
             if let Some(r) = e.max_error_rate
                 && !(0.0..=1.0).contains(&r)
             {
@@ -559,6 +615,42 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// Any text as caiflow.toml is a configuration or an error, never a panic.
+        #[test]
+        fn any_config_text_parses_or_fails_cleanly(text in "\\PC{0,200}") {
+            let _ = Config::parse(&text);
+        }
+
+        #[test]
+        fn any_endpoint_values_parse_or_fail_cleanly(
+            concurrency in proptest::num::i64::ANY, timeout in proptest::num::f64::ANY,
+            mib in proptest::num::i64::ANY, url in "\\PC{0,30}",
+        ) {
+            let text = format!(
+                "[endpoints.p]\nbase_url = {url:?}\nmax_concurrency = {concurrency}\ntimeout_secs = {timeout:?}\nmax_response_mib = {mib}\n"
+            );
+            if let Ok(c) = Config::parse(&text) {
+                let e = &c.endpoints["p"];
+                proptest::prop_assert!(e.max_concurrency >= 1 && !e.timeout().is_zero());
+                let _ = e.max_response_bytes();
+            }
+        }
+    }
+
+    #[test]
+    fn userinfo_is_redacted() {
+        assert_eq!(
+            redact_userinfo("https://user:s3cret@api.example.com/v1"),
+            "https://***@api.example.com/v1"
+        );
+        assert_eq!(
+            redact_userinfo("http://127.0.0.1:8080/v1"),
+            "http://127.0.0.1:8080/v1"
+        );
+        assert!(!redact_userinfo("not a url:pw@host").contains("pw"));
+    }
 
     #[test]
     fn parses_endpoints_with_defaults() {

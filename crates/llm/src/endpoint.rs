@@ -193,6 +193,9 @@ impl Endpoint {
                 .await
                 .clone();
         };
+        // Messages name the server without the credentials a URL may carry.
+        let shown = crate::config::redact_userinfo(base_url);
+        let base_url = &shown;
         self.ready
             .get_or_init(|| async {
                 let url = url::Url::parse(base_url)
@@ -246,20 +249,15 @@ impl Endpoint {
                         }
                     })?)),
                 };
-                Arc::new(OpenAiBackend::new(
-                    client,
-                    o.api,
-                    &o.base_url,
-                    &config.model,
-                    api_key,
-                ))
+                Arc::new(
+                    OpenAiBackend::new(client, o.api, &o.base_url, &config.model, api_key)
+                        .with_max_body(config.max_response_bytes()),
+                )
             }
-            BackendConfig::Nemo(n) => Arc::new(NemoBackend::new(
-                client,
-                &n.base_url,
-                n.chat_template.clone(),
-                n.nemo_form,
-            )),
+            BackendConfig::Nemo(n) => Arc::new(
+                NemoBackend::new(client, &n.base_url, n.chat_template.clone(), n.nemo_form)
+                    .with_max_body(config.max_response_bytes()),
+            ),
             BackendConfig::Embedded(_) => match factory {
                 Some(f) => f.backend(name, config)?,
                 None => {
@@ -395,7 +393,9 @@ impl Endpoint {
                 let (overloaded, tokens) = match &r {
                     Ok(Ok(c)) => (
                         false,
-                        c.prompt_tokens.unwrap_or(0) + c.completion_tokens.unwrap_or(0),
+                        c.prompt_tokens
+                            .unwrap_or(0)
+                            .saturating_add(c.completion_tokens.unwrap_or(0)),
                     ),
                     Ok(Err(e)) => (e.overloaded, 0),
                     Err(_) => (true, 0),

@@ -174,9 +174,60 @@ pub(crate) fn status_error(
     }
 }
 
+/// Default cap on one response body (`max_response_mib`): far above any real completion,
+/// low enough that an endless or hostile body cannot exhaust memory.
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 16 << 20;
+
+/// The most tokens one request can plausibly report (prompt or completion). Servers that
+/// report more are wrong or hostile: the count is dropped (recorded as unknown), never stored.
+pub const MAX_PLAUSIBLE_TOKENS: u64 = 1 << 31;
+
+/// A token count from a server, or None (with a warning) when it is absurd.
+pub fn plausible_tokens(what: &str, n: Option<u64>) -> Option<u64> {
+    match n {
+        Some(n) if n > MAX_PLAUSIBLE_TOKENS => {
+            tracing::warn!(
+                "a server reported {n} {what} for one request (more than {MAX_PLAUSIBLE_TOKENS}): recorded as unknown"
+            );
+            None
+        }
+        n => n,
+    }
+}
+
+/// Read a response's status, headers and body, at most `limit` bytes of body: a body that is
+/// longer (or endless) fails the attempt once the limit is reached, without being kept.
+pub(crate) async fn read_response(
+    mut response: reqwest::Response,
+    limit: u64,
+) -> Result<(reqwest::StatusCode, reqwest::header::HeaderMap, String), AttemptError> {
+    let status = response.status();
+    let headers = response.headers().clone();
+    let too_large = |n: u64| {
+        AttemptError::fatal(format!(
+            "response body larger than {} MiB (at least {n} bytes): raise the endpoint's max_response_mib if its answers really are this large",
+            limit >> 20
+        ))
+    };
+    if let Some(n) = response.content_length().filter(|n| *n > limit) {
+        return Err(too_large(n));
+    }
+    let mut body: Vec<u8> = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+        let total = (body.len() as u64).saturating_add(chunk.len() as u64);
+        if total > limit {
+            return Err(too_large(total));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((status, headers, String::from_utf8_lossy(&body).into_owned()))
+}
+
 /// Turn a transport error into an attempt error; all of them are retryable (connection
 /// refused, reset, body cut short), except a request we could not even build.
 pub(crate) fn transport_error(e: reqwest::Error) -> AttemptError {
+    // The URL may carry credentials (user-info): the endpoint's name says which server it is.
+    let e = e.without_url();
     if e.is_builder() {
         AttemptError::fatal(format!("invalid request: {e}"))
     } else {

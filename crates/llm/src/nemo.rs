@@ -27,6 +27,8 @@ pub struct NemoBackend {
     url: String,
     template: ChatTemplate,
     form: NemoPromptForm,
+    /// The largest response body read, in bytes.
+    max_body: u64,
 }
 
 /// NeMo's server takes at most this many sentences in one request.
@@ -44,7 +46,14 @@ impl NemoBackend {
             url: format!("{}/generate", base_url.trim_end_matches('/')),
             template,
             form,
+            max_body: crate::DEFAULT_MAX_RESPONSE_BYTES,
         }
+    }
+
+    /// Read at most `bytes` of a response body (see [`crate::read_response`]).
+    pub fn with_max_body(mut self, bytes: u64) -> Self {
+        self.max_body = bytes;
+        self
     }
 
     fn body(&self, request: &ChatRequest) -> Value {
@@ -118,9 +127,7 @@ impl Backend for NemoBackend {
             .send()
             .await
             .map_err(transport_error)?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response.text().await.map_err(transport_error)?;
+        let (status, headers, body) = crate::read_response(response, self.max_body).await?;
         if !status.is_success() {
             return Err(status_error(status, &headers, &body));
         }

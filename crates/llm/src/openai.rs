@@ -25,6 +25,8 @@ pub struct OpenAiBackend {
     model: String,
     /// Read from the environment once, at start; never logged (Debug prints only whether set).
     api_key: Option<ApiKey>,
+    /// The largest response body read, in bytes.
+    max_body: u64,
 }
 
 /// A secret that does not print.
@@ -55,7 +57,14 @@ impl OpenAiBackend {
             url: format!("{}/{path}", base_url.trim_end_matches('/')),
             model: model.to_string(),
             api_key,
+            max_body: crate::DEFAULT_MAX_RESPONSE_BYTES,
         }
+    }
+
+    /// Read at most `bytes` of a response body (see [`crate::read_response`]).
+    pub fn with_max_body(mut self, bytes: u64) -> Self {
+        self.max_body = bytes;
+        self
     }
 
     fn body(&self, request: &ChatRequest) -> Value {
@@ -170,8 +179,16 @@ struct ChoiceMessage {
 
 #[derive(Deserialize)]
 struct Usage {
+    #[serde(default, deserialize_with = "lenient_count")]
     prompt_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient_count")]
     completion_tokens: Option<u64>,
+}
+
+/// A token count as servers send it: a count that is not a non-negative integer (a float, a
+/// negative, a string, a number beyond u64) is unknown rather than a failed answer.
+fn lenient_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    Ok(Value::deserialize(d)?.as_u64())
 }
 
 /// Parse a 200 body. A body that is not the expected JSON, or that holds no text, is a
@@ -201,8 +218,14 @@ pub(crate) fn parse_chat_body(body: &str) -> Result<Completion, AttemptError> {
     Ok(Completion {
         text,
         finish_reason: choice.finish_reason,
-        prompt_tokens: parsed.usage.as_ref().and_then(|u| u.prompt_tokens),
-        completion_tokens: parsed.usage.as_ref().and_then(|u| u.completion_tokens),
+        prompt_tokens: crate::plausible_tokens(
+            "prompt tokens",
+            parsed.usage.as_ref().and_then(|u| u.prompt_tokens),
+        ),
+        completion_tokens: crate::plausible_tokens(
+            "completion tokens",
+            parsed.usage.as_ref().and_then(|u| u.completion_tokens),
+        ),
         top_logprobs,
     })
 }
@@ -215,9 +238,7 @@ impl Backend for OpenAiBackend {
             http = http.bearer_auth(&key.0);
         }
         let response = http.send().await.map_err(transport_error)?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response.text().await.map_err(transport_error)?;
+        let (status, headers, body) = crate::read_response(response, self.max_body).await?;
         if !status.is_success() {
             return Err(status_error(status, &headers, &body));
         }
@@ -253,6 +274,41 @@ mod tests {
         .unwrap();
         assert_eq!(legacy.text, "A");
         assert_eq!(legacy.top_logprobs.unwrap()[0].len(), 2);
+    }
+
+    #[test]
+    fn absurd_token_counts_are_unknown() {
+        let c = parse_chat_body(
+            r#"{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":9223372036854775808,"completion_tokens":-3}}"#,
+        )
+        .unwrap();
+        assert_eq!((c.prompt_tokens, c.completion_tokens), (None, None));
+        let c = parse_chat_body(
+            r#"{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":18446744073709551615,"completion_tokens":1e300}}"#,
+        );
+        assert!(c.is_ok_and(|c| c.prompt_tokens.is_none()));
+    }
+
+    proptest::proptest! {
+        /// No reply body makes the parser panic.
+        #[test]
+        fn any_body_parses_or_fails_cleanly(body in "\\PC{0,300}") {
+            let _ = parse_chat_body(&body);
+        }
+
+        #[test]
+        fn any_usage_and_logprobs_parse_or_fail_cleanly(
+            p in proptest::num::i128::ANY, c in proptest::num::f64::ANY,
+            token in "\\PC{0,8}", lp in proptest::num::f64::ANY,
+        ) {
+            let body = format!(
+                r#"{{"choices":[{{"message":{{"content":"x"}},"logprobs":{{"content":[{{"top_logprobs":[{{"token":{},"logprob":{}}}]}}]}}}}],"usage":{{"prompt_tokens":{p},"completion_tokens":{c}}}}}"#,
+                serde_json::to_string(&token).unwrap_or_default(), lp
+            );
+            if let Ok(done) = parse_chat_body(&body) {
+                proptest::prop_assert!(done.prompt_tokens.is_none_or(|t| t <= crate::MAX_PLAUSIBLE_TOKENS));
+            }
+        }
     }
 
     #[test]

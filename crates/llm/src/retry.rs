@@ -51,7 +51,9 @@ pub fn parse_retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duratio
         .ok()?
         .trim();
     if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+        // Any number a server sends (1e20, inf, -1, NaN) gives a duration or none; the policy
+        // caps it (`max_retry_after_ms`). Never `from_secs_f64`, which panics on overflow.
+        return (secs >= 0.0).then(|| Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX));
     }
     let when = httpdate::parse_http_date(value).ok()?;
     Some(
@@ -105,5 +107,17 @@ mod tests {
         assert_eq!(parse_retry_after(&h), Some(Duration::ZERO));
         h.insert("retry-after", "soon".parse().unwrap());
         assert_eq!(parse_retry_after(&h), None);
+        for huge in ["1e20", "inf", "1e400", "18446744073709551616"] {
+            h.insert("retry-after", huge.parse().unwrap());
+            let d = parse_retry_after(&h).unwrap();
+            assert_eq!(
+                RetryPolicy::default().delay(1, Some(d)),
+                Duration::from_secs(120)
+            );
+        }
+        for none in ["-1", "NaN", "-inf"] {
+            h.insert("retry-after", none.parse().unwrap());
+            assert_eq!(parse_retry_after(&h), None, "{none}");
+        }
     }
 }

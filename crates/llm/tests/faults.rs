@@ -176,3 +176,67 @@ async fn nemo_generate_backend_extracts_the_answer() {
     );
     assert!(body["temperature"].as_f64().unwrap() > 0.0);
 }
+
+/// A hostile server's reply: a huge or nonsensical Retry-After is capped (never a panic), and
+/// absurd token counts are recorded as unknown (never summed or stored).
+#[tokio::test]
+async fn hostile_retry_after_and_usage_neither_panic_nor_poison() {
+    let server = MockServer::start().await.unwrap();
+    let ep = endpoint(&server, |e| e.retry.max_retry_after_ms = 50);
+    for value in ["1e20", "inf", "18446744073709551616", "-5", "NaN"] {
+        server.push_faults([Fault::RetryAfter(value.into())]);
+        let started = Instant::now();
+        let out = ep.call(&request("x")).await;
+        assert!(out.result.is_ok(), "Retry-After {value}: {out:?}");
+        assert_eq!(out.attempts, 2);
+        assert!(started.elapsed() < Duration::from_secs(2), "{value}");
+    }
+    for usage in [
+        r#"{"prompt_tokens": 9223372036854775808, "completion_tokens": 18446744073709551615}"#,
+        r#"{"prompt_tokens": 1e300, "completion_tokens": -1}"#,
+        r#"{"prompt_tokens": "many", "completion_tokens": null}"#,
+    ] {
+        server.push_faults([Fault::Body(format!(
+            r#"{{"choices":[{{"message":{{"content":"fine"}},"finish_reason":"stop"}}],"usage":{usage}}}"#
+        ))]);
+        let out = ep.call(&request("some prompt")).await;
+        let c = out.result.expect("an answer");
+        assert_eq!(
+            (c.prompt_tokens, c.completion_tokens),
+            (None, None),
+            "{usage}"
+        );
+        // Counted by the estimate instead: small and finite.
+        assert!(out.usage.prompt_tokens < 100 && out.usage.completion_tokens < 100);
+    }
+}
+
+/// An endless body, or one larger than `max_response_mib`, fails the request at the limit:
+/// memory does not follow the server.
+#[tokio::test]
+async fn endless_and_oversized_bodies_stop_at_the_limit() {
+    let server = MockServer::start().await.unwrap();
+    let ep = endpoint(&server, |e| {
+        e.max_response_mib = Some(1);
+        e.timeout_secs = Some(30.0);
+    });
+    let before = caiflow_testkit::proc_status::status_mib("self", "VmRSS");
+    server.push_faults([Fault::Endless]);
+    let started = Instant::now();
+    let out = ep.call(&request("x")).await;
+    let err = out.result.expect_err("too large").to_string();
+    assert!(
+        err.contains("larger than 1 MiB") && err.contains("max_response_mib"),
+        "{err}"
+    );
+    assert_eq!(out.attempts, 1, "not retried: the server would do it again");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let grown = caiflow_testkit::proc_status::status_mib("self", "VmRSS") - before;
+    assert!(grown < 64.0, "resident memory grew by {grown:.0} MiB");
+
+    server.push_faults([Fault::Oversized(3 << 20)]);
+    let err = ep.call(&request("x")).await.result.expect_err("too large");
+    assert!(err.to_string().contains("larger than 1 MiB"), "{err}");
+    // Below the limit, an answer of the same server still works.
+    assert!(ep.call(&request("x")).await.result.is_ok());
+}

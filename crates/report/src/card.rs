@@ -35,24 +35,67 @@ pub struct ExportSummary {
     pub skipped: BTreeMap<String, usize>,
 }
 
-/// A JSON string: a valid YAML scalar whatever it holds.
-fn quoted(s: &str) -> String {
-    serde_json::Value::String(s.to_string()).to_string()
+/// A YAML double-quoted scalar, valid whatever `s` holds: `"` and `\\` escaped, and every
+/// character YAML does not allow as it is (C0 and C1 controls, DEL, the line and paragraph
+/// separators U+2028/U+2029, the byte-order mark, U+FFFE/U+FFFF) written as `\\uXXXX`.
+pub fn quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20
+                || (0x7f..=0x9f).contains(&(c as u32))
+                || matches!(
+                    c,
+                    '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}'
+                ) =>
+            {
+                out.push_str(&format!("\\u{:04x}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
-/// The plan's variables: its declared defaults, then those the run was started with.
+/// A value as a card may publish it: a local path is cut to its file name (a card must not
+/// reveal the machine's folders); URLs and other values stay as they are.
+fn public(value: &str) -> String {
+    if value.contains("://") || !(value.contains('/') || value.contains('\\')) {
+        return value.to_string();
+    }
+    let name = value
+        .trim_end_matches(['/', '\\'])
+        .rsplit(['/', '\\'])
+        .next()
+        .unwrap_or_default();
+    format!("…/{name}")
+}
+
+/// The plan's own variables (those it declares with `-- @var` or uses as `${name}`): its
+/// defaults, then the values the run was started with; local paths cut to file names.
+/// Other `--set` values are not published.
 async fn plan_variables(store: &RunStore) -> Result<BTreeMap<String, String>> {
-    let mut vars = match store.get("plan.sql").await? {
-        Some(text) => declared_defaults(&String::from_utf8_lossy(&text)),
-        None => BTreeMap::new(),
+    let text = match store.get("plan.sql").await? {
+        Some(text) => String::from_utf8_lossy(&text).into_owned(),
+        None => String::new(),
     };
+    let mut vars = declared_defaults(&text);
     if let Some(bytes) = store.get("plan.vars.json").await? {
         let set: BTreeMap<String, String> = serde_json::from_slice(&bytes)?;
         vars.extend(set);
     }
-    vars.remove("run");
-    vars.remove("store");
-    Ok(vars)
+    let used = |name: &str| {
+        text.contains(&format!("${{{name}}}")) || text.contains(&format!("${{{name}:-"))
+    };
+    let declared = declared_defaults(&text);
+    vars.retain(|k, _| k != "run" && k != "store" && (declared.contains_key(k) || used(k)));
+    Ok(vars.into_iter().map(|(k, v)| (k, public(&v))).collect())
 }
 
 /// (stage, endpoint, model) of every request lineage in the run's committed tables.
@@ -119,7 +162,8 @@ pub async fn dataset_card(
         "pretty_name: {}",
         quoted(&format!(
             "caiflow {} export of {}",
-            export.format, report.run
+            export.format,
+            public(&report.run)
         ))
     );
     let _ = writeln!(
@@ -149,7 +193,7 @@ pub async fn dataset_card(
         },
         report.caiflow_version,
         export.table,
-        report.run,
+        public(&report.run),
         export.format
     );
     let _ = writeln!(w, "## Splits\n\n| split | rows | file |\n|---|---|---|");
@@ -187,13 +231,13 @@ pub async fn dataset_card(
                 let _ = writeln!(
                     w,
                     "- Constitution: `{}` ({} principles: {})",
-                    c.source,
+                    public(&c.source),
                     ids.len(),
                     ids.join(", ")
                 );
             }
             Err(_) => {
-                let _ = writeln!(w, "- Constitution: `{spec}`");
+                let _ = writeln!(w, "- Constitution: `{}`", public(spec));
             }
         }
     }
@@ -263,4 +307,26 @@ pub fn write_card(out: &Path, card: &str) -> Result<PathBuf> {
         cause,
     })?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_scalars_escape_what_yaml_forbids() {
+        let q = quoted("a\u{7f}b\u{2028}c\u{85}\"d\\");
+        assert_eq!(q, "\"a\\u007fb\\u2028c\\u0085\\\"d\\\\\"");
+        assert!(q.chars().all(|c| !c.is_control() && c != '\u{2028}'));
+    }
+
+    #[test]
+    fn local_paths_are_cut_to_file_names() {
+        assert_eq!(
+            public("/home/alice/secret-project/prompts.jsonl"),
+            "…/prompts.jsonl"
+        );
+        assert_eq!(public("s3://bucket/p.jsonl"), "s3://bucket/p.jsonl");
+        assert_eq!(public("0.7,1.0"), "0.7,1.0");
+    }
 }

@@ -92,6 +92,7 @@ pub async fn build(store: &RunStore, config: &ReportConfig) -> Result<Report> {
     let tables = manifests(store)
         .await?
         .into_iter()
+        .filter(|m| m.damaged.is_none())
         .map(|m| (m.table, m.rows))
         .collect();
 

@@ -230,11 +230,35 @@ pub struct TableWrite<'a> {
 }
 
 impl TableWrite<'_> {
-    /// The table as it is now (to be overwritten), or a new one.
+    /// The table as it is now (to be overwritten), or a new one. A table whose log cannot be
+    /// read (a commit cut short by another tool or a disk) is moved aside, whole, to
+    /// `{name}.damaged-{unix time}/` (nothing is deleted) and written anew.
     async fn table(&self) -> Result<DeltaTable> {
-        match open(self.store, self.name, None).await? {
-            Some(t) => Ok(t),
-            None => unloaded(self.store, self.name),
+        match open(self.store, self.name, None).await {
+            Ok(Some(t)) => Ok(t),
+            Ok(None) => unloaded(self.store, self.name),
+            Err(e) => {
+                let aside = format!(
+                    "{}.damaged-{}",
+                    self.name,
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0)
+                );
+                tracing::warn!(
+                    "table {} of {} cannot be read ({e}): moved to {aside}/ and written anew",
+                    self.name,
+                    self.store.display
+                );
+                for (path, _) in self.store.list(&format!("{}/", self.name)).await? {
+                    let Some(rest) = path.strip_prefix(&format!("{}/", self.name)) else {
+                        continue;
+                    };
+                    self.store.rename(&path, &format!("{aside}/{rest}")).await?;
+                }
+                unloaded(self.store, self.name)
+            }
         }
     }
 }
@@ -245,12 +269,12 @@ impl TableWrite<'_> {
 pub async fn write(w: TableWrite<'_>, df: DataFrame) -> Result<u64> {
     let table = w.table().await?;
     let TableWrite {
+        store: w_store,
         name,
         partition_by,
         record,
         files,
         stop,
-        ..
     } = w;
     // One stream: delta-rs writes a file per stream and split, rolling over at the target
     // file size, so a table is a few large files instead of one small file per partition
@@ -287,9 +311,39 @@ pub async fn write(w: TableWrite<'_>, df: DataFrame) -> Result<u64> {
         )
         .await
         .map_err(|e| delta_err(format!("writing table {name}"), e))?;
+    sync_table(w_store, name).await?;
     written
         .version()
         .ok_or_else(|| RunError::Store(format!("table {name}: the write made no version")))
+}
+
+/// Make a local table's files durable after a commit (its data files, its log, their
+/// folders): a committed table survives a power loss, not only a killed process. Clean files
+/// cost a syscall each. Object stores are durable when a PUT returns.
+async fn sync_table(store: &RunStore, name: &str) -> Result<()> {
+    let Some(folder) = store.local_path(name) else {
+        return Ok(());
+    };
+    let files = tokio::task::spawn_blocking(move || {
+        let mut files = vec![];
+        let mut folders = vec![folder];
+        while let Some(dir) = folders.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                match entry.file_type() {
+                    Ok(t) if t.is_dir() => folders.push(entry.path()),
+                    Ok(t) if t.is_file() => files.push(entry.path()),
+                    _ => {}
+                }
+            }
+        }
+        files
+    })
+    .await
+    .map_err(|e| RunError::Store(format!("listing table {name}: {e}")))?;
+    crate::store::sync_paths(files).await
 }
 
 /// Overwrite table `name` with the rows of `df` computed on a cluster: the executors write
@@ -331,6 +385,12 @@ pub async fn write_on_cluster(w: TableWrite<'_>, df: DataFrame) -> Result<u64> {
                     what: format!("a data file written for table {name}"),
                     cause: e,
                 })?;
+            if !is_table_file(&add.path) {
+                return Err(RunError::Store(format!(
+                    "table {name}: an executor returned the data file {:?}, which is not inside the table: nothing was committed",
+                    add.path.chars().take(200).collect::<String>()
+                )));
+            }
             adds.push(deltalake_core::kernel::Action::Add(add));
         }
     }
@@ -348,9 +408,28 @@ pub async fn write_on_cluster(w: TableWrite<'_>, df: DataFrame) -> Result<u64> {
         )
         .await
         .map_err(|e| delta_err(format!("committing table {name}"), e))?;
+    sync_table(store, name).await?;
     committed
         .version()
         .ok_or_else(|| RunError::Store(format!("table {name}: the commit made no version")))
+}
+
+/// Whether an `add` action's path (relative to the table, URL-encoded) names a data file
+/// inside the table folder: no scheme, no absolute path, no `..`, nothing in `_delta_log`.
+pub fn is_table_file(path: &str) -> bool {
+    let decoded = url::form_urlencoded::parse(format!("p={path}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    [path, decoded.as_str()].iter().all(|p| {
+        !p.is_empty()
+            && !p.contains("://")
+            && !p.starts_with('/')
+            && !p.starts_with('\\')
+            && !p.contains('\0')
+            && p.split(['/', '\\'])
+                .all(|part| part != ".." && part != "_delta_log")
+    })
 }
 
 /// Delta has no unsigned integers (readers such as Spark and Polars take `integer` as Int32
@@ -567,9 +646,16 @@ pub async fn provider(table: &DeltaTable) -> Result<Arc<dyn TableProvider>> {
 }
 
 /// Delete the files of table `name` that its newest `keep` versions (at least one) do not
-/// use — older versions' data and leftovers of interrupted writes. Earlier versions stay in
-/// the log, but their data is gone. Returns how many files were deleted.
-pub async fn vacuum(store: &RunStore, name: &str, keep: usize) -> Result<usize> {
+/// use and that were removed from the table more than `retain` ago (Delta's retention
+/// window) — older versions' data and leftovers of interrupted writes. Earlier versions stay
+/// in the log, but their data is gone. The caller holds the run's lease, so no write of the
+/// run is in progress. Returns how many files were deleted.
+pub async fn vacuum(
+    store: &RunStore,
+    name: &str,
+    keep: usize,
+    retain: std::time::Duration,
+) -> Result<usize> {
     let Some(table) = open(store, name, None).await? else {
         return Ok(0);
     };
@@ -579,15 +665,47 @@ pub async fn vacuum(store: &RunStore, name: &str, keep: usize) -> Result<usize> 
         .take(keep.max(1))
         .map(|v| v.version)
         .collect();
+    let retention = chrono::Duration::from_std(retain).unwrap_or(chrono::Duration::MAX);
     let (_, metrics) = table
         .vacuum()
-        .with_retention_period(chrono::Duration::zero())
+        .with_retention_period(retention)
         .with_enforce_retention_duration(false)
         .with_keep_versions(&kept)
         .with_mode(deltalake_core::operations::vacuum::VacuumMode::Full)
         .await
         .map_err(|e| delta_err(format!("vacuuming table {name}"), e))?;
     Ok(metrics.files_deleted.len())
+}
+
+/// Operations of other tools (and of `caiflow vacuum`) that leave a table's rows as they
+/// were: a caiflow table stays caiflow's (and reused) after them.
+pub const ROWS_KEPT: [&str; 8] = [
+    "VACUUM START",
+    "VACUUM END",
+    "OPTIMIZE",
+    "SET TBLPROPERTIES",
+    "UPGRADE PROTOCOL",
+    "ADD FEATURE",
+    "CHECKPOINT",
+    "ADD CONSTRAINT",
+];
+
+/// The newest version of `versions` (newest first) whose rows caiflow wrote, when only
+/// commits that keep the rows ([`ROWS_KEPT`]) came after it.
+pub fn caiflow_version(versions: &[Version]) -> Option<&Version> {
+    for v in versions {
+        if v.record.is_some() {
+            return Some(v);
+        }
+        if !v
+            .operation
+            .as_deref()
+            .is_some_and(|op| ROWS_KEPT.contains(&op))
+        {
+            return None;
+        }
+    }
+    None
 }
 
 /// Let `CREATE EXTERNAL TABLE t STORED AS DELTA LOCATION '…' [OPTIONS ('version' 'N')]`, and
@@ -661,5 +779,50 @@ impl TableProviderFactory for DeltaInputs {
         provider(&table)
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_paths_stay_inside_the_table() {
+        assert!(is_table_file("part-0001.parquet"));
+        assert!(is_table_file("split=train/part-1.parquet"));
+        for bad in [
+            "/etc/passwd",
+            "../other/x.parquet",
+            "s3://bucket/x.parquet",
+            "a/%2E%2E/%2E%2E/x",
+            "_delta_log/00000000000000000009.json",
+            "",
+        ] {
+            assert!(!is_table_file(bad), "{bad}");
+        }
+    }
+
+    fn version(n: u64, operation: &str, caiflow: bool) -> Version {
+        Version {
+            version: n,
+            timestamp_ms: None,
+            operation: Some(operation.into()),
+            record: caiflow.then(|| serde_json::json!({})),
+        }
+    }
+
+    #[test]
+    fn maintenance_commits_keep_a_table_caiflows() {
+        let after_vacuum = [
+            version(3, "VACUUM END", false),
+            version(2, "VACUUM START", false),
+            version(1, "CREATE OR REPLACE TABLE", true),
+        ];
+        assert_eq!(caiflow_version(&after_vacuum).map(|v| v.version), Some(1));
+        let rewritten = [
+            version(2, "WRITE", false),
+            version(1, "CREATE OR REPLACE TABLE", true),
+        ];
+        assert!(caiflow_version(&rewritten).is_none());
     }
 }

@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use datafusion::sql::parser::Statement as DFStatement;
-use datafusion::sql::sqlparser::ast::{Expr, ObjectName, Value, Visit, Visitor};
+use datafusion::sql::sqlparser::ast::{
+    Expr, FunctionArg, FunctionArgExpr, ObjectName, TableFactor, Value, Visit, Visitor,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -29,12 +31,30 @@ pub struct References {
     /// Relation names and bare identifiers, lower-cased (candidates for the plan's tables
     /// and views).
     pub names: BTreeSet<String>,
-    /// String literals and external-table locations (candidates for input files).
+    /// String literals in table-function arguments, and external-table locations
+    /// (candidates for input files).
     pub literals: BTreeSet<String>,
 }
 
 #[derive(Default)]
 struct Collect(References);
+
+/// String literals anywhere inside an expression.
+#[derive(Default)]
+struct Strings(BTreeSet<String>);
+
+impl Visitor for Strings {
+    type Break = ();
+
+    fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+        if let Expr::Value(v) = expr
+            && let Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) = &v.value
+        {
+            self.0.insert(s.clone());
+        }
+        ControlFlow::Continue(())
+    }
+}
 
 impl Visitor for Collect {
     type Break = ();
@@ -46,6 +66,28 @@ impl Visitor for Collect {
         ControlFlow::Continue(())
     }
 
+    /// Only the arguments of table functions (`red_team_prompts('data/p.jsonl')`,
+    /// `critique(…, constitution => 'c.toml')`, nested ones included) are input positions: a
+    /// literal elsewhere (`concat(a, '.', b)`, `WHERE x = '/'`) is a value, never a file.
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+        let args: &[FunctionArg] = match factor {
+            TableFactor::Table { args: Some(a), .. } => &a.args,
+            TableFactor::Function { args, .. } => args,
+            _ => &[],
+        };
+        for arg in args {
+            let (FunctionArg::Named { arg, .. }
+            | FunctionArg::ExprNamed { arg, .. }
+            | FunctionArg::Unnamed(arg)) = arg;
+            if let FunctionArgExpr::Expr(e) = arg {
+                let mut strings = Strings::default();
+                let _ = e.visit(&mut strings);
+                self.0.literals.extend(strings.0);
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
     fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
         match expr {
             Expr::Identifier(ident) => {
@@ -54,11 +96,6 @@ impl Visitor for Collect {
             Expr::CompoundIdentifier(parts) => {
                 let name: Vec<&str> = parts.iter().map(|p| p.value.as_str()).collect();
                 self.0.names.insert(name.join(".").to_ascii_lowercase());
-            }
-            Expr::Value(v) => {
-                if let Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) = &v.value {
-                    self.0.literals.insert(s.clone());
-                }
             }
             _ => {}
         }
@@ -212,13 +249,23 @@ impl FileFingerprints {
     }
 }
 
+/// Most files an input folder may hold: fingerprinting reads each of them.
+const MAX_FOLDER_FILES: usize = 100_000;
+
+/// The files under `dir`, recursively; symbolic links to folders are not followed (no cycles).
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
             collect_files(&path, out)?;
-        } else {
+        } else if path.is_file() {
             out.push(path);
+        }
+        if out.len() > MAX_FOLDER_FILES {
+            return Err(std::io::Error::other(format!(
+                "more than {MAX_FOLDER_FILES} files: name a file or a smaller folder as the input"
+            )));
         }
     }
     Ok(())
@@ -266,6 +313,11 @@ mod tests {
         );
         let r = refs("CREATE EXTERNAL TABLE x STORED AS PARQUET LOCATION 'data/x/'");
         assert!(r.literals.contains("data/x/"), "{r:?}");
+        // Literals outside table-function arguments are values, not files.
+        let r = refs(
+            "CREATE TABLE t AS SELECT concat(a, '.', b) AS c FROM helpful_sft('h.jsonl') WHERE d <> '/'",
+        );
+        assert_eq!(r.literals, BTreeSet::from(["h.jsonl".to_string()]), "{r:?}");
     }
 
     #[test]

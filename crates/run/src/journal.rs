@@ -29,9 +29,10 @@
 //! run the session's segments are merged into one, streamed, without its failures.
 //!
 //! `journal/SCHEME` names the request-hash scheme the journal's keys were computed with
-//! ([`caiflow_llm::REQUEST_HASH_SCHEME`]; a journal without it predates the file). Entries of
-//! another scheme can never match a request of this one: opening such a journal says how many
-//! requests will be sent again, before anything is sent, instead of silently paying twice.
+//! ([`caiflow_llm::REQUEST_HASH_SCHEME`]). Entries of another scheme can never match a request
+//! of this one: opening such a journal says how many requests will be sent again, before
+//! anything is sent, instead of silently paying twice. Nothing is ever deleted for it: a
+//! missing SCHEME file means the current scheme (entries that do not match are never served).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -99,8 +100,13 @@ impl Line {
         Completion {
             text: self.text.unwrap_or_default(),
             finish_reason: self.finish_reason,
-            prompt_tokens: self.prompt_tokens,
-            completion_tokens: self.completion_tokens,
+            // A journal written before counts were checked may hold absurd ones: never
+            // served into a table (they fail its Int64 columns on every resume).
+            prompt_tokens: caiflow_llm::plausible_tokens("prompt tokens", self.prompt_tokens),
+            completion_tokens: caiflow_llm::plausible_tokens(
+                "completion tokens",
+                self.completion_tokens,
+            ),
             top_logprobs: self.top_logprobs,
         }
     }
@@ -214,6 +220,23 @@ pub struct JournalStats {
     pub stale_scheme: Option<String>,
 }
 
+/// Lines taken from the pending list for a write: put back unless the write completed (also
+/// when the flush is dropped mid-write).
+struct Taken<'a> {
+    pending: &'a Mutex<Vec<Line>>,
+    lines: Vec<Line>,
+    done: bool,
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let lines = std::mem::take(&mut self.lines);
+            lock(self.pending).splice(0..0, lines);
+        }
+    }
+}
+
 /// This process's local segment, appended to as outcomes complete.
 #[derive(Debug)]
 struct Append {
@@ -275,8 +298,6 @@ pub struct Journal {
 
 const FOLDER: &str = "journal";
 const SCHEME_FILE: &str = "journal/SCHEME";
-/// What journals written before `journal/SCHEME` existed were keyed by.
-const FIRST_SCHEME: &str = "caiflow-request-v1 (JSON text)";
 /// How often buffered outcomes are written to an object store.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// Buffered outcomes that trigger a write at once.
@@ -304,7 +325,18 @@ impl Journal {
         let (names, indexed) = segments(&store).await?;
         let scheme = match store.get(SCHEME_FILE).await? {
             Some(b) => String::from_utf8_lossy(&b).trim().to_string(),
-            None => FIRST_SCHEME.to_string(),
+            // A lost SCHEME (a partial copy, a hand clean-up) says nothing about the keys:
+            // the entries are kept and served where they match (a key of another scheme can
+            // never match a request of this one, so keeping them costs nothing).
+            None => {
+                if !names.is_empty() {
+                    tracing::warn!(
+                        "{}/{SCHEME_FILE} is missing: the journal's entries are kept and served where they match",
+                        store.display
+                    );
+                }
+                REQUEST_HASH_SCHEME.to_string()
+            }
         };
         let reader = &store;
         // Owned names: the reads' futures borrow nothing but the store (so opening is a
@@ -390,17 +422,11 @@ impl Journal {
         })
     }
 
-    /// Get the journal ready for writing: record this caiflow's hash scheme, drop the
-    /// segments of another scheme (no request of this one can match them), and write the
-    /// indexes that opening had to build.
+    /// Get the journal ready for writing: record this caiflow's hash scheme and write the
+    /// indexes that opening had to build. Segments of another scheme are never deleted
+    /// (paid answers stay on disk, for an older caiflow to serve); no request of this scheme
+    /// matches their keys.
     pub async fn prepare_for_writing(&self) -> Result<()> {
-        if self.stale_scheme.is_some() {
-            for (path, _) in self.store.list(FOLDER).await? {
-                if path.ends_with(".jsonl") || path.ends_with(".idx") {
-                    self.store.delete_one(&path).await?;
-                }
-            }
-        }
         let missing = std::mem::take(&mut *lock(&self.missing));
         for (name, index) in missing {
             self.store
@@ -651,14 +677,46 @@ impl Journal {
         format!("{FOLDER}/{}-{seq:08}", self.session)
     }
 
-    /// Write what is pending as a new segment (and its index).
+    /// Make this process's local appends durable (fsync of its segment and index): called by
+    /// the flusher every [`FLUSH_EVERY`] and at every flush, so a power loss costs at most
+    /// that much of the outcomes, not what the page cache held.
+    pub async fn sync_local(&self) -> Result<()> {
+        let files = {
+            let append = lock(&self.append);
+            match append.as_ref() {
+                Some(a) => Some((a.data.try_clone(), a.index.try_clone())),
+                None => None,
+            }
+        };
+        let Some((data, index)) = files else {
+            return Ok(());
+        };
+        let base = self.local.clone().unwrap_or_default();
+        let synced = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            data?.sync_data()?;
+            index?.sync_data()
+        })
+        .await
+        .map_err(|e| RunError::Store(format!("journal sync: {e}")))?;
+        synced.map_err(|e| RunError::io(base, e))
+    }
+
+    /// Write what is pending as a new segment (and its index). The lines leave the pending
+    /// list only once written: a flush cut short (an error, or its task aborted mid-PUT by a
+    /// stop) puts them back for the next one.
     pub async fn flush(&self) -> Result<()> {
-        let lines = std::mem::take(&mut *lock(&self.pending));
-        if lines.is_empty() {
+        self.sync_local().await?;
+        let mut taken = Taken {
+            pending: &self.pending,
+            lines: std::mem::take(&mut *lock(&self.pending)),
+            done: false,
+        };
+        if taken.lines.is_empty() {
             return Ok(());
         }
+        let lines = &taken.lines;
         let mut segment = SegmentWriter::default();
-        for l in &lines {
+        for l in lines {
             segment.push(l)?;
         }
         let (data, index) = segment.finish();
@@ -674,11 +732,10 @@ impl Journal {
                 .put(&format!("{name}.idx"), Bytes::from(index.clone()))
                 .await
         };
-        if let Err(e) = written.await {
-            // Keep the lines for the next flush: nothing completed is lost to a hiccup.
-            lock(&self.pending).splice(0..0, lines);
-            return Err(e);
-        }
+        // On an error the lines stay for the next flush (`taken` puts them back): nothing
+        // completed is lost to a hiccup.
+        written.await?;
+        taken.done = true;
         let id = self.add_segment(name);
         lock(&self.written).push(id);
         for (key, offset, ok) in index_records(&index) {
@@ -1011,6 +1068,38 @@ mod tests {
             prompt_tokens: Some(i),
             completion_tokens: Some(1),
             top_logprobs: None,
+        }
+    }
+
+    /// A stop that aborts the flusher in the middle of its PUT to an object store loses no
+    /// outcome: the next flush writes them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flush_aborted_mid_put_loses_no_outcome() {
+        use object_store::throttle::{ThrottleConfig, ThrottledStore};
+        let slow = ThrottledStore::new(
+            object_store::memory::InMemory::new(),
+            ThrottleConfig {
+                wait_put_per_call: Duration::from_millis(400),
+                ..Default::default()
+            },
+        );
+        let store = RunStore::in_object_store(Arc::new(slow), "memory://", "r").expect("store");
+        let journal = Arc::new(Journal::open(store.clone()).await.expect("open"));
+        for i in 1..=20 {
+            journal.record(&hash(i), &Ok(answer(i)));
+        }
+        let flusher = journal.spawn_flusher();
+        // The flusher wakes after 100 ms and is then in its 400 ms PUT: stopped there.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        flusher.abort();
+        let _ = flusher.await;
+        journal.flush().await.expect("the next flush");
+        let reopened = Journal::open(store).await.expect("reopen");
+        for i in 1..=20 {
+            assert!(
+                reopened.lookup(&hash(i)).await.is_some(),
+                "outcome {i} lost"
+            );
         }
     }
 

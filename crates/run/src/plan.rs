@@ -23,31 +23,111 @@ pub fn declared_defaults(text: &str) -> BTreeMap<String, String> {
 /// Replace `${name}` and `${name:-default}`, with values from `vars`, then the plan's
 /// `-- @var` defaults, then the inline default. A variable with none of these is an error
 /// naming it (and the line), never an empty string.
+///
+/// Values are substituted as typed literals, never as SQL text, so no value can end a
+/// statement or add one (`--set "limit=1; COPY …"`):
+/// - inside a single-quoted string (`'${prompts}'`) a value is string content: its quotes are
+///   doubled, so a path holding `'` works;
+/// - inside a double-quoted identifier its `"` are doubled;
+/// - outside quotes it must be a number, `true`/`false`/`null`, or a plain identifier
+///   (letters, digits, `_`); anything else is an error naming the variable;
+/// - inside a `--` comment, line breaks become spaces.
 pub fn substitute(text: &str, vars: &BTreeMap<String, String>) -> Result<String> {
     let mut merged = declared_defaults(text);
     merged.extend(vars.iter().map(|(k, v)| (k.clone(), v.clone())));
-    // A declared default may name other variables (`-- @var revise_max_tokens = ${max_tokens}`).
+    // A declared default may name other variables (`-- @var revise_max_tokens = ${max_tokens}`):
+    // resolved as raw text here; quoting applies where the result is used.
     let snapshot = merged.clone();
     for value in merged.values_mut() {
         if value.contains("${") {
-            *value = substitute_once(value, &snapshot)?;
+            *value = expand(value, &snapshot, |_, v, _| Ok(v.to_string()))?;
         }
     }
-    substitute_once(text, &merged)
+    expand(text, &merged, quote_for)
 }
 
-fn substitute_once(text: &str, vars: &BTreeMap<String, String>) -> Result<String> {
+/// Where in SQL text a `${…}` sits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SqlContext {
+    Code,
+    SingleQuoted,
+    DoubleQuoted,
+    Comment,
+}
+
+/// The SQL context at the end of `sql` (a prefix of a plan): tracks quotes and `--` comments.
+fn context_after(sql: &str, mut state: SqlContext) -> SqlContext {
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        state = match (state, c) {
+            (SqlContext::Code, '\'') => SqlContext::SingleQuoted,
+            (SqlContext::Code, '"') => SqlContext::DoubleQuoted,
+            (SqlContext::Code, '-') if chars.peek() == Some(&'-') => {
+                chars.next();
+                SqlContext::Comment
+            }
+            (SqlContext::SingleQuoted, '\'') | (SqlContext::DoubleQuoted, '"') => SqlContext::Code,
+            (SqlContext::Comment, '\n') => SqlContext::Code,
+            (s, _) => s,
+        };
+    }
+    state
+}
+
+/// A value outside quotes: a number, a boolean, NULL or a plain identifier.
+fn is_bare_literal(value: &str) -> bool {
+    let v = value.trim();
+    if v.is_empty() {
+        return false;
+    }
+    let number = v.strip_prefix('-').unwrap_or(v);
+    let is_number = number.parse::<f64>().is_ok_and(f64::is_finite)
+        && number
+            .chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-'));
+    let is_identifier = v
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    is_number || is_identifier
+}
+
+/// `value` made safe for `context` (see [`substitute`]).
+fn quote_for(name: &str, value: &str, context: SqlContext) -> Result<String> {
+    Ok(match context {
+        SqlContext::SingleQuoted => value.replace('\'', "''"),
+        SqlContext::DoubleQuoted => value.replace('"', "\"\""),
+        SqlContext::Comment => value.replace(['\n', '\r'], " "),
+        SqlContext::Code if is_bare_literal(value) => value.trim().to_string(),
+        SqlContext::Code => {
+            let shown: String = value.chars().take(60).collect();
+            return Err(RunError::Plan(format!(
+                "variable '{name}' is used outside quotes, so its value must be a number, true/false or a plain name; got {shown:?}: change the --set value (or quote the variable in the plan: '${{{name}}}')"
+            )));
+        }
+    })
+}
+
+fn expand(
+    text: &str,
+    vars: &BTreeMap<String, String>,
+    quote: impl Fn(&str, &str, SqlContext) -> Result<String>,
+) -> Result<String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
+    let mut context = SqlContext::Code;
     while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
+        let before = &rest[..start];
+        context = context_after(before, context);
+        out.push_str(before);
         let after = &rest[start + 2..];
-        let end = after.find('}').ok_or_else(|| {
-            RunError::Plan(format!(
-                "unclosed '${{' near: {}",
-                &rest[start..rest.len().min(start + 40)]
-            ))
-        })?;
+        let Some(end) = after.find('}') else {
+            let near: String = rest[start..].chars().take(40).collect();
+            return Err(RunError::Plan(format!(
+                "unclosed '${{' near: {near}: close it with '}}'"
+            )));
+        };
         let inner = &after[..end];
         let (name, default) = match inner.split_once(":-") {
             Some((n, d)) => (n.trim(), Some(d)),
@@ -55,11 +135,11 @@ fn substitute_once(text: &str, vars: &BTreeMap<String, String>) -> Result<String
         };
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(RunError::Plan(format!(
-                "invalid variable name '${{{inner}}}'"
+                "invalid variable name '${{{inner}}}': names are letters, digits and '_'"
             )));
         }
         match vars.get(name).map(String::as_str).or(default) {
-            Some(v) => out.push_str(v),
+            Some(v) => out.push_str(&quote(name, v, context)?),
             None => {
                 let line = text[..text.len() - rest.len() + start]
                     .lines()
@@ -251,6 +331,7 @@ pub async fn run_sql(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use datafusion::sql::parser::DFParser;
 
     #[test]
     fn substitutes_values_and_defaults() {
@@ -278,5 +359,56 @@ mod tests {
             .to_string();
         assert!(e.contains("'nope'") && e.contains("line 2"), "{e}");
         assert!(substitute("${unclosed", &BTreeMap::new()).is_err());
+        // An unclosed `${` before multibyte text is an error, not a panic.
+        let multibyte = format!("SELECT ${{a{}", "é".repeat(30));
+        assert!(substitute(&multibyte, &BTreeMap::new()).is_err());
+    }
+
+    #[test]
+    fn values_are_literals_not_sql() {
+        let mut v = BTreeMap::new();
+        v.insert(
+            "limit".to_string(),
+            "1; COPY (SELECT 1) TO '/tmp/x'".to_string(),
+        );
+        let e = substitute("SELECT 1 LIMIT ${limit}", &v)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'limit'") && e.contains("outside quotes"), "{e}");
+        v.insert("p".to_string(), "it's/a b.jsonl".to_string());
+        assert_eq!(
+            substitute("SELECT * FROM f('${p}')", &v).unwrap(),
+            "SELECT * FROM f('it''s/a b.jsonl')"
+        );
+        v.insert("p".to_string(), "x'); DROP TABLE t; --".to_string());
+        let sql = substitute("SELECT * FROM f('${p}')", &v).unwrap();
+        assert_eq!(DFParser::parse_sql(&sql).unwrap().len(), 1, "{sql}");
+        for ok in ["12", "-0.5", "1e3", "true", "NULL", "col_a"] {
+            v.insert("x".to_string(), ok.to_string());
+            assert_eq!(
+                substitute("SELECT ${x}", &v).unwrap(),
+                format!("SELECT {ok}")
+            );
+        }
+        v.insert("x".to_string(), "a\nb".to_string());
+        assert_eq!(
+            substitute("-- ${x}\nSELECT 1", &v).unwrap(),
+            "-- a b\nSELECT 1"
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever a `--set` value holds, substituting it never panics, and inside quotes
+        /// it never adds a statement.
+        #[test]
+        fn any_value_stays_one_literal(value in "\\PC*", template in "[ -~]{0,40}") {
+            let mut v = BTreeMap::new();
+            v.insert("p".to_string(), value);
+            if let Ok(sql) = substitute("SELECT * FROM t WHERE a = '${p}'", &v) {
+                proptest::prop_assert_eq!(DFParser::parse_sql(&sql).map(|s| s.len()).unwrap_or(1), 1);
+            }
+            let _ = substitute(&template, &v);
+            let _ = substitute(&format!("{template}${{p"), &v);
+        }
     }
 }

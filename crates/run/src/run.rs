@@ -55,6 +55,10 @@ pub struct Manifest {
     #[serde(default)]
     pub version: u64,
     pub caiflow_version: String,
+    /// Why the table cannot be read (a data file missing, a log entry cut short): a damaged
+    /// table is reported, and recomputed by the next run (the journal makes that free).
+    #[serde(skip)]
+    pub damaged: Option<String>,
 }
 
 fn unix_now() -> u64 {
@@ -69,7 +73,9 @@ async fn table_names(store: &RunStore) -> Result<Vec<String>> {
     let mut names = BTreeSet::new();
     for (path, _) in store.list("").await? {
         let mut parts = path.split('/');
-        if let (Some(table), Some("_delta_log")) = (parts.next(), parts.next()) {
+        if let (Some(table), Some("_delta_log")) = (parts.next(), parts.next())
+            && !table.contains(".damaged-")
+        {
             names.insert(table.to_string());
         }
     }
@@ -87,11 +93,48 @@ pub async fn versions(store: &RunStore, name: &str) -> Result<Vec<delta::Version
 /// The record of table `name`'s latest version, with its rows and error rows counted; None
 /// when the table has no version caiflow wrote.
 pub async fn latest_manifest(store: &RunStore, name: &str) -> Result<Option<Manifest>> {
-    let Some(table) = delta::open(store, name, None).await? else {
-        return Ok(None);
+    let damaged = |why: String| {
+        tracing::warn!(
+            "table {name} of {} is damaged ({why}); a run recomputes it",
+            store.display
+        );
+        Manifest {
+            table: name.to_string(),
+            fingerprint: String::new(),
+            sql: String::new(),
+            data: format!("{name}/"),
+            partition_by: vec![],
+            rows: 0,
+            error_rows: None,
+            inputs: BTreeMap::new(),
+            started_unix: 0,
+            finished_unix: 0,
+            version: 0,
+            caiflow_version: String::new(),
+            damaged: Some(why),
+        }
     };
-    let latest = delta::history(&table).await?.into_iter().next();
-    let Some((version, record)) = latest.and_then(|v| Some((v.clone(), v.record?))) else {
+    let table = match delta::open(store, name, None).await {
+        Ok(Some(table)) => table,
+        Ok(None) => return Ok(None),
+        Err(e) => return Ok(Some(damaged(e.to_string()))),
+    };
+    match read_manifest(store, name, &table).await {
+        Ok(m) => Ok(m),
+        Err(e) => Ok(Some(damaged(e.to_string()))),
+    }
+}
+
+/// The caiflow record of `table`'s latest version, its rows counted.
+async fn read_manifest(
+    store: &RunStore,
+    name: &str,
+    table: &deltalake_core::DeltaTable,
+) -> Result<Option<Manifest>> {
+    let history = delta::history(table).await?;
+    let Some((version, record)) =
+        delta::caiflow_version(&history).and_then(|v| Some((v.clone(), v.record.clone()?)))
+    else {
         tracing::warn!(
             "table {name} of {}: its latest version was not written by caiflow; recomputing",
             store.display
@@ -109,7 +152,7 @@ pub async fn latest_manifest(store: &RunStore, name: &str) -> Result<Option<Mani
     m.finished_unix = version.timestamp_ms.map(|t| (t / 1000) as u64).unwrap_or(0);
     let ctx = datafusion::prelude::SessionContext::new();
     store.register(&ctx);
-    let df = ctx.read_table(delta::provider(&table).await?)?;
+    let df = ctx.read_table(delta::provider(table).await?)?;
     let has_error = df.schema().as_arrow().index_of("error").is_ok();
     m.rows = df.clone().count().await? as u64;
     m.error_rows = if has_error {
@@ -169,8 +212,16 @@ pub async fn register_run_tables(session: &CaiSession, store: &RunStore) -> Resu
     store.register(&session.ctx);
     let mut names = vec![];
     for name in table_names(store).await? {
-        // A folder whose first commit never landed (a kill mid-write) is no table yet.
-        if let Some(table) = delta::open(store, &name, None).await? {
+        // A folder whose first commit never landed (a kill mid-write) is no table yet; a
+        // damaged one is left out (with a warning), not a failure of every query.
+        let table = match delta::open(store, &name, None).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!("table {name} is damaged and left out: {e}");
+                None
+            }
+        };
+        if let Some(table) = table {
             let _ = session.ctx.deregister_table(name.as_str());
             session
                 .ctx
@@ -187,7 +238,12 @@ pub async fn register_run_files(session: &CaiSession, store: &RunStore) -> Resul
     store.register(&session.ctx);
     let mut names = vec![];
     for name in table_names(store).await? {
-        if delta::open(store, &name, None).await?.is_some() {
+        if delta::open(store, &name, None)
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+        {
             register_table_as(session, store, &name, true).await?;
             names.push(name);
         }
@@ -200,9 +256,11 @@ pub async fn register_run_files(session: &CaiSession, store: &RunStore) -> Resul
 pub async fn register_versions(session: &CaiSession, store: &RunStore) -> Result<Vec<String>> {
     let mut names = vec![];
     for name in table_names(store).await? {
-        let history = versions(store, &name).await?;
+        let Ok(history) = versions(store, &name).await else {
+            continue;
+        };
         for v in history.iter().skip(1) {
-            if let Some(table) = delta::open(store, &name, Some(v.version)).await? {
+            if let Ok(Some(table)) = delta::open(store, &name, Some(v.version)).await {
                 let versioned = format!("{name}@v{}", v.version);
                 let _ = session.ctx.deregister_table(versioned.as_str());
                 session
@@ -401,7 +459,7 @@ impl<'a> Runner<'a> {
         let existing = latest_manifest(self.store, name).await?;
         if let Some(m) = existing
             .as_ref()
-            .filter(|m| m.fingerprint == fingerprint && !forced)
+            .filter(|m| m.fingerprint == fingerprint && !forced && m.damaged.is_none())
         {
             register_table_as(self.session, self.store, name, self.options.cluster).await?;
             self.tables.push((name.to_string(), TableOutcome::Reused));
@@ -429,6 +487,7 @@ impl<'a> Runner<'a> {
             finished_unix: 0,
             version: 0,
             caiflow_version: env!("CARGO_PKG_VERSION").to_string(),
+            damaged: None,
         };
         let record = serde_json::to_value(&manifest).map_err(|e| RunError::Json {
             what: format!("encoding the record of {name}"),

@@ -57,6 +57,33 @@ pub fn register_s3_buckets<'a>(
     Ok(())
 }
 
+/// fsync local files and the folders that hold them (new names are durable only once their
+/// folder is), off the async threads.
+pub async fn sync_paths(paths: Vec<std::path::PathBuf>) -> Result<()> {
+    let synced = tokio::task::spawn_blocking(
+        move || -> std::result::Result<(), (std::path::PathBuf, std::io::Error)> {
+            let mut folders = std::collections::BTreeSet::new();
+            for path in &paths {
+                let file = std::fs::File::open(path).map_err(|e| (path.clone(), e))?;
+                file.sync_all().map_err(|e| (path.clone(), e))?;
+                if let Some(folder) = path.parent() {
+                    folders.insert(folder.to_path_buf());
+                }
+            }
+            for folder in folders {
+                // Folders cannot be opened for syncing everywhere (Windows): best effort there.
+                if let Ok(dir) = std::fs::File::open(&folder) {
+                    let _ = dir.sync_all();
+                }
+            }
+            Ok(())
+        },
+    )
+    .await
+    .map_err(|e| RunError::Store(format!("syncing files: {e}")))?;
+    synced.map_err(|(path, e)| RunError::io(path, e))
+}
+
 #[derive(Clone, Debug)]
 pub struct RunStore {
     store: Arc<dyn ObjectStore>,
@@ -124,6 +151,19 @@ impl RunStore {
         }
     }
 
+    /// Run `run` in an object store given directly (tests: an in-memory or throttled store
+    /// standing in for S3), under `url` (`memory://`).
+    pub fn in_object_store(store: Arc<dyn ObjectStore>, url: &str, run: &str) -> Result<RunStore> {
+        let store_url = Url::parse(url).map_err(|e| store_err(url, e))?;
+        Ok(RunStore {
+            store,
+            url: format!("{}/{run}/", url.trim_end_matches('/')),
+            root: ObjectPath::from(run),
+            store_url: Some(store_url),
+            display: format!("{}/{run}", url.trim_end_matches('/')),
+        })
+    }
+
     /// The local file of a path inside the run, when the store is a local folder.
     pub fn local_path(&self, relative: &str) -> Option<std::path::PathBuf> {
         if self.store_url.is_some() {
@@ -177,12 +217,46 @@ impl RunStore {
         Ok(())
     }
 
+    /// Write an object. On a local store it is durable when this returns: the file and its
+    /// folder are synced (an object store's PUT is durable by itself).
     pub async fn put(&self, relative: &str, bytes: Bytes) -> Result<()> {
         self.store
             .put(&self.path(relative), PutPayload::from_bytes(bytes))
             .await
-            .map(|_| ())
-            .map_err(|e| store_err(&format!("writing {}/{relative}", self.display), e))
+            .map_err(|e| store_err(&format!("writing {}/{relative}", self.display), e))?;
+        if let Some(path) = self.local_path(relative) {
+            sync_paths(vec![path]).await?;
+        }
+        Ok(())
+    }
+
+    /// Create the object only if it does not exist yet: false when it does. Where the store
+    /// cannot create conditionally, it is checked first and then written (best effort).
+    pub async fn put_new(&self, relative: &str, bytes: Bytes) -> Result<bool> {
+        let what = format!("writing {}/{relative}", self.display);
+        let options = object_store::PutOptions {
+            mode: object_store::PutMode::Create,
+            ..Default::default()
+        };
+        let payload = PutPayload::from_bytes(bytes.clone());
+        match self
+            .store
+            .put_opts(&self.path(relative), payload, options)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => Ok(false),
+            Err(object_store::Error::NotImplemented { .. })
+            | Err(object_store::Error::NotSupported { .. }) => {
+                if self.get(relative).await?.is_some() {
+                    return Ok(false);
+                }
+                self.put(relative, bytes).await?;
+                Ok(true)
+            }
+            Err(e) => Err(store_err(&what, e)),
+        }
     }
 
     /// The object's bytes, or None when it does not exist.
@@ -247,6 +321,14 @@ impl RunStore {
             .map_err(|e| store_err(&format!("listing {}/{relative}", self.display), e))?;
         out.sort();
         Ok(out)
+    }
+
+    /// Move an object inside the run (a copy and a delete on object stores).
+    pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        self.store
+            .rename(&self.path(from), &self.path(to))
+            .await
+            .map_err(|e| store_err(&format!("moving {}/{from} to {to}", self.display), e))
     }
 
     pub async fn delete_one(&self, relative: &str) -> Result<()> {

@@ -29,6 +29,8 @@ pub struct LocalCluster {
     tasks: usize,
     /// Environment given to every process (`AWS_*` for an S3 store).
     env: Vec<(String, String)>,
+    /// Arguments every executor gets (`--config`, `--allow`).
+    executor_args: Vec<String>,
     logs: PathBuf,
     _logs: TempDir,
 }
@@ -80,6 +82,19 @@ impl LocalCluster {
         executor_timeout: u64,
         env: Vec<(String, String)>,
     ) -> LocalCluster {
+        Self::start_with(bin, executors, tasks, executor_timeout, env, vec![])
+    }
+
+    /// [`LocalCluster::start_with_env`], every executor started with `executor_args` too
+    /// (`--config FILE`, `--allow DIR`: what it may serve and touch).
+    pub fn start_with(
+        bin: &Path,
+        executors: usize,
+        tasks: usize,
+        executor_timeout: u64,
+        env: Vec<(String, String)>,
+        executor_args: Vec<String>,
+    ) -> LocalCluster {
         let logs = std::env::temp_dir().join(format!(
             "caiflow-cluster-{}-{}",
             std::process::id(),
@@ -108,6 +123,7 @@ impl LocalCluster {
             executors: vec![],
             tasks,
             env,
+            executor_args,
             logs: logs.clone(),
             _logs: TempDir(logs),
         };
@@ -146,6 +162,7 @@ impl LocalCluster {
                 "--heartbeat",
                 "1",
             ])
+            .args(&self.executor_args)
             .stdout(Stdio::null())
             .stderr(log_file(&self.logs, &format!("executor-{n}.log")))
             .spawn()

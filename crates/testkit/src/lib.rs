@@ -4,7 +4,8 @@
 //! a dev-dependency only: nothing users build links axum.
 //!
 //! It answers deterministically and can be told to misbehave: a queue of faults served to
-//! the next requests in order, or a marker in the last user message that makes every such
+//! the next requests in order (hostile ones too: a huge `Retry-After`, absurd `usage`, an
+//! endless or oversized body), or a marker in the last user message that makes every such
 //! request fail (`[[fail:500]]`, `[[fail:400]]`) or answer late (`[[delay:1500]]`, in ms).
 //! It counts requests, by fingerprint too.
 //!
@@ -43,6 +44,14 @@ pub enum Fault {
     Empty,
     /// The connection is dropped mid-response.
     Drop,
+    /// 429 with this `Retry-After` value, verbatim (`1e20`, `inf`, a date).
+    RetryAfter(String),
+    /// 200 with this body, verbatim (a reply with absurd `usage`, say).
+    Body(String),
+    /// 200 whose body never ends (no Content-Length; chunks until the client hangs up).
+    Endless,
+    /// 200 with a body of this many bytes, announced by its Content-Length.
+    Oversized(usize),
 }
 
 /// How the server behaves under load (the load-and-fault endpoint of benchmarks).
@@ -374,6 +383,20 @@ async fn serve_fault(fault: Option<Fault>) -> Result<(), Response> {
             let failing = futures::stream::once(async { Err::<bytes::Bytes, std::io::Error>(std::io::Error::other("dropped")) });
             Err((StatusCode::OK, axum::body::Body::from_stream(failing)).into_response())
         }
+        Some(Fault::RetryAfter(value)) => {
+            let mut headers = HeaderMap::new();
+            if let Ok(v) = value.parse() {
+                headers.insert("retry-after", v);
+            }
+            Err((StatusCode::TOO_MANY_REQUESTS, headers, "slow down").into_response())
+        }
+        Some(Fault::Body(body)) => Err((StatusCode::OK, body).into_response()),
+        Some(Fault::Endless) => {
+            let chunk = bytes::Bytes::from(vec![b' '; 64 << 10]);
+            let endless = futures::stream::repeat_with(move || Ok::<_, std::io::Error>(chunk.clone()));
+            Err((StatusCode::OK, axum::body::Body::from_stream(endless)).into_response())
+        }
+        Some(Fault::Oversized(n)) => Err((StatusCode::OK, vec![b'x'; n]).into_response()),
         Some(Fault::Empty) => Err((
             StatusCode::OK,
             json!({"choices": [{"message": {"role": "assistant", "content": ""}, "finish_reason": "stop"}]}).to_string(),

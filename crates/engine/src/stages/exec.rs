@@ -151,15 +151,22 @@ pub trait RowStage: fmt::Debug + Send + Sync + 'static {
 
 /// How a grouping stage groups its input: by `key`; a group is complete when it holds as
 /// many rows as its `size_column` says (then it is processed at once, while later groups
-/// still stream in); groups still open when the input ends are processed then.
+/// still stream in); groups still open when the input ends are processed then, and so is
+/// the oldest open group whenever more than [`MAX_OPEN_GROUPS`] are open (a filter that
+/// dropped some of a group's rows must not make memory grow with the input).
 #[derive(Clone, Debug)]
 pub struct Grouping {
     pub key: &'static str,
     pub size_column: Option<&'static str>,
 }
 
+/// Groups open at once before the oldest is processed as it is (see [`Grouping`]). Rows of
+/// one group arrive close together (a `sample` emits a prompt's candidates together), so
+/// only groups missing rows for good stay open this long.
+pub const MAX_OPEN_GROUPS: usize = 4096;
+
 /// Turn a row stream into a stream of groups (see [`Grouping`]). Memory holds only groups
-/// that are still open.
+/// that are still open, at most [`MAX_OPEN_GROUPS`].
 fn group_rows(
     rows: impl futures::Stream<Item = Result<InputRow>> + Send + Unpin + 'static,
     grouping: Grouping,
@@ -167,6 +174,8 @@ fn group_rows(
     struct State<S> {
         rows: S,
         open: std::collections::HashMap<String, Vec<InputRow>>,
+        /// Keys in the order their groups opened (some already closed).
+        order: std::collections::VecDeque<String>,
         ready: std::collections::VecDeque<Vec<InputRow>>,
         done: bool,
         grouping: Grouping,
@@ -174,6 +183,7 @@ fn group_rows(
     let state = State {
         rows,
         open: Default::default(),
+        order: Default::default(),
         ready: Default::default(),
         done: false,
         grouping,
@@ -205,12 +215,27 @@ fn group_rows(
                         continue;
                     };
                     let expected = st.grouping.size_column.and_then(|c| row.u64(c));
+                    if !st.open.contains_key(&key) {
+                        st.order.push_back(key.clone());
+                    }
                     let group = st.open.entry(key.clone()).or_default();
                     group.push(row);
                     if expected.is_some_and(|n| group.len() as u64 >= n)
                         && let Some(g) = st.open.remove(&key)
                     {
                         st.ready.push_back(g);
+                    }
+                    while st.open.len() > MAX_OPEN_GROUPS {
+                        let Some(oldest) = st.order.pop_front() else {
+                            break;
+                        };
+                        if let Some(g) = st.open.remove(&oldest) {
+                            st.ready.push_back(g);
+                        }
+                    }
+                    if st.order.len() > 2 * MAX_OPEN_GROUPS {
+                        let open = &st.open;
+                        st.order.retain(|k| open.contains_key(k));
                     }
                 }
             }

@@ -322,28 +322,45 @@ impl Reader {
             }
         };
         if first == Some(b'[') {
-            // A single JSON array (as the HH red-team attempts file ships): it is one value,
-            // so it is parsed whole; records are numbered from 1 in array order.
-            let values: Vec<Value> = serde_json::from_reader(reader).map_err(|e| {
-                exec_datafusion_err!("{}: invalid JSON array: {e}", self.options.path.display())
-            })?;
-            for (i, v) in values.into_iter().enumerate() {
-                self.accept(i + 1, self.extract_json(&v))?;
-                if self.closed {
-                    break;
-                }
-            }
-            return Ok(());
+            // A single JSON array (as the HH red-team attempts file ships): streamed element by
+            // element (memory does not grow with the file); records are numbered from 1 in
+            // array order.
+            let path = self.options.path.clone();
+            let mut de = serde_json::Deserializer::from_reader(reader);
+            let mut failed = None;
+            let streamed =
+                serde::Deserializer::deserialize_seq(&mut de, EachRecord(self, &mut failed));
+            return match (failed, streamed) {
+                (Some(e), _) => Err(e),
+                // Stopped early (a LIMIT was reached): the rest is never read.
+                (None, _) if self.closed => Ok(()),
+                (None, Ok(())) => Ok(()),
+                (None, Err(e)) => Err(exec_datafusion_err!(
+                    "{}: invalid JSON array: {e}",
+                    path.display()
+                )),
+            };
         }
-        for (i, line) in reader.lines().enumerate() {
-            let line = line.map_err(|e| io_err(&self.options.path, e))?;
-            if line.trim().is_empty() {
-                continue;
+        // Lines as bytes: a line that is not UTF-8 is one skipped record, not a failed file.
+        let mut line_no = 0;
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            let n = reader
+                .read_until(b'\n', &mut buf)
+                .map_err(|e| io_err(&self.options.path, e))?;
+            if n == 0 {
+                break;
             }
-            let record = serde_json::from_str::<Value>(&line)
-                .map_err(|e| format!("invalid JSON: {e}"))
-                .and_then(|v| self.extract_json(&v));
-            self.accept(i + 1, record)?;
+            line_no += 1;
+            let record = match std::str::from_utf8(&buf) {
+                Err(e) => Err(format!("not UTF-8 text ({e})")),
+                Ok(line) if line.trim().is_empty() => continue,
+                Ok(line) => serde_json::from_str::<Value>(line)
+                    .map_err(|e| format!("invalid JSON: {e}"))
+                    .and_then(|v| self.extract_json(&v)),
+            };
+            self.accept(line_no, record)?;
             if self.closed {
                 break;
             }
@@ -688,6 +705,37 @@ fn id_digest(id: &str) -> u128 {
     let mut first = [0u8; 16];
     first.copy_from_slice(&b[..16]);
     u128::from_le_bytes(first)
+}
+
+/// Takes a JSON array's elements one at a time into the reader (see `read_json`); the
+/// reader's own error, if one stops it, is put in the second field.
+struct EachRecord<'a>(&'a mut Reader, &'a mut Option<DataFusionError>);
+
+impl<'de> serde::de::Visitor<'de> for EachRecord<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON array of records")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<(), A::Error> {
+        let mut i = 0usize;
+        while let Some(v) = seq.next_element::<Value>()? {
+            i += 1;
+            let record = self.0.extract_json(&v);
+            if let Err(e) = self.0.accept(i, record) {
+                *self.1 = Some(e);
+                return Err(serde::de::Error::custom("stopped"));
+            }
+            if self.0.closed {
+                return Err(serde::de::Error::custom("stopped"));
+            }
+        }
+        Ok(())
+    }
 }
 
 pub(crate) fn io_err(path: &Path, e: std::io::Error) -> DataFusionError {

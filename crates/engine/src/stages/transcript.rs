@@ -66,6 +66,23 @@ pub fn conversation_until_last_human(transcript: &str) -> Result<Vec<Message>, &
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Any transcript text (markers anywhere, multibyte text around them) is read or
+        /// refused, never a panic.
+        #[test]
+        fn any_transcript_reads_or_fails_cleanly(
+            parts in proptest::collection::vec(("\\PC{0,20}", proptest::bool::ANY), 0..8)
+        ) {
+            let text: String = parts
+                .iter()
+                .map(|(t, human)| format!("\n\n{}: {t}", if *human { "Human" } else { "Assistant" }))
+                .collect();
+            let _ = parse_turns(&text);
+            let _ = first_human_turn(&text);
+            let _ = conversation_until_last_human(&text);
+        }
+    }
+
     #[test]
     fn first_turn_between_markers() {
         let t =

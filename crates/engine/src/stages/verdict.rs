@@ -152,6 +152,25 @@ fn id_after(text: &str, key: &str) -> Option<usize> {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Whatever a judge answers, parsing gives a verdict or a reason, never a panic, and
+        /// a pick names candidates that exist.
+        #[test]
+        fn any_answer_parses_or_fails_cleanly(text in "\\PC{0,200}", n in 0usize..6) {
+            if let Ok((Verdict::Pick { chosen, rejected }, _)) = parse_verdict(&text, n) {
+                proptest::prop_assert!(chosen >= 1 && chosen <= n && rejected >= 1 && rejected <= n);
+            }
+        }
+
+        #[test]
+        fn dict_like_answers_parse_or_fail_cleanly(
+            a in proptest::num::i64::ANY, b in "\\PC{0,12}", tail in "\\PC{0,40}", n in 0usize..6,
+        ) {
+            let text = format!("{{'chosen': {a}, 'rejected': '{b}'}} {tail}");
+            let _ = parse_verdict(&text, n);
+        }
+    }
+
     #[test]
     fn every_accepted_form() {
         let pick = Verdict::Pick {
