@@ -373,6 +373,8 @@ impl Endpoint {
         };
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let mut attempts = 0;
+        // Attempts that reached the server: one halted while it waited was never sent.
+        let mut sent = 0;
         let result = loop {
             attempts += 1;
             self.counters.attempts.fetch_add(1, Ordering::Relaxed);
@@ -383,6 +385,7 @@ impl Endpoint {
                 if let Some(why) = self.halted() {
                     break Err(why);
                 }
+                sent += 1;
                 let now = self.counters.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
                 self.counters
                     .peak_in_flight
@@ -438,7 +441,7 @@ impl Endpoint {
         let usage = match &result {
             Ok(c) => self.used(c, estimate),
             // A request that failed used no tokens the server reported, but was sent.
-            Err(_) if attempts > 0 => Usage {
+            Err(_) if sent > 0 => Usage {
                 requests: 1,
                 ..Default::default()
             },

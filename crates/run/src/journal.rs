@@ -683,10 +683,9 @@ impl Journal {
     pub async fn sync_local(&self) -> Result<()> {
         let files = {
             let append = lock(&self.append);
-            match append.as_ref() {
-                Some(a) => Some((a.data.try_clone(), a.index.try_clone())),
-                None => None,
-            }
+            append
+                .as_ref()
+                .map(|a| (a.data.try_clone(), a.index.try_clone()))
         };
         let Some((data, index)) = files else {
             return Ok(());

@@ -896,3 +896,46 @@ impl Assembler {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{StringArray, UInt64Array};
+    use datafusion::arrow::datatypes::DataType;
+
+    /// Groups that never complete (a filter dropped some of their rows) do not pile up:
+    /// the oldest is processed as it is once more than `MAX_OPEN_GROUPS` are open.
+    #[tokio::test]
+    async fn incomplete_groups_are_bounded() {
+        let groups = 3 * MAX_OPEN_GROUPS;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("prompt_id", DataType::Utf8, false),
+            Field::new("num_samples", DataType::UInt64, false),
+        ]));
+        // One row of each group arrives; each says the group has two.
+        let ids: Vec<String> = (0..groups).map(|i| format!("p{i}")).collect();
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(ids)),
+                Arc::new(UInt64Array::from(vec![2u64; groups])),
+            ],
+        )
+        .expect("batch");
+        let rows: Vec<Result<InputRow>> = InputBatch::new(batch).rows().map(Ok).collect();
+        let grouping = Grouping {
+            key: "prompt_id",
+            size_column: Some("num_samples"),
+        };
+        // The input never ends: only bounded eviction can release groups.
+        let endless = futures::stream::iter(rows).chain(futures::stream::pending());
+        let out = group_rows(Box::pin(endless), grouping);
+        let released: Vec<_> = out.take(groups - MAX_OPEN_GROUPS).collect().await;
+        assert_eq!(released.len(), groups - MAX_OPEN_GROUPS);
+        assert_eq!(
+            released[0].as_ref().expect("group")[0].str("prompt_id"),
+            Some("p0"),
+            "the oldest first"
+        );
+    }
+}
