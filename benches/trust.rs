@@ -3,6 +3,10 @@
 //! calls against a server whose every answer is an endless body (read up to
 //! `max_response_mib`, then failed).
 //!
+//! It also runs the parsers of outside data (server replies, judge verdicts, caiflow.toml,
+//! plan variables) on random inputs: 20 s each under `cargo bench`, 1 s under `cargo test`
+//! (the CI's short property runs are the proptests beside each parser).
+//!
 //! `cargo bench --bench trust [-- MIB]` (default 1,024 MiB of records). Under `cargo test` it
 //! runs a 16 MiB smoke version.
 
@@ -78,6 +82,7 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(if benching { 1024 } else { 16 });
+    fuzz_parsers(if benching { 20.0 } else { 1.0 });
     let dir = tempfile::tempdir().expect("tempdir");
     let (array, lines, n) = write_inputs(dir.path(), mib);
     for (what, path) in [("JSON array", &array), ("JSONL", &lines)] {
@@ -128,4 +133,97 @@ fn main() {
             server.requests()
         );
     });
+}
+
+/// The longer property run: random inputs through the parsers of outside data (server
+/// replies, judge verdicts, caiflow.toml, plan variables) for a few seconds each, counting
+/// cases; any panic fails the bench.
+fn fuzz_parsers(seconds: f64) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2212_08073);
+    let pieces = [
+        "{",
+        "}",
+        "[",
+        "]",
+        "\"",
+        ":",
+        ",",
+        "choices",
+        "message",
+        "content",
+        "usage",
+        "prompt_tokens",
+        "9223372036854775808",
+        "-1",
+        "1e308",
+        "null",
+        "true",
+        "é",
+        "\u{2028}",
+        "chosen",
+        "rejected",
+        "'",
+        "(A)",
+        "(B)",
+        "[endpoints.p]",
+        "base_url",
+        "=",
+        "\n",
+        "${",
+        "}",
+        ":-",
+        "max_concurrency",
+        "0",
+        "inf",
+        "nan",
+        "\\",
+        "<think>",
+        "\u{7f}",
+    ];
+    let mut random_text = |rng: &mut rand_chacha::ChaCha8Rng| -> String {
+        let n = rng.gen_range(0..40);
+        (0..n)
+            .map(|_| {
+                if rng.gen_bool(0.8) {
+                    pieces[rng.gen_range(0..pieces.len())].to_string()
+                } else {
+                    char::from_u32(rng.gen_range(0..0x3000))
+                        .unwrap_or('?')
+                        .to_string()
+                }
+            })
+            .collect()
+    };
+    let mut vars = std::collections::BTreeMap::new();
+    for (name, parse) in [
+        ("server replies", 0),
+        ("judge verdicts", 1),
+        ("caiflow.toml", 2),
+        ("plan variables", 3),
+    ] {
+        let started = Instant::now();
+        let mut cases = 0u64;
+        while started.elapsed().as_secs_f64() < seconds {
+            let text = random_text(&mut rng);
+            match parse {
+                0 => {
+                    let _ = caiflow_llm::openai::parse_chat_body(&text);
+                }
+                1 => {
+                    let _ = caiflow_engine::stages::verdict::parse_verdict(&text, 4);
+                }
+                2 => {
+                    let _ = caiflow_llm::config::Config::parse(&text);
+                }
+                _ => {
+                    vars.insert("v".to_string(), text.clone());
+                    let _ = caiflow_run::plan::substitute("SELECT '${v}', ${v}", &vars);
+                    let _ = caiflow_run::plan::substitute(&text, &vars);
+                }
+            }
+            cases += 1;
+        }
+        println!("trust_fuzz: {name}: {cases} random inputs in {seconds:.0} s, no panic");
+    }
 }

@@ -153,8 +153,10 @@ async fn a_recomputed_table_is_a_new_version_and_the_old_one_stays_readable() {
     ));
     assert_eq!(history.trim(), "2");
 
-    // vacuum keeps the newest version only: its rows stay, the old version's files go.
-    let (out, _) = ok(caiflow().args(["vacuum", run.to_str().expect("path")]));
+    // vacuum with no retention window keeps the newest version only: its rows stay, the old
+    // version's files go.
+    let (out, _) =
+        ok(caiflow().args(["vacuum", run.to_str().expect("path"), "--retain-hours", "0"]));
     let deleted: usize = out
         .lines()
         .find(|l| l.starts_with("table revisions:"))

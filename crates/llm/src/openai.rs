@@ -193,7 +193,7 @@ fn lenient_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, 
 
 /// Parse a 200 body. A body that is not the expected JSON, or that holds no text, is a
 /// retryable failure: servers under load do send truncated or empty answers.
-pub(crate) fn parse_chat_body(body: &str) -> Result<Completion, AttemptError> {
+pub fn parse_chat_body(body: &str) -> Result<Completion, AttemptError> {
     let parsed: ChatResponse = serde_json::from_str(body).map_err(|e| {
         let snippet: String = body.chars().take(120).collect();
         AttemptError::retryable(format!("malformed response body ({e}): {snippet:?}"))
