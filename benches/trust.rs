@@ -181,7 +181,7 @@ fn fuzz_parsers(seconds: f64) {
         "<think>",
         "\u{7f}",
     ];
-    let mut random_text = |rng: &mut rand_chacha::ChaCha8Rng| -> String {
+    let random_text = |rng: &mut rand_chacha::ChaCha8Rng| -> String {
         let n = rng.gen_range(0..40);
         (0..n)
             .map(|_| {
