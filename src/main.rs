@@ -918,13 +918,16 @@ async fn cmd_repair(
             store.display
         ),
     };
-    if let Some(cwd) = &plan.cwd {
-        std::env::set_current_dir(cwd).with_context(|| {
-            format!(
-                "the run was made in {}, which its plan's relative paths name: that folder is gone",
-                cwd.display()
-            )
-        })?;
+    // The plan's relative paths resolve where the run was made; a run made on another
+    // machine (an S3 store) resolves them here instead, with a warning.
+    match &plan.cwd {
+        Some(cwd) if cwd.is_dir() => std::env::set_current_dir(cwd)
+            .with_context(|| format!("entering {}, where the run was made", cwd.display()))?,
+        Some(cwd) => eprintln!(
+            "caiflow: warning: the run was made in {}, which is not here: its plan's relative paths resolve against the current folder",
+            cwd.display()
+        ),
+        None => {}
     }
     let mut from: BTreeSet<String> = tables.iter().map(|t| t.to_ascii_lowercase()).collect();
     if from.is_empty() {
@@ -1480,7 +1483,12 @@ fn without_wrappers(message: &str) -> String {
     for w in WRAPPERS {
         out = out.replace(w, "");
     }
-    out
+    // One line: DataFusion's hints ("Did you mean …?") come on a line of their own.
+    out.split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Ctrl-C or SIGTERM (a service manager's or a container's stop): both stop gracefully.

@@ -58,12 +58,11 @@ pub fn check_bind(what: &str, addr: SocketAddr, token: Option<&str>) -> Result<(
     )))
 }
 
-/// The signature of a task's run options under `token`.
-pub fn sign(token: &str, options: &RunOptions) -> String {
-    // A key of any length is accepted by HMAC.
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(token.as_bytes()) else {
-        return String::new();
-    };
+/// The MAC of a task's run options under `token`, fed with every field that says what the
+/// task may touch.
+fn mac(token: &str, options: &RunOptions) -> Option<Hmac<Sha256>> {
+    // HMAC takes a key of any length: this fails for no token.
+    let mut mac = Hmac::<Sha256>::new_from_slice(token.as_bytes()).ok()?;
     for part in [
         options.store.as_str(),
         options.run.as_str(),
@@ -73,7 +72,14 @@ pub fn sign(token: &str, options: &RunOptions) -> String {
         mac.update(&(part.len() as u64).to_le_bytes());
         mac.update(part.as_bytes());
     }
-    hex::encode(mac.finalize().into_bytes())
+    Some(mac)
+}
+
+/// The signature of a task's run options under `token`.
+pub fn sign(token: &str, options: &RunOptions) -> String {
+    mac(token, options)
+        .map(|m| hex::encode(m.finalize().into_bytes()))
+        .unwrap_or_default()
 }
 
 /// Whether `options` were signed by a holder of `token` (always, without a token).
@@ -81,24 +87,13 @@ pub fn verify(token: Option<&str>, options: &RunOptions) -> std::result::Result<
     let Some(token) = token else {
         return Ok(());
     };
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(token.as_bytes()) else {
-        return Err("the cluster token cannot key a signature".into());
-    };
-    for part in [
-        options.store.as_str(),
-        options.run.as_str(),
-        options.endpoints.as_str(),
-        &options.executors.to_string(),
-    ] {
-        mac.update(&(part.len() as u64).to_le_bytes());
-        mac.update(part.as_bytes());
-    }
     let given = hex::decode(&options.auth).unwrap_or_default();
-    mac.verify_slice(&given).map_err(|_| {
-        format!(
+    match mac(token, options).map(|m| m.verify_slice(&given)) {
+        Some(Ok(())) => Ok(()),
+        _ => Err(format!(
             "refused: the job is not signed with this cluster's token ({TOKEN_ENV}); set the cluster's {TOKEN_ENV} for the client"
-        )
-    })
+        )),
+    }
 }
 
 /// What decides whether two endpoint definitions reach the same server with the same key.

@@ -25,7 +25,7 @@ pub enum LlmError {
     #[error("HTTP client: {0}")]
     HttpClient(Arc<reqwest::Error>),
     /// The endpoint cannot take requests at all (server unreachable, model not loadable).
-    #[error("endpoint '{endpoint}'{}", match at { Some(url) => format!(" at {url} {reason}"), None => format!(": {reason}") })]
+    #[error("endpoint '{endpoint}'{}", match at { Some(url) => format!(" at {url} {reason}: start its server, or change its base_url in the configuration"), None => format!(": {reason}") })]
     Unavailable {
         endpoint: String,
         at: Option<String>,
