@@ -304,6 +304,16 @@ async fn rl_cai_plan_judges_every_prompt_and_exports_rm_and_dpo() {
     }
 }
 
+/// `caiflow run plans/sl_cai.sql --config CONFIG --store STORE`, more arguments to add.
+fn sl_run(config: &std::path::Path, store: &std::path::Path) -> Command {
+    let mut cmd = caiflow();
+    cmd.args(["run", "plans/sl_cai.sql", "--config"])
+        .arg(config)
+        .arg("--store")
+        .arg(store);
+    cmd
+}
+
 fn mock_config(dir: &std::path::Path, server: &MockServer) -> std::path::PathBuf {
     let config = dir.join("caiflow.toml");
     std::fs::write(
@@ -328,12 +338,8 @@ async fn set_values_are_literals_not_sql() {
     std::fs::write(&prompts, "{\"prompt\": \"a\"}\n{\"prompt\": \"b\"}\n").unwrap();
     let target = dir.path().join("written-by-injection");
     for dry in [true, false] {
-        let mut cmd = caiflow();
-        cmd.args(["run", "plans/sl_cai.sql", "--config"])
-            .arg(&config)
-            .arg("--store")
-            .arg(dir.path())
-            .arg("--set")
+        let mut cmd = sl_run(&config, dir.path());
+        cmd.arg("--set")
             .arg(format!("prompts={}", prompts.display()))
             .arg("--set")
             .arg(format!(
@@ -357,11 +363,7 @@ async fn set_values_are_literals_not_sql() {
     assert_eq!(server.requests(), 0);
     // A quote in a path is part of the path.
     let (_, stderr) = run_ok(
-        caiflow()
-            .args(["run", "plans/sl_cai.sql", "--config"])
-            .arg(&config)
-            .arg("--store")
-            .arg(dir.path())
+        sl_run(&config, dir.path())
             .arg("--set")
             .arg(format!("prompts={}", prompts.display())),
     );
@@ -424,11 +426,7 @@ async fn export_refuses_split_values_that_are_not_file_names() {
     let dir = tempfile::tempdir().unwrap();
     let config = mock_config(dir.path(), &server);
     let outside = dir.path().join("outside");
-    let out = caiflow()
-        .args(["run", "plans/sl_cai.sql", "--config"])
-        .arg(&config)
-        .arg("--store")
-        .arg(dir.path())
+    let out = sl_run(&config, dir.path())
         .arg("--set")
         .arg(format!("splits={}=1", outside.display()))
         .output()

@@ -10,8 +10,13 @@ use caiflow_testkit::{Fault, MockServer};
 use common::*;
 
 fn caiflow() -> Command {
+    caiflow_in(&repo_root())
+}
+
+/// caiflow run from `dir` (a user's folder other than the repository).
+fn caiflow_in(dir: &std::path::Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_caiflow"));
-    c.current_dir(repo_root());
+    c.current_dir(dir);
     c
 }
 
@@ -561,8 +566,7 @@ async fn repair_uses_the_runs_own_configuration_from_any_folder() {
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_caiflow"))
-        .current_dir(elsewhere.path())
+    let out = caiflow_in(elsewhere.path())
         .args(["repair", f.run_dir("r").to_str().unwrap(), "--config"])
         .arg(&other)
         .output()
@@ -577,8 +581,7 @@ async fn repair_uses_the_runs_own_configuration_from_any_folder() {
 
     // From that folder (its caiflow.toml names another model), without --config: the run's
     // own configuration; only the failed rows are asked again.
-    let out = Command::new(env!("CARGO_BIN_EXE_caiflow"))
-        .current_dir(elsewhere.path())
+    let out = caiflow_in(elsewhere.path())
         .args(["repair", f.run_dir("r").to_str().unwrap()])
         .output()
         .unwrap();

@@ -9,7 +9,7 @@ use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStor
 use object_store::ObjectStore;
 use url::Url;
 
-use crate::trust::{Confined, Root, Roots};
+use crate::trust::{Confined, Roots};
 
 /// The object stores of a cluster process. Confined ones (every executor's) reach only the
 /// folders and buckets of their [`Roots`]: local paths through [`Confined`], S3 keys checked
@@ -54,10 +54,7 @@ impl ObjectStoreRegistry for EnvObjectStores {
             Err(e) => match (url.scheme(), url.host_str()) {
                 ("s3", Some(bucket)) => {
                     if let Some(roots) = &self.roots
-                        && !roots
-                            .0
-                            .iter()
-                            .any(|r| matches!(r, Root::S3 { bucket: b, .. } if b == bucket))
+                        && !roots.allows_bucket(bucket)
                     {
                         return Err(datafusion::error::DataFusionError::Execution(format!(
                             "bucket {bucket} is outside the places this executor was started with (--allow)"

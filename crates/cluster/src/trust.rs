@@ -238,6 +238,13 @@ impl Roots {
         })
     }
 
+    /// Whether any place of S3 bucket `bucket` is a root.
+    pub fn allows_bucket(&self, bucket: &str) -> bool {
+        self.0
+            .iter()
+            .any(|r| matches!(r, Root::S3 { bucket: b, .. } if b == bucket))
+    }
+
     /// Whether a run (`store` as the client named it, and the run's name) lies inside a root.
     pub fn allows_run(&self, store: &str, run: &str) -> bool {
         if run.is_empty() || run.contains('/') || run.starts_with('.') {

@@ -85,7 +85,8 @@ async fn plan_variables(store: &RunStore) -> Result<BTreeMap<String, String>> {
         Some(text) => String::from_utf8_lossy(&text).into_owned(),
         None => String::new(),
     };
-    let mut vars = declared_defaults(&text);
+    let declared = declared_defaults(&text);
+    let mut vars = declared.clone();
     if let Some(bytes) = store.get("plan.vars.json").await? {
         let set: BTreeMap<String, String> = serde_json::from_slice(&bytes)?;
         vars.extend(set);
@@ -93,7 +94,6 @@ async fn plan_variables(store: &RunStore) -> Result<BTreeMap<String, String>> {
     let used = |name: &str| {
         text.contains(&format!("${{{name}}}")) || text.contains(&format!("${{{name}:-"))
     };
-    let declared = declared_defaults(&text);
     vars.retain(|k, _| k != "run" && k != "store" && (declared.contains_key(k) || used(k)));
     Ok(vars.into_iter().map(|(k, v)| (k, public(&v))).collect())
 }

@@ -76,6 +76,23 @@ fn delta_err(what: String, e: DeltaTableError) -> RunError {
     }
 }
 
+/// Whether an error opening a table says the table is damaged (its log or files cannot be
+/// made into a version), rather than that the store could not be reached this time (an I/O
+/// or object store error other than a missing object): only damage is reported as such,
+/// moved aside and recomputed; a passing outage stays an error.
+pub fn is_damage(e: &RunError) -> bool {
+    match e {
+        RunError::Delta { cause, .. } => match cause.as_ref() {
+            DeltaTableError::Io { .. } => false,
+            DeltaTableError::ObjectStore { source } => {
+                matches!(source, object_store::Error::NotFound { .. })
+            }
+            _ => true,
+        },
+        _ => false,
+    }
+}
+
 /// The Delta table `name` of the run, not loaded, on the run's own object store.
 fn unloaded(store: &RunStore, name: &str) -> Result<DeltaTable> {
     let url = store.table_url(name)?;
@@ -237,6 +254,7 @@ impl TableWrite<'_> {
         match open(self.store, self.name, None).await {
             Ok(Some(t)) => Ok(t),
             Ok(None) => unloaded(self.store, self.name),
+            Err(e) if !is_damage(&e) => Err(e),
             Err(e) => {
                 let aside = format!(
                     "{}.damaged-{}",

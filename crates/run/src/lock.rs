@@ -96,17 +96,22 @@ impl Drop for RunLock {
 }
 
 impl RunLock {
-    /// Take the run's lease for `command` (`run`, `repair`, `vacuum`); cancelling nothing
-    /// yet, but `stop` is cancelled should another process take the lease over later. Fails,
-    /// naming the holder, when a live process holds it.
+    /// Take the run's lease for `command` (`run`, `repair`, `vacuum`); `stop` is cancelled
+    /// should another process take the lease over later. Fails, naming the holder, when a
+    /// live process holds it.
     pub async fn acquire(
         store: &RunStore,
         command: &str,
         stop: CancellationToken,
     ) -> Result<RunLock> {
         let now = unix_now();
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
         let lease = Lease {
-            id: format!("{:x}-{}", rand_id(), std::process::id()),
+            // This process at this moment: unique among the run's holders.
+            id: format!("{nanos:x}-{}-{}", std::process::id(), host_name()),
             pid: std::process::id(),
             host: host_name(),
             command: command.to_string(),
@@ -219,18 +224,6 @@ fn encode(lease: &Lease) -> Result<Bytes> {
             what: "encoding the run's lease".into(),
             cause: e,
         })
-}
-
-fn rand_id() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.finish()
 }
 
 #[cfg(test)]

@@ -117,10 +117,13 @@ pub async fn latest_manifest(store: &RunStore, name: &str) -> Result<Option<Mani
     let table = match delta::open(store, name, None).await {
         Ok(Some(table)) => table,
         Ok(None) => return Ok(None),
-        Err(e) => return Ok(Some(damaged(e.to_string()))),
+        Err(e) if delta::is_damage(&e) => return Ok(Some(damaged(e.to_string()))),
+        Err(e) => return Err(e),
     };
+    // Reading the rows fails when a data file the log names is gone.
     match read_manifest(store, name, &table).await {
         Ok(m) => Ok(m),
+        Err(e @ (RunError::Io { .. } | RunError::StoreOp { .. })) => Err(e),
         Err(e) => Ok(Some(damaged(e.to_string()))),
     }
 }
