@@ -12,7 +12,7 @@
 use std::process::Command;
 use std::time::Instant;
 
-use caiflow_engine::stages::near_dedup::NearDuplicates;
+use caiflow_engine::dedup::NearDuplicates;
 use caiflow_testkit::proc_status::{status_mib, wait_with_peak_rss};
 use rand::{Rng, SeedableRng};
 

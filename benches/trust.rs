@@ -211,7 +211,7 @@ fn fuzz_parsers(seconds: f64) {
                     let _ = caiflow_llm::openai::parse_chat_body(&text);
                 }
                 1 => {
-                    let _ = caiflow_engine::stages::verdict::parse_verdict(&text, 4);
+                    let _ = caiflow_engine::parse::verdict::parse_verdict(&text, 4);
                 }
                 2 => {
                     let _ = caiflow_llm::config::Config::parse(&text);

@@ -31,12 +31,15 @@ use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConve
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
+use caiflow_engine::stage::StageCall;
+use caiflow_engine::stage::exec::{StageExec, StageExecParts};
+use caiflow_engine::stage::source::{SourceExec, SourceExecParts, SourceTable, task_session};
+use caiflow_engine::stage::spread::SpreadExec;
+use caiflow_engine::stage::table::StageTable;
 use caiflow_engine::stages::blend::{BlendKind, BlendTable};
-use caiflow_engine::stages::exec::{StageCall, StageExec, StageExecParts, StageTable};
 use caiflow_engine::stages::near_dedup::{NearDedupExec, NearDedupTable};
 use caiflow_engine::stages::red_team_generate::RedTeamGenerateTable;
-use caiflow_engine::stages::source::{SourceExec, SourceExecParts, SourceTable, task_session};
-use caiflow_engine::stages::spread::SpreadExec;
+use caiflow_engine::stages::{source_exec, source_table, stage_exec, stage_table};
 use caiflow_run::files::{FilesTable, FilesTableParts};
 use caiflow_run::write_files::{FileWrite, WriteFilesExec, WriteFilesTable};
 
@@ -163,11 +166,11 @@ impl LogicalExtensionCodec for CaiLogicalCodec {
             STAGE => {
                 let call: StageCall = head(&parts)?;
                 let input = self.plan_from(part(&parts, 1)?, ctx)?;
-                Arc::new(StageTable::from_call(call, input)?)
+                Arc::new(stage_table(call, input)?)
             }
             SOURCE => {
                 let call: StageCall = head(&parts)?;
-                Arc::new(SourceTable::from_call(call, &task_session(ctx))?)
+                Arc::new(source_table(call, &task_session(ctx))?)
             }
             BLEND => {
                 let h: BlendHead = head(&parts)?;
@@ -293,11 +296,11 @@ impl PhysicalExtensionCodec for CaiPhysicalCodec {
                 let [input] = inputs else {
                     return internal_err!("caiflow codec: a stage has one input");
                 };
-                Arc::new(StageExec::from_parts(p, input.clone())?)
+                Arc::new(stage_exec(p, input.clone())?)
             }
             SOURCE => {
                 let p: SourceExecParts = head(&parts)?;
-                Arc::new(SourceExec::from_parts(p, ctx)?)
+                Arc::new(source_exec(p, ctx)?)
             }
             SPREAD => {
                 let (key, total): (String, usize) = head(&parts)?;

@@ -41,7 +41,7 @@ pub fn cluster_config() -> SessionConfig {
     let delta: Arc<dyn datafusion::catalog::TableProviderFactory> =
         Arc::new(caiflow_run::delta::DeltaInputs { files: false });
     let factories = TaskTableFactories(vec![(
-        caiflow_engine::stages::input::DELTA.to_string(),
+        caiflow_engine::stage::input::DELTA.to_string(),
         delta,
     )]);
     SessionConfig::new_with_ballista()

@@ -33,7 +33,7 @@ use futures::StreamExt;
 use serde_json::json;
 
 use crate::error::{EngineError, Result};
-use crate::stages::row::{InputBatch, InputRow};
+use crate::stage::row::{InputBatch, InputRow};
 use caiflow_llm::Message;
 use caiflow_llm::chat_template::ChatTemplate;
 

@@ -1,5 +1,5 @@
 //! caiflow's engine: Constitutional AI stages as DataFusion table functions over Arrow record
-//! batches ([`stages`]), the SQL planner for their named arguments ([`sql`]), scalar UDFs
+//! batches ([`stages`], one module per SQL function, on the machinery of [`stage`]), the SQL planner for their named arguments ([`sql`]), scalar UDFs
 //! ([`udf`], and `llm()` in [`llm_udf`]), constitutions and few-shot files ([`constitution`]), trainer exports
 //! ([`export`]) and the session that registers all of it ([`CaiSession`]).
 //!
@@ -9,15 +9,18 @@
 //! `embedded` feature is on).
 
 pub mod constitution;
+pub mod dedup;
 pub mod error;
 pub mod export;
 pub mod journal;
 pub mod keys;
 pub mod llm_udf;
+pub mod parse;
 pub mod progress;
 pub mod resources;
 pub mod session;
 pub mod sql;
+pub mod stage;
 pub mod stages;
 pub mod udf;
 

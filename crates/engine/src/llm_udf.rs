@@ -35,10 +35,11 @@ use futures::StreamExt;
 use crate::journal::JournalHandle;
 use crate::progress::{Progress, StageProgress};
 use crate::resources::LOCAL_WORKER;
-use crate::stages::args::StageArgs;
-use crate::stages::exec::StageEnv;
-use crate::stages::llm_call::{LlmDefaults, LlmOptions, complete, json_response_format};
-use crate::stages::row::TextColumn;
+use crate::stage::args::StageArgs;
+use crate::stage::columns::TextColumn;
+use crate::stage::env::StageEnv;
+use crate::stage::llm_call::complete;
+use crate::stage::options::{LlmDefaults, LlmOptions, json_response_format};
 use caiflow_llm::{Endpoints, Message};
 
 /// The SQL name, and the name of its progress counters.

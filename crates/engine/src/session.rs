@@ -3,7 +3,6 @@
 
 use std::sync::{Arc, Mutex};
 
-use datafusion::catalog::TableFunctionImpl;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
@@ -11,80 +10,9 @@ use crate::journal::{JournalHandle, RequestJournal};
 use crate::llm_udf::{FailedCalls, llm_udf};
 use crate::progress::Progress;
 use crate::sql::NamedArgs;
-use crate::stages::blend::{BlendFunction, BlendKind};
-use crate::stages::critique::CritiqueFactory;
-use crate::stages::exec::{StageFactory, StageFunction};
-use crate::stages::generate::GenerateFactory;
-use crate::stages::helpful::{HelpfulPairsFunction, HelpfulSftFunction};
-use crate::stages::judge::JudgeFactory;
-use crate::stages::near_dedup::NearDedupFunction;
-use crate::stages::prompts::RedTeamPromptsFunction;
-use crate::stages::red_team_generate::RedTeamGenerateFunction;
-use crate::stages::respond::RespondFactory;
-use crate::stages::revise::ReviseFactory;
-use crate::stages::sample::SampleFactory;
-use crate::stages::source::SourceFunction;
+use crate::stages::table_functions;
 use crate::udf;
 use caiflow_llm::Endpoints;
-
-/// The row stages' factories (one per SQL function).
-fn stage_factories() -> Vec<Arc<dyn StageFactory>> {
-    vec![
-        Arc::new(RespondFactory),
-        Arc::new(CritiqueFactory),
-        Arc::new(ReviseFactory),
-        Arc::new(SampleFactory),
-        Arc::new(JudgeFactory),
-        Arc::new(GenerateFactory),
-    ]
-}
-
-/// The factory of the row stage called `function` in SQL.
-pub fn stage_factory(function: &str) -> Option<Arc<dyn StageFactory>> {
-    stage_factories()
-        .into_iter()
-        .find(|f| f.function_name() == function)
-}
-
-/// The source functions (they read a file themselves), without their call wrapper.
-fn sources() -> [(&'static str, Arc<dyn TableFunctionImpl>); 3] {
-    [
-        ("red_team_prompts", Arc::new(RedTeamPromptsFunction)),
-        ("helpful_sft", Arc::new(HelpfulSftFunction)),
-        ("helpful_pairs", Arc::new(HelpfulPairsFunction)),
-    ]
-}
-
-/// The source function called `name` in SQL, without its call wrapper.
-pub fn source_function(name: &str) -> Option<Arc<dyn TableFunctionImpl>> {
-    sources()
-        .into_iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, f)| f)
-}
-
-/// The table functions caiflow adds, by SQL name.
-pub fn table_functions() -> Vec<(&'static str, Arc<dyn TableFunctionImpl>)> {
-    let [prompts, sft, pairs] = sources().map(|(name, inner)| {
-        (
-            name,
-            Arc::new(SourceFunction { name, inner }) as Arc<dyn TableFunctionImpl>,
-        )
-    });
-    let mut functions = vec![prompts];
-    for factory in stage_factories() {
-        functions.push((factory.function_name(), Arc::new(StageFunction(factory))));
-    }
-    functions.extend::<[(&'static str, Arc<dyn TableFunctionImpl>); 6]>([
-        sft,
-        pairs,
-        ("blend", Arc::new(BlendFunction(BlendKind::Sft))),
-        ("blend_pairs", Arc::new(BlendFunction(BlendKind::Pairs))),
-        ("near_dedup", Arc::new(NearDedupFunction)),
-        ("red_team_generate", Arc::new(RedTeamGenerateFunction)),
-    ]);
-    functions
-}
 
 #[derive(Clone)]
 pub struct CaiSession {

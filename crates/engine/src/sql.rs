@@ -19,7 +19,7 @@ use datafusion::sql::sqlparser::ast::{
     Expr as SqlExpr, FunctionArg, FunctionArgExpr, TableFactor, Value,
 };
 
-use crate::stages::args::NAMED_ARG_SEPARATOR;
+use crate::stage::args::NAMED_ARG_SEPARATOR;
 
 #[derive(Debug)]
 pub struct NamedArgs {

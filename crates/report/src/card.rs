@@ -14,7 +14,7 @@ use futures::StreamExt;
 
 use caiflow_engine::CaiSession;
 use caiflow_engine::constitution::Constitution;
-use caiflow_engine::stages::row::TextColumn;
+use caiflow_engine::stage::columns::TextColumn;
 use caiflow_llm::Endpoints;
 use caiflow_run::plan::declared_defaults;
 use caiflow_run::run::register_run_tables;

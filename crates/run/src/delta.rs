@@ -740,7 +740,7 @@ pub fn register_delta_inputs(session: &caiflow_engine::CaiSession, files: bool) 
     let state = session.ctx.state_ref();
     let mut state = state.write();
     state.table_factories_mut().insert(
-        caiflow_engine::stages::input::DELTA.to_string(),
+        caiflow_engine::stage::input::DELTA.to_string(),
         Arc::new(DeltaInputs { files }),
     );
 }

@@ -30,10 +30,10 @@ use datafusion::functions_nested::expr_fn::make_array;
 use datafusion::logical_expr::{Expr, LogicalPlan, cast, col, lit, when};
 use datafusion::physical_plan::ExecutionPlan;
 
-use super::args::StageArgs;
 use super::helpful::sft_schema;
-use super::input::{resolve_input, session_state};
-use super::prompts::message_list_type;
+use super::red_team_prompts::message_list_type;
+use crate::stage::args::StageArgs;
+use crate::stage::input::{resolve_input, session_state};
 use crate::udf::{lit_i64, unit_hash_udf};
 
 /// What is being blended.

@@ -10,21 +10,14 @@
 //! again (`attempts`, default 3, in the same conversation), then recorded as an error row
 //! whose `{output}` is the last raw answer.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::plan_err;
 use datafusion::error::Result;
 
-use super::args::StageArgs;
-use super::cells::{Cell, OutRow};
-use super::exec::{RowStage, StageEnv, StageFactory};
-use super::llm_call::{
-    LlmDefaults, LlmOptions, complete, count_error, json_response_format, lineage_field,
-    null_lineage, text,
-};
-use super::row::InputRow;
+use crate::output_row;
+use crate::stage::options::json_response_format;
+use crate::stage::{Emit, InputRow, Llm, LlmDefaults, LlmOptions, LlmStage, Missing, StageArgs};
 use caiflow_llm::Message;
 
 /// A piece of a template: literal text or an input column's value.
@@ -94,14 +87,13 @@ pub struct Generate {
     attempts: u32,
 }
 
-#[derive(Debug)]
-pub struct GenerateFactory;
+output_row! {
+    /// The answer (its column is named by the `output` option).
+    pub struct Generated { generated: Option<String> }
+}
 
-impl StageFactory for GenerateFactory {
-    fn function_name(&self) -> &'static str {
-        "generate"
-    }
-    fn build(&self, args: &StageArgs, input: &Schema) -> Result<Arc<dyn RowStage>> {
+impl Generate {
+    fn new(args: &StageArgs, input: &Schema) -> Result<Self> {
         let defaults = LlmDefaults {
             few_shot: "none",
             ..Default::default()
@@ -150,18 +142,16 @@ impl StageFactory for GenerateFactory {
             .transpose()?;
         let attempts = args.parsed_or("attempts", 3u32)?;
         args.check("attempts", attempts, attempts >= 1, ">= 1")?;
-        Ok(Arc::new(Generate {
+        Ok(Generate {
             options,
             template,
             messages,
             output,
             response_format,
             attempts,
-        }))
+        })
     }
-}
 
-impl Generate {
     /// The row's turns: the template filled in, or its conversation column.
     fn turns(&self, row: &InputRow) -> Result<Vec<Message>, String> {
         if let Some(column) = &self.messages {
@@ -185,37 +175,41 @@ impl Generate {
 }
 
 #[async_trait]
-impl RowStage for Generate {
-    fn name(&self) -> &str {
-        "generate"
+impl LlmStage for Generate {
+    const NAME: &'static str = "generate";
+    type Row = Generated;
+
+    fn build(args: &StageArgs, input: &Schema) -> Result<Self> {
+        Generate::new(args, input)
+    }
+    fn options(&self) -> &LlmOptions {
+        &self.options
     }
     fn required_columns(&self) -> Vec<&'static str> {
         // The template's columns are checked when the stage is built.
         vec![]
     }
-    fn output_fields(&self) -> Vec<Field> {
-        vec![
-            Field::new(self.output.as_str(), DataType::Utf8, true),
-            lineage_field(&self.output),
-            Field::new("error", DataType::Utf8, true),
-        ]
+    fn fields(&self) -> Vec<Field> {
+        vec![Field::new(self.output.as_str(), DataType::Utf8, true)]
     }
-    fn llm_options(&self) -> Option<&LlmOptions> {
-        Some(&self.options)
+    fn lineage_prefix(&self) -> &str {
+        &self.output
     }
 
-    async fn process(&self, row: InputRow, env: &StageEnv) -> Vec<OutRow> {
-        let failed = |error: String, raw: Option<String>, lineage: Cell| {
-            let error = Some(error);
-            count_error(env, &error);
-            vec![vec![text(raw), lineage, text(error)]]
+    async fn process(
+        &self,
+        row: &InputRow,
+        llm: &Llm<'_>,
+    ) -> Result<Vec<Emit<Generated>>, Missing> {
+        let failed = |error: String, generated: Option<String>, lineage| {
+            Ok(vec![Emit::failed(Generated { generated }, lineage, error)])
         };
-        if let Some(e) = row.str("error") {
-            return failed(e.to_string(), None, null_lineage());
+        if row.str("error").is_some() {
+            return Err(Missing("error"));
         }
-        let mut turns = match self.turns(&row) {
+        let mut turns = match self.turns(row) {
             Ok(t) => t,
-            Err(e) => return failed(format!("generate: {e}"), None, null_lineage()),
+            Err(e) => return failed(format!("generate: {e}"), None, None),
         };
         // The row's key for its sampling seed: its prompt id, else what it asks.
         let key: Vec<u8> = match row.str("prompt_id") {
@@ -229,17 +223,26 @@ impl RowStage for Generate {
                 &[b"generate", self.output.as_bytes(), &key, &attempt_bytes],
             );
             request.params.response_format = self.response_format.clone();
-            let (result, lineage) = complete(env, &request).await;
+            let (result, lineage) = llm.complete(&request).await;
             let raw = match result {
                 Ok(c) => c.text,
-                Err(e) => return failed(format!("generate: {e}"), None, lineage.into()),
+                Err(e) => return failed(format!("generate: {e}"), None, lineage),
             };
             let invalid = match &self.response_format {
                 None => None,
                 Some(_) => serde_json::from_str::<serde_json::Value>(raw.trim()).err(),
             };
             match invalid {
-                None => return vec![vec![text(Some(raw)), lineage.into(), text(None)]],
+                None => {
+                    let row = Generated {
+                        generated: Some(raw),
+                    };
+                    return Ok(vec![Emit {
+                        row,
+                        lineage,
+                        error: None,
+                    }]);
+                }
                 Some(e) if attempt == self.attempts => {
                     return failed(
                         format!(
@@ -247,7 +250,7 @@ impl RowStage for Generate {
                             self.attempts
                         ),
                         Some(raw),
-                        lineage.into(),
+                        lineage,
                     );
                 }
                 Some(e) => {
@@ -258,8 +261,8 @@ impl RowStage for Generate {
                 }
             }
         }
-        // Only with attempts = 0, which the factory refuses.
-        failed("generate: no answer".into(), None, null_lineage())
+        // Only with attempts = 0, which `build` refuses.
+        failed("generate: no answer".into(), None, None)
     }
 }
 

@@ -29,14 +29,14 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_plan::streaming::PartitionStream;
 use serde_json::Value;
 
-use super::args::StageArgs;
-use super::input::{TableRows, delta_table, session_state};
-use super::prompts::{
+use super::red_team_prompts::{
     append_messages, blocking_rows, blocking_source, io_err, message_fields, message_list_type,
     open,
 };
-use super::transcript::parse_turns;
+use crate::parse::transcript::parse_turns;
 use crate::progress::{Progress, StageProgress};
+use crate::stage::args::StageArgs;
+use crate::stage::input::{TableRows, delta_table, session_state};
 use caiflow_llm::Message;
 
 const BATCH_ROWS: usize = 1024;

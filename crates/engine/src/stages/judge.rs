@@ -26,19 +26,19 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::datatypes::Schema;
 use datafusion::common::{plan_datafusion_err, plan_err};
 use datafusion::error::Result;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
-use super::args::StageArgs;
-use super::cells::{CandidateCell, Cell, OutRow, candidates_field};
-use super::exec::{Grouping, RowStage, StageEnv, StageFactory};
-use super::llm_call::{Lineage, LlmDefaults, LlmOptions, complete, count_error, text};
-use super::row::InputRow;
-use super::verdict::{Verdict, parse_verdict};
+use crate::output_row;
+use crate::parse::verdict::{Verdict, parse_verdict};
 use crate::progress::StageProgress;
+use crate::stage::{
+    CandidateCell, Emit, Grouping, InputRow, Lineage, Llm, LlmDefaults, LlmOptions, LlmStage,
+    Missing, StageArgs,
+};
 use caiflow_llm::Message;
 
 pub const DEFAULT_JUDGE_CONSTITUTION: &str =
@@ -63,9 +63,6 @@ pub struct Judge {
     /// Ask the server to constrain the verdict to a JSON schema (`response_format`).
     structured: bool,
 }
-
-#[derive(Debug)]
-pub struct JudgeFactory;
 
 /// The JSON schema of a verdict over `n` responses. The explanation is called `why` so that
 /// it sorts after `chosen` and `rejected`: JSON objects here keep keys sorted, grammar-based
@@ -102,11 +99,8 @@ pub fn parse_principles(text: &str) -> Vec<String> {
         .collect()
 }
 
-impl StageFactory for JudgeFactory {
-    fn function_name(&self) -> &'static str {
-        "judge"
-    }
-    fn build(&self, args: &StageArgs, _input: &Schema) -> Result<Arc<dyn RowStage>> {
+impl Judge {
+    fn new(args: &StageArgs) -> Result<Self> {
         let mode = match args.str_or("mode", "constitution").as_str() {
             "constitution" => Mode::Constitution,
             "principle" => Mode::Principle,
@@ -175,7 +169,7 @@ impl StageFactory for JudgeFactory {
             (1..=20).contains(&top_logprobs),
             "1 to 20",
         )?;
-        Ok(Arc::new(Judge {
+        Ok(Judge {
             options,
             mode,
             attempts,
@@ -184,7 +178,7 @@ impl StageFactory for JudgeFactory {
             clamp,
             top_logprobs,
             structured: args.bool_or("structured", false)?,
-        }))
+        })
     }
 }
 
@@ -204,7 +198,26 @@ struct Candidate {
     response: String,
 }
 
-/// One output row.
+output_row! {
+    /// A prompt's verdict, after its candidates.
+    pub struct JudgeRow {
+        candidates: Vec<CandidateCell>,
+        num_candidates: Option<u32>,
+        candidate_order: Vec<u32>,
+        chosen: Option<String>,
+        rejected: Option<String>,
+        chosen_idx: Option<u32>,
+        rejected_idx: Option<u32>,
+        /// The chosen or the rejected answer was cut off by `max_tokens`.
+        truncated: Option<bool>,
+        label: Option<String>,
+        chosen_prob: Option<f64>,
+        explanation: Option<String>,
+        judge_raw: Option<String>,
+    }
+}
+
+/// A verdict as it is worked out.
 #[derive(Default)]
 struct Judgement {
     num_candidates: u32,
@@ -238,7 +251,7 @@ impl Judgement {
         }
     }
 
-    fn cells(self, candidates: Vec<CandidateCell>) -> OutRow {
+    fn into_row(self, candidates: Vec<CandidateCell>) -> Emit<JudgeRow> {
         // Whether the chosen or the rejected answer was cut off by `max_tokens`.
         let picked: Vec<u32> = [&self.chosen, &self.rejected]
             .into_iter()
@@ -251,22 +264,25 @@ impl Judgement {
                     && c.finish_reason.as_deref() == Some("length")
             })
         });
-        vec![
-            Cell::Candidates(candidates),
-            Cell::U32(Some(self.num_candidates)),
-            Cell::U32List(self.order),
-            text(self.chosen.as_ref().map(|c| c.response.clone())),
-            text(self.rejected.as_ref().map(|c| c.response.clone())),
-            Cell::U32(self.chosen.as_ref().map(|c| c.sample_idx)),
-            Cell::U32(self.rejected.as_ref().map(|c| c.sample_idx)),
-            Cell::Bool(truncated),
-            text(Some(self.label.to_string())),
-            Cell::F64(self.chosen_prob),
-            text(self.explanation),
-            text(self.raw),
-            self.lineage.into(),
-            text(self.error),
-        ]
+        let row = JudgeRow {
+            candidates,
+            num_candidates: Some(self.num_candidates),
+            candidate_order: self.order,
+            chosen: self.chosen.as_ref().map(|c| c.response.clone()),
+            rejected: self.rejected.as_ref().map(|c| c.response.clone()),
+            chosen_idx: self.chosen.as_ref().map(|c| c.sample_idx),
+            rejected_idx: self.rejected.as_ref().map(|c| c.sample_idx),
+            truncated,
+            label: Some(self.label.to_string()),
+            chosen_prob: self.chosen_prob,
+            explanation: self.explanation,
+            judge_raw: self.raw,
+        };
+        Emit {
+            row,
+            lineage: self.lineage,
+            error: self.error,
+        }
     }
 }
 
@@ -284,7 +300,7 @@ impl Judge {
 
     async fn by_constitution(
         &self,
-        env: &StageEnv,
+        llm: &Llm<'_>,
         prompt_id: &str,
         prompt: &str,
         shown: &[Candidate],
@@ -309,7 +325,7 @@ impl Judge {
             if self.structured {
                 request.params.response_format = Some(verdict_format(n));
             }
-            let (result, lineage) = complete(env, &request).await;
+            let (result, lineage) = llm.complete(&request).await;
             let raw = match result {
                 Ok(c) => c.text,
                 Err(e) => {
@@ -320,7 +336,7 @@ impl Judge {
                 Ok((verdict, explanation)) => {
                     // The asks this verdict did not need: a dry run's range of requests.
                     StageProgress::add(
-                        &env.progress.possible_reasks,
+                        &llm.env().progress.possible_reasks,
                         u64::from(self.attempts - attempt),
                     );
                     let mut j = Judgement {
@@ -370,7 +386,7 @@ impl Judge {
 
     async fn by_principles(
         &self,
-        env: &StageEnv,
+        llm: &Llm<'_>,
         prompt_id: &str,
         prompt: &str,
         shown: &[Candidate],
@@ -401,7 +417,7 @@ impl Judge {
             request.params.max_tokens = Some(1);
             request.params.top_logprobs = Some(self.top_logprobs);
             async move {
-                let (result, lineage) = complete(env, &request).await;
+                let (result, lineage) = llm.complete(&request).await;
                 (a, b, swap, result, lineage)
             }
         });
@@ -418,7 +434,8 @@ impl Judge {
                 }
             };
             let Some(top) = completion.top_logprobs.as_ref().filter(|t| !t.is_empty()) else {
-                let name = env
+                let name = llm
+                    .env()
                     .endpoint
                     .as_ref()
                     .map(|e| e.name.as_str())
@@ -501,38 +518,18 @@ pub fn option_a_probability(top: &[Vec<(String, f64)>]) -> Option<f64> {
 }
 
 #[async_trait]
-impl RowStage for Judge {
-    fn name(&self) -> &str {
-        "judge"
+impl LlmStage for Judge {
+    const NAME: &'static str = "judge";
+    type Row = JudgeRow;
+
+    fn build(args: &StageArgs, _input: &Schema) -> Result<Self> {
+        Judge::new(args)
+    }
+    fn options(&self) -> &LlmOptions {
+        &self.options
     }
     fn required_columns(&self) -> Vec<&'static str> {
         vec!["prompt_id", "prompt", "response"]
-    }
-    fn output_fields(&self) -> Vec<Field> {
-        vec![
-            candidates_field("candidates"),
-            Field::new("num_candidates", DataType::UInt32, true),
-            Field::new(
-                "candidate_order",
-                DataType::List(Arc::new(Field::new("item", DataType::UInt32, true))),
-                true,
-            ),
-            Field::new("chosen", DataType::Utf8, true),
-            Field::new("rejected", DataType::Utf8, true),
-            Field::new("chosen_idx", DataType::UInt32, true),
-            Field::new("rejected_idx", DataType::UInt32, true),
-            // The chosen or the rejected answer was cut off by `max_tokens`.
-            Field::new("truncated", DataType::Boolean, true),
-            Field::new("label", DataType::Utf8, true),
-            Field::new("chosen_prob", DataType::Float64, true),
-            Field::new("explanation", DataType::Utf8, true),
-            Field::new("judge_raw", DataType::Utf8, true),
-            super::llm_call::lineage_field("judge"),
-            Field::new("error", DataType::Utf8, true),
-        ]
-    }
-    fn llm_options(&self) -> Option<&LlmOptions> {
-        Some(&self.options)
     }
     fn priority(&self) -> u32 {
         1
@@ -549,11 +546,15 @@ impl RowStage for Judge {
         !CANDIDATE_COLUMNS.contains(&name) && !name.ends_with("_lineage")
     }
 
-    async fn process(&self, row: InputRow, env: &StageEnv) -> Vec<OutRow> {
-        self.process_group(vec![row], env).await
+    async fn process(&self, row: &InputRow, llm: &Llm<'_>) -> Result<Vec<Emit<JudgeRow>>, Missing> {
+        self.process_group(vec![row.clone()], llm).await
     }
 
-    async fn process_group(&self, rows: Vec<InputRow>, env: &StageEnv) -> Vec<OutRow> {
+    async fn process_group(
+        &self,
+        rows: Vec<InputRow>,
+        llm: &Llm<'_>,
+    ) -> Result<Vec<Emit<JudgeRow>>, Missing> {
         let prompt_id = rows
             .first()
             .and_then(|r| r.str("prompt_id"))
@@ -600,12 +601,11 @@ impl RowStage for Judge {
         } else {
             let shown = self.shuffled(&prompt_id, usable);
             match self.mode {
-                Mode::Constitution => self.by_constitution(env, &prompt_id, &prompt, &shown).await,
-                Mode::Principle => self.by_principles(env, &prompt_id, &prompt, &shown).await,
+                Mode::Constitution => self.by_constitution(llm, &prompt_id, &prompt, &shown).await,
+                Mode::Principle => self.by_principles(llm, &prompt_id, &prompt, &shown).await,
             }
         };
-        count_error(env, &judgement.error);
-        vec![judgement.cells(all)]
+        Ok(vec![judgement.into_row(all)])
     }
 }
 

@@ -43,15 +43,16 @@ use datafusion::physical_plan::{
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 
-use super::args::StageArgs;
-use super::exec::{StageEnv, task_env};
-use super::input::{one_stream, projected, resolve_input, session_state};
-use super::lineage::{Lineage, LineageBuilder, lineage_field};
-use super::llm_call::{LlmDefaults, LlmOptions, complete};
-use super::near_dedup::{NearDuplicates, check_threshold};
-use super::row::TextColumn;
+use crate::dedup::{NearDuplicates, check_threshold};
 use crate::keys;
 use crate::progress::StageProgress;
+use crate::stage::args::StageArgs;
+use crate::stage::columns::TextColumn;
+use crate::stage::env::{StageEnv, task_env};
+use crate::stage::input::{one_stream, projected, resolve_input, session_state};
+use crate::stage::lineage::{Lineage, LineageBuilder, lineage_field};
+use crate::stage::llm_call::complete;
+use crate::stage::options::{LlmDefaults, LlmOptions};
 use caiflow_llm::Message;
 
 const NAME: &str = "red_team_generate";

@@ -8,19 +8,30 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::datatypes::Schema;
 use datafusion::error::Result;
 
-use super::args::StageArgs;
-use super::cells::{Cell, OutRow};
-use super::critique::{critique_fields, load_constitution};
-use super::exec::{RowStage, StageEnv, StageFactory};
-use super::llm_call::{
-    Lineage, LlmOptions, base_turns, call, count_error, lineage_field, text, upstream_error,
-};
-use super::row::InputRow;
+use super::critique::load_constitution;
 use crate::constitution::Constitution;
+use crate::output_row;
+use crate::stage::{
+    Emit, InputRow, Lineage, Llm, LlmOptions, LlmStage, Missing, StageArgs, base_turns,
+};
 use caiflow_llm::Message;
+
+output_row! {
+    /// One round: its critique (as `critique` emits it, for rounds after the first made
+    /// here) and the revision.
+    pub struct RoundRow {
+        round: Option<u32>,
+        principle_id: Option<String>,
+        critique_request: Option<String>,
+        critique: Option<String>,
+        critique_lineage: Option<Lineage>,
+        revision_request: Option<String>,
+        revision: Option<String>,
+    }
+}
 
 #[derive(Debug)]
 pub struct Revise {
@@ -29,77 +40,21 @@ pub struct Revise {
     rounds: u32,
 }
 
-#[derive(Debug)]
-pub struct ReviseFactory;
-
-impl StageFactory for ReviseFactory {
-    fn function_name(&self) -> &'static str {
-        "revise"
-    }
-    fn build(&self, args: &StageArgs, _input: &Schema) -> Result<Arc<dyn RowStage>> {
-        let rounds = args.parsed_or("rounds", 1u32)?;
-        args.check("rounds", rounds, (1..=16).contains(&rounds), "1 to 16")?;
-        Ok(Arc::new(Revise {
-            options: LlmOptions::parse(args)?,
-            constitution: load_constitution(args)?,
-            rounds,
-        }))
-    }
-}
-
-/// One output row's cells, in `output_fields` order.
-struct RoundRow {
-    round: u32,
-    principle_id: Option<String>,
-    critique_request: Option<String>,
-    critique: Option<String>,
-    critique_lineage: Option<Lineage>,
-    revision_request: Option<String>,
-    revision: Option<String>,
-    revise_lineage: Option<Lineage>,
-    error: Option<String>,
-}
-
-impl RoundRow {
-    fn cells(self) -> OutRow {
-        vec![
-            Cell::U32(Some(self.round)),
-            text(self.principle_id),
-            text(self.critique_request),
-            text(self.critique),
-            self.critique_lineage.into(),
-            text(self.revision_request),
-            text(self.revision),
-            self.revise_lineage.into(),
-            text(self.error),
-        ]
-    }
-}
-
 impl Revise {
-    fn failed(&self, round: u32, error: String) -> RoundRow {
-        RoundRow {
-            round,
-            principle_id: None,
-            critique_request: None,
-            critique: None,
-            critique_lineage: None,
-            revision_request: None,
-            revision: None,
-            revise_lineage: None,
-            error: Some(error),
-        }
+    /// The first round's number: the input's `round` (a critique's), else 1.
+    fn first_round(row: &InputRow) -> u32 {
+        row.u64("round").map(|r| r as u32).unwrap_or(1)
     }
 
-    async fn rounds(&self, row: &InputRow, env: &StageEnv) -> Vec<RoundRow> {
-        let first_round = row.u64("round").map(|r| r as u32).unwrap_or(1);
+    async fn rounds(&self, row: &InputRow, llm: &Llm<'_>) -> Result<Vec<Emit<RoundRow>>, Missing> {
+        let first_round = Self::first_round(row);
         let (Some(prompt_id), Some(mut turns), Some(response), Some(critique)) = (
             row.str("prompt_id"),
             base_turns(row),
             row.str("response"),
             row.str("critique"),
         ) else {
-            return vec![self.failed(first_round, upstream_error(row, "critique"))];
+            return Err(Missing("critique"));
         };
         let principle_id = row.str("principle_id").unwrap_or_default();
         let Some(mut principle) = self
@@ -108,13 +63,18 @@ impl Revise {
             .iter()
             .find(|p| p.id == principle_id)
         else {
-            return vec![self.failed(
-                first_round,
-                format!(
-                    "revise: principle '{principle_id}' is not in constitution '{}' (give revise the constitution critique used)",
-                    self.constitution.source
-                ),
-            )];
+            let error = format!(
+                "revise: principle '{principle_id}' is not in constitution '{}' (give revise the constitution critique used)",
+                self.constitution.source
+            );
+            return Ok(vec![Emit::failed(
+                RoundRow {
+                    round: Some(first_round),
+                    ..Default::default()
+                },
+                None,
+                error,
+            )]);
         };
         let critique_request = row
             .str("critique_request")
@@ -139,19 +99,22 @@ impl Revise {
                     turns.clone(),
                     &[b"critique", prompt_id.as_bytes(), &round_bytes],
                 );
-                let (result, lineage) = call(env, &request).await;
-                match result {
+                let reply = llm.call(&request).await;
+                match reply.result {
                     Ok(c) => {
                         turns.push(Message::assistant(&c));
-                        current = (principle.critique_request.clone(), c, lineage);
+                        current = (principle.critique_request.clone(), c, reply.lineage);
                     }
                     Err(e) => {
-                        let mut failed =
-                            self.failed(round, format!("critique (round {round}): {e}"));
-                        failed.principle_id = Some(principle.id.clone());
-                        failed.critique_request = Some(principle.critique_request.clone());
-                        failed.critique_lineage = lineage;
-                        out.push(failed);
+                        let failed = RoundRow {
+                            round: Some(round),
+                            principle_id: Some(principle.id.clone()),
+                            critique_request: Some(principle.critique_request.clone()),
+                            critique_lineage: reply.lineage,
+                            ..Default::default()
+                        };
+                        let error = format!("critique (round {round}): {e}");
+                        out.push(Emit::failed(failed, None, error));
                         break;
                     }
                 }
@@ -161,40 +124,54 @@ impl Revise {
                 turns.clone(),
                 &[b"revise", prompt_id.as_bytes(), &round_bytes],
             );
-            let (result, lineage) = call(env, &request).await;
+            let reply = llm.call(&request).await;
             let (critique_request, critique, critique_lineage) = current.clone();
-            let mut row = RoundRow {
-                round,
+            let mut done = RoundRow {
+                round: Some(round),
                 principle_id: Some(principle.id.clone()),
                 critique_request: Some(critique_request),
                 critique: Some(critique),
                 critique_lineage,
                 revision_request: Some(principle.revision_request.clone()),
                 revision: None,
-                revise_lineage: lineage,
-                error: None,
             };
-            match result {
+            match reply.result {
                 Ok(revision) => {
                     turns.push(Message::assistant(&revision));
-                    row.revision = Some(revision);
-                    out.push(row);
+                    done.revision = Some(revision);
+                    out.push(Emit {
+                        row: done,
+                        lineage: reply.lineage,
+                        error: None,
+                    });
                 }
                 Err(e) => {
-                    row.error = Some(format!("revise (round {round}): {e}"));
-                    out.push(row);
+                    let error = format!("revise (round {round}): {e}");
+                    out.push(Emit::failed(done, reply.lineage, error));
                     break;
                 }
             }
         }
-        out
+        Ok(out)
     }
 }
 
 #[async_trait]
-impl RowStage for Revise {
-    fn name(&self) -> &str {
-        "revise"
+impl LlmStage for Revise {
+    const NAME: &'static str = "revise";
+    type Row = RoundRow;
+
+    fn build(args: &StageArgs, _input: &Schema) -> Result<Self> {
+        let rounds = args.parsed_or("rounds", 1u32)?;
+        args.check("rounds", rounds, (1..=16).contains(&rounds), "1 to 16")?;
+        Ok(Revise {
+            options: LlmOptions::parse(args)?,
+            constitution: load_constitution(args)?,
+            rounds,
+        })
+    }
+    fn options(&self) -> &LlmOptions {
+        &self.options
     }
     fn required_columns(&self) -> Vec<&'static str> {
         vec![
@@ -205,29 +182,16 @@ impl RowStage for Revise {
             "critique",
         ]
     }
-    fn output_fields(&self) -> Vec<Field> {
-        let mut f = critique_fields();
-        f.push(Field::new("revision_request", DataType::Utf8, true));
-        f.push(Field::new("revision", DataType::Utf8, true));
-        f.push(lineage_field("revise"));
-        f.push(Field::new("error", DataType::Utf8, true));
-        f
-    }
-    fn llm_options(&self) -> Option<&LlmOptions> {
-        Some(&self.options)
-    }
     fn priority(&self) -> u32 {
         2
     }
-
-    async fn process(&self, row: InputRow, env: &StageEnv) -> Vec<OutRow> {
-        self.rounds(&row, env)
-            .await
-            .into_iter()
-            .map(|r| {
-                count_error(env, &r.error);
-                r.cells()
-            })
-            .collect()
+    fn skipped(&self, row: &InputRow) -> Vec<RoundRow> {
+        vec![RoundRow {
+            round: Some(Self::first_round(row)),
+            ..Default::default()
+        }]
+    }
+    async fn process(&self, row: &InputRow, llm: &Llm<'_>) -> Result<Vec<Emit<RoundRow>>, Missing> {
+        self.rounds(row, llm).await
     }
 }

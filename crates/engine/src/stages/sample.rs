@@ -5,22 +5,16 @@
 //! A prompt's candidates are requested together and leave together, so a downstream `judge`
 //! can start on a prompt as soon as its candidates are in.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::datatypes::Schema;
 use datafusion::common::{plan_datafusion_err, plan_err};
 use datafusion::error::Result;
 
-use super::args::StageArgs;
-use super::cells::{Cell, OutRow};
-use super::exec::{RowStage, StageEnv, StageFactory};
-use super::llm_call::valid_temperature;
-use super::llm_call::{
-    LlmDefaults, LlmOptions, base_turns, call, count_error, lineage_field, null_lineage, text,
-    upstream_error,
+use crate::output_row;
+use crate::stage::options::valid_temperature;
+use crate::stage::{
+    Emit, InputRow, Llm, LlmDefaults, LlmOptions, LlmStage, Missing, StageArgs, base_turns,
 };
-use super::row::InputRow;
 
 pub const DEFAULT_TEMPERATURES: &str = "0.01,0.51,1.01,1.51";
 
@@ -29,9 +23,6 @@ pub struct Sample {
     options: LlmOptions,
     temperatures: Vec<f64>,
 }
-
-#[derive(Debug)]
-pub struct SampleFactory;
 
 pub fn parse_temperatures(spec: &str) -> Result<Vec<f64>> {
     let temps: Vec<f64> = spec
@@ -50,11 +41,33 @@ pub fn parse_temperatures(spec: &str) -> Result<Vec<f64>> {
     Ok(temps)
 }
 
-impl StageFactory for SampleFactory {
-    fn function_name(&self) -> &'static str {
-        "sample"
+output_row! {
+    /// One candidate.
+    pub struct Candidate {
+        sample_idx: Option<u32>,
+        num_samples: Option<u32>,
+        temperature: Option<f64>,
+        response: Option<String>,
     }
-    fn build(&self, args: &StageArgs, _input: &Schema) -> Result<Arc<dyn RowStage>> {
+}
+
+impl Sample {
+    fn candidate(&self, i: usize, response: Option<String>) -> Candidate {
+        Candidate {
+            sample_idx: Some(i as u32),
+            num_samples: Some(self.temperatures.len() as u32),
+            temperature: self.temperatures.get(i).copied(),
+            response,
+        }
+    }
+}
+
+#[async_trait]
+impl LlmStage for Sample {
+    const NAME: &'static str = "sample";
+    type Row = Candidate;
+
+    fn build(args: &StageArgs, _input: &Schema) -> Result<Self> {
         let defaults = LlmDefaults {
             few_shot: "none",
             top_k: Some(50),
@@ -67,52 +80,31 @@ impl StageFactory for SampleFactory {
                 "sample: use temperatures => 'a,b,…' (one candidate per temperature)"
             );
         }
-        Ok(Arc::new(Sample {
+        Ok(Sample {
             options: LlmOptions::parse_with(args, &defaults)?,
             temperatures,
-        }))
+        })
     }
-}
-
-#[async_trait]
-impl RowStage for Sample {
-    fn name(&self) -> &str {
-        "sample"
+    fn options(&self) -> &LlmOptions {
+        &self.options
     }
     fn required_columns(&self) -> Vec<&'static str> {
         vec!["prompt_id", "prompt"]
     }
-    fn output_fields(&self) -> Vec<Field> {
-        vec![
-            Field::new("sample_idx", DataType::UInt32, true),
-            Field::new("num_samples", DataType::UInt32, true),
-            Field::new("temperature", DataType::Float64, true),
-            Field::new("response", DataType::Utf8, true),
-            lineage_field("sample"),
-            Field::new("error", DataType::Utf8, true),
-        ]
-    }
-    fn llm_options(&self) -> Option<&LlmOptions> {
-        Some(&self.options)
+    /// Every candidate, each with the upstream error.
+    fn skipped(&self, _row: &InputRow) -> Vec<Candidate> {
+        (0..self.temperatures.len())
+            .map(|i| self.candidate(i, None))
+            .collect()
     }
 
-    async fn process(&self, row: InputRow, env: &StageEnv) -> Vec<OutRow> {
-        let n = self.temperatures.len() as u32;
-        let (Some(prompt_id), Some(turns)) = (row.str("prompt_id"), base_turns(&row)) else {
-            let error = upstream_error(&row, "prompt");
-            return (0..n)
-                .map(|i| {
-                    count_error(env, &Some(error.clone()));
-                    vec![
-                        Cell::U32(Some(i)),
-                        Cell::U32(Some(n)),
-                        Cell::F64(Some(self.temperatures[i as usize])),
-                        text(None),
-                        null_lineage(),
-                        text(Some(error.clone())),
-                    ]
-                })
-                .collect();
+    async fn process(
+        &self,
+        row: &InputRow,
+        llm: &Llm<'_>,
+    ) -> Result<Vec<Emit<Candidate>>, Missing> {
+        let (Some(prompt_id), Some(turns)) = (row.str("prompt_id"), base_turns(row)) else {
+            return Err(Missing("prompt"));
         };
         let calls = self.temperatures.iter().enumerate().map(|(i, t)| {
             let idx = (i as u32).to_le_bytes();
@@ -120,29 +112,12 @@ impl RowStage for Sample {
                 .options
                 .request(turns.clone(), &[b"sample", prompt_id.as_bytes(), &idx]);
             request.params.temperature = Some(*t);
-            async move {
-                let (result, lineage) = call(env, &request).await;
-                (i as u32, *t, result, lineage)
-            }
+            async move { (i, llm.call(&request).await) }
         });
-        futures::future::join_all(calls)
+        Ok(futures::future::join_all(calls)
             .await
             .into_iter()
-            .map(|(i, t, result, lineage)| {
-                let (response, error) = match result {
-                    Ok(r) => (Some(r), None),
-                    Err(e) => (None, Some(format!("sample: {e}"))),
-                };
-                count_error(env, &error);
-                vec![
-                    Cell::U32(Some(i)),
-                    Cell::U32(Some(n)),
-                    Cell::F64(Some(t)),
-                    text(response),
-                    lineage.into(),
-                    text(error),
-                ]
-            })
-            .collect()
+            .map(|(i, reply)| reply.emit(|response| self.candidate(i, response)))
+            .collect())
     }
 }

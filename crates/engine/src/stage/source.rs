@@ -13,7 +13,6 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
-use datafusion::common::plan_datafusion_err;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result};
@@ -29,7 +28,7 @@ use datafusion::physical_plan::{
 use futures::TryStreamExt;
 
 use super::args::StageArgs;
-use super::exec::StageCall;
+use super::contract::StageCall;
 
 /// A source table function whose tables remember their call.
 #[derive(Debug)]
@@ -45,7 +44,11 @@ impl TableFunctionImpl for SourceFunction {
             args: StageArgs::parse(self.name, args.exprs())?.texts(),
         };
         let inner = self.inner.call_with_args(args)?;
-        Ok(Arc::new(SourceTable { call, inner }))
+        Ok(Arc::new(SourceTable {
+            call,
+            function: self.inner.clone(),
+            inner,
+        }))
     }
 }
 
@@ -65,10 +68,12 @@ pub fn task_session(context: &TaskContext) -> datafusion::execution::SessionStat
         .build()
 }
 
-/// Call a source function again from its call (in the process that received the plan).
-pub fn call_source(call: &StageCall, session: &dyn Session) -> Result<Arc<dyn TableProvider>> {
-    let function = crate::session::source_function(&call.function)
-        .ok_or_else(|| plan_datafusion_err!("no source function named '{}'", call.function))?;
+/// Call the source `function` again from its call (in the process that received the plan).
+fn call_source(
+    function: &dyn TableFunctionImpl,
+    call: &StageCall,
+    session: &dyn Session,
+) -> Result<Arc<dyn TableProvider>> {
     let exprs: Vec<Expr> = call.args.iter().map(|a| lit(a.as_str())).collect();
     function.call_with_args(TableFunctionArgs::new(&exprs, session))
 }
@@ -77,6 +82,8 @@ pub fn call_source(call: &StageCall, session: &dyn Session) -> Result<Arc<dyn Ta
 #[derive(Debug)]
 pub struct SourceTable {
     call: StageCall,
+    /// The source function (without its call wrapper), to call again in another process.
+    function: Arc<dyn TableFunctionImpl>,
     inner: Arc<dyn TableProvider>,
 }
 
@@ -85,10 +92,18 @@ impl SourceTable {
         &self.call
     }
 
-    /// The table of `call`, calling the function again in `session`.
-    pub fn from_call(call: StageCall, session: &dyn Session) -> Result<Self> {
-        let inner = call_source(&call, session)?;
-        Ok(SourceTable { call, inner })
+    /// The table of `call`, calling `function` (the source it names) again in `session`.
+    pub fn from_call(
+        call: StageCall,
+        function: Arc<dyn TableFunctionImpl>,
+        session: &dyn Session,
+    ) -> Result<Self> {
+        let inner = call_source(function.as_ref(), &call, session)?;
+        Ok(SourceTable {
+            call,
+            function,
+            inner,
+        })
     }
 }
 
@@ -116,7 +131,12 @@ impl TableProvider for SourceTable {
             limit,
             partitions: plan.output_partitioning().partition_count(),
         };
-        Ok(Arc::new(SourceExec::new(parts, plan.schema(), Some(plan))))
+        Ok(Arc::new(SourceExec::new(
+            parts,
+            self.function.clone(),
+            plan.schema(),
+            Some(plan),
+        )))
     }
 }
 
@@ -134,6 +154,7 @@ pub struct SourceExecParts {
 #[derive(Debug)]
 pub struct SourceExec {
     parts: SourceExecParts,
+    function: Arc<dyn TableFunctionImpl>,
     schema: SchemaRef,
     planned: Option<Arc<dyn ExecutionPlan>>,
     properties: Arc<PlanProperties>,
@@ -142,6 +163,7 @@ pub struct SourceExec {
 impl SourceExec {
     fn new(
         parts: SourceExecParts,
+        function: Arc<dyn TableFunctionImpl>,
         schema: SchemaRef,
         planned: Option<Arc<dyn ExecutionPlan>>,
     ) -> Self {
@@ -153,21 +175,26 @@ impl SourceExec {
         ));
         SourceExec {
             parts,
+            function,
             schema,
             planned,
             properties,
         }
     }
 
-    /// A node received from another process: the function is called again there (for its
-    /// schema); its rows are read when a partition is executed.
-    pub fn from_parts(parts: SourceExecParts, context: &TaskContext) -> Result<Self> {
-        let table = call_source(&parts.call, &task_session(context))?;
+    /// A node received from another process: `function` (the source its call names) is
+    /// called again there (for its schema); its rows are read when a partition is executed.
+    pub fn from_parts(
+        parts: SourceExecParts,
+        function: Arc<dyn TableFunctionImpl>,
+        context: &TaskContext,
+    ) -> Result<Self> {
+        let table = call_source(function.as_ref(), &parts.call, &task_session(context))?;
         let schema = match &parts.projection {
             Some(p) => Arc::new(table.schema().project(p)?),
             None => table.schema(),
         };
-        Ok(Self::new(parts, schema, None))
+        Ok(Self::new(parts, function, schema, None))
     }
 
     pub fn parts(&self) -> &SourceExecParts {
@@ -223,9 +250,10 @@ impl ExecutionPlan for SourceExec {
             return plan.execute(partition, context);
         }
         let parts = self.parts.clone();
+        let function = self.function.clone();
         let stream = futures::stream::once(async move {
             let state = task_session(&context);
-            let table = call_source(&parts.call, &state)?;
+            let table = call_source(function.as_ref(), &parts.call, &state)?;
             let plan = table
                 .scan(&state, parts.projection.as_ref(), &[], parts.limit)
                 .await?;

@@ -7,98 +7,14 @@
 
 use std::sync::{Arc, OnceLock};
 
-use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Float64Array, LargeStringArray, StringArray, StringViewArray,
-    UInt64Array,
-};
-use datafusion::arrow::buffer::OffsetBuffer;
+use datafusion::arrow::array::{Array, AsArray, Float64Array, UInt64Array};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type, UInt64Type};
 use datafusion::arrow::record_batch::RecordBatch;
 
+use super::columns::{MessagesColumn, TextColumn};
+use super::lineage::{Lineage, LineageColumns};
 use caiflow_llm::Message;
-
-/// A string column of any string type.
-#[derive(Debug)]
-pub enum TextColumn {
-    Utf8(StringArray),
-    Large(LargeStringArray),
-    View(StringViewArray),
-}
-
-impl TextColumn {
-    /// Borrow a column as strings: a downcast for string types, a cast for the rest
-    /// (numbers, dictionaries); `None` for a type that has no text form.
-    pub fn of(array: &dyn Array) -> Option<TextColumn> {
-        Some(match array.data_type() {
-            DataType::Utf8 => TextColumn::Utf8(array.as_string::<i32>().clone()),
-            DataType::LargeUtf8 => TextColumn::Large(array.as_string::<i64>().clone()),
-            DataType::Utf8View => TextColumn::View(array.as_string_view().clone()),
-            _ => {
-                let cast = cast(array, &DataType::Utf8).ok()?;
-                TextColumn::Utf8(cast.as_string::<i32>().clone())
-            }
-        })
-    }
-
-    pub fn get(&self, i: usize) -> Option<&str> {
-        match self {
-            TextColumn::Utf8(a) => a.is_valid(i).then(|| a.value(i)),
-            TextColumn::Large(a) => a.is_valid(i).then(|| a.value(i)),
-            TextColumn::View(a) => a.is_valid(i).then(|| a.value(i)),
-        }
-    }
-}
-
-/// A `List<Struct{role, content}>` column, its items decoded once.
-#[derive(Debug)]
-struct MessagesColumn {
-    list: ArrayRef,
-    offsets: OffsetBuffer<i64>,
-    roles: TextColumn,
-    contents: TextColumn,
-}
-
-impl MessagesColumn {
-    fn of(array: &ArrayRef) -> Option<MessagesColumn> {
-        let (offsets, values) = match array.data_type() {
-            DataType::List(_) => {
-                let l = array.as_list::<i32>();
-                let o: Vec<i64> = l.offsets().iter().map(|&x| x as i64).collect();
-                (OffsetBuffer::new(o.into()), l.values().clone())
-            }
-            DataType::LargeList(_) => {
-                let l = array.as_list::<i64>();
-                (l.offsets().clone(), l.values().clone())
-            }
-            _ => return None,
-        };
-        let items = values.as_struct_opt()?;
-        Some(MessagesColumn {
-            list: array.clone(),
-            offsets,
-            roles: TextColumn::of(items.column_by_name("role")?.as_ref())?,
-            contents: TextColumn::of(items.column_by_name("content")?.as_ref())?,
-        })
-    }
-
-    fn get(&self, i: usize) -> Option<Vec<Message>> {
-        if self.list.is_null(i) {
-            return None;
-        }
-        let (start, end) = (self.offsets[i] as usize, self.offsets[i + 1] as usize);
-        Some(
-            (start..end)
-                .map(|j| {
-                    Message::new(
-                        &self.roles.get(j).unwrap_or_default().to_ascii_lowercase(),
-                        self.contents.get(j).unwrap_or_default(),
-                    )
-                })
-                .collect(),
-        )
-    }
-}
 
 /// One input batch and the typed views of its columns, made on first use.
 #[derive(Debug)]
@@ -108,7 +24,7 @@ pub struct InputBatch {
     uint: Vec<OnceLock<Option<UInt64Array>>>,
     float: Vec<OnceLock<Option<Float64Array>>>,
     messages: Vec<OnceLock<Option<MessagesColumn>>>,
-    lineage: Vec<OnceLock<Option<super::lineage::LineageColumns>>>,
+    lineage: Vec<OnceLock<Option<LineageColumns>>>,
 }
 
 impl InputBatch {
@@ -183,10 +99,10 @@ impl InputBatch {
             .as_ref()
     }
 
-    pub(super) fn lineage(&self, name: &str) -> Option<&super::lineage::LineageColumns> {
+    pub(super) fn lineage(&self, name: &str) -> Option<&LineageColumns> {
         let i = self.index_of(name)?;
         self.lineage[i]
-            .get_or_init(|| super::lineage::LineageColumns::of(self.batch.column(i).as_ref()))
+            .get_or_init(|| LineageColumns::of(self.batch.column(i).as_ref()))
             .as_ref()
     }
 }
@@ -222,7 +138,7 @@ impl InputRow {
     }
 
     /// A lineage struct cell (`{stage}_lineage`).
-    pub fn lineage(&self, name: &str) -> Option<super::lineage::Lineage> {
+    pub fn lineage(&self, name: &str) -> Option<Lineage> {
         self.batch.lineage(name)?.get(self.index)
     }
 
@@ -235,7 +151,11 @@ impl InputRow {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::{DictionaryArray, Int64Array, ListArray, StructArray};
+    use datafusion::arrow::array::{
+        ArrayRef, DictionaryArray, Int64Array, LargeStringArray, ListArray, StringArray,
+        StructArray,
+    };
+    use datafusion::arrow::buffer::OffsetBuffer;
     use datafusion::arrow::datatypes::{Field, Fields, Int32Type};
 
     #[test]

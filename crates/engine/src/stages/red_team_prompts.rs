@@ -41,12 +41,12 @@ use datafusion::physical_plan::streaming::PartitionStream;
 use futures::StreamExt;
 use serde_json::Value;
 
-use super::args::StageArgs;
-use super::input::{TableRows, delta_table, session_state};
-use super::near_dedup::{NearDuplicates, check_threshold};
-use super::transcript::{conversation_until_last_human, first_human_turn};
+use crate::dedup::{NearDuplicates, check_threshold};
 use crate::keys;
+use crate::parse::transcript::{conversation_until_last_human, first_human_turn};
 use crate::progress::{Progress, StageProgress};
+use crate::stage::args::StageArgs;
+use crate::stage::input::{TableRows, delta_table, session_state};
 use caiflow_llm::Message;
 
 const BATCH_ROWS: usize = 1024;

@@ -16,7 +16,7 @@ use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Fields, Float64Type, UInt32Type, UInt64Type};
 
-use super::row::TextColumn;
+use super::columns::TextColumn;
 
 /// The lineage of one request.
 #[derive(Clone, Debug, Default, PartialEq)]
