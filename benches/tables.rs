@@ -11,7 +11,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use caiflow_engine::CaiSession;
 use caiflow_llm::{CancellationToken, Endpoints};
-use caiflow_run::run::{RunOptions, Runner, manifests};
+use caiflow_run::materialize::{RunOptions, Runner, manifests};
 use caiflow_run::store::RunStore;
 use datafusion::dataframe::DataFrameWriteOptions;
 
@@ -108,7 +108,7 @@ async fn main() {
         runner
             .tables
             .iter()
-            .all(|(_, o)| *o == caiflow_run::run::TableOutcome::Reused)
+            .all(|(_, o)| *o == caiflow_run::materialize::TableOutcome::Reused)
     );
     println!(
         "10 tables x 10k rows: first run {first:.2} s; inspect (records and counts) {inspect:.2} s; resumed run, all reused {resumed:.2} s"

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use caiflow_engine::CaiSession;
-use caiflow_run::run::register_run_tables;
+use caiflow_run::materialize::register_run_tables;
 use caiflow_run::store::RunStore;
 use caiflow_testkit::MockServer;
 use caiflow_testkit::cluster::{LocalCluster as Cluster, free_port_pair};

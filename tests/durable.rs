@@ -83,7 +83,7 @@ impl Fixture {
         )
         .unwrap();
         let session = caiflow_engine::CaiSession::new(caiflow_llm::Endpoints::default());
-        caiflow_run::run::register_run_tables(&session, &store)
+        caiflow_run::materialize::register_run_tables(&session, &store)
             .await
             .unwrap();
         let out = collect(&session, "SELECT prompt_id, coalesce(revision, 'ERROR') AS r FROM revisions ORDER BY prompt_id, r").await;

@@ -430,7 +430,7 @@ fn both_plans_run_on_the_embedded_default() {
                 let store =
                     caiflow_run::store::RunStore::open(path.to_str().unwrap(), run).unwrap();
                 let session = caiflow_engine::CaiSession::new(caiflow_llm::Endpoints::default());
-                caiflow_run::run::register_run_tables(&session, &store)
+                caiflow_run::materialize::register_run_tables(&session, &store)
                     .await
                     .unwrap();
                 collect(&session, &format!("SELECT * FROM {table}")).await
@@ -491,7 +491,7 @@ fn augmented_plan_runs_on_the_embedded_default() {
         let run =
             caiflow_run::store::RunStore::open(store.path().to_str().unwrap(), "aug").unwrap();
         let session = caiflow_engine::CaiSession::new(caiflow_llm::Endpoints::default());
-        caiflow_run::run::register_run_tables(&session, &run)
+        caiflow_run::materialize::register_run_tables(&session, &run)
             .await
             .unwrap();
         let generated = collect(&session, "SELECT * FROM generated_prompts").await;

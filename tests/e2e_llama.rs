@@ -32,7 +32,7 @@ async fn committed_table(
     );
     let store = caiflow_run::store::RunStore::open(store, name).unwrap();
     let session = caiflow_engine::CaiSession::new(caiflow_llm::Endpoints::default());
-    caiflow_run::run::register_run_tables(&session, &store)
+    caiflow_run::materialize::register_run_tables(&session, &store)
         .await
         .unwrap();
     collect(&session, &format!("SELECT * FROM {table}")).await

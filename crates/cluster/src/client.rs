@@ -128,10 +128,7 @@ pub async fn connect(
     }
     let slots: usize = executors.iter().map(|(_, s)| s).sum();
     // Without credentials in URLs: executors serve their own definitions of these.
-    let endpoints = Config {
-        endpoints: config.redacted().endpoints,
-        ..Default::default()
-    };
+    let endpoints = config.redacted();
     let endpoints = toml::to_string(&endpoints).map_err(|e| {
         ClusterError::Address(format!("encoding the endpoints for the cluster: {e}"))
     })?;

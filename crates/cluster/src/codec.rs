@@ -40,8 +40,8 @@ use caiflow_engine::stages::blend::{BlendKind, BlendTable};
 use caiflow_engine::stages::near_dedup::{NearDedupExec, NearDedupTable};
 use caiflow_engine::stages::red_team_generate::RedTeamGenerateTable;
 use caiflow_engine::stages::{source_exec, source_table, stage_exec, stage_table};
-use caiflow_run::files::{FilesTable, FilesTableParts};
-use caiflow_run::write_files::{FileWrite, WriteFilesExec, WriteFilesTable};
+use caiflow_run::delta::files_read::{FilesTable, FilesTableParts};
+use caiflow_run::delta::files_write::{FileWrite, WriteFilesExec, WriteFilesTable};
 
 const BALLISTA: u8 = 0;
 const STAGE: u8 = 1;

@@ -120,10 +120,7 @@ pub fn approve(
             "executor {worker} serves no endpoints: start it with --config FILE naming the endpoints it may call"
         ));
     };
-    let mut approved = Config {
-        endpoints: Default::default(),
-        ..task.clone()
-    };
+    let mut approved = Config::default();
     for (name, wanted) in &task.endpoints {
         let id = identity(&wanted.backend);
         let Some(mine) = own.endpoints.values().find(|e| identity(&e.backend) == id) else {

@@ -13,112 +13,13 @@ use crate::error::{LlmError, Result};
 use crate::nemo::NemoPromptForm;
 use crate::retry::RetryPolicy;
 
+/// The endpoints of `caiflow.toml` (`[endpoints.NAME]`). The file's other sections belong to
+/// the crates that use them (`[tables]`: caiflow-run, `[report]`: caiflow-report) and are
+/// ignored here; the binary checks that every section is one of them.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
     pub endpoints: BTreeMap<String, EndpointConfig>,
-    /// How materialized tables are cut into files (`[tables]`).
-    #[serde(default)]
-    pub tables: TablesConfig,
-    /// What `caiflow report` counts (`[report]`).
-    #[serde(default)]
-    pub report: ReportConfig,
-}
-
-/// `[report]`: how `caiflow report` judges answers. Read by caiflow-report; kept here
-/// because this module owns the file's format.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ReportConfig {
-    /// An answer is a refusal when it contains one of these (compared in lower case, with
-    /// typographic apostrophes made straight).
-    pub refusal_phrases: Vec<String>,
-    /// A revision is "unchanged" when equal to the response after case and whitespace
-    /// normalization, or when the Jaccard similarity of their character 3-shingles is at
-    /// least this.
-    pub unchanged_similarity: f64,
-}
-
-/// The default refusal phrases (`[report] refusal_phrases`).
-pub const DEFAULT_REFUSAL_PHRASES: [&str; 18] = [
-    "i can't",
-    "i cannot",
-    "i can not",
-    "i won't",
-    "i will not",
-    "i'm sorry",
-    "i am sorry",
-    "i apologize",
-    "as an ai",
-    "i'm not able to",
-    "i am not able to",
-    "i'm unable to",
-    "i am unable to",
-    "can't help with",
-    "cannot help with",
-    "not appropriate",
-    "i must decline",
-    "i refuse",
-];
-
-impl Default for ReportConfig {
-    fn default() -> Self {
-        ReportConfig {
-            refusal_phrases: DEFAULT_REFUSAL_PHRASES.map(String::from).to_vec(),
-            unchanged_similarity: 0.9,
-        }
-    }
-}
-
-/// `[tables]`: the size of the data files of materialized tables and of their Parquet row
-/// groups. Read by the run (caiflow-run); kept here because this module owns the file's
-/// format.
-///
-/// A table is written as one stream per split: a file grows to `target_file_mib` and then
-/// the next one starts; inside it, a row group is closed at `row_group_mib` (encoded) or
-/// `row_group_rows`, whichever comes first. The writer holds the open row group in memory,
-/// so `row_group_mib` bounds a write's memory (twice it per split being written), and the
-/// file size does not.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TablesConfig {
-    pub target_file_mib: u64,
-    pub row_group_mib: u64,
-    pub row_group_rows: u64,
-}
-
-impl Default for TablesConfig {
-    fn default() -> Self {
-        TablesConfig {
-            target_file_mib: 128,
-            row_group_mib: 16,
-            row_group_rows: 1 << 20,
-        }
-    }
-}
-
-impl TablesConfig {
-    fn validate(&self) -> Result<()> {
-        for (key, value) in [
-            ("target_file_mib", self.target_file_mib),
-            ("row_group_mib", self.row_group_mib),
-            ("row_group_rows", self.row_group_rows),
-        ] {
-            if value == 0 {
-                return Err(LlmError::Config(format!(
-                    "tables.{key} = 0: must be at least 1"
-                )));
-            }
-        }
-        if self.target_file_mib > 1 << 20 || self.row_group_mib > 1 << 20 {
-            return Err(LlmError::Config(
-                "tables.target_file_mib and tables.row_group_mib must be at most 1048576 (1 TiB)"
-                    .into(),
-            ));
-        }
-        Ok(())
-    }
 }
 
 /// One endpoint: what every kind has (model name, budget, timeout, retries, scheduling,
@@ -481,6 +382,12 @@ fn default_concurrency() -> usize {
 
 /// A TOML error on one line: where, and what (toml's own message spans several lines).
 fn toml_error(text: &str, e: &toml::de::Error) -> LlmError {
+    LlmError::Config(describe_toml_error(text, e))
+}
+
+/// A TOML error of `text` (a configuration file) as one line: "line L, column C: what". For
+/// every crate that reads its own section of `caiflow.toml`.
+pub fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
     let place = e
         .span()
         .map(|span| {
@@ -496,7 +403,7 @@ fn toml_error(text: &str, e: &toml::de::Error) -> LlmError {
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect();
-    LlmError::Config(format!("{place}{}", message.join(" ")))
+    format!("{place}{}", message.join(" "))
 }
 
 impl Config {
@@ -527,21 +434,10 @@ impl Config {
             };
             endpoints.insert(name.to_string(), endpoint);
         }
-        Config {
-            endpoints,
-            tables: TablesConfig::default(),
-            report: ReportConfig::default(),
-        }
+        Config { endpoints }
     }
 
     fn validate(&self) -> Result<()> {
-        self.tables.validate()?;
-        let u = self.report.unchanged_similarity;
-        if !(u > 0.0 && u <= 1.0) {
-            return Err(LlmError::Config(format!(
-                "report.unchanged_similarity = {u}: must be in (0, 1]"
-            )));
-        }
         for (name, e) in &self.endpoints {
             if e.max_concurrency == 0 {
                 return Err(LlmError::Config(format!(
@@ -674,20 +570,6 @@ mod tests {
         };
         assert_eq!(judge.api_key_env.as_deref(), Some("NGC_API_KEY"));
         assert_eq!(c.endpoints["judge"].retry.max_attempts, 3);
-    }
-
-    #[test]
-    fn tables_section_is_optional_validated_and_strict() {
-        assert_eq!(Config::parse("").unwrap().tables, TablesConfig::default());
-        let c = Config::parse("[tables]\nrow_group_mib = 8\n").unwrap();
-        assert_eq!((c.tables.row_group_mib, c.tables.target_file_mib), (8, 128));
-        let zero = Config::parse("[tables]\ntarget_file_mib = 0\n").unwrap_err();
-        assert!(
-            zero.to_string().contains("tables.target_file_mib = 0"),
-            "{zero}"
-        );
-        let typo = Config::parse("[tables]\nrow_groups_mib = 8\n").unwrap_err();
-        assert!(typo.to_string().contains("row_groups_mib"), "{typo}");
     }
 
     #[test]

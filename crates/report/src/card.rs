@@ -16,8 +16,8 @@ use caiflow_engine::CaiSession;
 use caiflow_engine::constitution::Constitution;
 use caiflow_engine::stage::columns::TextColumn;
 use caiflow_llm::Endpoints;
+use caiflow_run::materialize::register_run_tables;
 use caiflow_run::plan::declared_defaults;
-use caiflow_run::run::register_run_tables;
 use caiflow_run::store::RunStore;
 
 use crate::Report;

@@ -4,6 +4,8 @@ use thiserror::Error;
 pub enum ReportError {
     #[error("report: {0}")]
     Table(String),
+    #[error("{0}")]
+    Config(String),
     #[error("report: drawing a chart: {0}")]
     Chart(String),
     #[error("report: writing {path}: {cause}")]

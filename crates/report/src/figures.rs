@@ -9,8 +9,8 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type, UInt64Type};
 use serde::{Deserialize, Serialize};
 
+use crate::config::ReportConfig;
 use caiflow_engine::stage::columns::TextColumn;
-use caiflow_llm::config::ReportConfig;
 
 use crate::error::{ReportError, Result};
 

@@ -13,6 +13,7 @@
 //! It depends on the run layer (CLI → report → run → engine).
 
 pub mod card;
+pub mod config;
 pub mod error;
 pub mod figures;
 pub mod html;
@@ -23,12 +24,12 @@ use std::path::{Path, PathBuf};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use crate::config::ReportConfig;
 use caiflow_engine::CaiSession;
 use caiflow_engine::progress::StageStats;
 use caiflow_llm::Endpoints;
 use caiflow_llm::Usage;
-use caiflow_llm::config::ReportConfig;
-use caiflow_run::run::{manifests, register_run_tables};
+use caiflow_run::materialize::{manifests, register_run_tables};
 use caiflow_run::sessions::{RunUsage, SQL_SESSION, SessionRecord, sessions, unix_ms};
 use caiflow_run::store::RunStore;
 

@@ -15,7 +15,7 @@ use caiflow_llm::{Endpoints, Price, Usage};
 
 use crate::error::{Result, RunError};
 use crate::execute::{PlanRun, RunEnd};
-use crate::run::RunOptions;
+use crate::materialize::RunOptions;
 use crate::store::RunStore;
 
 /// What a dry run found, per LLM stage, and the endpoints' prices.

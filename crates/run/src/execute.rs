@@ -10,8 +10,8 @@ use caiflow_llm::{CancellationToken, Endpoints};
 
 use crate::error::{Result, RunError};
 use crate::journal::Journal;
+use crate::materialize::{RunOptions, Runner, TableOutcome};
 use crate::plan::StatementOutcome;
-use crate::run::{RunOptions, Runner, TableOutcome};
 use crate::store::RunStore;
 use caiflow_engine::journal::RequestJournal;
 

@@ -1,6 +1,6 @@
 //! caiflow's runs: a plan (a SQL file with variables, [`plan`]) run into a run folder of a
 //! store (local or S3, [`store`]), where `CREATE TABLE` materializes committed tables and
-//! unchanged ones are reused ([`run`]), every request outcome is journalled so a resumed run
+//! unchanged ones are reused ([`materialize`]; Delta tables: [`delta`]), every request outcome is journalled so a resumed run
 //! sends nothing twice ([`journal`]), and a stop is graceful ([`execute`]).
 //!
 //! It owns durability: what is stored, committed and resumed. It must not know how a stage
@@ -8,20 +8,20 @@
 //! hands the stages its journal. Stopping is a [`caiflow_llm::CancellationToken`] passed
 //! down, never a global.
 
+pub mod config;
 pub mod delta;
 pub mod dry_run;
 pub mod error;
 pub mod execute;
-pub mod files;
 pub mod inputs;
 pub mod journal;
 pub mod lock;
+pub mod materialize;
+pub mod naming;
 pub mod plan;
-pub mod run;
 pub mod saved;
 pub mod sessions;
 pub mod store;
-pub mod write_files;
 
 pub use error::{Result, RunError};
 pub use execute::{OnDemandJournal, PlanRun, RunEnd};

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use caiflow_llm::config::{BackendConfig, Config};
 use serde::{Deserialize, Serialize};
 
+use crate::config::RunConfig;
 use crate::error::{Result, RunError};
 use crate::store::RunStore;
 
@@ -29,7 +30,7 @@ pub struct SavedPlan {
     pub text: String,
     pub vars: BTreeMap<String, String>,
     /// None for runs made before configurations were recorded.
-    pub config: Option<Config>,
+    pub config: Option<RunConfig>,
     /// The working folder of the run's command (relative paths of the plan resolve here).
     pub cwd: Option<PathBuf>,
 }
@@ -44,7 +45,7 @@ pub async fn save(
     store: &RunStore,
     text: &str,
     vars: &BTreeMap<String, String>,
-    config: &Config,
+    config: &RunConfig,
 ) -> Result<()> {
     let json = |what: &str, e| RunError::Json {
         what: format!("encoding {what}"),
@@ -53,8 +54,7 @@ pub async fn save(
     store.put(PLAN, Bytes::from(text.to_string())).await?;
     let vars = serde_json::to_vec_pretty(vars).map_err(|e| json(VARS, e))?;
     store.put(VARS, Bytes::from(vars)).await?;
-    let config = toml::to_string(&config.redacted())
-        .map_err(|e| RunError::Plan(format!("encoding {CONFIG}: {e}")))?;
+    let config = config.to_redacted_toml()?;
     store.put(CONFIG, Bytes::from(config)).await?;
     if let Ok(cwd) = std::env::current_dir() {
         let origin = serde_json::to_vec_pretty(&Origin { cwd }).map_err(|e| json(ORIGIN, e))?;
@@ -80,12 +80,13 @@ pub async fn load(store: &RunStore) -> Result<SavedPlan> {
     };
     let config = match store.get(CONFIG).await? {
         Some(b) => Some(
-            Config::parse(&String::from_utf8_lossy(&b)).map_err(|e| bad(CONFIG, e.to_string()))?,
+            RunConfig::parse(&String::from_utf8_lossy(&b))
+                .map_err(|e| bad(CONFIG, e.to_string()))?,
         ),
         None => None,
     };
     if let Some(config) = &config {
-        for (name, e) in &config.endpoints {
+        for (name, e) in &config.llm.endpoints {
             if e.base_url().is_some_and(|u| u.contains("***@")) {
                 return Err(RunError::Store(format!(
                     "the run's endpoint '{name}' had credentials in its base_url, which were not saved: pass the configuration it ran with, --config FILE"

@@ -160,3 +160,60 @@ impl RunUsage {
             .collect()
     }
 }
+
+/// How a session ended, as its record says (`end`).
+pub fn session_end(end: &crate::execute::RunEnd, budget_stopped: bool) -> &'static str {
+    use crate::execute::RunEnd;
+    match (end, budget_stopped) {
+        (RunEnd::Failed(_), true) => "budget",
+        (RunEnd::Finished, _) => "finished",
+        (RunEnd::Failed(_), false) => "failed",
+        (RunEnd::Interrupted, _) => "interrupted",
+    }
+}
+
+/// Write the running session's record every few seconds (`end = "running"`), so a process
+/// killed outright leaves its spend of up to the last few seconds on record. Abort the
+/// returned task when the session ends (and record its end).
+pub fn spawn_recorder(
+    store: RunStore,
+    progress: std::sync::Arc<caiflow_engine::progress::Progress>,
+    started_unix_ms: u64,
+    cluster: bool,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            let running = SessionRecord::now(started_unix_ms, "running", cluster, progress.stats());
+            let _ = record(&store, &running).await;
+        }
+    })
+}
+
+/// Charge every request of `endpoints` to the run-wide `budget` and to the endpoints' own,
+/// counting what the run's earlier sessions spent; returns that earlier usage.
+pub async fn charge_budgets(
+    endpoints: &caiflow_llm::Endpoints,
+    store: &RunStore,
+    budget: caiflow_llm::Budget,
+) -> Result<RunUsage> {
+    let before = RunUsage::of(&sessions(store).await?);
+    endpoints.charge_to_budgets(budget, before.total(), &before.by_endpoint());
+    Ok(before)
+}
+
+/// Record a `caiflow sql --run` session in the run (`end = "sql"`) when it sent requests;
+/// returns whether it did.
+pub async fn record_sql_session(
+    store: &RunStore,
+    progress: &caiflow_engine::progress::Progress,
+    started_unix_ms: u64,
+) -> Result<bool> {
+    let stages = progress.stats();
+    if !stages.iter().any(|s| s.sent > 0) {
+        return Ok(false);
+    }
+    let session = SessionRecord::now(started_unix_ms, SQL_SESSION, false, stages);
+    record(store, &session).await?;
+    Ok(true)
+}

@@ -104,7 +104,41 @@ fn store_err(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> R
     }
 }
 
+/// Where runs live by default: `caiflow run --store`'s default.
+pub const DEFAULT_STORE: &str = "data/runs";
+
+/// A store as every process of a cluster names it: an absolute folder (processes may run in
+/// other folders) or the S3 URL.
+pub fn shared_location(store: &str) -> Result<String> {
+    if store.starts_with("s3://") {
+        return Ok(store.to_string());
+    }
+    let path = std::fs::canonicalize(store).map_err(|e| RunError::Io {
+        path: store.into(),
+        cause: e,
+    })?;
+    Ok(path.display().to_string())
+}
+
 impl RunStore {
+    /// An existing run named by its folder, `data/runs/NAME` or `s3://bucket/prefix/NAME`
+    /// (what `caiflow inspect`, `report`, `export`, … take).
+    pub fn open_spec(spec: &str) -> Result<RunStore> {
+        let spec = spec.trim_end_matches('/');
+        if let Some(rest) = spec.strip_prefix("s3://")
+            && !rest.contains('/')
+        {
+            return Err(RunError::Store(format!(
+                "{spec} names a bucket, not a run: name the run's folder, s3://BUCKET/[PREFIX/]RUN"
+            )));
+        }
+        let (store, run) = spec.rsplit_once('/').unwrap_or((".", spec));
+        if !spec.starts_with("s3://") && !std::path::Path::new(spec).is_dir() {
+            return Err(RunError::Store(format!("no run folder {spec}")));
+        }
+        RunStore::open(store, run)
+    }
+
     /// Open run `run` in `store` (a folder path or `s3://bucket[/prefix]`).
     pub fn open(store: &str, run: &str) -> Result<RunStore> {
         if run.is_empty() || run.contains('/') || run.starts_with('.') {

@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::delta;
+use crate::delta::files_read::FilesTable;
 use crate::error::{Result, RunError};
-use crate::files::FilesTable;
 use crate::inputs::{FileFingerprints, references};
 use crate::plan::{
     StatementOutcome, execute_with_preview, place_of, statement_lines, statement_text,
@@ -293,7 +293,7 @@ pub struct RunOptions {
     /// same token, send nothing more).
     pub stop: caiflow_llm::CancellationToken,
     /// File and row-group sizes of materialized tables.
-    pub files: caiflow_llm::config::TablesConfig,
+    pub files: crate::config::TablesConfig,
     /// The session runs its queries on a cluster: tables are read as file lists (plans that
     /// name them can be shipped), their data files written by the executors and committed
     /// here.

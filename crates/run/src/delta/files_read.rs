@@ -79,7 +79,7 @@ impl FilesTable {
                 }
             })
             .collect();
-        let provider = crate::delta::provider(table).await?;
+        let provider = super::table::provider(table).await?;
         let full = provider.schema();
         let mut fields: Vec<FieldRef> = full
             .fields()

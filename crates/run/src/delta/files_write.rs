@@ -5,7 +5,7 @@
 //! data files into the table's folder (delta-rs's `DeltaWriter`: files rolled at the target
 //! size, split into `split=…/` folders, statistics for every file) and returns only what the
 //! commit needs: one `add` action per file, as JSON. The client then commits the table's
-//! new version once, with every file ([`crate::delta::commit_files`]). Files of a write that
+//! new version once, with every file ([`super::write`]). Files of a write that
 //! is never committed (a failed or interrupted run) are not part of any version; `caiflow
 //! vacuum` deletes them.
 
@@ -35,7 +35,7 @@ use futures::StreamExt;
 use object_store::prefix::PrefixStore;
 use serde::{Deserialize, Serialize};
 
-use caiflow_llm::config::TablesConfig;
+use crate::config::TablesConfig;
 
 /// Where and how a table's files are written (plain data: it travels with the plan).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -186,7 +186,7 @@ async fn write_partition(
     let config = WriterConfig::new(
         schema,
         write.partition_by.clone(),
-        Some(crate::delta::writer_properties(&write.files)),
+        Some(super::table::writer_properties(&write.files)),
         std::num::NonZeroU64::new(write.files.target_file_mib << 20),
         None,
         Default::default(),

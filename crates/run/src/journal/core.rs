@@ -1,38 +1,5 @@
-//! The request journal: every completed request of a run, keyed by its request hash (model,
-//! normalized messages, sampling parameters, seed, prompt-template version).
-//!
-//! A resume or re-run serves journalled results without calling the endpoint. Failures are
-//! journalled as failures (with their reason) and are never served: they are retried.
-//!
-//! **Layout.** Outcomes are JSON lines in segment objects (`journal/NAME.jsonl`); beside each
-//! segment, `journal/NAME.idx` indexes it: one 16-byte record per line (the first 8 bytes of
-//! the request hash, then the line's byte offset, whose top bit marks a failure).
-//!
-//! **Lookups without the results in memory.** Opening a journal reads only the indexes (16
-//! bytes an entry, never the answers' text) into one sorted array of (hash prefix, segment and
-//! offset): 16 bytes per result resident, so start-up time and memory grow with the number of
-//! entries, not with the size of the answers. A lookup binary-searches the array, reads the
-//! one line at its offset (a positioned read of a local file, a ranged GET on S3) and checks
-//! the full hash. Outcomes recorded in this session are found through a map of the same 16
-//! bytes per entry. A segment without an index (a journal written before indexes, or one cut
-//! off by a crash between its two writes) is scanned once on open, and its index is written
-//! when the run continues.
-//!
-//! **Durability.** On a local store each outcome is appended to this process's segment and
-//! index as it completes (one `write` each; the page cache survives `kill -9`), so a resume
-//! repeats at most the requests that were in flight. Object stores have no append: there,
-//! outcomes are buffered and written as a new segment and index every 100 ms, or as soon as
-//! 256 are waiting, so at most the requests in flight and about 100 ms of completions are
-//! repeated (at most 10 PUT pairs a second while outcomes arrive, plus one per 256 outcomes).
-//! Every 64 segments of a session are rolled up into one (written before the small ones are
-//! deleted: a crash in between leaves duplicates, which are harmless), and at the end of a
-//! run the session's segments are merged into one, streamed, without its failures.
-//!
-//! `journal/SCHEME` names the request-hash scheme the journal's keys were computed with
-//! ([`caiflow_llm::REQUEST_HASH_SCHEME`]). Entries of another scheme can never match a request
-//! of this one: opening such a journal says how many requests will be sent again, before
-//! anything is sent, instead of silently paying twice. Nothing is ever deleted for it: a
-//! missing SCHEME file means the current scheme (entries that do not match are never served).
+//! [`Journal`]: opening a run's journal, serving lookups, recording outcomes, appending
+//! (local) or flushing (object stores).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,170 +8,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
 
 use caiflow_engine::journal::RequestJournal;
 use caiflow_llm::{Completion, LlmError, REQUEST_HASH_SCHEME, RequestHash};
 
+use super::format::{Line, key_of};
+use super::index::{
+    index_record, index_records, location, merge_sorted, read_index, scan_segment, split_location,
+};
+use super::segments::{FOLDER, SegmentWriter, segments};
 use crate::error::{Result, RunError};
 use crate::store::RunStore;
-
-/// One journal line.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Line {
-    /// Request hash.
-    h: String,
-    ok: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    text: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    finish_reason: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    prompt_tokens: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    completion_tokens: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    top_logprobs: Option<Vec<Vec<(String, f64)>>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-}
-
-impl Line {
-    fn new(hash: &RequestHash, result: &std::result::Result<Completion, LlmError>) -> Line {
-        match result {
-            Ok(c) => Line {
-                h: hash.to_string(),
-                ok: true,
-                text: Some(c.text.clone()),
-                finish_reason: c.finish_reason.clone(),
-                prompt_tokens: c.prompt_tokens,
-                completion_tokens: c.completion_tokens,
-                top_logprobs: c.top_logprobs.clone(),
-                error: None,
-            },
-            Err(e) => Line {
-                h: hash.to_string(),
-                ok: false,
-                text: None,
-                finish_reason: None,
-                prompt_tokens: None,
-                completion_tokens: None,
-                top_logprobs: None,
-                error: Some(e.to_string()),
-            },
-        }
-    }
-
-    fn completion(self) -> Completion {
-        Completion {
-            text: self.text.unwrap_or_default(),
-            finish_reason: self.finish_reason,
-            // A journal written before counts were checked may hold absurd ones: never
-            // served into a table (they fail its Int64 columns on every resume).
-            prompt_tokens: caiflow_llm::plausible_tokens("prompt tokens", self.prompt_tokens),
-            completion_tokens: caiflow_llm::plausible_tokens(
-                "completion tokens",
-                self.completion_tokens,
-            ),
-            top_logprobs: self.top_logprobs,
-        }
-    }
-
-    /// The line as JSON with its newline.
-    fn encode(&self) -> Result<Vec<u8>> {
-        let mut bytes = serde_json::to_vec(self).map_err(|e| RunError::Json {
-            what: "encoding a journal line".into(),
-            cause: e,
-        })?;
-        bytes.push(b'\n');
-        Ok(bytes)
-    }
-}
-
-/// What an index needs of a line, read without copying its text.
-#[derive(Deserialize)]
-struct Head<'a> {
-    #[serde(borrow)]
-    h: &'a str,
-    ok: bool,
-}
-
-/// The first 8 bytes of a hex request hash, the key of the index.
-fn key_of(hash: &str) -> Option<u64> {
-    u64::from_str_radix(hash.get(..16)?, 16).ok()
-}
-
-/// Marks an index record's line as a failure.
-const FAILURE: u64 = 1 << 63;
-/// Bytes of one index record.
-const RECORD: usize = 16;
-/// Offsets take the low 40 bits of a location, segment ids the 24 above (1 TiB a segment,
-/// 16 million segments).
-const OFFSET_BITS: u32 = 40;
-
-fn location(segment: u32, offset: u64) -> u64 {
-    (u64::from(segment) << OFFSET_BITS) | (offset & ((1 << OFFSET_BITS) - 1))
-}
-
-fn split_location(loc: u64) -> (u32, u64) {
-    ((loc >> OFFSET_BITS) as u32, loc & ((1 << OFFSET_BITS) - 1))
-}
-
-fn index_record(key: u64, offset: u64, ok: bool) -> [u8; RECORD] {
-    let mut r = [0u8; RECORD];
-    r[..8].copy_from_slice(&key.to_le_bytes());
-    r[8..].copy_from_slice(&(offset | if ok { 0 } else { FAILURE }).to_le_bytes());
-    r
-}
-
-/// (key, offset, ok) of each whole record of an index (a torn tail is ignored).
-fn index_records(bytes: &[u8]) -> impl Iterator<Item = (u64, u64, bool)> + '_ {
-    bytes.chunks_exact(RECORD).map(|r| {
-        let mut k = [0u8; 8];
-        let mut o = [0u8; 8];
-        k.copy_from_slice(&r[..8]);
-        o.copy_from_slice(&r[8..]);
-        let (key, offset) = (u64::from_le_bytes(k), u64::from_le_bytes(o));
-        (key, offset & !FAILURE, offset & FAILURE == 0)
-    })
-}
-
-/// A segment and its index, encoded as lines are added.
-#[derive(Default)]
-pub struct SegmentWriter {
-    data: Vec<u8>,
-    index: Vec<u8>,
-}
-
-impl SegmentWriter {
-    /// Add a successful outcome (public for benchmarks that build synthetic journals).
-    pub fn push_ok(&mut self, hash: &RequestHash, completion: Completion) -> Result<()> {
-        self.push(&Line::new(hash, &Ok(completion)))
-    }
-
-    fn push(&mut self, line: &Line) -> Result<()> {
-        self.push_encoded(&line.h, line.ok, &line.encode()?);
-        Ok(())
-    }
-
-    fn push_encoded(&mut self, hash: &str, ok: bool, encoded: &[u8]) {
-        if let Some(key) = key_of(hash) {
-            self.index
-                .extend_from_slice(&index_record(key, self.data.len() as u64, ok));
-        }
-        self.data.extend_from_slice(encoded);
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.data.is_empty()
-    }
-
-    /// The segment's bytes and its index's.
-    pub fn finish(self) -> (Vec<u8>, Vec<u8>) {
-        (self.data, self.index)
-    }
-}
 
 /// Counts for `inspect` and the run summary.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -222,10 +36,10 @@ pub struct JournalStats {
 
 /// Lines taken from the pending list for a write: put back unless the write completed (also
 /// when the flush is dropped mid-write).
-struct Taken<'a> {
-    pending: &'a Mutex<Vec<Line>>,
-    lines: Vec<Line>,
-    done: bool,
+pub(super) struct Taken<'a> {
+    pub(super) pending: &'a Mutex<Vec<Line>>,
+    pub(super) lines: Vec<Line>,
+    pub(super) done: bool,
 }
 
 impl Drop for Taken<'_> {
@@ -239,85 +53,74 @@ impl Drop for Taken<'_> {
 
 /// This process's local segment, appended to as outcomes complete.
 #[derive(Debug)]
-struct Append {
-    data: std::fs::File,
-    index: std::fs::File,
-    offset: u64,
-    segment: u32,
+pub(super) struct Append {
+    pub(super) data: std::fs::File,
+    pub(super) index: std::fs::File,
+    pub(super) offset: u64,
+    pub(super) segment: u32,
 }
 
 /// A segment this session wrote to an object store, kept until it is rolled up.
 #[derive(Debug)]
-struct Written {
-    segment: u32,
-    data: Bytes,
-    index: Vec<u8>,
+pub(super) struct Written {
+    pub(super) segment: u32,
+    pub(super) data: Bytes,
+    pub(super) index: Vec<u8>,
 }
 
 #[derive(Debug)]
 pub struct Journal {
-    store: RunStore,
+    pub(super) store: RunStore,
     /// Segment names (`journal/NAME`, without extension) by id: locations refer to these.
-    names: RwLock<Vec<String>>,
+    pub(super) names: RwLock<Vec<String>>,
     /// The results of the journal as opened: (key, location), sorted by key.
-    index: Vec<(u64, u64)>,
+    pub(super) index: Vec<(u64, u64)>,
     /// Results recorded in this session: key → location.
-    recent: RwLock<HashMap<u64, u64>>,
+    pub(super) recent: RwLock<HashMap<u64, u64>>,
     /// Outcomes waiting to be written (object stores, or a failed local append).
-    pending: Mutex<Vec<Line>>,
+    pub(super) pending: Mutex<Vec<Line>>,
     /// Wakes the flusher when `FLUSH_LINES` outcomes are waiting.
-    full: tokio::sync::Notify,
+    pub(super) full: tokio::sync::Notify,
     /// This session's segments since the last roll-up (one writer at a time).
-    unrolled: tokio::sync::Mutex<Vec<Written>>,
+    pub(super) unrolled: tokio::sync::Mutex<Vec<Written>>,
     /// Every segment this session wrote to the object store (merged at the end of a run).
-    written: Mutex<Vec<u32>>,
+    pub(super) written: Mutex<Vec<u32>>,
     /// Open local segment files, for positioned reads.
-    files: Mutex<HashMap<u32, Arc<std::fs::File>>>,
+    pub(super) files: Mutex<HashMap<u32, Arc<std::fs::File>>>,
     /// Local stores: this process's segment, opened at its first outcome (so reading a
     /// journal leaves no trace).
-    local: Option<std::path::PathBuf>,
-    append: Mutex<Option<Append>>,
+    pub(super) local: Option<std::path::PathBuf>,
+    pub(super) append: Mutex<Option<Append>>,
     /// Indexes of segments that had none, written when the run continues.
-    missing: Mutex<Vec<(String, Vec<u8>)>>,
+    pub(super) missing: Mutex<Vec<(String, Vec<u8>)>>,
     /// Other writers' segments taken in so far: name → index bytes read.
-    seen: Mutex<HashMap<String, u64>>,
+    pub(super) seen: Mutex<HashMap<String, u64>>,
     /// Results other writers journalled since this journal was opened: (key, location),
     /// sorted by key.
-    others: RwLock<Vec<(u64, u64)>>,
+    pub(super) others: RwLock<Vec<(u64, u64)>>,
     /// Unique per process, so concurrent or successive writers never overwrite a segment.
-    session: String,
-    seq: AtomicU64,
-    results: AtomicU64,
-    failures: AtomicU64,
-    segments: AtomicU64,
-    served: AtomicU64,
-    recorded: AtomicU64,
-    stale: usize,
-    stale_scheme: Option<String>,
+    pub(super) session: String,
+    pub(super) seq: AtomicU64,
+    pub(super) results: AtomicU64,
+    pub(super) failures: AtomicU64,
+    pub(super) segments: AtomicU64,
+    pub(super) served: AtomicU64,
+    pub(super) recorded: AtomicU64,
+    pub(super) stale: usize,
+    pub(super) stale_scheme: Option<String>,
 }
 
-const FOLDER: &str = "journal";
-const SCHEME_FILE: &str = "journal/SCHEME";
+pub(super) const SCHEME_FILE: &str = "journal/SCHEME";
 /// How often buffered outcomes are written to an object store.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// Buffered outcomes that trigger a write at once.
 pub const FLUSH_LINES: usize = 256;
 /// Segments of one session rolled up into one.
-const ROLL_UP_SEGMENTS: usize = 64;
+pub(super) const ROLL_UP_SEGMENTS: usize = 64;
 /// Segments (or indexes) read at once when a journal is opened.
-const READ_AHEAD: usize = 16;
+pub(super) const READ_AHEAD: usize = 16;
 /// Bytes read at a time when reading a line at its offset.
-const LINE_READ: usize = 8 << 10;
-
-/// What opening found in one segment.
-struct Indexed {
-    results: Vec<(u64, u64)>,
-    failures: Vec<u64>,
-    /// Bytes of the index taken in (whole records).
-    read: u64,
-    /// The index built by scanning, when the segment had none.
-    built: Option<Vec<u8>>,
-}
+pub(super) const LINE_READ: usize = 8 << 10;
 
 impl Journal {
     /// Open the run's journal: read every segment's index (scanning segments that have none).
@@ -527,7 +330,7 @@ impl Journal {
     }
 
     /// The line at `loc`.
-    async fn read_line(&self, loc: u64) -> Result<Line> {
+    pub(super) async fn read_line(&self, loc: u64) -> Result<Line> {
         let (segment, offset) = split_location(loc);
         let name = read(&self.names)
             .get(segment as usize)
@@ -620,7 +423,7 @@ impl Journal {
     }
 
     /// Register a new segment name; returns its id.
-    fn add_segment(&self, name: String) -> u32 {
+    pub(super) fn add_segment(&self, name: String) -> u32 {
         let mut names = write(&self.names);
         names.push(name);
         self.segments.fetch_add(1, Ordering::Relaxed);
@@ -628,7 +431,7 @@ impl Journal {
     }
 
     /// Append `line` to this process's local segment and its index; returns its location.
-    fn append_line(&self, base: &std::path::Path, line: &Line) -> Result<u64> {
+    pub(super) fn append_line(&self, base: &std::path::Path, line: &Line) -> Result<u64> {
         use std::io::Write;
         let bytes = line.encode()?;
         let mut append = lock(&self.append);
@@ -672,7 +475,7 @@ impl Journal {
         Ok(location(a.segment, offset))
     }
 
-    fn next_name(&self) -> String {
+    pub(super) fn next_name(&self) -> String {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         format!("{FOLDER}/{}-{seq:08}", self.session)
     }
@@ -754,67 +557,10 @@ impl Journal {
     }
 
     /// Remember where this session put a result.
-    fn remember(&self, key: u64, loc: u64) {
+    pub(super) fn remember(&self, key: u64, loc: u64) {
         let known = self.index.binary_search_by_key(&key, |(k, _)| *k).is_ok();
         if write(&self.recent).insert(key, loc).is_none() && !known {
             self.results.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Write `segments` as one (with its index) and delete them (best effort: on failure
-    /// they stay as they are, still valid).
-    async fn roll_up(&self, segments: &mut Vec<Written>) {
-        let mut data = Vec::with_capacity(segments.iter().map(|w| w.data.len()).sum());
-        let mut index = Vec::with_capacity(segments.iter().map(|w| w.index.len()).sum());
-        for w in segments.iter() {
-            let base = data.len() as u64;
-            for (key, offset, ok) in index_records(&w.index) {
-                index.extend_from_slice(&index_record(key, base + offset, ok));
-            }
-            data.extend_from_slice(&w.data);
-        }
-        let name = self.next_name();
-        let put = async {
-            self.store
-                .put(&format!("{name}.jsonl"), Bytes::from(data))
-                .await?;
-            self.store
-                .put(&format!("{name}.idx"), Bytes::from(index.clone()))
-                .await
-        };
-        if let Err(e) = put.await {
-            tracing::warn!("journal roll-up failed (its segments stay): {e}");
-            return;
-        }
-        let id = self.add_segment(name);
-        for (key, offset, ok) in index_records(&index) {
-            if ok {
-                write(&self.recent).insert(key, location(id, offset));
-            }
-        }
-        let rolled: Vec<u32> = segments.iter().map(|w| w.segment).collect();
-        {
-            let mut written = lock(&self.written);
-            written.retain(|s| !rolled.contains(s));
-            written.push(id);
-        }
-        for w in segments.drain(..) {
-            self.delete_segment(w.segment).await;
-        }
-    }
-
-    async fn delete_segment(&self, segment: u32) {
-        let Some(name) = read(&self.names).get(segment as usize).cloned() else {
-            return;
-        };
-        let _ = self.store.delete_one(&format!("{name}.idx")).await;
-        if self
-            .store
-            .delete_one(&format!("{name}.jsonl"))
-            .await
-            .is_ok()
-        {
-            self.segments.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -833,61 +579,6 @@ impl Journal {
                 }
             }
         })
-    }
-
-    /// Merge the segments this session wrote to an object store into one, without their
-    /// failures (they were retried, or are visible in the tables' `error` column). Streamed:
-    /// neither the segments nor the merge are held in memory. Earlier sessions' segments
-    /// are left as they are; a local session's segment already is one.
-    pub async fn compact(&self) -> Result<()> {
-        self.flush().await?;
-        let mut unrolled = self.unrolled.lock().await;
-        let written: Vec<u32> = lock(&self.written).clone();
-        if written.len() <= 1 {
-            return Ok(());
-        }
-        let names: Vec<String> = {
-            let all = read(&self.names);
-            written
-                .iter()
-                .filter_map(|s| all.get(*s as usize).cloned())
-                .collect()
-        };
-        let merged = self.next_name();
-        let mut data = self.store.writer(&format!("{merged}.jsonl"));
-        let mut index = self.store.writer(&format!("{merged}.idx"));
-        let mut offset = 0u64;
-        let io = |e: std::io::Error| RunError::StoreOp {
-            what: "writing the merged journal segment".into(),
-            cause: Box::new(e),
-        };
-        for name in &names {
-            let mut chunks = self.store.get_stream(&format!("{name}.jsonl"), 0).await?;
-            let mut lines = Lines::default();
-            while let Some(chunk) = chunks.next().await {
-                let (mut kept, mut records) = (vec![], vec![]);
-                lines.feed(&chunk?, |_, raw| {
-                    if let Some((key, true)) = line_key(raw) {
-                        records.extend_from_slice(&index_record(key, offset, true));
-                        kept.extend_from_slice(raw);
-                        kept.push(b'\n');
-                        offset += raw.len() as u64 + 1;
-                    }
-                });
-                data.write_all(&kept).await.map_err(io)?;
-                index.write_all(&records).await.map_err(io)?;
-            }
-        }
-        data.shutdown().await.map_err(io)?;
-        index.shutdown().await.map_err(io)?;
-        self.add_segment(merged);
-        for s in written {
-            self.delete_segment(s).await;
-        }
-        unrolled.clear();
-        lock(&self.written).clear();
-        self.failures.store(0, Ordering::Relaxed);
-        Ok(())
     }
 
     pub fn stats(&self) -> JournalStats {
@@ -914,142 +605,16 @@ impl RequestJournal for Journal {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+pub(super) fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     m.read().unwrap_or_else(|p| p.into_inner())
 }
 
-fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+pub(super) fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     m.write().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Splits a segment's bytes, arriving in chunks, into lines with their offsets.
-#[derive(Default)]
-struct Lines {
-    carry: Vec<u8>,
-    /// Offset of the first byte of `carry` in the segment.
-    offset: u64,
-}
-
-impl Lines {
-    /// Feed a chunk; `line` gets each whole line (without its newline) and its offset.
-    fn feed(&mut self, chunk: &[u8], mut line: impl FnMut(u64, &[u8])) {
-        self.carry.extend_from_slice(chunk);
-        let mut start = 0;
-        while let Some(end) = self.carry[start..].iter().position(|b| *b == b'\n') {
-            line(self.offset + start as u64, &self.carry[start..start + end]);
-            start += end + 1;
-        }
-        self.carry.drain(..start);
-        self.offset += start as u64;
-    }
-}
-
-/// The index key of a line and whether it is a success, when the line is readable.
-fn line_key(raw: &[u8]) -> Option<(u64, bool)> {
-    let head = serde_json::from_slice::<Head>(raw).ok()?;
-    Some((key_of(head.h)?, head.ok))
-}
-
-/// Two lists sorted by key, merged into one.
-fn merge_sorted(a: Vec<(u64, u64)>, b: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
-    let mut out = Vec::with_capacity(a.len() + b.len());
-    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
-    while let (Some(x), Some(y)) = (a.peek(), b.peek()) {
-        if x.0 <= y.0 {
-            out.extend(a.next());
-        } else {
-            out.extend(b.next());
-        }
-    }
-    out.extend(a);
-    out.extend(b);
-    out
-}
-
-/// The journal's segments (`journal/NAME` for each `journal/NAME.jsonl`, sorted), and the
-/// names of those that have an index (`journal/NAME.idx`).
-async fn segments(store: &RunStore) -> Result<(Vec<String>, std::collections::HashSet<String>)> {
-    let mut names = vec![];
-    let mut indexed = std::collections::HashSet::new();
-    for (path, _) in store.list(FOLDER).await? {
-        if let Some(name) = path.strip_suffix(".jsonl") {
-            names.push(name.to_string());
-        } else if let Some(name) = path.strip_suffix(".idx") {
-            indexed.insert(name.to_string());
-        }
-    }
-    Ok((names, indexed))
-}
-
-/// The entries of a segment's index from byte `from` on (streamed: a torn last record is
-/// ignored).
-async fn read_index(store: &RunStore, name: &str, segment: u32, from: u64) -> Result<Indexed> {
-    let mut found = Indexed {
-        results: vec![],
-        failures: vec![],
-        read: from,
-        built: None,
-    };
-    let mut chunks = store.get_stream(&format!("{name}.idx"), from).await?;
-    let mut carry: Vec<u8> = vec![];
-    while let Some(chunk) = chunks.next().await {
-        carry.extend_from_slice(&chunk?);
-        let whole = carry.len() - carry.len() % RECORD;
-        found.read += whole as u64;
-        for (key, offset, ok) in index_records(&carry[..whole]) {
-            if ok {
-                found.results.push((key, location(segment, offset)));
-            } else {
-                found.failures.push(key);
-            }
-        }
-        carry.drain(..whole);
-    }
-    Ok(found)
-}
-
-/// Index a segment that has no index by reading it (streamed).
-async fn scan_segment(store: &RunStore, name: &str, segment: u32) -> Result<Indexed> {
-    let mut found = Indexed {
-        results: vec![],
-        failures: vec![],
-        read: 0,
-        built: Some(vec![]),
-    };
-    let mut built = vec![];
-    let mut chunks = store.get_stream(&format!("{name}.jsonl"), 0).await?;
-    let mut lines = Lines::default();
-    while let Some(chunk) = chunks.next().await {
-        lines.feed(&chunk?, |offset, raw| match line_key(raw) {
-            Some((key, ok)) => {
-                built.extend_from_slice(&index_record(key, offset, ok));
-                if ok {
-                    found.results.push((key, location(segment, offset)));
-                } else {
-                    found.failures.push(key);
-                }
-            }
-            // A torn line (a crash mid-write) is skipped, and said.
-            None if !raw.is_empty() => tracing::warn!(
-                "journal {name}: skipped an unreadable line ({} bytes)",
-                raw.len()
-            ),
-            None => {}
-        });
-    }
-    if !lines.carry.is_empty() {
-        tracing::warn!(
-            "journal {name}: skipped an unreadable last line ({} bytes)",
-            lines.carry.len()
-        );
-    }
-    found.read = built.len() as u64;
-    found.built = Some(built);
-    Ok(found)
 }
 
 #[cfg(test)]
