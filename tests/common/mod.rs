@@ -1,157 +1,14 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests: the `caiflow` command, configuration files of
+//! mock endpoints, real servers (llama.cpp, moto), Python readers; and the session helpers
+//! of [`session`].
 #![allow(dead_code)]
+
+mod session;
+pub use session::*;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-use caiflow_engine::CaiSession;
-use caiflow_llm::Endpoints;
-use caiflow_llm::config::{Config, EndpointConfig};
-use datafusion::arrow::array::RecordBatch;
-
-pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A session whose `policy` endpoint points at `base_url`, with quick retries.
-pub fn session_for(base_url: &str, configure: impl FnOnce(&mut EndpointConfig)) -> CaiSession {
-    let mut e = EndpointConfig::openai(base_url, "mock-model");
-    e.retry.initial_backoff_ms = 10;
-    e.retry.max_backoff_ms = 50;
-    e.timeout_secs = Some(5.0);
-    configure(&mut e);
-    let mut config = Config::default();
-    config.endpoints.insert("policy".into(), e);
-    CaiSession::new(Endpoints::from_config(&config).expect("endpoints"))
-}
-
-pub async fn collect(session: &CaiSession, sql: &str) -> Vec<RecordBatch> {
-    session
-        .ctx
-        .sql(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .collect()
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
-
-/// `policy` and `judge` both on `endpoint` (of any kind this build has).
-pub fn policy_and_judge(endpoint: EndpointConfig) -> CaiSession {
-    let mut config = Config::default();
-    for name in ["policy", "judge"] {
-        config.endpoints.insert(name.into(), endpoint.clone());
-    }
-    let endpoints = caiflow_engine::endpoints(&config, caiflow_llm::CancellationToken::new());
-    CaiSession::new(endpoints.expect("endpoints"))
-}
-
-/// The judge's principle mode over real samples of `prompts`: one row per prompt, none in
-/// error, every soft label a probability. Returns the result for more checks.
-pub async fn check_principle_mode(session: &CaiSession, prompts: &[&str]) -> Vec<RecordBatch> {
-    let dir = tempfile::tempdir().expect("tempdir");
-    register_prompts(session, dir.path(), prompts).await;
-    let out = collect(
-        session,
-        "SELECT * FROM judge(sample(prompts, max_tokens => 16), mode => 'principle')",
-    )
-    .await;
-    assert_eq!(rows(&out), prompts.len());
-    let errors = column(&out, "error");
-    assert!(errors.iter().all(Option::is_none), "{errors:?}");
-    for p in column(&out, "chosen_prob") {
-        let p: f64 = p.expect("chosen_prob").parse().expect("a number");
-        assert!((0.0..=1.0).contains(&p), "{p}");
-    }
-    out
-}
-
-/// The message of a query that must fail when its result is collected.
-pub async fn query_error(session: &CaiSession, sql: &str) -> String {
-    match session.ctx.sql(sql).await {
-        Err(e) => panic!("{sql} should plan and fail while running, but did not plan: {e}"),
-        Ok(df) => match df.collect().await {
-            Ok(_) => panic!("{sql} should have failed"),
-            Err(e) => e.to_string(),
-        },
-    }
-}
-
-pub fn rows(batches: &[RecordBatch]) -> usize {
-    batches.iter().map(|b| b.num_rows()).sum()
-}
-
-/// Every value of a column, as display strings ("" for null).
-pub fn column(batches: &[RecordBatch], name: &str) -> Vec<Option<String>> {
-    use datafusion::arrow::array::Array;
-    use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
-    let mut out = vec![];
-    for b in batches {
-        let c = b
-            .column_by_name(name)
-            .unwrap_or_else(|| panic!("no column {name}"));
-        let f = ArrayFormatter::try_new(c.as_ref(), &FormatOptions::default()).expect("formatter");
-        for i in 0..b.num_rows() {
-            out.push(if c.is_null(i) {
-                None
-            } else {
-                Some(f.value(i).to_string())
-            });
-        }
-    }
-    out
-}
-
-/// Write prompts as JSONL `{"prompt": …}` and register them as table `prompts`.
-pub async fn register_prompts(session: &CaiSession, dir: &Path, prompts: &[&str]) {
-    let path = dir.join("prompts.jsonl");
-    let text: String = prompts
-        .iter()
-        .map(|p| serde_json::json!({ "prompt": p }).to_string() + "\n")
-        .collect();
-    std::fs::write(&path, text).expect("write prompts");
-    collect(
-        session,
-        &format!(
-            "CREATE VIEW prompts AS SELECT * FROM red_team_prompts('{}')",
-            path.display()
-        ),
-    )
-    .await;
-}
-
-/// `n` prompts `"{prefix}{i}"`, as the owned strings and the slices tests pass around.
-pub fn numbered(prefix: &str, n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("{prefix}{i}")).collect()
-}
-
-/// Register `n` numbered prompts as table `prompts`.
-pub async fn register_numbered_prompts(session: &CaiSession, dir: &Path, prefix: &str, n: usize) {
-    let prompts = numbered(prefix, n);
-    let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
-    register_prompts(session, dir, &refs).await;
-}
-
-/// Where shared fixtures live; `None` (the test then says so and skips) unless CI demands them.
-pub fn fixture(relative: &str) -> Option<PathBuf> {
-    let path = repo_root()
-        .join("..")
-        .join("shared")
-        .join("fixtures")
-        .join(relative);
-    if path.is_file() {
-        return Some(path);
-    }
-    if std::env::var("CAIFLOW_REQUIRE_FIXTURES").is_ok_and(|v| v == "1") {
-        panic!(
-            "fixture {} is missing and CAIFLOW_REQUIRE_FIXTURES=1",
-            path.display()
-        );
-    }
-    eprintln!("SKIP: fixture {} not found", path.display());
-    None
-}
 
 /// A real llama.cpp server (PyPI `xllamacpp`) serving SmolLM2, started for a test and
 /// stopped on drop. Needs CAIFLOW_PYTHON (a Python with xllamacpp) and CAIFLOW_MODEL (the
@@ -361,4 +218,39 @@ pub fn caiflow_output(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run caiflow")
+}
+
+/// The `caiflow` binary, run from the repository root: the one command builder of the tests.
+pub fn caiflow() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_caiflow"));
+    c.current_dir(repo_root());
+    c
+}
+
+/// Run `cmd`, which must succeed: its stdout and stderr.
+pub fn run_ok(cmd: &mut Command) -> (String, String) {
+    let out = cmd.output().expect("run caiflow");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        out.status.success(),
+        "caiflow failed:\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    (stdout, stderr)
+}
+
+/// Write `dir/caiflow.toml` with one `[endpoints.NAME]` per `(name, base_url, more keys,
+/// one per line)`: the one config writer of the tests. Returns its path.
+pub fn write_config(dir: &Path, endpoints: &[(&str, &str, &str)]) -> PathBuf {
+    let mut text = String::new();
+    for (name, base_url, keys) in endpoints {
+        text.push_str(&format!("[endpoints.{name}]\nbase_url = '{base_url}'\n"));
+        for line in keys.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    let path = dir.join("caiflow.toml");
+    std::fs::write(&path, text).expect("write caiflow.toml");
+    path
 }

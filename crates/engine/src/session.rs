@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use datafusion::catalog::TableFunctionImpl;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
@@ -10,6 +11,7 @@ use crate::journal::{JournalHandle, RequestJournal};
 use crate::llm_udf::{FailedCalls, llm_udf};
 use crate::progress::Progress;
 use crate::sql::NamedArgs;
+use crate::stage::{StageFactory, StageFunction};
 use crate::stages::table_functions;
 use crate::udf;
 use caiflow_llm::Endpoints;
@@ -31,6 +33,17 @@ impl CaiSession {
 
     /// A session whose LLM stages serve and record requests through `journal`.
     pub fn with_journal(endpoints: Endpoints, journal: Option<Arc<dyn RequestJournal>>) -> Self {
+        Self::with_stages(endpoints, journal, vec![])
+    }
+
+    /// A session that also has the row stages of `extra` (stages written outside caiflow,
+    /// e.g. with [`crate::stage::LlmStage`]), as SQL table functions with named arguments.
+    /// They run in this process: a cluster rebuilds stages only from caiflow's own registry.
+    pub fn with_stages(
+        endpoints: Endpoints,
+        journal: Option<Arc<dyn RequestJournal>>,
+        extra: Vec<Arc<dyn StageFactory>>,
+    ) -> Self {
         let endpoints = Arc::new(endpoints);
         let progress = Arc::new(Progress::default());
         let mut config = SessionConfig::new()
@@ -41,7 +54,11 @@ impl CaiSession {
         if let Some(h) = &handle {
             config = config.with_extension(h.clone());
         }
-        let functions = table_functions();
+        let mut functions = table_functions();
+        for factory in extra {
+            let function: Arc<dyn TableFunctionImpl> = Arc::new(StageFunction(factory.clone()));
+            functions.push((factory.function_name(), function));
+        }
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()

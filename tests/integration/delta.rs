@@ -2,19 +2,11 @@
 //! them, a re-materialization is a new version, earlier versions can be read back, and
 //! `caiflow vacuum` removes old versions' files.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
+use crate::common::*;
 use caiflow_testkit::MockServer;
-use common::*;
-
-fn caiflow() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_caiflow"));
-    c.current_dir(repo_root());
-    c
-}
 
 fn ok(cmd: &mut Command) -> (String, String) {
     let out = cmd.output().expect("run caiflow");
@@ -36,15 +28,13 @@ impl Setup {
         let judge = MockServer::start().await.expect("mock");
         judge.push_replies((0..prompts * 4).map(|_| r#"{"chosen": 1, "rejected": 2}"#.to_string()));
         let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(
-            dir.path().join("caiflow.toml"),
-            format!(
-                "[endpoints.policy]\nbase_url = '{}'\n[endpoints.judge]\nbase_url = '{}'\n",
-                policy.base_url(),
-                judge.base_url()
-            ),
-        )
-        .expect("config");
+        write_config(
+            dir.path(),
+            &[
+                ("policy", &policy.base_url(), ""),
+                ("judge", &judge.base_url(), ""),
+            ],
+        );
         let text: String = (0..prompts)
             .map(|i| format!("{{\"prompt\": \"delta prompt {i}\"}}\n"))
             .collect();

@@ -3,30 +3,25 @@
 //! and resume without repeats, usage that adds up across sessions, truncated answers, and
 //! option values refused when the plan is made.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::atomic::Ordering;
 
+use crate::common::*;
 use caiflow_testkit::MockServer;
-use common::*;
 
 /// Two mock endpoints; the policy has a price, so costs are computed.
 fn config(dir: &Path, policy: &MockServer, judge: &MockServer) -> PathBuf {
-    let path = dir.join("caiflow.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[endpoints.policy]\nbase_url = '{}'\nmodel = 'mock'\nmax_concurrency = 4\n\
-             price = {{ input_per_mtok = 3.0, output_per_mtok = 15.0 }}\n\
-             [endpoints.judge]\nbase_url = '{}'\nmodel = 'mock-judge'\nmax_concurrency = 4\n",
-            policy.base_url(),
-            judge.base_url()
-        ),
+    let priced = "model = 'mock'\nmax_concurrency = 4\n\
+                  price = { input_per_mtok = 3.0, output_per_mtok = 15.0 }";
+    let judge_keys = "model = 'mock-judge'\nmax_concurrency = 4";
+    write_config(
+        dir,
+        &[
+            ("policy", &policy.base_url(), priced),
+            ("judge", &judge.base_url(), judge_keys),
+        ],
     )
-    .unwrap();
-    path
 }
 
 fn prompts(dir: &Path, n: usize) -> PathBuf {

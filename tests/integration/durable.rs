@@ -1,13 +1,11 @@
 //! Durable runs against a mock endpoint that counts requests by fingerprint: kill -9 and
 //! resume, re-runs, option changes, repair, and stores that cannot be written.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::common::*;
 use caiflow_testkit::{Fault, MockServer};
-use common::*;
 
 fn caiflow() -> Command {
     caiflow_in(&repo_root())
@@ -30,11 +28,8 @@ impl Fixture {
         let server = MockServer::start().await.unwrap();
         server.set_latency(Duration::from_millis(latency_ms));
         let dir = tempfile::tempdir().unwrap();
-        let config = format!(
-            "[endpoints.policy]\nbase_url = '{}'\nmax_concurrency = 4\nretry = {{ max_attempts = 2, initial_backoff_ms = 10 }}\n",
-            server.base_url()
-        );
-        std::fs::write(dir.path().join("caiflow.toml"), config).unwrap();
+        let keys = "max_concurrency = 4\nretry = { max_attempts = 2, initial_backoff_ms = 10 }";
+        write_config(dir.path(), &[("policy", &server.base_url(), keys)]);
         let text: String = (0..prompts)
             .map(|i| format!("{{\"prompt\": \"durable prompt {i}\"}}\n"))
             .collect();

@@ -2,12 +2,10 @@
 //! plainly broken endpoint aborts at the maximum error rate, mixed faults are all recovered,
 //! and rows progress depth-first.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use caiflow_testkit::{Fault, LoadProfile, MockServer};
-use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_key_fails_the_query_fast() {

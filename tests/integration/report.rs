@@ -1,28 +1,29 @@
 //! `caiflow report`: the figures of an SL-CAI run (two rounds) and an RL-CAI run on the mock
 //! agree with their tables, and headless Chromium renders the HTML report.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::common::*;
 use caiflow_testkit::MockServer;
-use common::*;
 use serde_json::Value;
 
 fn config(dir: &Path, policy: &MockServer, judge: &MockServer) -> PathBuf {
-    let path = dir.join("caiflow.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[endpoints.policy]\nbase_url = '{}'\nmodel = 'mock'\nmax_concurrency = 4\n\
-             [endpoints.judge]\nbase_url = '{}'\nmodel = 'mock-judge'\nmax_concurrency = 4\n",
-            policy.base_url(),
-            judge.base_url()
-        ),
+    write_config(
+        dir,
+        &[
+            (
+                "policy",
+                &policy.base_url(),
+                "model = 'mock'\nmax_concurrency = 4",
+            ),
+            (
+                "judge",
+                &judge.base_url(),
+                "model = 'mock-judge'\nmax_concurrency = 4",
+            ),
+        ],
     )
-    .unwrap();
-    path
 }
 
 /// 24 prompts; the mock's answers repeat the prompt, so the 6 that say "I can't" make

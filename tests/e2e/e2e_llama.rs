@@ -5,13 +5,11 @@
 // awaits is the point.
 #![allow(clippy::await_holding_lock)]
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::process::Command;
 
+use crate::common::*;
 use caiflow_engine::constitution::Constitution;
-use common::*;
 
 /// The real-model tests run one at a time: each starts a llama.cpp server with one thread,
 /// and two of them on two cores would slow each other down several times.
@@ -39,17 +37,9 @@ async fn committed_table(
 }
 
 fn config_for(server: &LlamaServer, dir: &std::path::Path) -> std::path::PathBuf {
-    let config = dir.join("caiflow.toml");
     let url = server.base_url();
-    std::fs::write(
-        &config,
-        format!(
-            "[endpoints.policy]\nbase_url = '{url}'\nmodel = 'smollm2'\nmax_concurrency = 8\ntimeout_secs = 120\n\
-             [endpoints.judge]\nbase_url = '{url}'\nmodel = 'smollm2'\nmax_concurrency = 8\ntimeout_secs = 120\n"
-        ),
-    )
-    .unwrap();
-    config
+    let keys = "model = 'smollm2'\nmax_concurrency = 8\ntimeout_secs = 120";
+    write_config(dir, &[("policy", &url, keys), ("judge", &url, keys)])
 }
 
 #[test]

@@ -1,29 +1,10 @@
 //! `caiflow run plans/sl_cai.sql`, `caiflow export` and `caiflow sql` as a user runs them,
 //! against the mock endpoint (fast; the real-model run is in e2e_llama.rs).
 
-mod common;
-
 use std::process::Command;
 
+use crate::common::*;
 use caiflow_testkit::MockServer;
-use common::*;
-
-fn caiflow() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_caiflow"));
-    c.current_dir(repo_root());
-    c
-}
-
-fn run_ok(cmd: &mut Command) -> (String, String) {
-    let out = cmd.output().expect("run caiflow");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(
-        out.status.success(),
-        "caiflow failed:\nstdout: {stdout}\nstderr: {stderr}"
-    );
-    (stdout, stderr)
-}
 
 fn jsonl(path: &std::path::Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)

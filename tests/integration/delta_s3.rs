@@ -5,12 +5,10 @@
 //! … STORED AS DELTA`, fingerprinted by its latest commit.
 //! (Its own test binary: it sets the AWS variables of this process.)
 
-mod common;
-
+use crate::common::*;
 use caiflow_llm::CancellationToken;
 use caiflow_run::delta;
 use caiflow_run::store::RunStore;
-use common::*;
 use datafusion::prelude::SessionContext;
 
 async fn write(store: &RunStore, ctx: &SessionContext, writer: u32) -> Result<u64, String> {

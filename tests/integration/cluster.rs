@@ -5,34 +5,27 @@
 //! ids and request hashes), spread its requests over the executors (lineage `worker`), keep
 //! the endpoint's `max_concurrency` in total, and survive an executor killed mid-run.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use caiflow_engine::CaiSession;
 use caiflow_run::materialize::register_run_tables;
 use caiflow_run::store::RunStore;
 use caiflow_testkit::MockServer;
 use caiflow_testkit::cluster::{LocalCluster as Cluster, free_port_pair};
-use common::*;
 use datafusion::arrow::array::{Array, AsArray};
 
-fn caiflow() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_caiflow"));
-    c.current_dir(repo_root());
-    c
-}
-
-fn write_config(dir: &Path, policy: &str, judge: &str, max_concurrency: usize) -> PathBuf {
-    let config = dir.join("caiflow.toml");
-    let text = format!(
-        "[endpoints.policy]\nbase_url = '{policy}'\nmodel = 'mock'\nmax_concurrency = {max_concurrency}\n\n\
-         [endpoints.judge]\nbase_url = '{judge}'\nmodel = 'judge'\nmax_concurrency = {max_concurrency}\n"
-    );
-    std::fs::write(&config, text).expect("config");
-    config
+fn mock_config(dir: &Path, policy: &str, judge: &str, max_concurrency: usize) -> PathBuf {
+    let keys = |model: &str| format!("model = '{model}'\nmax_concurrency = {max_concurrency}");
+    write_config(
+        dir,
+        &[
+            ("policy", policy, &keys("mock")),
+            ("judge", judge, &keys("judge")),
+        ],
+    )
 }
 
 /// Start a cluster whose executors serve the endpoints at `urls` (an executor config written
@@ -168,7 +161,7 @@ async fn sl_and_rl_plans_on_a_cluster_match_a_local_run() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let prompts = write_prompts(dir.path(), n);
-    let local_config = write_config(
+    let local_config = mock_config(
         dir.path(),
         &mocks[0].base_url(),
         &mocks[1].base_url(),
@@ -176,7 +169,7 @@ async fn sl_and_rl_plans_on_a_cluster_match_a_local_run() {
     );
     let cluster_dir = dir.path().join("c");
     std::fs::create_dir_all(&cluster_dir).expect("dir");
-    let cluster_config = write_config(
+    let cluster_config = mock_config(
         &cluster_dir,
         &mocks[2].base_url(),
         &mocks[3].base_url(),
@@ -334,7 +327,7 @@ async fn sl_and_rl_plans_on_a_cluster_match_a_local_run() {
     }
 
     // An endpoint the executors cannot reach: one line naming it, nothing committed.
-    let config = write_config(&cluster_dir, &closed, &closed, max_concurrency);
+    let config = mock_config(&cluster_dir, &closed, &closed, max_concurrency);
     let out = run_plan(
         "plans/sl_cai.sql",
         &config,
@@ -381,7 +374,7 @@ async fn an_executor_killed_mid_run_is_replaced_and_every_row_lands_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let n = 60;
     let prompts = write_prompts(dir.path(), n);
-    let config = write_config(
+    let config = mock_config(
         dir.path(),
         &mock.base_url(),
         &mock.base_url(),
@@ -493,7 +486,7 @@ async fn a_plan_on_a_cluster_with_its_run_on_s3() {
     let dir = tempfile::tempdir().expect("tempdir");
     let n = 20;
     let prompts = write_prompts(dir.path(), n);
-    let config = write_config(dir.path(), &mock.base_url(), &mock.base_url(), 4);
+    let config = mock_config(dir.path(), &mock.base_url(), &mock.base_url(), 4);
     let cluster_env = env.clone();
     let cluster = {
         let (root, url) = (dir.path().to_path_buf(), mock.base_url());
@@ -590,7 +583,7 @@ async fn a_cluster_serves_only_its_own_endpoints_folders_and_signed_jobs() {
     let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).to_string();
 
     // A job without the token is refused before any task runs.
-    let good = write_config(dir.path(), &approved.base_url(), &approved.base_url(), 2);
+    let good = mock_config(dir.path(), &approved.base_url(), &approved.base_url(), 2);
     let out = run(&good, &store, "unsigned", None);
     assert!(!out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("not signed"), "{}", stderr(&out));

@@ -5,25 +5,16 @@
 //! `red_team_generate`: n distinct new prompts from answers in every format, duplicates of
 //! seeds and of each other dropped, a model that never complies stopped by the cap.
 
-mod common;
-
 use std::path::Path;
 use std::process::Output;
 use std::sync::atomic::Ordering;
 
+use crate::common::*;
 use caiflow_testkit::{Fault, MockServer};
-use common::*;
 
 fn config(dir: &Path, policy: &MockServer) -> String {
-    let path = dir.join("caiflow.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[endpoints.policy]\nbase_url = '{}'\nmodel = 'mock'\nmax_concurrency = 4\n",
-            policy.base_url()
-        ),
-    )
-    .unwrap();
+    let keys = "model = 'mock'\nmax_concurrency = 4";
+    let path = write_config(dir, &[("policy", &policy.base_url(), keys)]);
     path.display().to_string()
 }
 

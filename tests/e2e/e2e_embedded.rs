@@ -5,15 +5,13 @@
 // The lock below only serializes these tests; holding it across awaits is the point.
 #![allow(clippy::await_holding_lock)]
 
-mod common;
-
 use std::process::Command;
 use std::sync::Arc;
 
+use crate::common::*;
 use caiflow_embedded::EmbeddedBackend;
 use caiflow_llm::config::EndpointConfig;
 use caiflow_llm::{Backend, ChatRequest, Message, SamplingParams};
-use common::*;
 
 /// One model thread at a time: two on two cores slow each other down several times.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());

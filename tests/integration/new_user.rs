@@ -1,25 +1,17 @@
 //! What a new user does first, with Anthropic's own data and the shipped plans: run a plan
 //! with only `--set prompts=…`, stop it, run the same command again, feed it a wrong file.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use crate::common::*;
 use caiflow_testkit::MockServer;
-use common::*;
 use serde_json::{Value, json};
 
 /// Records of the real HH `harmless-base` test file used here (a prefix of its 2,312).
 const RECORDS: usize = 120;
-
-fn caiflow() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_caiflow"));
-    c.current_dir(repo_root());
-    c
-}
 
 fn ok(out: Output) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
@@ -57,19 +49,14 @@ fn distinct_prompts<'a>(transcripts: impl Iterator<Item = &'a str>) -> usize {
 }
 
 /// A config whose `policy` and `judge` are mock servers.
-fn write_config(dir: &Path, policy: &MockServer, judge: &MockServer) -> PathBuf {
-    let path = dir.join("caiflow.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[endpoints.policy]\nbase_url = '{}'\nmax_concurrency = 4\n\
-             [endpoints.judge]\nbase_url = '{}'\nmax_concurrency = 4\n",
-            policy.base_url(),
-            judge.base_url()
-        ),
+fn mock_config(dir: &Path, policy: &MockServer, judge: &MockServer) -> PathBuf {
+    write_config(
+        dir,
+        &[
+            ("policy", &policy.base_url(), "max_concurrency = 4"),
+            ("judge", &judge.base_url(), "max_concurrency = 4"),
+        ],
     )
-    .expect("config");
-    path
 }
 
 /// `caiflow run PLAN --config C --store S --set prompts=P` and nothing else.
@@ -140,7 +127,7 @@ async fn shipped_plans_read_anthropic_red_team_and_preference_files_without_nami
     let policy = MockServer::start().await.expect("mock");
     let judge = MockServer::start().await.expect("mock");
     judge.push_replies((0..10 * RECORDS).map(|_| r#"{"chosen": 1, "rejected": 2}"#.to_string()));
-    let config = write_config(dir.path(), &policy, &judge);
+    let config = mock_config(dir.path(), &policy, &judge);
 
     for (plan, prompts, table) in [
         ("plans/sl_cai.sql", &array, "revisions"),
@@ -176,7 +163,7 @@ async fn the_same_command_after_kill_9_resumes_the_run() {
     // The uninterrupted run, on its own server and store.
     let clean_server = MockServer::start().await.expect("mock");
     let clean_dir = tempfile::tempdir().expect("tempdir");
-    let clean_config = write_config(clean_dir.path(), &clean_server, &clean_server);
+    let clean_config = mock_config(clean_dir.path(), &clean_server, &clean_server);
     let clean_store = clean_dir.path().join("store");
     ok(
         plan_command("plans/sl_cai.sql", &clean_config, &clean_store, &prompts)
@@ -190,7 +177,7 @@ async fn the_same_command_after_kill_9_resumes_the_run() {
     // 40 prompts x 3 calls at 4 in flight and 100 ms each: about 3 s; killed at about half.
     let server = MockServer::start().await.expect("mock");
     server.set_latency(Duration::from_millis(100));
-    let config = write_config(dir.path(), &server, &server);
+    let config = mock_config(dir.path(), &server, &server);
     let store = dir.path().join("store");
     let mut child = plan_command("plans/sl_cai.sql", &config, &store, &prompts)
         .stdout(Stdio::null())
@@ -249,7 +236,7 @@ async fn a_stop_prints_the_command_that_resumes() {
     let prompts = dir.path().join("prompts.jsonl");
     std::fs::write(&prompts, "{\"prompt\": \"a prompt [[fail:401]]\"}\n").expect("write");
     let server = MockServer::start().await.expect("mock");
-    let config = write_config(dir.path(), &server, &server);
+    let config = mock_config(dir.path(), &server, &server);
     let store = dir.path().join("store");
     let out = plan_command("plans/sl_cai.sql", &config, &store, &prompts)
         .output()
@@ -274,7 +261,7 @@ async fn a_stop_prints_the_command_that_resumes() {
 async fn a_file_whose_every_record_is_unreadable_fails_before_any_request() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = MockServer::start().await.expect("mock");
-    let config = write_config(dir.path(), &server, &server);
+    let config = mock_config(dir.path(), &server, &server);
     let store = dir.path().join("store");
     let bad = dir.path().join("questions.jsonl");
     let text: String = (0..40)

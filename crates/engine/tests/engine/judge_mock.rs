@@ -1,12 +1,10 @@
 //! RL-CAI stages against mock endpoints: `sample` candidates, and a scripted `judge`.
 
-mod common;
-
+use crate::common::*;
 use caiflow_engine::CaiSession;
 use caiflow_llm::Endpoints;
 use caiflow_llm::config::{Config, EndpointConfig};
 use caiflow_testkit::{Fault, MockServer};
-use common::*;
 use datafusion::arrow::array::RecordBatch;
 
 struct Setup {

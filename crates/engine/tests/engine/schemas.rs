@@ -2,10 +2,8 @@
 //! fails when code and schema files drift. Regenerate on purpose with
 //! `CAIFLOW_UPDATE_SCHEMAS=1 cargo test --test schemas`.
 
-mod common;
-
+use crate::common::*;
 use caiflow_engine::CaiSession;
-use common::*;
 use datafusion::arrow::datatypes::{DataType, Field};
 use serde_json::{Value, json};
 

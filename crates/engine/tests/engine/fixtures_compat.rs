@@ -2,12 +2,10 @@
 //! files, Anthropic HH). Outside CI the folder may be absent: the tests then say so and
 //! skip; CI sets CAIFLOW_REQUIRE_FIXTURES=1, which turns a missing fixture into a failure.
 
-mod common;
-
+use crate::common::*;
 use caiflow_engine::CaiSession;
 use caiflow_engine::constitution::{FewShot, load_constitution};
 use caiflow_llm::Endpoints;
-use common::*;
 
 #[test]
 fn nemo_aligner_constitution_loads_with_wrappers_stripped() {

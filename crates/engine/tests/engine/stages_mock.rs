@@ -1,11 +1,9 @@
 //! The CAI stages as SQL table functions against the mock endpoint.
 
-mod common;
-
 use std::collections::BTreeSet;
 
+use crate::common::*;
 use caiflow_testkit::{Fault, MockServer};
-use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn respond_critique_revise_chain_with_rounds() {
