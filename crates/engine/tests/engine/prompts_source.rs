@@ -203,19 +203,18 @@ async fn helpful_sft_reads_nemo_trl_and_hh_shapes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn near_duplicates_are_dropped_by_minhash() {
     let dir = tempfile::tempdir().unwrap();
-    let originals: Vec<String> = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/red_team_prompts.jsonl"),
-    )
-    .unwrap()
-    .lines()
-    .take(40)
-    .map(|l| {
-        serde_json::from_str::<serde_json::Value>(l).unwrap()["prompt"]
-            .as_str()
+    let originals: Vec<String> =
+        std::fs::read_to_string(repo_root().join("data/red_team_prompts.jsonl"))
             .unwrap()
-            .to_string()
-    })
-    .collect();
+            .lines()
+            .take(40)
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["prompt"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
     assert_eq!(originals.len(), 40);
     let mut all = originals.clone();
     for (i, p) in originals.iter().take(20).enumerate() {
