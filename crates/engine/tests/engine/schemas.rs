@@ -1,6 +1,6 @@
 //! The Arrow schema of every table caiflow produces is kept in `schemas/*.json`; this test
 //! fails when code and schema files drift. Regenerate on purpose with
-//! `CAIFLOW_UPDATE_SCHEMAS=1 cargo test --test schemas`.
+//! `CAIFLOW_UPDATE_SCHEMAS=1 cargo test --workspace --test engine -- schemas`.
 
 use crate::common::*;
 use caiflow_engine::CaiSession;
