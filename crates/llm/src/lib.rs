@@ -1,7 +1,8 @@
 //! caiflow's LLM layer: the request and completion types, one [`Backend`] trait, the HTTP
 //! backends (OpenAI-compatible, NeMo), and [`Endpoint`], which adds what every stage relies
 //! on: the shared concurrency budget and scheduler, per-attempt timeouts, retries, the fault
-//! policy and the canonical request hash. Endpoint configuration (`caiflow.toml`) lives here.
+//! policy and the canonical request hash. Endpoint configuration (`[endpoints]` of
+//! `caiflow.toml`) lives here; the file's other sections belong to the crates that use them.
 //!
 //! It owns talking to models and must not know about tables: no DataFusion, no Arrow, no
 //! runs or journals. Other backends (the embedded llama.cpp engine) plug in through

@@ -1,7 +1,11 @@
 //! caiflow's runs: a plan (a SQL file with variables, [`plan`]) run into a run folder of a
 //! store (local or S3, [`store`]), where `CREATE TABLE` materializes committed tables and
-//! unchanged ones are reused ([`materialize`]; Delta tables: [`delta`]), every request outcome is journalled so a resumed run
-//! sends nothing twice ([`journal`]), and a stop is graceful ([`execute`]).
+//! unchanged ones are reused ([`materialize`]; the Delta tables: [`delta`]), every request
+//! outcome is journalled so a resumed run sends nothing twice ([`journal`]), and a stop is
+//! graceful ([`execute`]). Around a run: its name and resume command ([`naming`]), its
+//! sessions, usage and budgets ([`sessions`]), the saved plan `repair` re-runs ([`saved`]),
+//! its lease ([`lock`]) and the parts of `caiflow.toml` it reads ([`config`]: endpoints and
+//! `[tables]`).
 //!
 //! It owns durability: what is stored, committed and resumed. It must not know how a stage
 //! builds its requests or how a backend talks to a model; it drives the engine's session and
