@@ -178,7 +178,7 @@ async fn journal_appends(n: u64) {
         finish_reason: Some("stop".into()),
         prompt_tokens: Some(120),
         completion_tokens: Some(96),
-        top_logprobs: None,
+        ..Default::default()
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let mut rates = vec![];

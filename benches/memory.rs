@@ -147,7 +147,7 @@ fn synthetic_journal(dir: &Path, entries: usize) {
                 finish_reason: Some("stop".into()),
                 prompt_tokens: Some(10),
                 completion_tokens: Some(200),
-                top_logprobs: None,
+                ..Default::default()
             };
             segment.push_ok(&hash, completion).expect("line");
         }

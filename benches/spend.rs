@@ -32,12 +32,14 @@ fn ledger(requests: usize, threads: usize) {
         prompt_tokens: 900,
         completion_tokens: 512,
         cost: 0.01,
+        ..Default::default()
     };
     let used = Usage {
         requests: 1,
         prompt_tokens: 700,
         completion_tokens: 200,
         cost: 0.005,
+        ..Default::default()
     };
     let started = Instant::now();
     let handles: Vec<_> = (0..threads)

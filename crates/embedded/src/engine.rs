@@ -593,6 +593,7 @@ fn finish(g: Generation, reason: &str) {
         prompt_tokens: Some(g.prompt.len() as u64),
         completion_tokens: Some(g.generated),
         top_logprobs: g.top_logprobs.map(|_| g.logprobs),
+        ..Default::default()
     };
     let _ = g.reply.send(Ok(completion));
 }

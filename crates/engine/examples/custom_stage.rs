@@ -48,6 +48,9 @@ impl LlmStage for HarmLabelStage {
     fn options(&self) -> &LlmOptions {
         &self.options
     }
+    fn output(&self) -> &str {
+        "label"
+    }
     fn required_columns(&self) -> Vec<&'static str> {
         vec!["prompt"]
     }

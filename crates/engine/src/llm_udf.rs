@@ -119,7 +119,7 @@ fn parse_options(endpoint: &str, options: Option<&str>) -> Result<CallOptions> {
     }
     let args = StageArgs::parse_texts(NAME, texts)?;
     let defaults = LlmDefaults {
-        few_shot: "none",
+        few_shot: Some("none"),
         ..Default::default()
     };
     let llm = LlmOptions::parse_with(&args, &defaults)?;

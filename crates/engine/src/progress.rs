@@ -29,6 +29,8 @@ pub struct StageProgress {
     /// Completion tokens (`tokens`) and prompt tokens of the answers, journalled ones too.
     pub tokens: AtomicU64,
     pub prompt_tokens: AtomicU64,
+    /// Of `tokens`, a reasoning model's thinking.
+    pub reasoning_tokens: AtomicU64,
     /// Final answers cut off by `max_tokens` (`finish_reason = length`), journalled ones
     /// too; and answers cut off that were asked again (`retry_truncated`).
     pub truncated: AtomicU64,
@@ -66,6 +68,7 @@ impl StageProgress {
             journal_hits: AtomicU64::new(0),
             tokens: AtomicU64::new(0),
             prompt_tokens: AtomicU64::new(0),
+            reasoning_tokens: AtomicU64::new(0),
             truncated: AtomicU64::new(0),
             truncated_retried: AtomicU64::new(0),
             max_completion_tokens: AtomicU64::new(0),
@@ -149,6 +152,7 @@ impl StageProgress {
                 .clone(),
             prompt_tokens: get(&self.prompt_tokens),
             completion_tokens: get(&self.tokens),
+            reasoning_tokens: get(&self.reasoning_tokens),
             truncated: get(&self.truncated),
             truncated_retried: get(&self.truncated_retried),
             max_completion_tokens: get(&self.max_completion_tokens),
@@ -349,6 +353,9 @@ pub struct StageStats {
     pub errors_by_reason: BTreeMap<String, u64>,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Of `completion_tokens`, a reasoning model's thinking (journalled answers too).
+    #[serde(default)]
+    pub reasoning_tokens: u64,
     /// Final answers cut off by `max_tokens`, and cut-off answers asked again.
     pub truncated: u64,
     #[serde(default)]

@@ -49,6 +49,10 @@ pub struct EndpointConfig {
     /// The largest response body read from this endpoint's server, in MiB (default 16): a
     /// longer or endless body fails the request instead of filling memory.
     pub max_response_mib: Option<u64>,
+    /// A reasoning model's expected thinking per answer, in tokens: dry runs add it to each
+    /// request's expected completion (and report it as reasoning), so a plan on a reasoning
+    /// model is priced with its thinking. Runs count the real thinking whatever this says.
+    pub reasoning_tokens: Option<u32>,
     pub backend: BackendConfig,
 }
 
@@ -130,9 +134,11 @@ struct CommonKeys {
     budget: crate::spend::Budget,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     max_response_mib: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reasoning_tokens: Option<u32>,
 }
 
-const COMMON_KEYS: [&str; 9] = [
+const COMMON_KEYS: [&str; 10] = [
     "model",
     "max_concurrency",
     "timeout_secs",
@@ -142,6 +148,7 @@ const COMMON_KEYS: [&str; 9] = [
     "price",
     "budget",
     "max_response_mib",
+    "reasoning_tokens",
 ];
 
 impl<'de> Deserialize<'de> for EndpointConfig {
@@ -169,6 +176,7 @@ impl<'de> Deserialize<'de> for EndpointConfig {
             price: c.price,
             budget: c.budget,
             max_response_mib: c.max_response_mib,
+            reasoning_tokens: c.reasoning_tokens,
             backend,
         })
     }
@@ -194,6 +202,7 @@ impl Serialize for EndpointConfig {
                 price: self.price,
                 budget: self.budget,
                 max_response_mib: self.max_response_mib,
+                reasoning_tokens: self.reasoning_tokens,
             },
             backend: &self.backend,
         }
@@ -250,6 +259,7 @@ impl EndpointConfig {
             price: None,
             budget: Default::default(),
             max_response_mib: None,
+            reasoning_tokens: None,
             backend,
         }
     }

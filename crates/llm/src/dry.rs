@@ -17,6 +17,9 @@ use crate::{AttemptError, Backend, ChatRequest, Completion};
 pub struct DryBackend {
     /// The endpoint's real backend, asked only to count prompt tokens.
     pub inner: Arc<dyn Backend>,
+    /// The endpoint's expected thinking per answer (`reasoning_tokens`), added to each
+    /// answer as reasoning.
+    pub reasoning_tokens: u64,
 }
 
 /// The verdict a dry answer starts with: readable by the judge.
@@ -50,11 +53,14 @@ impl Backend for DryBackend {
         for _ in 0..filler {
             text.push_str("abc ");
         }
+        let thinking = self.reasoning_tokens;
         Ok(Completion {
             text,
             finish_reason: Some("stop".into()),
             prompt_tokens: Some(prompt),
-            completion_tokens: Some(expected),
+            completion_tokens: Some(expected.saturating_add(thinking)),
+            reasoning: (thinking > 0).then(|| "hmm ".repeat(thinking.min(1 << 16) as usize)),
+            reasoning_tokens: (thinking > 0).then_some(thinking),
             top_logprobs: request
                 .params
                 .top_logprobs

@@ -147,6 +147,7 @@ impl Endpoint {
                 requests: 1,
                 prompt_tokens: prompt,
                 completion_tokens: completion,
+                reasoning_tokens: 0,
                 cost: self.cost(prompt, completion),
             },
             estimate,
@@ -168,6 +169,7 @@ impl Endpoint {
             requests: 1,
             prompt_tokens: prompt,
             completion_tokens: generated,
+            reasoning_tokens: completion.reasoning_tokens.unwrap_or(0).min(generated),
             cost: self.cost(prompt, generated),
         }
     }
@@ -391,7 +393,9 @@ impl Endpoint {
                     .peak_in_flight
                     .fetch_max(now, Ordering::Relaxed);
                 let sent = Instant::now();
-                let r = tokio::time::timeout(self.timeout, self.backend.complete(request)).await;
+                let r = tokio::time::timeout(self.timeout, self.backend.complete(request))
+                    .await
+                    .map(|r| r.map(crate::reasoning::separate));
                 self.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
                 let (overloaded, tokens) = match &r {
                     Ok(Ok(c)) => (
@@ -513,6 +517,7 @@ impl Endpoints {
             if dry {
                 endpoint.backend = Arc::new(crate::dry::DryBackend {
                     inner: endpoint.backend.clone(),
+                    reasoning_tokens: u64::from(e.reasoning_tokens.unwrap_or(0)),
                 });
                 endpoint.base_url = None;
                 endpoint.dry = true;

@@ -18,6 +18,7 @@ pub mod hash;
 pub mod models;
 pub mod nemo;
 pub mod openai;
+pub mod reasoning;
 pub mod retry;
 pub mod spend;
 
@@ -103,6 +104,10 @@ pub struct Completion {
     /// Per generated token, its most likely alternatives as (token text, log-probability);
     /// present when the request asked for `top_logprobs` and the server returned them.
     pub top_logprobs: Option<Vec<Vec<(String, f64)>>>,
+    /// A reasoning model's thinking, never part of `text` (see [`reasoning`]).
+    pub reasoning: Option<String>,
+    /// How many of `completion_tokens` were thinking (the server's count, else estimated).
+    pub reasoning_tokens: Option<u64>,
 }
 
 /// Why one attempt failed, and whether another attempt may succeed.

@@ -112,8 +112,7 @@ pub(crate) fn parse_generate_body(
         text,
         finish_reason: None,
         prompt_tokens: None,
-        completion_tokens: None,
-        top_logprobs: None,
+        ..Default::default()
     })
 }
 

@@ -175,6 +175,10 @@ fn parse_top_logprobs(v: &Value) -> Option<Vec<Vec<(String, f64)>>> {
 #[derive(Deserialize)]
 struct ChoiceMessage {
     content: Option<String>,
+    /// vLLM, SGLang, DeepSeek, llama.cpp (`--reasoning-format deepseek`).
+    reasoning_content: Option<String>,
+    /// OpenRouter, newer vLLM.
+    reasoning: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -183,6 +187,8 @@ struct Usage {
     prompt_tokens: Option<u64>,
     #[serde(default, deserialize_with = "lenient_count")]
     completion_tokens: Option<u64>,
+    /// `{"reasoning_tokens": n, …}` (OpenAI, vLLM); any other shape is no count.
+    completion_tokens_details: Option<Value>,
 }
 
 /// A token count as servers send it: a count that is not a non-negative integer (a float, a
@@ -204,19 +210,22 @@ pub fn parse_chat_body(body: &str) -> Result<Completion, AttemptError> {
         .next()
         .ok_or_else(|| AttemptError::retryable("response has no choices"))?;
     let top_logprobs = choice.logprobs.as_ref().and_then(parse_top_logprobs);
-    let text = choice
-        .message
-        .and_then(|m| m.content)
-        .or(choice.text)
-        .unwrap_or_default();
-    if text.trim().is_empty() {
-        return Err(AttemptError::retryable(format!(
-            "empty completion (finish_reason {})",
-            choice.finish_reason.as_deref().unwrap_or("none")
-        )));
-    }
-    Ok(Completion {
-        text,
+    let (content, reasoning) = match choice.message {
+        Some(m) => (m.content, m.reasoning_content.or(m.reasoning)),
+        None => (None, None),
+    };
+    let completion = crate::reasoning::separate(Completion {
+        text: content.or(choice.text).unwrap_or_default(),
+        reasoning,
+        reasoning_tokens: crate::plausible_tokens(
+            "reasoning tokens",
+            parsed
+                .usage
+                .as_ref()
+                .and_then(|u| u.completion_tokens_details.as_ref())
+                .and_then(|d| d.get("reasoning_tokens"))
+                .and_then(Value::as_u64),
+        ),
         finish_reason: choice.finish_reason,
         prompt_tokens: crate::plausible_tokens(
             "prompt tokens",
@@ -227,7 +236,18 @@ pub fn parse_chat_body(body: &str) -> Result<Completion, AttemptError> {
             parsed.usage.as_ref().and_then(|u| u.completion_tokens),
         ),
         top_logprobs,
-    })
+    });
+    if completion.text.trim().is_empty() {
+        let finish = completion.finish_reason.as_deref().unwrap_or("none");
+        return Err(AttemptError::retryable(match &completion.reasoning {
+            Some(r) => format!(
+                "empty answer after {} bytes of reasoning (finish_reason {finish}): raise max_tokens so the model can finish thinking",
+                r.len()
+            ),
+            None => format!("empty completion (finish_reason {finish})"),
+        }));
+    }
+    Ok(completion)
 }
 
 #[async_trait::async_trait]

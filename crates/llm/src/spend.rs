@@ -73,6 +73,9 @@ pub struct Usage {
     pub requests: u64,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Of `completion_tokens`, how many were a reasoning model's thinking (billed as output).
+    #[serde(default)]
+    pub reasoning_tokens: u64,
     pub cost: f64,
 }
 
@@ -97,6 +100,7 @@ impl Usage {
         self.completion_tokens = self
             .completion_tokens
             .saturating_add(other.completion_tokens);
+        self.reasoning_tokens = self.reasoning_tokens.saturating_add(other.reasoning_tokens);
         self.cost += other.cost;
     }
 
@@ -106,6 +110,7 @@ impl Usage {
         self.completion_tokens = self
             .completion_tokens
             .saturating_sub(other.completion_tokens);
+        self.reasoning_tokens = self.reasoning_tokens.saturating_sub(other.reasoning_tokens);
         self.cost = (self.cost - other.cost).max(0.0);
     }
 }

@@ -53,6 +53,22 @@ impl Constitution {
         let i = rng.gen_range(0..self.principles.len());
         (i, &self.principles[i])
     }
+
+    /// The draw of critique-revision sequence `sequence` (1-based; `sequences => N`): the
+    /// first is [`Self::draw`]'s, so a plan with one sequence keeps its draws, and every
+    /// other sequence draws on its own.
+    pub fn draw_in(
+        &self,
+        seed: u64,
+        prompt_id: &str,
+        round: u32,
+        sequence: u32,
+    ) -> (usize, &Principle) {
+        if sequence <= 1 {
+            return self.draw(seed, prompt_id, round);
+        }
+        self.draw(seed, &format!("{prompt_id}\u{0}sequence {sequence}"), round)
+    }
 }
 
 #[cfg(test)]

@@ -41,7 +41,7 @@ pub fn parse_verdict(text: &str, n: usize) -> Result<(Verdict, String), String> 
                 id_of(v).ok_or_else(|| format!("\"{key}\": {v} is not a response id"))
             };
             // A structured answer carries its explanation inside the dict.
-            let inner = ["why", "explanation"]
+            let inner = ["why", "explanation", "analysis"]
                 .iter()
                 .find_map(|k| value.get(*k))
                 .and_then(Value::as_str)

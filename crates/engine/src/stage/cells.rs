@@ -25,6 +25,53 @@ pub enum Cell {
     Lineage(Option<Box<Lineage>>),
     /// A `List<candidate>` value (never null), see [`candidate_fields`].
     Candidates(Vec<CandidateCell>),
+    /// A `List<comparison>` value (never null), see [`comparison_fields`].
+    Comparisons(Vec<ComparisonCell>),
+}
+
+/// One pairwise comparison a judge made (an item of the `comparisons` column): candidates
+/// `a` and `b` (their `sample_idx`) under `principle`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ComparisonCell {
+    pub principle: Option<String>,
+    pub a: Option<u32>,
+    pub b: Option<u32>,
+    /// The soft label used: P(a preferred over b), clamped, averaged over the orders asked.
+    pub p_ab: Option<f64>,
+    /// P(a over b) when a was shown first (as (A)), and when b was.
+    pub p_a_first: Option<f64>,
+    pub p_b_first: Option<f64>,
+    /// The hard label: a won by the judge's written answer (its letter, or the letter its
+    /// reasoning ends with).
+    pub hard_a: Option<bool>,
+    /// `audit => true`: both orders prefer the same candidate.
+    pub consistent: Option<bool>,
+    /// The soft label (p_ab > 0.5) and the hard label agree.
+    pub agree: Option<bool>,
+}
+
+/// The fields of a `comparisons` item.
+pub fn comparison_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("principle", DataType::Utf8, true),
+        Field::new("a", DataType::UInt32, true),
+        Field::new("b", DataType::UInt32, true),
+        Field::new("p_ab", DataType::Float64, true),
+        Field::new("p_a_first", DataType::Float64, true),
+        Field::new("p_b_first", DataType::Float64, true),
+        Field::new("hard_a", DataType::Boolean, true),
+        Field::new("consistent", DataType::Boolean, true),
+        Field::new("agree", DataType::Boolean, true),
+    ])
+}
+
+/// The type of a `comparisons` column.
+pub fn comparisons_type() -> DataType {
+    DataType::List(Arc::new(Field::new(
+        "item",
+        DataType::Struct(comparison_fields()),
+        true,
+    )))
 }
 
 /// One candidate a judge saw (an item of the `candidates` column).
@@ -81,6 +128,7 @@ pub enum ColumnBuilder {
     U32List(ListBuilder<UInt32Builder>),
     Lineage(Box<LineageBuilder>),
     Candidates(ListBuilder<StructBuilder>),
+    Comparisons(ListBuilder<StructBuilder>),
 }
 
 impl ColumnBuilder {
@@ -105,6 +153,12 @@ impl ColumnBuilder {
                         .with_field(item.clone()),
                 )
             }
+            DataType::List(item) if item.data_type() == &DataType::Struct(comparison_fields()) => {
+                ColumnBuilder::Comparisons(
+                    ListBuilder::new(StructBuilder::from_fields(comparison_fields(), 0))
+                        .with_field(item.clone()),
+                )
+            }
             other => return internal_err!("stage column '{name}' has unsupported type {other}"),
         })
     }
@@ -125,6 +179,10 @@ impl ColumnBuilder {
                 append_candidates(b.values(), items)?;
                 b.append(true);
             }
+            (ColumnBuilder::Comparisons(b), Cell::Comparisons(items)) => {
+                append_comparisons(b.values(), items)?;
+                b.append(true);
+            }
             (b, cell) => {
                 return internal_err!("stage emitted {cell:?} for a {} column", b.kind());
             }
@@ -142,6 +200,7 @@ impl ColumnBuilder {
             ColumnBuilder::U32List(_) => "List<UInt32>",
             ColumnBuilder::Lineage(_) => "lineage",
             ColumnBuilder::Candidates(_) => "candidates",
+            ColumnBuilder::Comparisons(_) => "comparisons",
         }
     }
 
@@ -155,20 +214,38 @@ impl ColumnBuilder {
             ColumnBuilder::U32List(mut b) => Arc::new(b.finish()),
             ColumnBuilder::Lineage(b) => b.finish(),
             ColumnBuilder::Candidates(mut b) => Arc::new(b.finish()),
+            ColumnBuilder::Comparisons(mut b) => Arc::new(b.finish()),
         }
     }
 }
 
-fn append_candidates(b: &mut StructBuilder, items: Vec<CandidateCell>) -> Result<()> {
-    fn field<T: datafusion::arrow::array::ArrayBuilder>(
-        b: &mut StructBuilder,
-        i: usize,
-    ) -> Result<&mut T> {
-        match b.field_builder::<T>(i) {
-            Some(f) => Ok(f),
-            None => internal_err!("candidates: field {i} has another builder type"),
-        }
+fn field<T: datafusion::arrow::array::ArrayBuilder>(
+    b: &mut StructBuilder,
+    i: usize,
+) -> Result<&mut T> {
+    match b.field_builder::<T>(i) {
+        Some(f) => Ok(f),
+        None => internal_err!("struct column: field {i} has another builder type"),
     }
+}
+
+fn append_comparisons(b: &mut StructBuilder, items: Vec<ComparisonCell>) -> Result<()> {
+    for c in items {
+        field::<StringBuilder>(b, 0)?.append_option(c.principle);
+        field::<UInt32Builder>(b, 1)?.append_option(c.a);
+        field::<UInt32Builder>(b, 2)?.append_option(c.b);
+        field::<Float64Builder>(b, 3)?.append_option(c.p_ab);
+        field::<Float64Builder>(b, 4)?.append_option(c.p_a_first);
+        field::<Float64Builder>(b, 5)?.append_option(c.p_b_first);
+        field::<BooleanBuilder>(b, 6)?.append_option(c.hard_a);
+        field::<BooleanBuilder>(b, 7)?.append_option(c.consistent);
+        field::<BooleanBuilder>(b, 8)?.append_option(c.agree);
+        b.append(true);
+    }
+    Ok(())
+}
+
+fn append_candidates(b: &mut StructBuilder, items: Vec<CandidateCell>) -> Result<()> {
     for c in items {
         field::<UInt32Builder>(b, 0)?.append_option(c.sample_idx);
         field::<Float64Builder>(b, 1)?.append_option(c.temperature);

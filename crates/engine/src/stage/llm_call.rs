@@ -32,15 +32,6 @@ fn lineage_of(env: &StageEnv, request: &ChatRequest, outcome: &CallOutcome) -> L
     }
 }
 
-/// Send a request through the stage's endpoint; returns the text or the error, plus lineage.
-pub async fn call(
-    env: &StageEnv,
-    request: &ChatRequest,
-) -> (Result<String, String>, Option<Lineage>) {
-    let (result, lineage) = complete(env, request).await;
-    (result.map(|c| c.text), lineage)
-}
-
 /// Send a request, or serve it from the run's journal when it was completed before (then
 /// `attempts` is 0 in the lineage). Every new outcome is journalled; failures are journalled
 /// as failures and never served. An answer cut off by `max_tokens` is asked once more with
@@ -118,8 +109,14 @@ async fn complete_once(
             o
         }
     };
+    // Thinking is never part of an answer, whichever way the server or the journal gave it.
+    let outcome = CallOutcome {
+        result: outcome.result.map(caiflow_llm::reasoning::separate),
+        ..outcome
+    };
     if let Ok(c) = &outcome.result {
         StageProgress::add(&p.tokens, c.completion_tokens.unwrap_or(0));
+        StageProgress::add(&p.reasoning_tokens, c.reasoning_tokens.unwrap_or(0));
         StageProgress::add(&p.prompt_tokens, c.prompt_tokens.unwrap_or(0));
     }
     let lineage = lineage_of(env, request, &outcome);

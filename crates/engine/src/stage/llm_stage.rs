@@ -5,7 +5,8 @@
 //! row becomes. The framework ([`LlmRowStage`], made a table function by
 //! [`super::StageFunction`]) adds the rest, the same for every stage:
 //!
-//! - the `{stage}_lineage` column (the request behind each row) and the `error` column;
+//! - the `{output}_reasoning` column (a reasoning model's thinking, never in the answer),
+//!   the `{stage}_lineage` column (the request behind each row) and the `error` column;
 //! - rows an upstream stage failed (or whose needed input is null) are skipped with that
 //!   error carried, and no request is made ([`Missing`]);
 //! - a failed request's error is prefixed with the stage's name (`respond: …`);
@@ -22,7 +23,9 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::error::Result;
 
 use super::args::StageArgs;
-use super::cells::{CandidateCell, Cell, OutRow, candidates_field};
+use super::cells::{
+    CandidateCell, Cell, ComparisonCell, OutRow, candidates_field, comparisons_type,
+};
 use super::contract::{Grouping, RowStage, StageFactory};
 use super::env::StageEnv;
 use super::lineage::{Lineage, lineage_field, lineage_fields};
@@ -112,6 +115,16 @@ impl CellValue for Vec<CandidateCell> {
     }
 }
 
+/// The pairwise comparisons a judge made.
+impl CellValue for Vec<ComparisonCell> {
+    fn data_type() -> DataType {
+        comparisons_type()
+    }
+    fn into_cell(self) -> Cell {
+        Cell::Comparisons(self)
+    }
+}
+
 /// A stage's typed output row: its fields and one row's cells, in the same order. Write it
 /// with [`output_row!`](crate::output_row), which derives both from one struct.
 pub trait OutputRow: Default + Send + 'static {
@@ -160,16 +173,33 @@ pub struct Emit<R> {
     pub row: R,
     pub lineage: Option<Lineage>,
     pub error: Option<String>,
+    /// The model's thinking behind the row's answer (`{output}_reasoning`).
+    pub reasoning: Option<String>,
 }
 
 impl<R> Emit<R> {
-    /// A row that failed with `error`.
-    pub fn failed(row: R, lineage: Option<Lineage>, error: String) -> Self {
+    /// A row made by an answered request.
+    pub fn ok(row: R, lineage: Option<Lineage>) -> Self {
         Emit {
             row,
             lineage,
-            error: Some(error),
+            error: None,
+            reasoning: None,
         }
+    }
+
+    /// A row that failed with `error`.
+    pub fn failed(row: R, lineage: Option<Lineage>, error: String) -> Self {
+        Emit {
+            error: Some(error),
+            ..Self::ok(row, lineage)
+        }
+    }
+
+    /// The same row with the thinking behind its answer.
+    pub fn with_reasoning(mut self, reasoning: Option<String>) -> Self {
+        self.reasoning = reasoning;
+        self
     }
 }
 
@@ -193,11 +223,13 @@ impl<'a> Llm<'a> {
         Llm { env, stage }
     }
 
-    /// Send `request` (or serve it from the journal); the answer's text.
+    /// Send `request` (or serve it from the journal); the answer's text and thinking.
     pub async fn call(&self, request: &ChatRequest) -> Reply {
-        let (result, lineage) = llm_call::call(self.env, request).await;
+        let (result, lineage) = llm_call::complete(self.env, request).await;
+        let reasoning = result.as_ref().ok().and_then(|c| c.reasoning.clone());
         Reply {
-            result,
+            result: result.map(|c| c.text),
+            reasoning,
             lineage,
             stage: self.stage,
         }
@@ -218,10 +250,12 @@ impl<'a> Llm<'a> {
     }
 }
 
-/// The answer to one request: its text or error, and the request's lineage.
+/// The answer to one request: its text or error, the model's thinking (reasoning models;
+/// never part of the text) and the request's lineage.
 #[derive(Debug)]
 pub struct Reply {
     pub result: std::result::Result<String, String>,
+    pub reasoning: Option<String>,
     pub lineage: Option<Lineage>,
     stage: &'static str,
 }
@@ -231,11 +265,7 @@ impl Reply {
     /// then the error, prefixed with the stage's name, is the row's error).
     pub fn emit<R>(self, row: impl FnOnce(Option<String>) -> R) -> Emit<R> {
         match self.result {
-            Ok(text) => Emit {
-                row: row(Some(text)),
-                lineage: self.lineage,
-                error: None,
-            },
+            Ok(text) => Emit::ok(row(Some(text)), self.lineage).with_reasoning(self.reasoning),
             Err(e) => Emit::failed(row(None), self.lineage, format!("{}: {e}", self.stage)),
         }
     }
@@ -253,6 +283,11 @@ pub trait LlmStage: fmt::Debug + Send + Sync + Sized + 'static {
     fn build(args: &StageArgs, input: &Schema) -> Result<Self>;
     /// The endpoint and sampling options.
     fn options(&self) -> &LlmOptions;
+    /// The column of the model's answer (`response` by default): the framework adds
+    /// `{output}_reasoning` after the stage's columns for the thinking of reasoning models.
+    fn output(&self) -> &str {
+        "response"
+    }
     /// Input columns that must exist (checked when the plan is made).
     fn required_columns(&self) -> Vec<&'static str>;
     /// What one input row becomes: its output rows, or [`Missing`] when a needed input is
@@ -333,6 +368,7 @@ impl<S: LlmStage> LlmRowStage<S> {
                     env.progress.error(error);
                 }
                 let mut cells = e.row.cells();
+                cells.push(Cell::Str(e.reasoning));
                 cells.push(e.lineage.into());
                 cells.push(Cell::Str(e.error));
                 cells
@@ -351,6 +387,11 @@ impl<S: LlmStage> RowStage for LlmRowStage<S> {
     }
     fn output_fields(&self) -> Vec<Field> {
         let mut fields = self.0.fields();
+        fields.push(Field::new(
+            format!("{}_reasoning", self.0.output()),
+            DataType::Utf8,
+            true,
+        ));
         fields.push(lineage_field(self.0.lineage_prefix()));
         fields.push(Field::new("error", DataType::Utf8, true));
         fields

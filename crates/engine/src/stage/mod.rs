@@ -38,7 +38,7 @@ pub mod spread;
 pub mod table;
 
 pub use args::StageArgs;
-pub use cells::{CandidateCell, Cell, OutRow};
+pub use cells::{CandidateCell, Cell, ComparisonCell, OutRow};
 pub use contract::{Grouping, RowStage, StageCall, StageFactory};
 pub use datafusion::arrow::datatypes::Field;
 pub use env::StageEnv;

@@ -31,7 +31,9 @@ pub struct LlmOptions {
 #[derive(Clone, Debug)]
 pub struct LlmDefaults {
     pub endpoint: &'static str,
-    pub few_shot: &'static str,
+    /// The SL few-shot examples (`few_shot` option); `None`: the stage reads `few_shot`
+    /// itself, in its own layout (the judge's worked comparisons), and sends no SL turns.
+    pub few_shot: Option<&'static str>,
     pub temperature: f64,
     pub top_p: Option<f64>,
     pub top_k: Option<u32>,
@@ -42,7 +44,7 @@ impl Default for LlmDefaults {
     fn default() -> Self {
         LlmDefaults {
             endpoint: "policy",
-            few_shot: "default",
+            few_shot: Some("default"),
             temperature: 0.7,
             top_p: None,
             top_k: None,
@@ -58,8 +60,12 @@ impl LlmOptions {
 
     /// Parse with stage-specific defaults (sample and judge differ from the SL stages).
     pub fn parse_with(args: &StageArgs, defaults: &LlmDefaults) -> Result<Self> {
-        let few_shot = FewShot::resolve(&args.str_or("few_shot", defaults.few_shot))
-            .map_err(|e| plan_datafusion_err!("{}: {e}", args.function()))?;
+        let few_shot = match defaults.few_shot {
+            Some(default) => FewShot::resolve(&args.str_or("few_shot", default))
+                .map_err(|e| plan_datafusion_err!("{}: {e}", args.function()))?,
+            None => FewShot::resolve("none")
+                .map_err(|e| plan_datafusion_err!("{}: {e}", args.function()))?,
+        };
         let options = LlmOptions {
             endpoint: args.str_or("endpoint", defaults.endpoint),
             temperature: args.parsed_or("temperature", defaults.temperature)?,

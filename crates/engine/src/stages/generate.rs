@@ -95,7 +95,7 @@ output_row! {
 impl Generate {
     fn new(args: &StageArgs, input: &Schema) -> Result<Self> {
         let defaults = LlmDefaults {
-            few_shot: "none",
+            few_shot: Some("none"),
             ..Default::default()
         };
         let options = LlmOptions::parse_with(args, &defaults)?;
@@ -185,6 +185,9 @@ impl LlmStage for Generate {
     fn options(&self) -> &LlmOptions {
         &self.options
     }
+    fn output(&self) -> &str {
+        &self.output
+    }
     fn required_columns(&self) -> Vec<&'static str> {
         // The template's columns are checked when the stage is built.
         vec![]
@@ -224,8 +227,8 @@ impl LlmStage for Generate {
             );
             request.params.response_format = self.response_format.clone();
             let (result, lineage) = llm.complete(&request).await;
-            let raw = match result {
-                Ok(c) => c.text,
+            let (raw, reasoning) = match result {
+                Ok(c) => (c.text, c.reasoning),
                 Err(e) => return failed(format!("generate: {e}"), None, lineage),
             };
             let invalid = match &self.response_format {
@@ -237,11 +240,7 @@ impl LlmStage for Generate {
                     let row = Generated {
                         generated: Some(raw),
                     };
-                    return Ok(vec![Emit {
-                        row,
-                        lineage,
-                        error: None,
-                    }]);
+                    return Ok(vec![Emit::ok(row, lineage).with_reasoning(reasoning)]);
                 }
                 Some(e) if attempt == self.attempts => {
                     return failed(

@@ -108,7 +108,7 @@ impl TableFunctionImpl for RedTeamGenerateFunction {
         let max_fruitless = a.parsed_or("max_fruitless", 20u32)?;
         a.check("max_fruitless", max_fruitless, max_fruitless >= 1, ">= 1")?;
         let defaults = LlmDefaults {
-            few_shot: "none",
+            few_shot: Some("none"),
             temperature: 1.0,
             max_tokens: 1024,
             ..Default::default()

@@ -69,7 +69,7 @@ impl LlmStage for Sample {
 
     fn build(args: &StageArgs, _input: &Schema) -> Result<Self> {
         let defaults = LlmDefaults {
-            few_shot: "none",
+            few_shot: Some("none"),
             top_k: Some(50),
             top_p: Some(0.95),
             ..Default::default()

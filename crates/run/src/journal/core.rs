@@ -631,7 +631,7 @@ mod tests {
             finish_reason: Some("stop".into()),
             prompt_tokens: Some(i),
             completion_tokens: Some(1),
-            top_logprobs: None,
+            ..Default::default()
         }
     }
 

@@ -23,6 +23,11 @@ pub(super) struct Line {
     pub(super) completion_tokens: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) top_logprobs: Option<Vec<Vec<(String, f64)>>>,
+    /// A reasoning model's thinking, apart from `text`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) reasoning: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) reasoning_tokens: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) error: Option<String>,
 }
@@ -41,6 +46,8 @@ impl Line {
                 prompt_tokens: c.prompt_tokens,
                 completion_tokens: c.completion_tokens,
                 top_logprobs: c.top_logprobs.clone(),
+                reasoning: c.reasoning.clone(),
+                reasoning_tokens: c.reasoning_tokens,
                 error: None,
             },
             Err(e) => Line {
@@ -51,13 +58,17 @@ impl Line {
                 prompt_tokens: None,
                 completion_tokens: None,
                 top_logprobs: None,
+                reasoning: None,
+                reasoning_tokens: None,
                 error: Some(e.to_string()),
             },
         }
     }
 
+    /// The completion this line holds, in its canonical shape (a line written before
+    /// thinking was kept apart has it split off its text here).
     pub(super) fn completion(self) -> Completion {
-        Completion {
+        caiflow_llm::reasoning::separate(Completion {
             text: self.text.unwrap_or_default(),
             finish_reason: self.finish_reason,
             // A journal written before counts were checked may hold absurd ones: never
@@ -68,7 +79,12 @@ impl Line {
                 self.completion_tokens,
             ),
             top_logprobs: self.top_logprobs,
-        }
+            reasoning: self.reasoning,
+            reasoning_tokens: caiflow_llm::plausible_tokens(
+                "reasoning tokens",
+                self.reasoning_tokens,
+            ),
+        })
     }
 
     /// The line as JSON with its newline.
