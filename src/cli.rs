@@ -66,14 +66,16 @@ pub enum Command {
         #[arg(long, default_value_t = 168.0, value_name = "HOURS")]
         retain_hours: f64,
     },
-    /// Export a run's table for a trainer (SFT: nemo-sft, trl-sft; preferences: nemo-rm, trl-dpo).
+    /// Export a run's table for a trainer (SFT: nemo-sft, trl-sft; preferences: nemo-rm, trl-dpo, trl-reward, pm-soft).
     Export {
         /// The run: a folder (data/runs/NAME) or s3://bucket/prefix/NAME.
         run: String,
-        /// nemo-sft, trl-sft, nemo-rm or trl-dpo.
+        /// nemo-sft, trl-sft, nemo-rm, trl-dpo (with chosen_prob), trl-reward (with margin) or
+        /// pm-soft (probability targets).
         #[arg(long)]
         format: ExportFormat,
-        /// Table to export (default: sft, or preferences for nemo-rm/trl-dpo).
+        /// Table to export (default: sft, or for the preference formats preferences, else
+        /// sl_pairs when the run has no preferences).
         #[arg(long)]
         table: Option<String>,
         /// Output folder (default: RUN/export/FORMAT for a local run, else ./export/FORMAT).

@@ -146,10 +146,15 @@ pub fn print_summary(
     }
 }
 
-/// `N requests, T tokens (P prompt + C completion), $X`.
+/// `N requests, T tokens (P prompt + C completion[, R of them reasoning]), $X`.
 pub fn usage_line(u: &Usage) -> String {
+    let reasoning = if u.reasoning_tokens > 0 {
+        format!(", {} of them reasoning", u.reasoning_tokens)
+    } else {
+        String::new()
+    };
     format!(
-        "{} requests, {} tokens ({} prompt + {} completion), ${:.4}",
+        "{} requests, {} tokens ({} prompt + {} completion{reasoning}), ${:.4}",
         u.requests,
         u.tokens(),
         u.prompt_tokens,

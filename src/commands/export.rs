@@ -23,7 +23,6 @@ pub async fn export(
     chat_template: Option<PathBuf>,
 ) -> anyhow::Result<Exit> {
     let store = RunStore::open_spec(&run)?;
-    let table = table.unwrap_or_else(|| format.default_table().to_string());
     let out = out.unwrap_or_else(|| {
         let base = if run.starts_with("s3://") {
             PathBuf::from("export")
@@ -40,6 +39,18 @@ pub async fn export(
     }
     let session = CaiSession::new(Endpoints::default());
     let names = register_run_tables(&session, &store).await?;
+    // SL-CAI runs have no `preferences`: their preference pairs are `sl_pairs`.
+    let table = table.unwrap_or_else(|| {
+        let default = format.default_table();
+        if default == "preferences"
+            && !names.iter().any(|n| n == default)
+            && names.iter().any(|n| n == "sl_pairs")
+        {
+            "sl_pairs".to_string()
+        } else {
+            default.to_string()
+        }
+    });
     if !names.contains(&table) {
         bail!(
             "run {} has no committed table '{table}' (it has: {})",

@@ -13,7 +13,19 @@
 //!   chat template (NeMo's `<extra_id_*>` by default). Every text ends the same way: the
 //!   template's turn suffix after each turn, then its end-of-turn marker after the response;
 //!   prompts end with the open assistant marker;
-//! - `trl-dpo`: `prompt`, `chosen`, `rejected` in `{split}.jsonl` and `{split}.parquet`.
+//! - `trl-dpo`: `prompt`, `chosen`, `rejected` and the soft label `chosen_prob` (null for
+//!   hard labels) in `{split}.jsonl` and `{split}.parquet`;
+//! - `trl-reward`: `prompt`, `chosen`, `rejected` and `margin` for TRL's `RewardTrainer`
+//!   (which adds it to the Bradley-Terry loss, `-log σ(r_c - r_r - margin)`): the log-odds
+//!   of the soft label, `ln(p / (1 - p))` with p clamped to [0.01, 0.99], so a judge 90 %
+//!   sure asks for a reward gap of 2.2 and a 50/50 call for none; hard labels get 0 (the
+//!   plain loss). In `{split}.jsonl` and `{split}.parquet`;
+//! - `pm-soft`: JSONL `{"prompt", "chosen", "rejected", "target"}` for preference models
+//!   trained on probability targets (the CAI paper's soft labels): `target` is
+//!   `chosen_prob`, or 1.0 for a hard label.
+//!
+//! The preference formats read `chosen_prob` when the table has it (`judge`'s tables and
+//! the blended `preferences`); SL pairs and other tables without it are hard labels.
 //!
 //! Rows that are not usable (an `error`; for preferences, a `label` other than `ok`) are
 //! skipped and counted by reason; nothing is dropped silently.
@@ -43,6 +55,8 @@ pub enum ExportFormat {
     TrlSft,
     NemoRm,
     TrlDpo,
+    TrlReward,
+    PmSoft,
 }
 
 impl std::str::FromStr for ExportFormat {
@@ -63,11 +77,13 @@ impl std::str::FromStr for ExportFormat {
 }
 
 impl ExportFormat {
-    pub const ALL: [ExportFormat; 4] = [
+    pub const ALL: [ExportFormat; 6] = [
         ExportFormat::NemoSft,
         ExportFormat::TrlSft,
         ExportFormat::NemoRm,
         ExportFormat::TrlDpo,
+        ExportFormat::TrlReward,
+        ExportFormat::PmSoft,
     ];
 
     pub fn name(self) -> &'static str {
@@ -76,6 +92,8 @@ impl ExportFormat {
             ExportFormat::TrlSft => "trl-sft",
             ExportFormat::NemoRm => "nemo-rm",
             ExportFormat::TrlDpo => "trl-dpo",
+            ExportFormat::TrlReward => "trl-reward",
+            ExportFormat::PmSoft => "pm-soft",
         }
     }
 
@@ -83,12 +101,21 @@ impl ExportFormat {
     pub fn default_table(self) -> &'static str {
         match self {
             ExportFormat::NemoSft | ExportFormat::TrlSft => "sft",
-            ExportFormat::NemoRm | ExportFormat::TrlDpo => "preferences",
+            _ => "preferences",
         }
     }
 
     fn is_preference(self) -> bool {
-        matches!(self, ExportFormat::NemoRm | ExportFormat::TrlDpo)
+        !matches!(self, ExportFormat::NemoSft | ExportFormat::TrlSft)
+    }
+
+    /// The extra column of the Parquet file (`trl-dpo`, `trl-reward`).
+    fn label_field(self) -> Option<Field> {
+        match self {
+            ExportFormat::TrlDpo => Some(Field::new("chosen_prob", DataType::Float64, true)),
+            ExportFormat::TrlReward => Some(Field::new("margin", DataType::Float64, false)),
+            _ => None,
+        }
     }
 
     fn required_columns(self) -> &'static [&'static str] {
@@ -215,12 +242,38 @@ fn create(path: PathBuf, report: &mut ExportReport) -> Result<(PathBuf, BufWrite
     Ok((path, BufWriter::new(file)))
 }
 
-fn dpo_schema() -> Arc<Schema> {
+/// The Parquet schema of a pairwise export with `label` (`chosen_prob` or `margin`).
+fn pairs_schema(label: Field) -> Arc<Schema> {
     Arc::new(Schema::new(vec![
         Field::new("prompt", DataType::Utf8, false),
         Field::new("chosen", DataType::Utf8, false),
         Field::new("rejected", DataType::Utf8, false),
+        label,
     ]))
+}
+
+/// The soft label of a row: P(chosen preferred), when the judge gave one.
+fn chosen_prob(row: &InputRow) -> Option<f64> {
+    row.f64("chosen_prob")
+        .filter(|p| p.is_finite() && (0.0..=1.0).contains(p))
+}
+
+/// TRL's reward margin of a soft label (see the module docs): 0 for a hard label.
+pub fn margin(chosen_prob: Option<f64>) -> f64 {
+    match chosen_prob {
+        Some(p) => {
+            let p = p.clamp(0.01, 0.99);
+            (p / (1.0 - p)).ln()
+        }
+        None => 0.0,
+    }
+}
+
+/// One split's Parquet rows, built per input batch.
+#[derive(Default)]
+struct PairColumns {
+    text: [StringBuilder; 3],
+    label: datafusion::arrow::array::Float64Builder,
 }
 
 impl SplitWriters {
@@ -248,13 +301,16 @@ impl SplitWriters {
                     report,
                 )?);
             }
-            ExportFormat::TrlDpo => {
+            ExportFormat::PmSoft => files.push(create(out.join(format!("{split}.jsonl")), report)?),
+            ExportFormat::TrlDpo | ExportFormat::TrlReward => {
                 files.push(create(out.join(format!("{split}.jsonl")), report)?);
-                let path = out.join(format!("{split}.parquet"));
-                let file = File::create(&path).map_err(|e| EngineError::io(&path, e))?;
-                let writer = ArrowWriter::try_new(file, dpo_schema(), None)?;
-                report.files.push(path.clone());
-                parquet = Some((path, writer));
+                if let Some(label) = format.label_field() {
+                    let path = out.join(format!("{split}.parquet"));
+                    let file = File::create(&path).map_err(|e| EngineError::io(&path, e))?;
+                    let writer = ArrowWriter::try_new(file, pairs_schema(label), None)?;
+                    report.files.push(path.clone());
+                    parquet = Some((path, writer));
+                }
             }
         }
         let main = match &parquet {
@@ -322,7 +378,7 @@ pub async fn export(
     std::fs::create_dir_all(out).map_err(|e| EngineError::io(out, e))?;
     let mut report = ExportReport::default();
     let mut writers: BTreeMap<String, SplitWriters> = BTreeMap::new();
-    let mut dpo: BTreeMap<String, [StringBuilder; 3]> = BTreeMap::new();
+    let mut pairs: BTreeMap<String, PairColumns> = BTreeMap::new();
     let mut stream = df.execute_stream().await?;
     while let Some(batch) = stream.next().await {
         for row in InputBatch::new(batch?).rows() {
@@ -351,48 +407,73 @@ pub async fn export(
                     };
                     w.line(0, &value)?;
                 }
-                ExportFormat::NemoRm | ExportFormat::TrlDpo => {
+                _ => {
                     let (prompt, chosen, rejected) = (
                         row.str("prompt").unwrap_or_default(),
                         row.str("chosen").unwrap_or_default(),
                         row.str("rejected").unwrap_or_default(),
                     );
-                    if format == ExportFormat::NemoRm {
-                        let t = &options.template;
-                        let text = |reply: &str| {
-                            let mut s = t
-                                .render(&[Message::user(prompt), Message::assistant(reply)], false);
-                            s.push_str(&t.eos);
-                            s
-                        };
-                        w.line(0, &json!({"text": text(chosen)}))?;
-                        w.line(0, &json!({"text": text(rejected)}))?;
-                        w.line(
-                            1,
-                            &json!({"text": t.render(&[Message::user(prompt)], true)}),
-                        )?;
-                    } else {
-                        w.line(
+                    let soft = chosen_prob(&row);
+                    match format {
+                        ExportFormat::NemoRm => {
+                            let t = &options.template;
+                            let text = |reply: &str| {
+                                let mut s = t.render(
+                                    &[Message::user(prompt), Message::assistant(reply)],
+                                    false,
+                                );
+                                s.push_str(&t.eos);
+                                s
+                            };
+                            w.line(0, &json!({"text": text(chosen)}))?;
+                            w.line(0, &json!({"text": text(rejected)}))?;
+                            w.line(
+                                1,
+                                &json!({"text": t.render(&[Message::user(prompt)], true)}),
+                            )?;
+                        }
+                        ExportFormat::PmSoft => w.line(
                             0,
-                            &json!({"prompt": prompt, "chosen": chosen, "rejected": rejected}),
-                        )?;
-                        let b = dpo.entry(split.clone()).or_default();
-                        b[0].append_value(prompt);
-                        b[1].append_value(chosen);
-                        b[2].append_value(rejected);
+                            &json!({"prompt": prompt, "chosen": chosen, "rejected": rejected, "target": soft.unwrap_or(1.0)}),
+                        )?,
+                        _ => {
+                            let label = if format == ExportFormat::TrlReward {
+                                w.line(
+                                    0,
+                                    &json!({"prompt": prompt, "chosen": chosen, "rejected": rejected, "margin": margin(soft)}),
+                                )?;
+                                Some(margin(soft))
+                            } else {
+                                w.line(
+                                    0,
+                                    &json!({"prompt": prompt, "chosen": chosen, "rejected": rejected, "chosen_prob": soft}),
+                                )?;
+                                soft
+                            };
+                            let b = pairs.entry(split.clone()).or_default();
+                            b.text[0].append_value(prompt);
+                            b.text[1].append_value(chosen);
+                            b.text[2].append_value(rejected);
+                            b.label.append_option(label);
+                        }
                     }
                 }
             }
             *report.written.entry(split).or_default() += 1;
         }
         // Parquet rows go out once per input batch, per split.
-        for (split, builders) in dpo.iter_mut() {
-            if let Some((path, pw)) = writers.get_mut(split).and_then(|w| w.parquet.as_mut()) {
-                let columns: Vec<ArrayRef> = builders
+        for (split, builders) in pairs.iter_mut() {
+            if let (Some((path, pw)), Some(label)) = (
+                writers.get_mut(split).and_then(|w| w.parquet.as_mut()),
+                format.label_field(),
+            ) {
+                let mut columns: Vec<ArrayRef> = builders
+                    .text
                     .iter_mut()
                     .map(|b| Arc::new(b.finish()) as ArrayRef)
                     .collect();
-                let batch = RecordBatch::try_new(dpo_schema(), columns)?;
+                columns.push(Arc::new(builders.label.finish()));
+                let batch = RecordBatch::try_new(pairs_schema(label), columns)?;
                 if batch.num_rows() > 0 {
                     pw.write(&batch)
                         .map_err(|e| EngineError::Plan(format!("{}: {e}", path.display())))?;

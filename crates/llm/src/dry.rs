@@ -6,7 +6,8 @@
 //! that a judge can read (`{"chosen": 1, "rejected": 2}`), so later turns, built on earlier
 //! answers, have about the size they will have. Prompt tokens are exact when the wrapped
 //! backend can count them (the embedded model's tokenizer), else the estimate of
-//! [`crate::spend::estimate_prompt_tokens`].
+//! [`crate::spend::estimate_prompt_tokens`]. An endpoint with `reasoning_tokens = N` (a
+//! reasoning model) thinks N tokens more per answer, within `max_tokens`.
 
 use std::sync::Arc;
 
@@ -53,12 +54,17 @@ impl Backend for DryBackend {
         for _ in 0..filler {
             text.push_str("abc ");
         }
-        let thinking = self.reasoning_tokens;
+        // Thinking shares max_tokens with the answer, as servers count it.
+        let max = u64::from(request.params.max_tokens.unwrap_or(512)).max(expected);
+        let generated = expected.saturating_add(self.reasoning_tokens).min(max);
+        let thinking = generated
+            .saturating_sub(expected)
+            .min(self.reasoning_tokens);
         Ok(Completion {
             text,
             finish_reason: Some("stop".into()),
             prompt_tokens: Some(prompt),
-            completion_tokens: Some(expected.saturating_add(thinking)),
+            completion_tokens: Some(generated),
             reasoning: (thinking > 0).then(|| "hmm ".repeat(thinking.min(1 << 16) as usize)),
             reasoning_tokens: (thinking > 0).then_some(thinking),
             top_logprobs: request

@@ -296,6 +296,35 @@ pub async fn dataset_card(
             let _ = writeln!(w, "- Length ratio (mean chosen / mean rejected): {r:.3}");
         }
     }
+    if let Some(a) = &report.judge_audit {
+        let noisy: Vec<String> = a
+            .noisy()
+            .map(|p| format!("\"{}\" ({})", p.principle, crate::html::rate(p.consistency)))
+            .collect();
+        if noisy.is_empty() {
+            let _ = writeln!(
+                w,
+                "- Judge audit: every principle's labels were position-consistent at least {:.0} % of the time",
+                crate::depth::NOISY_BELOW * 100.0
+            );
+        } else {
+            let _ = writeln!(
+                w,
+                "- **Noisy principles** (judge labels position-consistent less than {:.0} % of the time; consider dropping them): {}",
+                crate::depth::NOISY_BELOW * 100.0,
+                noisy.join(", ")
+            );
+        }
+    }
+    if let Some(l) = &report.reasoning_leakage {
+        let _ = writeln!(
+            w,
+            "- Reasoning leakage: {} of {} critiqued rows had harmful thinking behind a safe answer ({})",
+            l.leaked,
+            l.judged,
+            crate::html::rate(l.share)
+        );
+    }
     Ok(w)
 }
 

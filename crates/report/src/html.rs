@@ -471,6 +471,45 @@ pub fn render(report: &Report) -> Result<String> {
                 .unwrap_or_else(|| "–".into())
         );
     }
+    if report.reasoning_tokens > 0 || report.reasoning_leakage.is_some() {
+        let _ = write!(
+            w,
+            "<h2>Reasoning</h2>\n<p>{} completion tokens were thinking.</p>\n",
+            report.reasoning_tokens
+        );
+        if let Some(l) = &report.reasoning_leakage {
+            let _ = writeln!(
+                w,
+                "<p>Reasoning leakage ({}): {} of {} critiqued rows had harmful thinking behind a safe answer ({}); {} had harmful thinking.</p>",
+                escape(&l.leakage_table),
+                l.leaked,
+                l.judged,
+                rate(l.share),
+                l.harmful_thinking
+            );
+        }
+    }
+    if let Some(a) = &report.judge_audit {
+        let _ = write!(
+            w,
+            "<h2>Judge audit: {}</h2>\n<table><tr><th>principle</th><th>comparisons</th><th>asked in both orders</th>\
+             <th>position consistency</th><th>soft/hard agreement</th><th></th></tr>",
+            escape(&a.audit_table)
+        );
+        for p in &a.principles {
+            let _ = write!(
+                w,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&p.principle),
+                p.comparisons,
+                p.audited,
+                rate(p.consistency),
+                rate(p.agreement),
+                if p.noisy { "noisy" } else { "" }
+            );
+        }
+        let _ = writeln!(w, "</table>");
+    }
     let _ = write!(w, "<h2>Charts</h2>\n<div class=\"charts\">\n");
     for (caption, svg) in &charts {
         if svg.is_empty() {

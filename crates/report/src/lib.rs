@@ -14,6 +14,7 @@
 
 pub mod card;
 pub mod config;
+pub mod depth;
 pub mod error;
 pub mod figures;
 pub mod html;
@@ -63,6 +64,16 @@ pub struct Report {
     pub sl: Option<SlFigures>,
     #[serde(flatten)]
     pub rl: Option<RlFigures>,
+    /// Of the stages' completion tokens (in the stage figures' session), a reasoning
+    /// model's thinking.
+    #[serde(default)]
+    pub reasoning_tokens: u64,
+    /// The judge audit per principle (`judge(…, audit => true)`; see [`depth`]).
+    #[serde(default)]
+    pub judge_audit: Option<depth::JudgeAudit>,
+    /// Reasoning leakage (`critique(…, target => 'reasoning')`; see [`depth`]).
+    #[serde(default)]
+    pub reasoning_leakage: Option<depth::ReasoningLeakage>,
 }
 
 /// Where a report was written.
@@ -100,8 +111,16 @@ pub async fn build(store: &RunStore, config: &ReportConfig) -> Result<Report> {
     let cai = CaiSession::new(Endpoints::default());
     let mut sl = None;
     let mut rl = None;
+    let mut judge_audit = None;
+    let mut reasoning_leakage = None;
     for name in register_run_tables(&cai, store).await? {
         let df = cai.ctx.table(name.as_str()).await?;
+        if judge_audit.is_none() {
+            judge_audit = depth::judge_audit(&cai, &name, &df).await?;
+        }
+        if reasoning_leakage.is_none() {
+            reasoning_leakage = depth::reasoning_leakage(&cai, &name, &df).await?;
+        }
         let has = |cols: &[&str]| {
             cols.iter()
                 .all(|c| df.schema().has_column_with_unqualified_name(c))
@@ -154,11 +173,14 @@ pub async fn build(store: &RunStore, config: &ReportConfig) -> Result<Report> {
         caiflow_version: env!("CARGO_PKG_VERSION").to_string(),
         sessions: all.len(),
         stages_session_unix_ms: session.map(|s| s.started_unix_ms),
+        reasoning_tokens: stages.iter().map(|s| s.reasoning_tokens).sum(),
         stages,
         truncated_share,
         tables,
         sl,
         rl,
+        judge_audit,
+        reasoning_leakage,
     })
 }
 

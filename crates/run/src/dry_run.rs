@@ -188,6 +188,9 @@ impl DryRun {
             if exact { "exact" } else { "estimate" },
             u.completion_tokens
         );
+        if u.reasoning_tokens > 0 {
+            f.push_str(&format!(" (reasoning {})", u.reasoning_tokens));
+        }
         if let Some(p) = self.price(endpoint) {
             f.push_str(&format!(
                 "  cost <= ${:.4}, expected ${:.4}",

@@ -92,6 +92,13 @@ pub struct MockState {
     capacity: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
     /// Top log-probabilities of the first token, returned when a request asks for them.
     logprobs: Mutex<Option<Vec<(String, f64)>>>,
+    /// Scripted top log-probabilities, one set per request that asks for them, in order,
+    /// before `logprobs`.
+    scripted_logprobs: Mutex<VecDeque<Vec<(String, f64)>>>,
+    /// How answers carry a reasoning model's thinking: `reasoning_content` or `reasoning`
+    /// (a message field, with `completion_tokens_details.reasoning_tokens`), `think`
+    /// (`<think>…</think>` before the content), or not at all.
+    reasoning: Mutex<Option<String>>,
     /// Words the default answer is padded to (0: as it is).
     answer_words: std::sync::atomic::AtomicUsize,
     /// Cut answers longer than the request's `max_tokens` words (`finish_reason = length`).
@@ -195,6 +202,27 @@ impl MockServer {
             .logprobs
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = top;
+    }
+
+    /// Serve these top log-probabilities, one set per request that asks for logprobs, in
+    /// order (then the fixed ones of [`Self::set_logprobs`]).
+    pub fn push_logprobs(&self, sets: impl IntoIterator<Item = Vec<(String, f64)>>) {
+        self.state
+            .scripted_logprobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(sets);
+    }
+
+    /// Answer as a reasoning model: `"reasoning_content"`, `"reasoning"` (a message field)
+    /// or `"think"` (`<think>…</think>` in the content); `None`: no thinking. The thinking
+    /// is `Thinking about: {the last user turn's start}`.
+    pub fn set_reasoning(&self, mode: Option<&str>) {
+        *self
+            .state
+            .reasoning
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = mode.map(str::to_string);
     }
 
     /// Pad the default answer to `words` words (an answer of realistic size for memory
@@ -508,29 +536,67 @@ async fn chat(State(state): State<Arc<MockState>>, body: axum::Json<Value>) -> R
                 .sum()
         })
         .unwrap_or(0);
-    let completion_tokens = content.split_whitespace().count() as u64;
+    let mode = state
+        .reasoning
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let thinking = mode.as_ref().map(|_| {
+        let head: String = last_user_text(&body).chars().take(40).collect();
+        format!("Thinking about: {head}")
+    });
+    let reasoning_tokens = thinking
+        .as_deref()
+        .map_or(0, |t| t.split_whitespace().count() as u64);
+    let completion_tokens = content.split_whitespace().count() as u64 + reasoning_tokens;
     state
         .prompt_tokens
         .fetch_add(prompt_tokens, Ordering::SeqCst);
     state
         .completion_tokens
         .fetch_add(completion_tokens, Ordering::SeqCst);
-    let mut choice = json!({"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish});
+    let mut message = json!({"role": "assistant", "content": content});
+    let mut usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens});
+    match (mode.as_deref(), &thinking) {
+        (Some("think"), Some(t)) => {
+            message["content"] = json!(format!("<think>\n{t}\n</think>\n\n{content}"))
+        }
+        (Some(field), Some(t)) => {
+            message[field] = json!(t);
+            usage["completion_tokens_details"] = json!({"reasoning_tokens": reasoning_tokens});
+        }
+        _ => {}
+    }
+    let mut choice = json!({"index": 0, "message": message, "finish_reason": finish});
     let wants_logprobs = body
         .get("logprobs")
         .is_some_and(|v| v.as_bool() == Some(true));
-    if let Some(top) = state
-        .logprobs
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone()
-        .filter(|_| wants_logprobs)
-    {
+    let scripted = wants_logprobs
+        .then(|| {
+            state
+                .scripted_logprobs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop_front()
+        })
+        .flatten();
+    if let Some(top) = scripted.or_else(|| {
+        state
+            .logprobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .filter(|_| wants_logprobs)
+    }) {
         let alternatives: Vec<Value> = top
             .iter()
             .map(|(t, l)| json!({"token": t, "logprob": l}))
             .collect();
         let (token, logprob) = top.first().cloned().unwrap_or_default();
+        // A one-token answer is the most likely token, as a real server's greedy one is.
+        if limit == Some(1) && !token.is_empty() {
+            choice["message"]["content"] = json!(token);
+        }
         choice["logprobs"] = json!({"content": [{"token": token, "logprob": logprob, "top_logprobs": alternatives}]});
     }
     let reply = json!({
@@ -538,7 +604,7 @@ async fn chat(State(state): State<Arc<MockState>>, body: axum::Json<Value>) -> R
         "object": "chat.completion",
         "model": body.get("model").cloned().unwrap_or(Value::Null),
         "choices": [choice],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
+        "usage": usage,
     });
     (StatusCode::OK, reply.to_string()).into_response()
 }

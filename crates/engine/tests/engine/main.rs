@@ -7,6 +7,7 @@ mod common;
 
 mod fixtures_compat;
 mod judge_mock;
+mod paper_mock;
 mod prompts_source;
 mod schemas;
 mod stages_mock;
