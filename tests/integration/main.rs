@@ -14,6 +14,7 @@ mod durable;
 mod faults;
 mod generate;
 mod new_user;
+mod paper;
 mod prompts_cli;
 mod report;
 mod spend;

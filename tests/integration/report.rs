@@ -46,7 +46,7 @@ fn prompts(dir: &Path) -> PathBuf {
 
 /// Export `run` as `format` and load the folder with Hugging Face `datasets` (offline, its
 /// cache in `dir`): the dataset card's front matter names each split's file.
-fn load_export(run: &str, format: &str, dir: &Path) -> Value {
+pub(crate) fn load_export(run: &str, format: &str, dir: &Path) -> Value {
     let out = dir.join(format!("export-{format}"));
     let (_, stderr) = caiflow_ok(&[
         "export",
@@ -151,7 +151,7 @@ fn run_plan(
     (PathBuf::from(stdout.trim().lines().last().unwrap()), stderr)
 }
 
-fn read_json(path: &Path) -> Value {
+pub(crate) fn read_json(path: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 

@@ -14,11 +14,23 @@
 use serde::{Deserialize, Serialize};
 
 use caiflow_engine::CaiSession;
-use datafusion::arrow::array::{Array, AsArray};
-use datafusion::arrow::datatypes::{Float64Type, Int64Type};
+use datafusion::arrow::array::{Array, ArrayRef, Float64Array, Int64Array, StringArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::DataType;
 use datafusion::dataframe::DataFrame;
 
-use crate::Result;
+use crate::{ReportError, Result};
+
+/// A result column as `T` (cast first: DataFusion may hand back views or other widths).
+fn column_as<T: Array + Clone + 'static>(column: &ArrayRef, to: &DataType) -> Result<T> {
+    let cast = cast(column, to)?;
+    cast.as_any().downcast_ref::<T>().cloned().ok_or_else(|| {
+        ReportError::Table(format!(
+            "a report query returned {} for {to}",
+            column.data_type()
+        ))
+    })
+}
 
 /// Position consistency below this flags a principle as noisy.
 pub const NOISY_BELOW: f64 = 0.7;
@@ -90,11 +102,11 @@ pub async fn judge_audit(
     );
     let mut principles = vec![];
     for batch in cai.ctx.sql(&sql).await?.collect().await? {
-        let principle = batch.column(0).as_string::<i32>();
-        let comparisons = batch.column(1).as_primitive::<Int64Type>();
-        let audited = batch.column(2).as_primitive::<Int64Type>();
-        let consistency = batch.column(3).as_primitive::<Float64Type>();
-        let agreement = batch.column(4).as_primitive::<Float64Type>();
+        let principle: StringArray = column_as(batch.column(0), &DataType::Utf8)?;
+        let comparisons: Int64Array = column_as(batch.column(1), &DataType::Int64)?;
+        let audited: Int64Array = column_as(batch.column(2), &DataType::Int64)?;
+        let consistency: Float64Array = column_as(batch.column(3), &DataType::Float64)?;
+        let agreement: Float64Array = column_as(batch.column(4), &DataType::Float64)?;
         for i in 0..batch.num_rows() {
             let consistency = (!consistency.is_null(i)).then(|| consistency.value(i));
             principles.push(PrincipleAudit {
@@ -140,8 +152,15 @@ pub async fn reasoning_leakage(
     let Some(batch) = batches.first().filter(|b| b.num_rows() == 1) else {
         return Ok(None);
     };
-    let get = |i: usize| batch.column(i).as_primitive::<Int64Type>().value(0).max(0) as u64;
-    let (judged, leaked, harmful_thinking) = (get(0), get(1), get(2));
+    let get = |i: usize| -> Result<u64> {
+        let counts: Int64Array = column_as(batch.column(i), &DataType::Int64)?;
+        Ok(if counts.is_empty() || counts.is_null(0) {
+            0
+        } else {
+            counts.value(0).max(0) as u64
+        })
+    };
+    let (judged, leaked, harmful_thinking) = (get(0)?, get(1)?, get(2)?);
     if judged == 0 {
         return Ok(None);
     }

@@ -1,8 +1,9 @@
 //! Blending CAI data with helpfulness data, with a ratio knob.
 //!
 //! - `blend(cai, helpful, ratio => 0.25, seed => 42)`: SL-CAI revisions (`prompt_id`,
-//!   `prompt`, `revision`, `error`, optional `round`) with `helpful_sft` conversations.
-//!   Output `sample_id`, `source`, `system`, `messages`, `error`.
+//!   `prompt`, `revision`, `error`, optional `round` and `sequence`) with `helpful_sft`
+//!   conversations. Output `sample_id` (`{prompt_id}-r{round}`, `{prompt_id}-s{sequence}-r{round}`
+//!   for sequences after the first), `source`, `system`, `messages`, `error`.
 //! - `blend_pairs(preferences, helpful, ratio => 0.25, seed => 42)`: `judge` output with
 //!   `helpful_pairs` (HH chosen/rejected). Output `pair_id`, `source`, `prompt`, `chosen`,
 //!   `rejected`, `label`, `chosen_prob`, `error`.
@@ -142,6 +143,17 @@ impl BlendKind {
 
     fn cai_rows(self, df: DataFrame, has_round: bool) -> Result<DataFrame> {
         let truncated = truncated_expr(&df);
+        // Critique-revision sequences after the first (`sequences => N`) name themselves in
+        // the id; the first keeps the id a single sequence always had.
+        let sequence = if df.schema().has_column_with_unqualified_name("sequence") {
+            when(
+                col("sequence").gt(lit(1u32)),
+                concat(vec![lit("-s"), cast(col("sequence"), DataType::Utf8)]),
+            )
+            .otherwise(lit(""))?
+        } else {
+            lit("")
+        };
         match self {
             BlendKind::Sft => {
                 let round = if has_round {
@@ -168,6 +180,7 @@ impl BlendKind {
                 df.select(vec![
                     concat(vec![
                         cast(col("prompt_id"), DataType::Utf8),
+                        sequence,
                         lit("-r"),
                         round,
                     ])
