@@ -669,3 +669,102 @@ async fn completions_api_skips_the_chat_template() {
     );
     assert!(!raw.text.trim().is_empty());
 }
+
+/// The CAI paper's plans as a new user runs them, on the embedded default with small limits:
+/// sequences and rounds of critique and revision, SL pairs; the CoT few-shot principle judge
+/// with clamped soft labels read from the model's own log-probabilities.
+#[test]
+fn paper_plans_run_on_the_embedded_default() {
+    let _serial = serial();
+    let store = tempfile::tempdir().unwrap();
+    let run = |plan: &str, name: &str, vars: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_caiflow"));
+        cmd.current_dir(repo_root())
+            .env_remove("CAIFLOW_BASE_URL")
+            .args(["run", plan, "--store"])
+            .arg(store.path())
+            .args(["--run", name]);
+        for v in vars {
+            cmd.args(["--set", v]);
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{plan} failed: {stderr}");
+        stderr
+    };
+    run(
+        "plans/sl_cai_paper.sql",
+        "sl",
+        &["limit=2", "rounds=2", "sequences=2", "max_tokens=24"],
+    );
+    run(
+        "plans/rl_cai_paper.sql",
+        "rl",
+        &[
+            "limit=3",
+            "max_tokens=24",
+            "judge_max_tokens=48",
+            "audit=true",
+        ],
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let read = |run: &'static str, table: &'static str| {
+            let path = store.path().to_path_buf();
+            async move {
+                let store =
+                    caiflow_run::store::RunStore::open(path.to_str().unwrap(), run).unwrap();
+                let session = caiflow_engine::CaiSession::new(caiflow_llm::Endpoints::default());
+                caiflow_run::materialize::register_run_tables(&session, &store)
+                    .await
+                    .unwrap();
+                collect(&session, &format!("SELECT * FROM {table}")).await
+            }
+        };
+        let revisions = read("sl", "revisions").await;
+        assert_eq!(
+            rows(&revisions),
+            2 * 2 * 2,
+            "2 sequences of 2 rounds per prompt"
+        );
+        assert!(column(&revisions, "error").iter().all(Option::is_none));
+        let pairs = read("sl", "sl_pairs").await;
+        assert!(rows(&pairs) > 0 && rows(&pairs) <= 8);
+        let judgements = read("rl", "judgements").await;
+        assert_eq!(rows(&judgements), 3);
+        for (label, p) in column(&judgements, "label")
+            .iter()
+            .zip(column(&judgements, "chosen_prob"))
+        {
+            if label.as_deref() == Some("ok") {
+                let p: f64 = p.unwrap().parse().unwrap();
+                assert!((0.4..=0.6).contains(&p), "CoT labels are clamped: {p}");
+            }
+        }
+    });
+    let out = Command::new(env!("CARGO_BIN_EXE_caiflow"))
+        .args(["report"])
+        .arg(store.path().join("rl"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let html = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let report: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(std::path::Path::new(&html).with_file_name("report.json")).unwrap(),
+    )
+    .unwrap();
+    let audited: u64 = report["judge_audit"]["principles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["audited"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        audited, 3,
+        "one comparison per prompt, asked in both orders: {report}"
+    );
+}

@@ -358,3 +358,73 @@ async fn principle_mode_reads_real_logprobs() {
         column(&out, "chosen_prob")
     );
 }
+
+/// Both paper plans against llama.cpp's server: the CoT few-shot judge reads the real
+/// log-probabilities after its reasoning; SL-CAI with sequences.
+#[test]
+fn paper_plans_on_a_real_model() {
+    let _serial = serial();
+    let server = LlamaServer::start(8);
+    let store = tempfile::tempdir().unwrap();
+    let config = config_for(&server, store.path());
+    let run = |plan: &str, name: &str, vars: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_caiflow"));
+        cmd.current_dir(repo_root())
+            .args(["run", plan, "--config"])
+            .arg(&config)
+            .arg("--store")
+            .arg(store.path())
+            .args(["--run", name]);
+        for v in vars {
+            cmd.args(["--set", v]);
+        }
+        let started = std::time::Instant::now();
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{plan} failed: {stderr}");
+        eprintln!(
+            "{plan} on SmolLM2 (llama.cpp server): {:.1}s\n{stderr}",
+            started.elapsed().as_secs_f64()
+        );
+    };
+    run(
+        "plans/rl_cai_paper.sql",
+        "rl",
+        &["limit=4", "max_tokens=32", "judge_max_tokens=64"],
+    );
+    run(
+        "plans/sl_cai_paper.sql",
+        "sl",
+        &["limit=2", "rounds=2", "sequences=2", "max_tokens=32"],
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let judgements = rt.block_on(committed_table(&store.path().join("rl"), "judgements"));
+    assert_eq!(rows(&judgements), 4);
+    let labels = column(&judgements, "label");
+    assert!(
+        labels
+            .iter()
+            .any(|l| matches!(l.as_deref(), Some("ok" | "tie"))),
+        "the server returns logprobs after the reasoning: {labels:?} {:?}",
+        column(&judgements, "error")
+    );
+    for (label, p) in labels.iter().zip(column(&judgements, "chosen_prob")) {
+        if label.as_deref() == Some("ok") {
+            let p: f64 = p.unwrap().parse().unwrap();
+            assert!((0.4..=0.6).contains(&p), "{p}");
+        }
+    }
+    let revisions = rt.block_on(committed_table(&store.path().join("sl"), "revisions"));
+    assert_eq!(rows(&revisions), 8);
+    let out = Command::new(env!("CARGO_BIN_EXE_caiflow"))
+        .args(["export"])
+        .arg(store.path().join("rl"))
+        .args(["--format", "trl-reward"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
