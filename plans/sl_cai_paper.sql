@@ -1,7 +1,7 @@
 -- SL-CAI as the CAI paper ran it (Bai et al. 2022, arXiv 2212.08073, §3):
--- red-team prompts -> respond (few-shot, §3.1) -> 4 independent critique-revision sequences
+-- red-team prompts -> respond (few-shot, §3) -> 4 independent critique-revision sequences
 -- per prompt (`sequences`, each with its own principle draws and seeds) of 4 rounds each
--- (`rounds`, §3.1: a new principle per round, the latest revision critiqued) -> every
+-- (`rounds`, §3: a new principle per round, the latest revision critiqued) -> every
 -- revision as SFT data, blended with helpful data -> split; and every revision as a
 -- preference pair over the initial response (`sl_pairs`, as the Hugging Face CAI recipe
 -- ships them) for `caiflow export RUN --format trl-dpo`.

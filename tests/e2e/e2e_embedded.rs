@@ -8,6 +8,7 @@
 use std::process::Command;
 use std::sync::Arc;
 
+use crate::committed_table;
 use crate::common::*;
 use caiflow_embedded::EmbeddedBackend;
 use caiflow_llm::config::EndpointConfig;
@@ -422,17 +423,9 @@ fn both_plans_run_on_the_embedded_default() {
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let read = |run: &'static str, table: &'static str| {
-            let path = store.path().to_path_buf();
-            async move {
-                let store =
-                    caiflow_run::store::RunStore::open(path.to_str().unwrap(), run).unwrap();
-                let session = caiflow_engine::CaiSession::new(caiflow_llm::Endpoints::default());
-                caiflow_run::materialize::register_run_tables(&session, &store)
-                    .await
-                    .unwrap();
-                collect(&session, &format!("SELECT * FROM {table}")).await
-            }
+        let read = |run: &str, table: &'static str| {
+            let run = store.path().join(run);
+            async move { committed_table(&run, table).await }
         };
         let revisions = read("sl", "revisions").await;
         assert_eq!(rows(&revisions), 6);
@@ -709,17 +702,9 @@ fn paper_plans_run_on_the_embedded_default() {
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let read = |run: &'static str, table: &'static str| {
-            let path = store.path().to_path_buf();
-            async move {
-                let store =
-                    caiflow_run::store::RunStore::open(path.to_str().unwrap(), run).unwrap();
-                let session = caiflow_engine::CaiSession::new(caiflow_llm::Endpoints::default());
-                caiflow_run::materialize::register_run_tables(&session, &store)
-                    .await
-                    .unwrap();
-                collect(&session, &format!("SELECT * FROM {table}")).await
-            }
+        let read = |run: &str, table: &'static str| {
+            let run = store.path().join(run);
+            async move { committed_table(&run, table).await }
         };
         let revisions = read("sl", "revisions").await;
         assert_eq!(

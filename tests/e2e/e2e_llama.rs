@@ -8,6 +8,7 @@
 use std::collections::BTreeSet;
 use std::process::Command;
 
+use crate::committed_table;
 use crate::common::*;
 use caiflow_engine::constitution::Constitution;
 
@@ -17,23 +18,6 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// A committed table of a local run, read through its manifest.
-async fn committed_table(
-    run: &std::path::Path,
-    table: &str,
-) -> Vec<datafusion::arrow::array::RecordBatch> {
-    let (store, name) = (
-        run.parent().unwrap().to_str().unwrap(),
-        run.file_name().unwrap().to_str().unwrap(),
-    );
-    let store = caiflow_run::store::RunStore::open(store, name).unwrap();
-    let session = caiflow_engine::CaiSession::new(caiflow_llm::Endpoints::default());
-    caiflow_run::materialize::register_run_tables(&session, &store)
-        .await
-        .unwrap();
-    collect(&session, &format!("SELECT * FROM {table}")).await
 }
 
 fn config_for(server: &LlamaServer, dir: &std::path::Path) -> std::path::PathBuf {

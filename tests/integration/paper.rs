@@ -23,6 +23,25 @@ fn run_plan(plan: &str, config: &Path, store: &Path, name: &str, sets: &[&str]) 
     run_ok(&mut cmd).0
 }
 
+/// `key` of every line of the JSONL files among `files`.
+fn numbers(files: &[String], key: &str) -> Vec<f64> {
+    files
+        .iter()
+        .filter(|f| f.ends_with(".jsonl"))
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    serde_json::from_str::<Value>(l).unwrap()[key]
+                        .as_f64()
+                        .unwrap()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 fn report_json(run: &Path) -> Value {
     let (html, _) = caiflow_ok(&["report", run.to_str().unwrap()]);
     read_json(&Path::new(html.trim()).with_file_name("report.json"))
@@ -70,22 +89,11 @@ async fn rl_cai_paper_plan_gives_soft_labels_to_trainers_and_audits_its_judge() 
         "{reward}"
     );
     let out = dir.path().join("export-trl-reward");
-    let margins: Vec<f64> = std::fs::read_dir(&out)
+    let files: Vec<String> = std::fs::read_dir(&out)
         .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
-        .flat_map(|p| {
-            std::fs::read_to_string(p)
-                .unwrap()
-                .lines()
-                .map(|l| {
-                    serde_json::from_str::<Value>(l).unwrap()["margin"]
-                        .as_f64()
-                        .unwrap()
-                })
-                .collect::<Vec<_>>()
-        })
+        .map(|e| e.unwrap().path().display().to_string())
         .collect();
+    let margins = numbers(&files, "margin");
     let soft = (0.6f64 / 0.4).ln();
     assert!(
         margins.iter().any(|m| (m - soft).abs() < 1e-9),
@@ -104,21 +112,8 @@ async fn rl_cai_paper_plan_gives_soft_labels_to_trainers_and_audits_its_judge() 
         "{dpo}"
     );
     let (files, _) = caiflow_ok(&["export", run_s, "--format", "pm-soft"]);
-    let targets: Vec<f64> = files
-        .lines()
-        .filter(|f| f.ends_with(".jsonl"))
-        .flat_map(|f| {
-            std::fs::read_to_string(f)
-                .unwrap()
-                .lines()
-                .map(|l| {
-                    serde_json::from_str::<Value>(l).unwrap()["target"]
-                        .as_f64()
-                        .unwrap()
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let files: Vec<String> = files.lines().map(str::to_string).collect();
+    let targets = numbers(&files, "target");
     assert!(
         targets.iter().any(|t| (t - 0.6).abs() < 1e-9)
             && targets.iter().all(|t| (0.0..=1.0).contains(t)),

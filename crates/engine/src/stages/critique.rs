@@ -1,7 +1,7 @@
 //! `critique(input, …)`: the model critiques its response against a principle drawn per row
 //! and round from a seeded RNG.
 //!
-//! - `sequences => N` (CAI paper §3.1: several critique-revision sequences per prompt): N
+//! - `sequences => N` (CAI paper §3: several critique-revision sequences per prompt): N
 //!   rows per input row, `sequence` 1..N, each with its own principle draw and seed.
 //! - `target => 'reasoning'`: critique a reasoning model's thinking (`response_reasoning`),
 //!   shown to the critic inside `<think>…</think>` before the answer; the critique starts with

@@ -75,8 +75,11 @@ impl Revise {
         row.u64("round").map(|r| r as u32).unwrap_or(1)
     }
 
+    /// The row's sequence (`critique(…, sequences => N)`), else 1.
     fn sequence_of(row: &InputRow) -> u32 {
-        row.u64("sequence").map(|s| s as u32).unwrap_or(1)
+        row.u64("sequence")
+            .and_then(|s| u32::try_from(s).ok())
+            .unwrap_or(1)
     }
 
     fn row(&self, round: u32, sequence: u32, principle: Option<&Principle>) -> RoundRow {

@@ -201,7 +201,7 @@ impl Judge {
             };
             let count = self.principles.len();
             let principle = self.principles
-                [((draw(b"judge-principle") * count as f64) as usize).min(count - 1)]
+                [((draw(b"judge-principle") * count as f64) as usize).min(count.saturating_sub(1))]
             .clone();
             // Which candidate is (A) is drawn too, so position bias averages out; an audit
             // asks the other order as well.
