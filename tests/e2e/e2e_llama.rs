@@ -296,11 +296,11 @@ export = "{run}/export"
 n = 0
 for f in glob.glob(export + "/trl-dpo/*.parquet"):
     t = pq.read_table(f)
-    assert t.column_names == ["prompt", "chosen", "rejected"], t.column_names
+    assert t.column_names == ["prompt", "chosen", "rejected", "chosen_prob"], t.column_names
     n += t.num_rows
 for f in glob.glob(export + "/trl-dpo/*.jsonl"):
     if open(f).read().strip():
-        assert set(pj.read_json(f).column_names) == {{"prompt", "chosen", "rejected"}}
+        assert set(pj.read_json(f).column_names) == {{"prompt", "chosen", "rejected", "chosen_prob"}}
 for f in glob.glob(export + "/nemo-rm/*_comparisons_with_chat_prompt.jsonl"):
     lines = [json.loads(l)["text"] for l in open(f)]
     prompts = [json.loads(l)["text"] for l in open(f.replace("comparisons", "prompts"))]

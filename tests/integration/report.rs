@@ -401,7 +401,7 @@ async fn rl_run_report_counts_labels_positions_and_temperatures() {
     for split in loaded.as_object().unwrap().keys() {
         assert_eq!(
             loaded[split]["columns"],
-            serde_json::json!(["prompt", "chosen", "rejected"])
+            serde_json::json!(["prompt", "chosen", "rejected", "chosen_prob"])
         );
     }
     let card = std::fs::read_to_string(dir.path().join("export-trl-dpo/README.md")).unwrap();
