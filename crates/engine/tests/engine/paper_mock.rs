@@ -115,6 +115,20 @@ async fn cot_judge_with_few_shot_sees_the_conversation_and_clamps_its_labels() {
         assert!(question.contains("Human: the follow-up"), "{question}");
         assert!(b.get("logprobs").is_none());
     }
+    for explanation in column(&out, "explanation") {
+        let explanation = explanation.unwrap_or_else(|| {
+            panic!(
+                "{:?} {:?}",
+                column(&out, "judge_raw"),
+                column(&out, "label")
+            )
+        });
+        assert!(
+            explanation.starts_with("(A) = candidate ")
+                && explanation.contains("Mock answer about"),
+            "the CoT reasoning is kept: {explanation}"
+        );
+    }
     for b in &choose {
         let t = texts(b);
         assert_eq!(

@@ -67,7 +67,10 @@ struct Answer {
     /// The written choice: (A) or not.
     hard_a: Option<bool>,
     lineage: Option<Lineage>,
+    /// The model's own thinking (reasoning models).
     reasoning: Vec<String>,
+    /// The step-by-step reasoning it wrote (`cot`).
+    cot: Option<String>,
 }
 
 impl Judge {
@@ -122,6 +125,7 @@ impl Judge {
         key: &[&[u8]],
     ) -> Result<Answer, (String, Option<Lineage>)> {
         let mut reasoning = vec![];
+        let mut cot = None;
         let (request, hard_from_reasoning) = if self.cot {
             let mut parts = key.to_vec();
             parts.push(b"cot");
@@ -131,6 +135,7 @@ impl Judge {
             reasoning.extend(c.reasoning.clone());
             let mut follow = turns;
             follow.push(Message::assistant(&c.text));
+            cot = Some(c.text.clone());
             follow.push(Message::user(SO_WHICH));
             (
                 self.choice_request(self.options.request(follow, key)),
@@ -171,6 +176,7 @@ impl Judge {
         Ok(Answer {
             p_a,
             hard_a,
+            cot,
             lineage,
             reasoning,
         })
@@ -243,6 +249,7 @@ impl Judge {
         let mut cells = vec![];
         let mut lineage = None;
         let mut reasoning = vec![];
+        let mut explanations = vec![];
         for (a, b, principle, answers) in results {
             let mut cell = ComparisonCell {
                 principle: Some(principle),
@@ -258,6 +265,14 @@ impl Judge {
                 };
                 lineage = answer.lineage;
                 reasoning.extend(answer.reasoning);
+                if let Some(text) = answer.cot {
+                    // Which candidate the reasoning calls (A): a, unless the order was flipped.
+                    let (first, second) = if flipped { (b, a) } else { (a, b) };
+                    explanations.push(format!(
+                        "(A) = candidate {}, (B) = candidate {}: {text}",
+                        shown[first].sample_idx, shown[second].sample_idx
+                    ));
+                }
                 // P(candidate a preferred over b), whichever was shown first.
                 let mut p = if flipped {
                     1.0 - answer.p_a
@@ -316,7 +331,8 @@ impl Judge {
             rejected: Some(shown[if tie { best } else { worst }].clone()),
             label: if tie { "tie" } else { "ok" },
             chosen_prob: Some(if tie { 0.5 } else { prob(best, worst) }),
-            explanation: None,
+            // The CoT reasoning of every comparison, in order.
+            explanation: (!explanations.is_empty()).then(|| explanations.join("\n\n")),
             raw: Some(serde_json::json!({ "pairs": raw, "scores": scores }).to_string()),
             comparisons: cells,
             lineage,
