@@ -146,15 +146,21 @@ pub fn print_summary(
     }
 }
 
-/// `N requests, T tokens (P prompt + C completion[, R of them reasoning]), $X`.
+/// `N requests, T tokens (P prompt[ (K read from the prompt cache)] + C completion[, R of them
+/// reasoning]), $X`.
 pub fn usage_line(u: &Usage) -> String {
     let reasoning = if u.reasoning_tokens > 0 {
         format!(", {} of them reasoning", u.reasoning_tokens)
     } else {
         String::new()
     };
+    let cached = if u.cached_tokens > 0 {
+        format!(" ({} read from the prompt cache)", u.cached_tokens)
+    } else {
+        String::new()
+    };
     format!(
-        "{} requests, {} tokens ({} prompt + {} completion{reasoning}), ${:.4}",
+        "{} requests, {} tokens ({} prompt{cached} + {} completion{reasoning}), ${:.4}",
         u.requests,
         u.tokens(),
         u.prompt_tokens,

@@ -102,6 +102,7 @@ fn identity(b: &BackendConfig) -> BackendConfig {
     match &mut b {
         BackendConfig::Openai(o) => o.base_url = redact_userinfo(&o.base_url),
         BackendConfig::Nemo(n) => n.base_url = redact_userinfo(&n.base_url),
+        BackendConfig::Anthropic(a) => a.base_url = redact_userinfo(&a.base_url),
         BackendConfig::Embedded(_) => {}
     }
     b
@@ -131,6 +132,11 @@ pub fn approve(
                     o.api_key_env.as_deref().unwrap_or("(none)")
                 ),
                 BackendConfig::Nemo(n) => format!("base_url {}", redact_userinfo(&n.base_url)),
+                BackendConfig::Anthropic(a) => format!(
+                    "base_url {}, api_key_env {}",
+                    redact_userinfo(&a.base_url),
+                    a.api_key_env.as_deref().unwrap_or("(none)")
+                ),
                 BackendConfig::Embedded(e) => {
                     format!(
                         "model_path {}",

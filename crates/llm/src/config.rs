@@ -66,6 +66,30 @@ pub enum BackendConfig {
     Nemo(NemoConfig),
     /// A GGUF model run inside caiflow by llama.cpp: no server at all.
     Embedded(EmbeddedConfig),
+    /// Anthropic's Messages API, `POST /v1/messages`.
+    Anthropic(AnthropicConfig),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnthropicConfig {
+    /// The server root (`/v1/messages` is appended). Default `https://api.anthropic.com`.
+    #[serde(default = "default_anthropic_url")]
+    pub base_url: String,
+    /// Name of the environment variable holding the API key (sent as `x-api-key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    /// The `anthropic-version` header. Default `2023-06-01`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anthropic_version: Option<String>,
+    /// Mark the shared prefix (system prompt, the conversation before the last turn)
+    /// cacheable (`cache_control`).
+    #[serde(default)]
+    pub cache_prompt: bool,
+}
+
+fn default_anthropic_url() -> String {
+    "https://api.anthropic.com".into()
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -237,6 +261,7 @@ impl Config {
             match &mut e.backend {
                 BackendConfig::Openai(o) => o.base_url = redact_userinfo(&o.base_url),
                 BackendConfig::Nemo(n) => n.base_url = redact_userinfo(&n.base_url),
+                BackendConfig::Anthropic(a) => a.base_url = redact_userinfo(&a.base_url),
                 BackendConfig::Embedded(_) => {}
             }
         }
@@ -323,6 +348,7 @@ impl EndpointConfig {
         match &self.backend {
             BackendConfig::Openai(o) => Some(&o.base_url),
             BackendConfig::Nemo(n) => Some(&n.base_url),
+            BackendConfig::Anthropic(a) => Some(&a.base_url),
             BackendConfig::Embedded(_) => None,
         }
     }

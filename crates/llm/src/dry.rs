@@ -67,6 +67,7 @@ impl Backend for DryBackend {
             completion_tokens: Some(generated),
             reasoning: (thinking > 0).then(|| "hmm ".repeat(thinking.min(1 << 16) as usize)),
             reasoning_tokens: (thinking > 0).then_some(thinking),
+            cached_tokens: None,
             top_logprobs: request
                 .params
                 .top_logprobs

@@ -148,6 +148,7 @@ impl Endpoint {
                 prompt_tokens: prompt,
                 completion_tokens: completion,
                 reasoning_tokens: 0,
+                cached_tokens: 0,
                 cost: self.cost(prompt, completion),
             },
             estimate,
@@ -170,7 +171,10 @@ impl Endpoint {
             prompt_tokens: prompt,
             completion_tokens: generated,
             reasoning_tokens: completion.reasoning_tokens.unwrap_or(0).min(generated),
-            cost: self.cost(prompt, generated),
+            cached_tokens: completion.cached_tokens.unwrap_or(0).min(prompt),
+            cost: self.price.map_or(0.0, |p| {
+                p.cost_cached(prompt, completion.cached_tokens.unwrap_or(0), generated)
+            }),
         }
     }
 
@@ -254,6 +258,28 @@ impl Endpoint {
                 Arc::new(
                     OpenAiBackend::new(client, o.api, &o.base_url, &config.model, api_key)
                         .with_max_body(config.max_response_bytes()),
+                )
+            }
+            BackendConfig::Anthropic(a) => {
+                let api_key = match &a.api_key_env {
+                    None => None,
+                    Some(var) => Some(ApiKey(std::env::var(var).map_err(|_| {
+                        LlmError::MissingApiKey {
+                            endpoint: name.to_string(),
+                            var: var.clone(),
+                        }
+                    })?)),
+                };
+                Arc::new(
+                    crate::anthropic::AnthropicBackend::new(
+                        client,
+                        &a.base_url,
+                        &config.model,
+                        api_key,
+                        a.anthropic_version.as_deref(),
+                        a.cache_prompt,
+                    )
+                    .with_max_body(config.max_response_bytes()),
                 )
             }
             BackendConfig::Nemo(n) => Arc::new(

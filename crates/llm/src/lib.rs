@@ -8,6 +8,7 @@
 //! runs or journals. Other backends (the embedded llama.cpp engine) plug in through
 //! [`BackendFactory`]; a run's stop is a [`CancellationToken`] handed to [`Endpoints`].
 
+pub mod anthropic;
 pub mod chat_template;
 pub mod config;
 pub mod dry;
@@ -108,6 +109,9 @@ pub struct Completion {
     pub reasoning: Option<String>,
     /// How many of `completion_tokens` were thinking (the server's count, else estimated).
     pub reasoning_tokens: Option<u64>,
+    /// How many of `prompt_tokens` were read from the provider's prompt cache (Anthropic
+    /// `cache_read_input_tokens`, OpenAI `prompt_tokens_details.cached_tokens`).
+    pub cached_tokens: Option<u64>,
 }
 
 /// Why one attempt failed, and whether another attempt may succeed.
@@ -176,7 +180,8 @@ pub(crate) fn status_error(
         retryable,
         retry_after: retry::parse_retry_after(headers),
         refused: code == 401 || code == 403,
-        overloaded: code == 429 || code == 503,
+        // 529: Anthropic's "overloaded".
+        overloaded: code == 429 || code == 503 || code == 529,
     }
 }
 

@@ -189,6 +189,8 @@ struct Usage {
     completion_tokens: Option<u64>,
     /// `{"reasoning_tokens": n, …}` (OpenAI, vLLM); any other shape is no count.
     completion_tokens_details: Option<Value>,
+    /// `{"cached_tokens": n, …}` (OpenAI's automatic prompt caching, vLLM).
+    prompt_tokens_details: Option<Value>,
 }
 
 /// A token count as servers send it: a count that is not a non-negative integer (a float, a
@@ -226,6 +228,16 @@ pub fn parse_chat_body(body: &str) -> Result<Completion, AttemptError> {
                 .and_then(|d| d.get("reasoning_tokens"))
                 .and_then(Value::as_u64),
         ),
+        cached_tokens: crate::plausible_tokens(
+            "cached tokens",
+            parsed
+                .usage
+                .as_ref()
+                .and_then(|u| u.prompt_tokens_details.as_ref())
+                .and_then(|d| d.get("cached_tokens"))
+                .and_then(Value::as_u64),
+        )
+        .filter(|n| *n > 0),
         finish_reason: choice.finish_reason,
         prompt_tokens: crate::plausible_tokens(
             "prompt tokens",

@@ -21,11 +21,22 @@ use crate::ChatRequest;
 pub struct Price {
     pub input_per_mtok: f64,
     pub output_per_mtok: f64,
+    /// Input tokens read from the provider's prompt cache (default: the input price).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input_per_mtok: Option<f64>,
 }
 
 impl Price {
     pub fn cost(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
-        (prompt_tokens as f64 * self.input_per_mtok
+        self.cost_cached(prompt_tokens, 0, completion_tokens)
+    }
+
+    /// The cost when `cached` of the prompt tokens were read from the prompt cache.
+    pub fn cost_cached(&self, prompt_tokens: u64, cached: u64, completion_tokens: u64) -> f64 {
+        let cached = cached.min(prompt_tokens);
+        let cached_price = self.cached_input_per_mtok.unwrap_or(self.input_per_mtok);
+        ((prompt_tokens - cached) as f64 * self.input_per_mtok
+            + cached as f64 * cached_price
             + completion_tokens as f64 * self.output_per_mtok)
             / 1e6
     }
@@ -76,6 +87,9 @@ pub struct Usage {
     /// Of `completion_tokens`, how many were a reasoning model's thinking (billed as output).
     #[serde(default)]
     pub reasoning_tokens: u64,
+    /// Of `prompt_tokens`, how many were read from the provider's prompt cache.
+    #[serde(default)]
+    pub cached_tokens: u64,
     pub cost: f64,
 }
 
@@ -101,6 +115,7 @@ impl Usage {
             .completion_tokens
             .saturating_add(other.completion_tokens);
         self.reasoning_tokens = self.reasoning_tokens.saturating_add(other.reasoning_tokens);
+        self.cached_tokens = self.cached_tokens.saturating_add(other.cached_tokens);
         self.cost += other.cost;
     }
 
@@ -111,6 +126,7 @@ impl Usage {
             .completion_tokens
             .saturating_sub(other.completion_tokens);
         self.reasoning_tokens = self.reasoning_tokens.saturating_sub(other.reasoning_tokens);
+        self.cached_tokens = self.cached_tokens.saturating_sub(other.cached_tokens);
         self.cost = (self.cost - other.cost).max(0.0);
     }
 }
@@ -374,8 +390,11 @@ mod tests {
         let p = Price {
             input_per_mtok: 1.0,
             output_per_mtok: 4.0,
+            cached_input_per_mtok: Some(0.1),
         };
         assert!((p.cost(1_000_000, 500_000) - 3.0).abs() < 1e-9);
+        // 900k of the million prompt tokens read from the cache at a tenth of the price.
+        assert!((p.cost_cached(1_000_000, 900_000, 500_000) - 2.19).abs() < 1e-9);
         let r = ChatRequest {
             messages: vec![crate::Message::user("12345678")],
             params: Default::default(),

@@ -115,6 +115,7 @@ fn kind(e: &BackendConfig) -> &'static str {
         BackendConfig::Openai(_) => "openai",
         BackendConfig::Nemo(_) => "nemo",
         BackendConfig::Embedded(_) => "embedded",
+        BackendConfig::Anthropic(_) => "anthropic",
     }
 }
 

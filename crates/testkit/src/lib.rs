@@ -11,6 +11,7 @@
 //!
 //! [`cluster::LocalCluster`] runs a scheduler and executors as processes on this machine.
 
+mod anthropic;
 pub mod cluster;
 pub mod proc_status;
 
@@ -99,6 +100,8 @@ pub struct MockState {
     /// (a message field, with `completion_tokens_details.reasoning_tokens`), `think`
     /// (`<think>…</think>` before the content), or not at all.
     reasoning: Mutex<Option<String>>,
+    /// Prompt prefixes marked cacheable that were seen (the Anthropic mock's prompt cache).
+    cached_prefixes: Mutex<std::collections::BTreeSet<String>>,
     /// Words the default answer is padded to (0: as it is).
     answer_words: std::sync::atomic::AtomicUsize,
     /// Cut answers longer than the request's `max_tokens` words (`finish_reason = length`).
@@ -131,6 +134,7 @@ impl MockServer {
         let state = Arc::new(MockState::default());
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
+            .route("/v1/messages", post(anthropic::messages))
             .route("/stats", axum::routing::get(stats_handler))
             .route("/generate", put(generate))
             .with_state(state.clone());

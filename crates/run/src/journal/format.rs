@@ -84,6 +84,8 @@ impl Line {
                 "reasoning tokens",
                 self.reasoning_tokens,
             ),
+            // A journalled answer is free: what its prompt cached then is not usage now.
+            cached_tokens: None,
         })
     }
 
