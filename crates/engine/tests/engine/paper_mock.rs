@@ -451,3 +451,45 @@ async fn the_thinking_is_critiqued_and_rewritten() {
     let error = column(&out, "error")[0].clone().unwrap_or_default();
     assert!(error.contains("'response_reasoning' is null"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_constitution_audit_asks_again_in_reverse_order() {
+    let (_policy, judge, session) = two_mocks().await;
+    let dir = tempfile::tempdir().unwrap();
+    register_prompts(&session, dir.path(), &["p1"]).await;
+    collect(
+        &session,
+        "CREATE VIEW candidates AS SELECT * FROM sample(prompts, temperatures => '0.1,0.9')",
+    )
+    .await;
+    // The same positions both times: in reverse order, that is the other candidate.
+    judge.push_replies([
+        r#"{"chosen": 1, "rejected": 2}"#.to_string(),
+        r#"{"chosen": 1, "rejected": 2}"#.to_string(),
+    ]);
+    let out = collect(
+        &session,
+        "SELECT label, c['principle'] AS principle, c['consistent'] AS consistent \
+         FROM (SELECT label, unnest(comparisons) AS c FROM judge(candidates, audit => true))",
+    )
+    .await;
+    assert_eq!(
+        judge.requests(),
+        2,
+        "the verdict, then the same in reverse order"
+    );
+    assert_eq!(column(&out, "label"), vec![Some("ok".into())]);
+    assert_eq!(column(&out, "principle"), vec![Some("constitution".into())]);
+    assert_eq!(column(&out, "consistent"), vec![Some("false".into())]);
+    let bodies = judge.bodies();
+    let listing = |b: &Value| texts(b).last().cloned().unwrap();
+    let (first, second) = (listing(&bodies[0]), listing(&bodies[1]));
+    let response_1 = |t: &str| {
+        t.split("Response 1:\n")
+            .nth(1)
+            .and_then(|r| r.split("\n\n").next())
+            .unwrap()
+            .to_string()
+    };
+    assert_ne!(response_1(&first), response_1(&second), "shown in reverse");
+}
