@@ -221,6 +221,11 @@ pub struct RunArgs {
     /// completion tokens and cost, then totals per endpoint.
     #[arg(long, conflicts_with_all = ["cluster", "report"])]
     pub dry_run: bool,
+    /// With batch endpoints: submit every batch that can be sent now, print the batches in
+    /// flight and exit 0. Running the same command later collects them and sends the next
+    /// wave (no process needs to live while the provider works).
+    #[arg(long, conflicts_with_all = ["cluster", "dry_run"])]
+    pub detach: bool,
     /// Stop before the run's tokens (prompt + completion, all sessions) pass N.
     #[arg(long, value_name = "N")]
     pub max_tokens: Option<u64>,

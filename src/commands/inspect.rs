@@ -1,6 +1,7 @@
 //! `caiflow inspect RUN`: a run's tables (rows, errors, versions, fingerprints), its usage
 //! over every session, its journal, and the statement behind each table.
 
+use caiflow_llm::batch::BatchState;
 use caiflow_run::journal::Journal;
 use caiflow_run::materialize::{manifests, versions};
 use caiflow_run::sessions::RunUsage;
@@ -79,6 +80,37 @@ pub async fn inspect(run: String) -> anyhow::Result<Exit> {
         "  journal: {} results, {} failures recorded, {} segment(s), {} bytes",
         s.results, s.failures, s.segments, bytes
     );
+    let batches = caiflow_run::journal::batches::list(&store).await?;
+    if !batches.is_empty() {
+        let in_flight = batches
+            .iter()
+            .filter(|b| b.state == BatchState::InFlight)
+            .count();
+        println!(
+            "  batches: {} submitted, {in_flight} in flight (the next run polls them)",
+            batches.len()
+        );
+        const SHOWN: usize = 50;
+        for b in batches.iter().rev().take(SHOWN).rev() {
+            let state = match b.state {
+                BatchState::InFlight => format!("in flight ({})", b.status),
+                BatchState::Collected => format!(
+                    "{}: {} answered, {} failed, {} unfinished",
+                    b.status, b.succeeded, b.errored, b.unfinished
+                ),
+            };
+            println!(
+                "    endpoint {}  {} {}  {} requests  {state}",
+                b.endpoint,
+                b.provider,
+                b.id,
+                b.requests.len()
+            );
+        }
+        if batches.len() > SHOWN {
+            println!("    … and {} older", batches.len() - SHOWN);
+        }
+    }
     for m in &ms {
         println!(
             "\n-- {} ({} inputs: {})\n{}",

@@ -89,6 +89,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         return result.map(|()| Exit::Success);
     }
     let endpoints = caiflow_engine::endpoints(&config.llm, stop.clone())?;
+    endpoints.batches().set_detach(args.detach);
     run_store.check_writable().await?;
     let lock = RunLock::acquire(&run_store, "run", stop.clone()).await?;
     let before = charge_budgets(&endpoints, &run_store, budget)
@@ -292,6 +293,26 @@ pub async fn execute_run(
         return Ok(Exit::BudgetStopped);
     }
     match end {
+        RunEnd::Interrupted if run.session.endpoints.batches().detached() => {
+            let batches = run.session.endpoints.batches_in_flight();
+            let requests: usize = batches.iter().map(|b| b.requests.len()).sum();
+            eprintln!(
+                "caiflow: detached with {} batch(es) in flight ({requests} requests); completed requests are kept",
+                batches.len()
+            );
+            for b in &batches {
+                eprintln!(
+                    "  endpoint {}: {} batch {}  {} requests  {}",
+                    b.endpoint,
+                    b.provider,
+                    b.id,
+                    b.requests.len(),
+                    b.status
+                );
+            }
+            eprintln!("caiflow: to collect them and send the next wave: {resume}");
+            return Ok(Exit::Success);
+        }
         RunEnd::Interrupted => {
             eprintln!("caiflow: interrupted; completed requests are kept. To resume: {resume}");
             return Ok(Exit::Interrupted);

@@ -95,7 +95,7 @@ fn kill_after(cmd: Command, after: Duration) {
 }
 
 /// Start `cmd`, wait until `ready()` holds (at most 30 s), then `after` more, then kill -9.
-fn kill_when(mut cmd: Command, ready: impl Fn() -> bool, after: Duration) {
+pub(crate) fn kill_when(mut cmd: Command, ready: impl Fn() -> bool, after: Duration) {
     let mut child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -7,6 +7,7 @@ mod common;
 
 mod anthropic;
 mod architecture;
+mod batch;
 mod cli_plan;
 mod cluster;
 mod delta;

@@ -86,6 +86,13 @@ pub struct AnthropicConfig {
     /// cacheable (`cache_control`).
     #[serde(default)]
     pub cache_prompt: bool,
+    /// Send requests through the Message Batches API (`batch = true` or `batch = { … }`).
+    #[serde(
+        default,
+        deserialize_with = "crate::batch::config::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub batch: Option<crate::batch::config::BatchConfig>,
 }
 
 fn default_anthropic_url() -> String {
@@ -103,6 +110,13 @@ pub struct OpenAiConfig {
     /// Name of the environment variable holding the API key, if the server needs one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_env: Option<String>,
+    /// Send requests through the Batch API (`batch = true` or `batch = { … }`).
+    #[serde(
+        default,
+        deserialize_with = "crate::batch::config::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub batch: Option<crate::batch::config::BatchConfig>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -353,6 +367,15 @@ impl EndpointConfig {
         }
     }
 
+    /// The batch settings, when requests to this endpoint go through its provider's batch API.
+    pub fn batch(&self) -> Option<&crate::batch::config::BatchConfig> {
+        match &self.backend {
+            BackendConfig::Openai(o) => o.batch.as_ref(),
+            BackendConfig::Anthropic(a) => a.batch.as_ref(),
+            _ => None,
+        }
+    }
+
     /// The largest response body read, in bytes (`max_response_mib`, default 16 MiB).
     pub fn max_response_bytes(&self) -> u64 {
         self.max_response_mib
@@ -526,6 +549,16 @@ impl Config {
                 return Err(LlmError::Config(format!(
                     "endpoints.{name}.retry.max_attempts must be at least 1"
                 )));
+            }
+            if let Some(b) = e.batch() {
+                b.validate(&format!("endpoints.{name}.batch"))
+                    .map_err(LlmError::Config)?;
+                if matches!(&e.backend, BackendConfig::Openai(o) if o.api == crate::openai::OpenAiApi::Completions)
+                {
+                    return Err(LlmError::Config(format!(
+                        "endpoints.{name}: batch works with api = \"chat\" only (the providers' batch APIs take chat requests)"
+                    )));
+                }
             }
             if let BackendConfig::Embedded(m) = &e.backend
                 && (m.threads == Some(0) || m.context_tokens == Some(0))

@@ -21,6 +21,9 @@ pub struct DryBackend {
     /// The endpoint's expected thinking per answer (`reasoning_tokens`), added to each
     /// answer as reasoning.
     pub reasoning_tokens: u64,
+    /// The endpoint marks the shared prefix cacheable (`cache_prompt`): every turn before
+    /// the last counts as read from the cache (the expected case once a prefix was seen).
+    pub cache_prefix: bool,
 }
 
 /// The verdict a dry answer starts with: readable by the judge.
@@ -29,6 +32,18 @@ const VERDICT: &str = "{\"chosen\": 1, \"rejected\": 2} ";
 /// The completion tokens a dry run expects of a request: half its `max_tokens`.
 pub fn expected_completion_tokens(request: &ChatRequest) -> u64 {
     (u64::from(request.params.max_tokens.unwrap_or(512)) / 2).max(1)
+}
+
+/// The estimated tokens of a request's turns before the last: the prefix the next request
+/// of the same conversation (or the same system prompt and few-shot turns) shares.
+pub fn cached_prefix_tokens(request: &ChatRequest) -> u64 {
+    match request.messages.split_last() {
+        Some((_, prefix)) if !prefix.is_empty() => estimate_prompt_tokens(&ChatRequest {
+            messages: prefix.to_vec(),
+            params: Default::default(),
+        }),
+        _ => 0,
+    }
 }
 
 #[async_trait::async_trait]
@@ -67,7 +82,10 @@ impl Backend for DryBackend {
             completion_tokens: Some(generated),
             reasoning: (thinking > 0).then(|| "hmm ".repeat(thinking.min(1 << 16) as usize)),
             reasoning_tokens: (thinking > 0).then_some(thinking),
-            cached_tokens: None,
+            cached_tokens: self
+                .cache_prefix
+                .then(|| cached_prefix_tokens(request))
+                .filter(|n| *n > 0),
             top_logprobs: request
                 .params
                 .top_logprobs

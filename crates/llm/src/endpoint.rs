@@ -79,6 +79,13 @@ pub struct Endpoint {
     prompt_ratio: std::sync::Mutex<f64>,
     /// A dry run's stand-in (see [`crate::dry`]): its answers are fillers, not model text.
     pub dry: bool,
+    /// Batch mode: the queue its requests wait in (see [`crate::batch`]).
+    pub batcher: Option<Arc<crate::batch::Batcher>>,
+    /// The online price of a batch endpoint (`price` is then the batch price): what the
+    /// same requests would have cost without batching.
+    pub online_price: Option<Price>,
+    /// Requests go through the provider's batch API (priced so even in a dry run).
+    pub batched: bool,
 }
 
 impl Endpoint {
@@ -109,6 +116,9 @@ impl Endpoint {
             ledgers: std::sync::OnceLock::new(),
             prompt_ratio: std::sync::Mutex::new(1.0),
             dry: false,
+            batcher: None,
+            online_price: None,
+            batched: false,
         }
     }
 
@@ -147,9 +157,8 @@ impl Endpoint {
                 requests: 1,
                 prompt_tokens: prompt,
                 completion_tokens: completion,
-                reasoning_tokens: 0,
-                cached_tokens: 0,
                 cost: self.cost(prompt, completion),
+                ..Default::default()
             },
             estimate,
         )
@@ -175,6 +184,15 @@ impl Endpoint {
             cost: self.price.map_or(0.0, |p| {
                 p.cost_cached(prompt, completion.cached_tokens.unwrap_or(0), generated)
             }),
+            batched_requests: u64::from(self.batched),
+            batch_saved: match (self.online_price, self.price) {
+                (Some(online), Some(batch)) => {
+                    let cached = completion.cached_tokens.unwrap_or(0);
+                    online.cost_cached(prompt, cached, generated)
+                        - batch.cost_cached(prompt, cached, generated)
+                }
+                _ => 0.0,
+            },
         }
     }
 
@@ -244,43 +262,64 @@ impl Endpoint {
         client: reqwest::Client,
         factory: Option<&dyn BackendFactory>,
     ) -> Result<Self> {
+        let key = |var: &Option<String>| -> Result<Option<ApiKey>> {
+            match var {
+                None => Ok(None),
+                Some(var) => Ok(Some(ApiKey(std::env::var(var).map_err(|_| {
+                    LlmError::MissingApiKey {
+                        endpoint: name.to_string(),
+                        var: var.clone(),
+                    }
+                })?))),
+            }
+        };
+        let max_body = config.max_response_bytes();
+        let mut batch_api: Option<Arc<dyn crate::batch::BatchApi>> = None;
         let backend: Arc<dyn Backend> = match &config.backend {
             BackendConfig::Openai(o) => {
-                let api_key = match &o.api_key_env {
-                    None => None,
-                    Some(var) => Some(ApiKey(std::env::var(var).map_err(|_| {
-                        LlmError::MissingApiKey {
-                            endpoint: name.to_string(),
-                            var: var.clone(),
-                        }
-                    })?)),
+                let api_key = key(&o.api_key_env)?;
+                let chat = |client| {
+                    OpenAiBackend::new(client, o.api, &o.base_url, &config.model, api_key.clone())
+                        .with_max_body(max_body)
                 };
-                Arc::new(
-                    OpenAiBackend::new(client, o.api, &o.base_url, &config.model, api_key)
-                        .with_max_body(config.max_response_bytes()),
-                )
+                if let Some(b) = &o.batch {
+                    batch_api = Some(Arc::new(crate::batch::openai::OpenAiBatchApi::new(
+                        client.clone(),
+                        &o.base_url,
+                        api_key.clone(),
+                        chat(client.clone()),
+                        b.completion_window.as_deref(),
+                        max_body,
+                    )));
+                }
+                Arc::new(chat(client))
             }
             BackendConfig::Anthropic(a) => {
-                let api_key = match &a.api_key_env {
-                    None => None,
-                    Some(var) => Some(ApiKey(std::env::var(var).map_err(|_| {
-                        LlmError::MissingApiKey {
-                            endpoint: name.to_string(),
-                            var: var.clone(),
-                        }
-                    })?)),
-                };
-                Arc::new(
+                let api_key = key(&a.api_key_env)?;
+                let messages = |client| {
                     crate::anthropic::AnthropicBackend::new(
                         client,
                         &a.base_url,
                         &config.model,
-                        api_key,
+                        api_key.clone(),
                         a.anthropic_version.as_deref(),
                         a.cache_prompt,
                     )
-                    .with_max_body(config.max_response_bytes()),
-                )
+                    .with_max_body(max_body)
+                };
+                if a.batch.is_some() {
+                    batch_api = Some(Arc::new(crate::batch::anthropic::AnthropicBatchApi::new(
+                        client.clone(),
+                        &a.base_url,
+                        api_key.clone(),
+                        a.anthropic_version
+                            .as_deref()
+                            .unwrap_or(crate::anthropic::DEFAULT_ANTHROPIC_VERSION),
+                        messages(client.clone()),
+                        max_body,
+                    )));
+                }
+                Arc::new(messages(client))
             }
             BackendConfig::Nemo(n) => Arc::new(
                 NemoBackend::new(client, &n.base_url, n.chat_template.clone(), n.nemo_form)
@@ -308,6 +347,16 @@ impl Endpoint {
         endpoint.max_error_rate = config.max_error_rate;
         endpoint.price = config.price;
         endpoint.budget = config.budget;
+        if let (Some(api), Some(b)) = (batch_api, config.batch()) {
+            let batch = crate::batch::BatchBackend::new(name, &config.model_name(), api, b.clone());
+            endpoint.batcher = Some(batch.batcher());
+            endpoint.backend = Arc::new(batch);
+            // The provider's completion window bounds the wait, not a per-request timeout.
+            endpoint.timeout = Duration::from_secs(30 * 86_400);
+            endpoint.batched = true;
+            endpoint.online_price = config.price;
+            endpoint.price = config.price.map(|p| p.batched());
+        }
         Ok(endpoint)
     }
 
@@ -496,9 +545,20 @@ impl Endpoint {
 
 /// All endpoints of a session, by name. Stage plans hold names only and look the live
 /// endpoint up here at execution time (a session-config extension), so plans stay plain data.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Endpoints {
     by_name: BTreeMap<String, Arc<Endpoint>>,
+    /// What the batch endpoints share (store, detach, stop).
+    batches: Arc<crate::batch::BatchRun>,
+}
+
+impl Default for Endpoints {
+    fn default() -> Self {
+        Endpoints {
+            by_name: BTreeMap::new(),
+            batches: crate::batch::BatchRun::new(CancellationToken::new()),
+        }
+    }
 }
 
 impl Endpoints {
@@ -537,20 +597,41 @@ impl Endpoints {
             .build()
             .map_err(|e| LlmError::HttpClient(Arc::new(e)))?;
         let mut by_name = BTreeMap::new();
+        let batches = crate::batch::BatchRun::new(stop.clone());
         for (name, e) in &config.endpoints {
             let mut endpoint = Endpoint::from_config(name, e, client.clone(), factory)?;
             endpoint.stop = stop.clone();
+            if let Some(b) = &endpoint.batcher {
+                b.join(batches.clone());
+            }
             if dry {
+                // Priced as batched, but nothing is sent.
+                endpoint.batcher = None;
                 endpoint.backend = Arc::new(crate::dry::DryBackend {
                     inner: endpoint.backend.clone(),
                     reasoning_tokens: u64::from(e.reasoning_tokens.unwrap_or(0)),
+                    cache_prefix: matches!(&e.backend, BackendConfig::Anthropic(a) if a.cache_prompt),
                 });
                 endpoint.base_url = None;
                 endpoint.dry = true;
             }
             by_name.insert(name.clone(), Arc::new(endpoint));
         }
-        Ok(Endpoints { by_name })
+        Ok(Endpoints { by_name, batches })
+    }
+
+    /// What the batch endpoints share: set the store batches are recorded in, detach.
+    pub fn batches(&self) -> &Arc<crate::batch::BatchRun> {
+        &self.batches
+    }
+
+    /// The batches of this process in flight, over all batch endpoints.
+    pub fn batches_in_flight(&self) -> Vec<crate::batch::BatchRecord> {
+        self.by_name
+            .values()
+            .filter_map(|e| e.batcher.as_ref())
+            .flat_map(|b| b.in_flight())
+            .collect()
     }
 
     pub fn insert(&mut self, endpoint: Endpoint) {

@@ -9,6 +9,7 @@
 //! [`BackendFactory`]; a run's stop is a [`CancellationToken`] handed to [`Endpoints`].
 
 pub mod anthropic;
+pub mod batch;
 pub mod chat_template;
 pub mod config;
 pub mod dry;

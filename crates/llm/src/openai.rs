@@ -67,7 +67,8 @@ impl OpenAiBackend {
         self
     }
 
-    fn body(&self, request: &ChatRequest) -> Value {
+    /// The request body, as sent online and inside a batch line.
+    pub fn body(&self, request: &ChatRequest) -> Value {
         let p = &request.params;
         let mut body = match self.api {
             OpenAiApi::Chat => json!({ "model": self.model, "messages": request.messages }),

@@ -24,9 +24,24 @@ pub struct Price {
     /// Input tokens read from the provider's prompt cache (default: the input price).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cached_input_per_mtok: Option<f64>,
+    /// The share taken off every price when requests go through the provider's batch API
+    /// (default 0.5: both OpenAI and Anthropic sell batched tokens at half price).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_discount: Option<f64>,
 }
 
 impl Price {
+    /// The price of batched requests: every rate less the batch discount.
+    pub fn batched(&self) -> Price {
+        let keep = 1.0 - self.batch_discount.unwrap_or(0.5).clamp(0.0, 1.0);
+        Price {
+            input_per_mtok: self.input_per_mtok * keep,
+            output_per_mtok: self.output_per_mtok * keep,
+            cached_input_per_mtok: self.cached_input_per_mtok.map(|p| p * keep),
+            batch_discount: self.batch_discount,
+        }
+    }
+
     pub fn cost(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
         self.cost_cached(prompt_tokens, 0, completion_tokens)
     }
@@ -91,6 +106,12 @@ pub struct Usage {
     #[serde(default)]
     pub cached_tokens: u64,
     pub cost: f64,
+    /// Of the requests, how many went through a provider's batch API.
+    #[serde(default)]
+    pub batched_requests: u64,
+    /// What those would have cost more online (US dollars): the batch discount earned.
+    #[serde(default)]
+    pub batch_saved: f64,
 }
 
 impl<'a> std::iter::Sum<&'a Usage> for Usage {
@@ -117,6 +138,8 @@ impl Usage {
         self.reasoning_tokens = self.reasoning_tokens.saturating_add(other.reasoning_tokens);
         self.cached_tokens = self.cached_tokens.saturating_add(other.cached_tokens);
         self.cost += other.cost;
+        self.batched_requests = self.batched_requests.saturating_add(other.batched_requests);
+        self.batch_saved += other.batch_saved;
     }
 
     fn sub(&mut self, other: &Usage) {
@@ -391,8 +414,11 @@ mod tests {
             input_per_mtok: 1.0,
             output_per_mtok: 4.0,
             cached_input_per_mtok: Some(0.1),
+            batch_discount: None,
         };
         assert!((p.cost(1_000_000, 500_000) - 3.0).abs() < 1e-9);
+        // Batched: half of everything by default.
+        assert!((p.batched().cost(1_000_000, 500_000) - 1.5).abs() < 1e-9);
         // 900k of the million prompt tokens read from the cache at a tenth of the price.
         assert!((p.cost_cached(1_000_000, 900_000, 500_000) - 2.19).abs() < 1e-9);
         let r = ChatRequest {

@@ -24,6 +24,9 @@ pub struct DryRun {
     pub stages: Vec<StageStats>,
     /// Endpoint → (price, whether its prompt tokens are exact).
     pub endpoints: BTreeMap<String, (Option<Price>, bool)>,
+    /// Endpoint → its online price, for those with a price (a batch endpoint's `price` is
+    /// the batch price): every plan is priced both ways.
+    pub online: BTreeMap<String, Price>,
 }
 
 /// Run `sql` dry: `endpoints` must be dry ones ([`Endpoints::dry_run`]); `exact` names the
@@ -42,6 +45,10 @@ pub async fn dry_run(
     let prices: BTreeMap<String, (Option<Price>, bool)> = endpoints
         .iter()
         .map(|e| (e.name.clone(), (e.price, exact.contains(&e.name))))
+        .collect();
+    let online: BTreeMap<String, Price> = endpoints
+        .iter()
+        .filter_map(|e| Some((e.name.clone(), e.online_price.or(e.price)?)))
         .collect();
     let run = PlanRun::dry(store, endpoints, journal_of).await?;
     let (end, _) = run
@@ -68,6 +75,7 @@ pub async fn dry_run(
     Ok(DryRun {
         stages,
         endpoints: prices,
+        online,
     })
 }
 
@@ -176,7 +184,33 @@ impl DryRun {
                 String::new()
             }
         ));
+        if priced && !totals.is_empty() {
+            let (online, batch) = self.both_ways(&totals);
+            out.push_str(&format!(
+                "expected cost online {}, through the batch APIs {} (saves {})\n",
+                cost(online),
+                cost(batch),
+                cost(online - batch)
+            ));
+        }
         out
+    }
+
+    /// The expected cost at online prices and at batch prices (each endpoint's discount),
+    /// prompt-cache reads priced alike.
+    fn both_ways(&self, totals: &BTreeMap<String, Totals>) -> (f64, f64) {
+        let mut online = 0.0;
+        let mut batch = 0.0;
+        for (endpoint, t) in totals {
+            if let Some(p) = self.online.get(endpoint) {
+                let u = &t.usage;
+                online += p.cost_cached(u.prompt_tokens, u.cached_tokens, u.completion_tokens);
+                batch +=
+                    p.batched()
+                        .cost_cached(u.prompt_tokens, u.cached_tokens, u.completion_tokens);
+            }
+        }
+        (online, batch)
     }
 
     /// `prompt tokens N (exact|estimate)  completion tokens <= U, expected E  cost …`.
@@ -190,6 +224,15 @@ impl DryRun {
         );
         if u.reasoning_tokens > 0 {
             f.push_str(&format!(" (reasoning {})", u.reasoning_tokens));
+        }
+        if u.cached_tokens > 0 {
+            f.push_str(&format!(
+                " ({} prompt tokens from the cache)",
+                u.cached_tokens
+            ));
+        }
+        if u.batched_requests > 0 {
+            f.push_str("  batched");
         }
         if let Some(p) = self.price(endpoint) {
             f.push_str(&format!(

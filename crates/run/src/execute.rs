@@ -141,6 +141,12 @@ impl PlanRun {
         store.check_writable().await?;
         let journal = Arc::new(Journal::open(store.clone()).await?);
         journal.prepare_for_writing().await?;
+        endpoints
+            .batches()
+            .set_store(Arc::new(crate::journal::batches::JournalBatches {
+                store: store.clone(),
+                journal: journal.clone(),
+            }));
         let session = CaiSession::with_journal(endpoints, Some(journal.clone()));
         Ok(PlanRun {
             store,

@@ -12,6 +12,7 @@
 //! [`cluster::LocalCluster`] runs a scheduler and executors as processes on this machine.
 
 mod anthropic;
+pub mod batch;
 pub mod cluster;
 pub mod proc_status;
 
@@ -25,7 +26,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{post, put};
+use axum::routing::{get, post, put};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -100,8 +101,13 @@ pub struct MockState {
     /// (a message field, with `completion_tokens_details.reasoning_tokens`), `think`
     /// (`<think>…</think>` before the content), or not at all.
     reasoning: Mutex<Option<String>>,
+    /// Both providers' batch APIs: files, batches, their results.
+    batches: Mutex<batch::Batches>,
     /// Prompt prefixes marked cacheable that were seen (the Anthropic mock's prompt cache).
     cached_prefixes: Mutex<std::collections::BTreeSet<String>>,
+    /// Report OpenAI's automatic prompt caching: a prompt whose turns before the last were
+    /// seen before has them counted as `prompt_tokens_details.cached_tokens`.
+    openai_cache: std::sync::atomic::AtomicBool,
     /// Words the default answer is padded to (0: as it is).
     answer_words: std::sync::atomic::AtomicUsize,
     /// Cut answers longer than the request's `max_tokens` words (`finish_reason = length`).
@@ -135,6 +141,21 @@ impl MockServer {
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
             .route("/v1/messages", post(anthropic::messages))
+            .route("/v1/files", post(batch::upload))
+            .route("/v1/files/{id}/content", get(batch::file_content))
+            .route("/v1/batches", post(batch::create_openai))
+            .route("/v1/batches/{id}", get(batch::get_openai))
+            .route("/v1/batches/{id}/cancel", post(batch::cancel_openai))
+            .route("/v1/messages/batches", post(batch::create_anthropic))
+            .route("/v1/messages/batches/{id}", get(batch::get_anthropic))
+            .route(
+                "/v1/messages/batches/{id}/results",
+                get(batch::results_anthropic),
+            )
+            .route(
+                "/v1/messages/batches/{id}/cancel",
+                post(batch::cancel_anthropic),
+            )
             .route("/stats", axum::routing::get(stats_handler))
             .route("/generate", put(generate))
             .with_state(state.clone());
@@ -227,6 +248,11 @@ impl MockServer {
             .reasoning
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = mode.map(str::to_string);
+    }
+
+    /// Report cached prompt tokens as OpenAI's automatic caching does (see `openai_cache`).
+    pub fn set_openai_cache(&self, on: bool) {
+        self.state.openai_cache.store(on, Ordering::SeqCst);
     }
 
     /// Pad the default answer to `words` words (an answer of realistic size for memory
@@ -561,6 +587,34 @@ async fn chat(State(state): State<Arc<MockState>>, body: axum::Json<Value>) -> R
         .fetch_add(completion_tokens, Ordering::SeqCst);
     let mut message = json!({"role": "assistant", "content": content});
     let mut usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens});
+    if state.openai_cache.load(Ordering::Relaxed)
+        && let Some((_, prefix)) = body
+            .get("messages")
+            .and_then(Value::as_array)
+            .and_then(|m| m.split_last())
+        && !prefix.is_empty()
+    {
+        let key = hex::encode(Sha256::digest(
+            Value::from(prefix.to_vec()).to_string().as_bytes(),
+        ));
+        let seen = !state
+            .cached_prefixes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key);
+        if seen {
+            let cached: u64 = prefix
+                .iter()
+                .map(|m| {
+                    m.get("content")
+                        .and_then(Value::as_str)
+                        .map_or(0, |c| c.split_whitespace().count() as u64)
+                        + 3
+                })
+                .sum();
+            usage["prompt_tokens_details"] = json!({"cached_tokens": cached});
+        }
+    }
     match (mode.as_deref(), &thinking) {
         (Some("think"), Some(t)) => {
             message["content"] = json!(format!("<think>\n{t}\n</think>\n\n{content}"))

@@ -41,7 +41,9 @@
 //! | segment indexes | [`index`] |
 //! | segments | [`segments`] |
 //! | roll-up and end-of-run compaction | [`compaction`] |
+//! | batches in flight at a provider (batch mode) | [`batches`] |
 
+pub mod batches;
 mod compaction;
 pub mod core;
 pub mod format;
