@@ -147,7 +147,7 @@ pub fn print_summary(
 }
 
 /// `N requests, T tokens (P prompt[ (K read from the prompt cache)] + C completion[, R of them
-/// reasoning]), $X`.
+/// reasoning]), $X[ (B batched, saving $S)]`.
 pub fn usage_line(u: &Usage) -> String {
     let reasoning = if u.reasoning_tokens > 0 {
         format!(", {} of them reasoning", u.reasoning_tokens)
@@ -159,8 +159,16 @@ pub fn usage_line(u: &Usage) -> String {
     } else {
         String::new()
     };
+    let batched = if u.batched_requests > 0 {
+        format!(
+            " ({} batched, saving ${:.4})",
+            u.batched_requests, u.batch_saved
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "{} requests, {} tokens ({} prompt{cached} + {} completion{reasoning}), ${:.4}",
+        "{} requests, {} tokens ({} prompt{cached} + {} completion{reasoning}), ${:.4}{batched}",
         u.requests,
         u.tokens(),
         u.prompt_tokens,

@@ -372,3 +372,73 @@ async fn cached_tokens_and_batch_savings_are_counted_from_both_providers() {
         assert!(cost > 0.0 && (saved - cost).abs() < 1e-9, "{usage:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_cancelled_at_the_provider_resubmits_exactly_what_it_did_not_run() {
+    for provider in [Provider::OpenAi, Provider::Anthropic] {
+        let server = MockServer::start().await.unwrap();
+        // Lines take 150 ms each: the cancel comes after the first ones ran.
+        server.set_latency(Duration::from_millis(150));
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), &server, provider, Some(FAST));
+        let store = dir.path().join("runs");
+        let args = run_args(&cfg, &store, "plans/sl_cai.sql", &["limit=5", "rounds=1"]);
+        let child = caiflow()
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while server.requests() < 2 && started.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        server.cancel_batches();
+        let out = child.wait_with_output().unwrap();
+        let (_, stderr) = output_text(&out);
+        assert!(out.status.success(), "{stderr}");
+        let batches = server.batch_custom_ids();
+        let (first, rest) = batches.split_first().unwrap();
+        let unfinished: HashSet<String> = server.batch_unfinished(&first.0).into_iter().collect();
+        assert!(
+            !unfinished.is_empty() && unfinished.len() < 5,
+            "cancelled part-way: {unfinished:?}"
+        );
+        let again: HashSet<String> = rest
+            .iter()
+            .flat_map(|(_, ids)| ids.iter().cloned())
+            .filter(|id| first.1.contains(id))
+            .collect();
+        assert_eq!(again, unfinished, "{stderr}");
+        assert_eq!(server.repeated(), 0);
+        let rows = dump(
+            &store.join("r"),
+            "SELECT count(*) AS n, count(error) AS e FROM revisions",
+        );
+        assert_eq!(table_row(&rows, "5"), vec!["5", "0"], "{rows}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_lines_follow_the_retry_policy_and_become_row_errors() {
+    for provider in [Provider::OpenAi, Provider::Anthropic] {
+        let server = MockServer::start().await.unwrap();
+        // The first line: a 500 (retried in a later batch); the second: a 400 (a row error).
+        server.push_faults([
+            caiflow_testkit::Fault::Status(500),
+            caiflow_testkit::Fault::Status(400),
+        ]);
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), &server, provider, Some(FAST));
+        let store = dir.path().join("runs");
+        let args = run_args(&cfg, &store, "plans/sl_cai.sql", &["limit=4", "rounds=1"]);
+        let (_, stderr) = run_ok(caiflow().args(&args));
+        let rows = dump(
+            &store.join("r"),
+            "SELECT count(*) AS n, count(error) AS e FROM revisions",
+        );
+        assert_eq!(table_row(&rows, "4"), vec!["4", "1"], "{rows}\n{stderr}");
+        // 4 responses (one twice), 3 critiques and revisions for the rows without error.
+        assert_eq!(server.requests(), 5 + 3 + 3, "{stderr}");
+    }
+}

@@ -519,6 +519,9 @@ impl Endpoint {
         };
         let usage = match &result {
             Ok(c) => self.used(c, estimate),
+            // A batched request the run stopped waiting for is still with the provider: it
+            // counts when a later run collects it.
+            Err(LlmError::Interrupted) if self.batched => Usage::default(),
             // A request that failed used no tokens the server reported, but was sent.
             Err(_) if sent > 0 => Usage {
                 requests: 1,

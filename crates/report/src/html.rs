@@ -413,6 +413,13 @@ pub fn render(report: &Report) -> Result<String> {
             "<tr><td>total</td><td></td><td>{}</td><td>{}</td><td>{}</td><td>{:.4}</td></tr></table>",
             t.requests, t.prompt_tokens, t.completion_tokens, t.cost
         );
+        if t.cached_tokens > 0 || t.batched_requests > 0 {
+            let _ = writeln!(
+                w,
+                "<p>{} prompt tokens read from the providers' prompt caches; {} requests sent through batch APIs, saving ${:.4} against online prices.</p>",
+                t.cached_tokens, t.batched_requests, t.batch_saved
+            );
+        }
         let reasons: Vec<_> = report
             .stages
             .iter()

@@ -69,6 +69,8 @@ struct MockBatch {
     expire_after: Option<usize>,
     counts: BTreeMap<&'static str, u64>,
     errors: Vec<String>,
+    /// The custom ids it did not run (expired or cancelled), once ended.
+    unfinished: Vec<String>,
 }
 
 /// The mock's batch side.
@@ -115,6 +117,32 @@ impl crate::MockServer {
     /// Batches created so far: (id, requests, bytes), in order.
     pub fn batches_created(&self) -> Vec<(String, usize, usize)> {
         lock(&self.state).created.clone()
+    }
+
+    /// Cancel every batch in progress, as a user would at the provider's console.
+    pub fn cancel_batches(&self) {
+        for batch in lock(&self.state).batches.values_mut() {
+            match (batch.provider, batch.status.as_str()) {
+                (Provider::OpenAi, "validating" | "in_progress") => {
+                    batch.cancel = true;
+                    batch.status = "cancelling".into();
+                }
+                (Provider::Anthropic, "in_progress") => {
+                    batch.cancel = true;
+                    batch.status = "canceling".into();
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The custom ids a batch did not run (expired or cancelled), once it ended.
+    pub fn batch_unfinished(&self, id: &str) -> Vec<String> {
+        lock(&self.state)
+            .batches
+            .get(id)
+            .map(|b| b.unfinished.clone())
+            .unwrap_or_default()
     }
 
     /// The custom ids of each batch created, in order.
@@ -326,6 +354,7 @@ pub(crate) async fn create_openai(
         expire_after: b.expire_next.take(),
         counts: BTreeMap::new(),
         errors,
+        unfinished: vec![],
     };
     let object = openai_object(&id, &batch);
     b.batches.insert(id.clone(), batch);
@@ -460,6 +489,7 @@ pub(crate) async fn create_anthropic(
         expire_after: b.expire_next.take(),
         counts: BTreeMap::new(),
         errors: vec![],
+        unfinished: vec![],
     };
     let object = anthropic_object(&id, &batch);
     b.batches.insert(id.clone(), batch);
@@ -580,6 +610,7 @@ async fn process(state: Arc<MockState>, id: String) {
     let mut errors: Vec<u8> = vec![];
     let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut ended_as: Option<&'static str> = None;
+    let mut unfinished = vec![];
     for (i, (custom_id, body)) in lines.into_iter().enumerate() {
         let cancelled = lock(&state).batches.get(&id).is_some_and(|b| b.cancel);
         let cut = match ended_as {
@@ -591,6 +622,9 @@ async fn process(state: Arc<MockState>, id: String) {
             None => None,
         };
         ended_as = cut;
+        if cut.is_some() {
+            unfinished.push(custom_id.clone());
+        }
         let line = match (provider, cut) {
             (Provider::OpenAi, Some(why)) => {
                 *counts.entry("errored").or_default() += 1;
@@ -635,10 +669,21 @@ async fn process(state: Arc<MockState>, id: String) {
                     json!({"custom_id": custom_id, "result": {"type": "succeeded", "message": reply}})
                 } else {
                     *counts.entry("errored").or_default() += 1;
-                    let error = reply.get("error").cloned().unwrap_or(
-                        json!({"type": "api_error", "message": format!("status {status}")}),
-                    );
-                    json!({"custom_id": custom_id, "result": {"type": "errored", "error": {"type": "error", "error": error}}})
+                    // The error type Anthropic gives for the status.
+                    let kind = match status {
+                        400 | 413 => "invalid_request_error",
+                        401 => "authentication_error",
+                        403 => "permission_error",
+                        404 => "not_found_error",
+                        429 => "rate_limit_error",
+                        529 => "overloaded_error",
+                        _ => "api_error",
+                    };
+                    let message = reply
+                        .pointer("/error/message")
+                        .cloned()
+                        .unwrap_or(json!(format!("status {status}")));
+                    json!({"custom_id": custom_id, "result": {"type": "errored", "error": {"type": "error", "error": {"type": kind, "message": message}}}})
                 }
             }
         };
@@ -672,6 +717,7 @@ async fn process(state: Arc<MockState>, id: String) {
         return;
     };
     batch.counts = counts;
+    batch.unfinished = unfinished;
     match files {
         Some((out, err)) => {
             batch.output_file_id = out;
