@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use caiflow_llm::{Completion, RequestHash};
 use caiflow_run::journal::SegmentWriter;
 use caiflow_testkit::MockServer;
-use caiflow_testkit::proc_status::peak_rss_mib;
+use caiflow_testkit::proc_status::{children_cpu, peak_rss_mib};
 
 /// Words in each mock answer (~1.3 KB).
 const ANSWER_WORDS: usize = 200;
@@ -277,20 +277,6 @@ fn measure(mut cmd: Command) -> Measured {
         peak_rss_mib: peak,
         cpu: children_cpu().saturating_sub(cpu_before),
     }
-}
-
-/// User + system CPU time of this process's waited-for children (`/proc/self/stat`).
-fn children_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which is in parentheses): cutime and cstime are the
-    // 14th and 15th of them.
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<u64> = after
-        .split_whitespace()
-        .map(|f| f.parse().unwrap_or(0))
-        .collect();
-    let ticks = fields.get(13).copied().unwrap_or(0) + fields.get(14).copied().unwrap_or(0);
-    Duration::from_millis(ticks * 10)
 }
 
 fn write_prompts(dir: &Path, n: usize) -> std::path::PathBuf {

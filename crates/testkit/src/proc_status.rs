@@ -34,3 +34,17 @@ pub fn wait_with_peak_rss(
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// User + system CPU time of this process's waited-for children (`/proc/self/stat`).
+pub fn children_cpu() -> std::time::Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses): cutime and cstime are the
+    // 14th and 15th of them.
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<u64> = after
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let ticks = fields.get(13).copied().unwrap_or(0) + fields.get(14).copied().unwrap_or(0);
+    std::time::Duration::from_millis(ticks * 10)
+}

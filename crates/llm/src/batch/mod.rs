@@ -84,6 +84,9 @@ pub struct BatchRecord {
     pub errored: u64,
     #[serde(default)]
     pub unfinished: u64,
+    /// When its results were delivered (0 until then).
+    #[serde(default)]
+    pub collected_unix_ms: u64,
 }
 
 /// Where batches are recorded: the run layer implements it over the run's journal, so the
@@ -648,6 +651,7 @@ impl Batcher {
                     succeeded: 0,
                     errored: 0,
                     unfinished: 0,
+                    collected_unix_ms: 0,
                 };
                 tracing::info!(
                     "endpoint '{}': submitted batch {} ({} requests, {} bytes)",
@@ -841,6 +845,7 @@ impl Batcher {
         record.succeeded = ok;
         record.errored = failed;
         record.unfinished = unfinished;
+        record.collected_unix_ms = unix_ms();
         {
             let mut s = self.lock();
             s.in_flight.retain(|f| f.record.id != record.id);
