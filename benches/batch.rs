@@ -120,6 +120,25 @@ async fn batched_requests(dir: &Path, n: usize) {
     let batches = server.batches_created();
     let lines: usize = batches.iter().map(|b| b.1).sum();
     assert_eq!(lines, n, "every request in one batch line");
+    let errors = caiflow()
+        .args(["sql", "--config"])
+        .arg(&config)
+        .arg("--run")
+        .arg(dir.join("store").join(&run))
+        .args([
+            "-e",
+            "SELECT concat('errors:', count(error)) AS e FROM responses",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("sql");
+    let errors = format!(
+        "{}{}",
+        String::from_utf8_lossy(&errors.stdout),
+        String::from_utf8_lossy(&errors.stderr)
+    );
+    assert!(errors.contains("errors:0"), "rows failed: {errors}");
     let run_dir = dir.join("store").join(&run);
     let journal_bytes = folder_bytes(&run_dir.join("journal"));
     let records = folder_bytes(&run_dir.join("journal").join("batches"));

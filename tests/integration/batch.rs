@@ -442,3 +442,26 @@ async fn failed_lines_follow_the_retry_policy_and_become_row_errors() {
         assert_eq!(server.requests(), 5 + 3 + 3, "{stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_fails_validation_fails_its_rows_with_the_providers_reason() {
+    let server = MockServer::start().await.unwrap();
+    server.fail_next_batch();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &server, Provider::OpenAi, Some(FAST));
+    let store = dir.path().join("runs");
+    let args = run_args(&cfg, &store, "plans/sl_cai.sql", &["limit=3", "rounds=1"]);
+    let (_, stderr) = run_ok(caiflow().args(&args));
+    let rows = dump(
+        &store.join("r"),
+        "SELECT count(*) AS n, count(error) FILTER (WHERE error LIKE '%refused batch%injected validation failure%') AS e FROM revisions",
+    );
+    assert_eq!(table_row(&rows, "3"), vec!["3", "3"], "{rows}\n{stderr}");
+    assert_eq!(server.requests(), 0, "no line of a failed batch runs");
+    let statuses = server.batch_statuses();
+    assert_eq!(
+        statuses.values().filter(|s| *s == "failed").count(),
+        1,
+        "{statuses:?}"
+    );
+}

@@ -156,8 +156,9 @@ pub struct EmbeddedConfig {
 struct CommonKeys {
     #[serde(default = "default_model")]
     model: String,
-    #[serde(default = "default_concurrency")]
-    max_concurrency: usize,
+    /// Default 8; 10,000 on a batch endpoint (requests waiting in batches at once).
+    #[serde(default)]
+    max_concurrency: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     timeout_secs: Option<f64>,
     #[serde(default)]
@@ -204,9 +205,18 @@ impl<'de> Deserialize<'de> for EndpointConfig {
         }
         let c: CommonKeys = common.try_into().map_err(D::Error::custom)?;
         let backend: BackendConfig = table.try_into().map_err(D::Error::custom)?;
+        let batched = match &backend {
+            BackendConfig::Openai(o) => o.batch.is_some(),
+            BackendConfig::Anthropic(a) => a.batch.is_some(),
+            _ => false,
+        };
         Ok(EndpointConfig {
             model: c.model,
-            max_concurrency: c.max_concurrency,
+            max_concurrency: c.max_concurrency.unwrap_or(if batched {
+                DEFAULT_BATCH_CONCURRENCY
+            } else {
+                default_concurrency()
+            }),
             timeout_secs: c.timeout_secs,
             retry: c.retry,
             scheduling: c.scheduling,
@@ -232,7 +242,7 @@ impl Serialize for EndpointConfig {
         Flat {
             common: CommonKeys {
                 model: self.model.clone(),
-                max_concurrency: self.max_concurrency,
+                max_concurrency: Some(self.max_concurrency),
                 timeout_secs: self.timeout_secs,
                 retry: self.retry.clone(),
                 scheduling: self.scheduling.clone(),
@@ -435,6 +445,9 @@ impl EmbeddedConfig {
 fn default_model() -> String {
     "default".into()
 }
+/// Requests a batch endpoint lets wait in batches at once, unless `max_concurrency` says.
+pub const DEFAULT_BATCH_CONCURRENCY: usize = 10_000;
+
 fn default_concurrency() -> usize {
     8
 }

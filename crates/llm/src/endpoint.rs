@@ -500,6 +500,10 @@ impl Endpoint {
                     self.timeout.as_secs_f64()
                 )),
             };
+            // The run is stopping (or detached): no backoff, no other attempt.
+            if let Some(why) = self.halted() {
+                break Err(why);
+            }
             if error.refused {
                 self.abort(format!(
                     "endpoint '{}' refused the request ({}): check its API key (api_key_env) and URL",

@@ -121,19 +121,10 @@ impl crate::MockServer {
 
     /// Cancel every batch in progress, as a user would at the provider's console.
     pub fn cancel_batches(&self) {
-        for batch in lock(&self.state).batches.values_mut() {
-            match (batch.provider, batch.status.as_str()) {
-                (Provider::OpenAi, "validating" | "in_progress") => {
-                    batch.cancel = true;
-                    batch.status = "cancelling".into();
-                }
-                (Provider::Anthropic, "in_progress") => {
-                    batch.cancel = true;
-                    batch.status = "canceling".into();
-                }
-                _ => {}
-            }
-        }
+        lock(&self.state)
+            .batches
+            .values_mut()
+            .for_each(request_cancel);
     }
 
     /// The custom ids a batch did not run (expired or cancelled), once it ended.
@@ -363,41 +354,6 @@ pub(crate) async fn create_openai(
     (StatusCode::OK, object.to_string()).into_response()
 }
 
-pub(crate) async fn get_openai(
-    State(state): State<Arc<MockState>>,
-    Path(id): Path<String>,
-) -> Response {
-    match lock(&state)
-        .batches
-        .get(&id)
-        .filter(|b| b.provider == Provider::OpenAi)
-    {
-        Some(b) => (StatusCode::OK, openai_object(&id, b).to_string()).into_response(),
-        None => error(StatusCode::NOT_FOUND, "no such batch"),
-    }
-}
-
-pub(crate) async fn cancel_openai(
-    State(state): State<Arc<MockState>>,
-    Path(id): Path<String>,
-) -> Response {
-    let mut b = lock(&state);
-    match b
-        .batches
-        .get_mut(&id)
-        .filter(|b| b.provider == Provider::OpenAi)
-    {
-        Some(batch) => {
-            if matches!(batch.status.as_str(), "validating" | "in_progress") {
-                batch.cancel = true;
-                batch.status = "cancelling".into();
-            }
-            (StatusCode::OK, openai_object(&id, batch).to_string()).into_response()
-        }
-        None => error(StatusCode::NOT_FOUND, "no such batch"),
-    }
-}
-
 fn anthropic_object(id: &str, b: &MockBatch) -> Value {
     let count = |k: &str| b.counts.get(k).copied().unwrap_or(0);
     let done = count("succeeded") + count("errored") + count("canceled") + count("expired");
@@ -498,20 +454,6 @@ pub(crate) async fn create_anthropic(
     (StatusCode::OK, object.to_string()).into_response()
 }
 
-pub(crate) async fn get_anthropic(
-    State(state): State<Arc<MockState>>,
-    Path(id): Path<String>,
-) -> Response {
-    match lock(&state)
-        .batches
-        .get(&id)
-        .filter(|b| b.provider == Provider::Anthropic)
-    {
-        Some(b) => (StatusCode::OK, anthropic_object(&id, b).to_string()).into_response(),
-        None => anthropic_error(StatusCode::NOT_FOUND, "no such batch"),
-    }
-}
-
 pub(crate) async fn results_anthropic(
     State(state): State<Arc<MockState>>,
     Path(id): Path<String>,
@@ -529,25 +471,68 @@ pub(crate) async fn results_anthropic(
     }
 }
 
+/// A batch of `provider` as its API shows it, or its "not found".
+fn show(state: &MockState, id: &str, provider: Provider, cancel: bool) -> Response {
+    let mut b = lock(state);
+    match b.batches.get_mut(id).filter(|b| b.provider == provider) {
+        Some(batch) => {
+            if cancel {
+                request_cancel(batch);
+            }
+            let object = match provider {
+                Provider::OpenAi => openai_object(id, batch),
+                Provider::Anthropic => anthropic_object(id, batch),
+            };
+            (StatusCode::OK, object.to_string()).into_response()
+        }
+        None if provider == Provider::OpenAi => error(StatusCode::NOT_FOUND, "no such batch"),
+        None => anthropic_error(StatusCode::NOT_FOUND, "no such batch"),
+    }
+}
+
+/// Cancel a batch as its provider does: OpenAI's `validating` or `in_progress` becomes
+/// `cancelling`, Anthropic's `in_progress` becomes `canceling`; its lines not yet run are
+/// then cancelled.
+fn request_cancel(batch: &mut MockBatch) {
+    match (batch.provider, batch.status.as_str()) {
+        (Provider::OpenAi, "validating" | "in_progress") => {
+            batch.cancel = true;
+            batch.status = "cancelling".into();
+        }
+        (Provider::Anthropic, "in_progress") => {
+            batch.cancel = true;
+            batch.status = "canceling".into();
+        }
+        _ => {}
+    }
+}
+
+pub(crate) async fn get_openai(
+    State(state): State<Arc<MockState>>,
+    Path(id): Path<String>,
+) -> Response {
+    show(&state, &id, Provider::OpenAi, false)
+}
+
+pub(crate) async fn cancel_openai(
+    State(state): State<Arc<MockState>>,
+    Path(id): Path<String>,
+) -> Response {
+    show(&state, &id, Provider::OpenAi, true)
+}
+
+pub(crate) async fn get_anthropic(
+    State(state): State<Arc<MockState>>,
+    Path(id): Path<String>,
+) -> Response {
+    show(&state, &id, Provider::Anthropic, false)
+}
+
 pub(crate) async fn cancel_anthropic(
     State(state): State<Arc<MockState>>,
     Path(id): Path<String>,
 ) -> Response {
-    let mut b = lock(&state);
-    match b
-        .batches
-        .get_mut(&id)
-        .filter(|b| b.provider == Provider::Anthropic)
-    {
-        Some(batch) => {
-            if batch.status == "in_progress" {
-                batch.cancel = true;
-                batch.status = "canceling".into();
-            }
-            (StatusCode::OK, anthropic_object(&id, batch).to_string()).into_response()
-        }
-        None => anthropic_error(StatusCode::NOT_FOUND, "no such batch"),
-    }
+    show(&state, &id, Provider::Anthropic, true)
 }
 
 /// Answer one line with the online handler: (status, body).

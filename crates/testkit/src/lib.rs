@@ -158,6 +158,9 @@ impl MockServer {
             )
             .route("/stats", axum::routing::get(stats_handler))
             .route("/generate", put(generate))
+            // The batch APIs take files and bodies of up to 200 MB (OpenAI) and 256 MB
+            // (Anthropic); axum's default limit is 2 MB.
+            .layer(axum::extract::DefaultBodyLimit::max(300 << 20))
             .with_state(state.clone());
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {

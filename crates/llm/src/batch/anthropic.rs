@@ -4,14 +4,13 @@
 //! configured base URL, not taken from the answer's `results_url`: a server that named
 //! another host would be sent the API key.
 
-use std::time::Duration;
-
 use serde_json::{Value, json};
 
-use super::{BatchApi, LineResult, Polled, checked_id, for_each_line};
+use super::{BatchApi, LineResult, Polled, checked_id, json_answer, read_results};
+use crate::AttemptError;
+use crate::ChatRequest;
 use crate::anthropic::{AnthropicBackend, parse_message_body};
 use crate::openai::ApiKey;
-use crate::{AttemptError, ChatRequest, status_error, transport_error};
 
 #[derive(Debug)]
 pub struct AnthropicBatchApi {
@@ -53,18 +52,7 @@ impl AnthropicBatchApi {
     }
 
     async fn object(&self, r: reqwest::RequestBuilder) -> Result<Value, AttemptError> {
-        let response = self
-            .headers(r)
-            .timeout(Duration::from_secs(300))
-            .send()
-            .await
-            .map_err(transport_error)?;
-        let (status, headers, body) = crate::read_response(response, 1 << 20).await?;
-        if !status.is_success() {
-            return Err(status_error(status, &headers, &body));
-        }
-        serde_json::from_str(&body)
-            .map_err(|e| AttemptError::retryable(format!("malformed batch API answer ({e})")))
+        json_answer(self.headers(r)).await
     }
 }
 
@@ -183,25 +171,13 @@ impl BatchApi for AnthropicBatchApi {
         deliver: &mut (dyn FnMut(String, LineResult) + Send),
     ) -> Result<(), AttemptError> {
         let id = checked_id("batch", id)?;
-        let response = self
-            .headers(self.client.get(format!("{}/{id}/results", self.url)))
-            .send()
-            .await
-            .map_err(transport_error)?;
-        if !response.status().is_success() {
-            let status = response.status();
-            let headers = response.headers().clone();
-            let body = crate::read_response(response, 1 << 16)
-                .await
-                .map(|(_, _, b)| b)
-                .unwrap_or_default();
-            return Err(status_error(status, &headers, &body));
-        }
-        for_each_line(response, self.max_line, |line| {
-            if let Some((id, result)) = parse_line(line) {
-                deliver(id, result);
-            }
-        })
+        let url = format!("{}/{id}/results", self.url);
+        read_results(
+            self.headers(self.client.get(url)),
+            self.max_line,
+            parse_line,
+            deliver,
+        )
         .await
     }
 }

@@ -161,9 +161,46 @@ pub fn checked_id(what: &str, id: &str) -> Result<String, AttemptError> {
     }
 }
 
+/// Send one call of a batch API and read its small JSON answer (a file or batch object).
+pub(crate) async fn json_answer(
+    request: reqwest::RequestBuilder,
+) -> Result<serde_json::Value, AttemptError> {
+    let response = request
+        .timeout(Duration::from_secs(300))
+        .send()
+        .await
+        .map_err(crate::transport_error)?;
+    let (status, headers, body) = crate::read_response(response, 1 << 20).await?;
+    if !status.is_success() {
+        return Err(crate::status_error(status, &headers, &body));
+    }
+    serde_json::from_str(&body)
+        .map_err(|e| AttemptError::retryable(format!("malformed batch API answer ({e})")))
+}
+
+/// Fetch a batch's results (a JSONL file) and hand each line `parse` reads to `deliver`.
+pub(crate) async fn read_results(
+    request: reqwest::RequestBuilder,
+    max_line: u64,
+    parse: fn(&[u8]) -> Option<(String, LineResult)>,
+    deliver: &mut (dyn FnMut(String, LineResult) + Send),
+) -> Result<(), AttemptError> {
+    let response = request.send().await.map_err(crate::transport_error)?;
+    if !response.status().is_success() {
+        let (status, headers, body) = crate::read_response(response, 1 << 16).await?;
+        return Err(crate::status_error(status, &headers, &body));
+    }
+    for_each_line(response, max_line, |line| {
+        if let Some((id, result)) = parse(line) {
+            deliver(id, result);
+        }
+    })
+    .await
+}
+
 /// Read a response body a line at a time, each line at most `max_line` bytes, without
 /// holding the whole body: result files of large batches are hundreds of megabytes.
-pub(crate) async fn for_each_line(
+async fn for_each_line(
     mut response: reqwest::Response,
     max_line: u64,
     mut line: impl FnMut(&[u8]) + Send,
@@ -864,6 +901,46 @@ impl Batcher {
                 self.endpoint,
                 record.id
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn ids_that_could_leave_their_folder_or_url_are_refused() {
+        assert_eq!(
+            checked_id("batch", "batch_abc-123").ok().as_deref(),
+            Some("batch_abc-123")
+        );
+        for bad in [
+            "",
+            "../x",
+            "a/b",
+            "a?b=c",
+            "a b",
+            "msgbatch_01\n",
+            "é",
+            &"x".repeat(201),
+        ] {
+            let e = checked_id("batch", bad).expect_err(bad);
+            assert!(
+                !e.retryable && e.message.contains("invalid batch id"),
+                "{}",
+                e.message
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn a_checked_id_is_a_plain_name(id in "\\PC{0,80}") {
+            if let Ok(ok) = checked_id("file", &id) {
+                prop_assert!(!ok.contains('/') && !ok.contains('.') && !ok.is_empty());
+            }
         }
     }
 }

@@ -3,11 +3,9 @@
 //! error files from `GET /files/{id}/content`. Works with any server that implements it
 //! (OpenAI, Azure OpenAI's compatible path, vLLM's batch runner behind a shim).
 
-use std::time::Duration;
-
 use serde_json::{Value, json};
 
-use super::{BatchApi, LineResult, Polled, checked_id, for_each_line};
+use super::{BatchApi, LineResult, Polled, checked_id, json_answer, read_results};
 use crate::openai::{ApiKey, OpenAiBackend, parse_chat_body};
 use crate::{AttemptError, ChatRequest, status_error, transport_error};
 
@@ -49,20 +47,8 @@ impl OpenAiBatchApi {
         }
     }
 
-    /// Send and read a small JSON answer (a file or batch object).
     async fn object(&self, r: reqwest::RequestBuilder) -> Result<Value, AttemptError> {
-        let response = self
-            .auth(r)
-            .timeout(Duration::from_secs(300))
-            .send()
-            .await
-            .map_err(transport_error)?;
-        let (status, headers, body) = crate::read_response(response, 1 << 20).await?;
-        if !status.is_success() {
-            return Err(status_error(status, &headers, &body));
-        }
-        serde_json::from_str(&body)
-            .map_err(|e| AttemptError::retryable(format!("malformed batch API answer ({e})")))
+        json_answer(self.auth(r)).await
     }
 }
 
@@ -227,29 +213,13 @@ impl BatchApi for OpenAiBatchApi {
         deliver: &mut (dyn FnMut(String, LineResult) + Send),
     ) -> Result<(), AttemptError> {
         for file in &polled.files {
-            let response = self
-                .auth(
-                    self.client
-                        .get(format!("{}/files/{file}/content", self.base)),
-                )
-                .send()
-                .await
-                .map_err(transport_error)?;
-            if !response.status().is_success() {
-                let status = response.status();
-                let headers = response.headers().clone();
-                let (_, _, body) = crate::read_response(response, 1 << 16).await.unwrap_or((
-                    status,
-                    headers.clone(),
-                    String::new(),
-                ));
-                return Err(status_error(status, &headers, &body));
-            }
-            for_each_line(response, self.max_line, |line| {
-                if let Some((id, result)) = parse_line(line) {
-                    deliver(id, result);
-                }
-            })
+            let url = format!("{}/files/{file}/content", self.base);
+            read_results(
+                self.auth(self.client.get(url)),
+                self.max_line,
+                parse_line,
+                deliver,
+            )
             .await?;
         }
         Ok(())
