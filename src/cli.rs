@@ -39,6 +39,18 @@ pub enum Command {
         /// The run: a folder (data/runs/NAME) or s3://bucket/prefix/NAME.
         run: String,
     },
+    /// Read a run's rows in a browser: a local web server over its tables (SL-CAI rows as
+    /// conversations with a word diff, RL-CAI rows side by side; filters, search, pages).
+    View {
+        /// The run: a folder (data/runs/NAME) or s3://bucket/prefix/NAME.
+        run: String,
+        /// The port to listen on.
+        #[arg(long, default_value_t = 8765)]
+        port: u16,
+        /// The address to listen on (127.0.0.1: this machine only).
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: String,
+    },
     /// Write the run's report: RUN/report/index.html (charts) and RUN/report/report.json
     /// (the same figures): per stage requests, errors, tokens, latency; refusals,
     /// unchanged revisions and principles (SL-CAI); labels, position and length bias (RL-CAI).

@@ -10,6 +10,7 @@ pub mod report;
 pub mod run;
 pub mod sql;
 pub mod vacuum;
+pub mod view;
 
 use std::process::ExitCode;
 use std::time::Duration;

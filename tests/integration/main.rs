@@ -20,3 +20,4 @@ mod paper;
 mod prompts_cli;
 mod report;
 mod spend;
+mod view;

@@ -178,6 +178,11 @@ fn check_html(html_path: &Path, min_charts: usize) {
 
 /// Headless Chromium renders the page; the screenshot has content (not one colour).
 fn render(html_path: &Path, dir: &Path) {
+    screenshot(&format!("file://{}", html_path.display()), dir);
+}
+
+/// Headless Chromium's screenshot of `url` has content (not one colour).
+pub(crate) fn screenshot(url: &str, dir: &Path) {
     let png = dir.join("shot.png");
     let out = Command::new("chromium")
         .args([
@@ -196,7 +201,7 @@ fn render(html_path: &Path, dir: &Path) {
             dir.join("chromium").display()
         ))
         .arg(format!("--screenshot={}", png.display()))
-        .arg(format!("file://{}", html_path.display()))
+        .arg(url)
         .output()
         .expect("chromium (scripts/setup.sh installs it)");
     assert!(

@@ -1,0 +1,41 @@
+//! `caiflow view RUN`: a local web server over a run's committed tables, for reading rows
+//! as a CAI team judges them: an SL-CAI row as the conversation it was (prompt → response →
+//! critique under its principle → revision, with a word diff of response and revision), an
+//! RL-CAI row as its candidates side by side with the chosen and rejected marked.
+//!
+//! Why a server and not a static page: tables of millions of rows are read through
+//! DataFusion a page at a time (filters pushed into the scan, keyset pagination on the
+//! table's key, `LIMIT`), from local or S3 stores alike, so the first page costs the same on
+//! any size. Pages are rendered on the server with maud, which escapes every value (model
+//! answers and inputs are text, never markup); there is no JavaScript and nothing is loaded
+//! from the network.
+//!
+//! | concern | module |
+//! |---|---|
+//! | the run's tables, filters and pages as DataFusion queries | [`query`] |
+//! | the HTML of each page | [`pages`] |
+//! | the word diff of a response and its revision | [`diff`] |
+//! | the HTTP server and its routes | [`server`] |
+//!
+//! It depends on the run layer (CLI → view → run → engine).
+
+pub mod diff;
+pub mod pages;
+pub mod query;
+pub mod server;
+
+pub use query::Viewer;
+pub use server::serve;
+
+/// What can go wrong opening or serving a run.
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    #[error(transparent)]
+    Run(#[from] caiflow_run::RunError),
+    #[error(transparent)]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T, E = ViewError> = std::result::Result<T, E>;

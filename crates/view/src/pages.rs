@@ -1,0 +1,221 @@
+//! The viewer's HTML. maud escapes every value it is given, so model answers, prompts and
+//! error texts are shown as text whatever they hold; the page has no script and loads
+//! nothing from the network (the style is inline).
+
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+
+use crate::diff::{Part, words};
+use crate::query::{Filters, Kind, Page, Row};
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5em;max-width:1200px;color:#222}\
+a{color:#1558b0}nav a{margin-right:1em}form{margin:1em 0;padding:.6em;background:#f3f4f6}\
+form label{margin-right:1em}.row{border:1px solid #ccc;border-radius:6px;margin:1em 0;padding:.6em 1em}\
+.meta{color:#555;font-size:.9em}.turn{margin:.4em 0}.turn b{display:inline-block;min-width:7em}\
+pre{white-space:pre-wrap;word-break:break-word;margin:.2em 0 .6em 0;font-family:inherit;background:#fafafa;padding:.4em}\
+.side{display:flex;gap:1em}.side>div{flex:1;border:1px solid #ddd;padding:.4em}\
+.chosen{border-color:#2e7d32!important;background:#f1f8f1}.rejected{border-color:#c62828!important;background:#fdf3f3}\
+del{background:#fdd;text-decoration:line-through}ins{background:#dfd;text-decoration:none}\
+.error{color:#b00020;font-weight:bold}";
+
+fn layout(title: &str, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                title { (title) }
+                style { (PreEscaped(STYLE)) }
+            }
+            body {
+                nav { a href="/" { "run" } a href="/sl" { "SL-CAI rows" } a href="/rl" { "RL-CAI rows" } a href="/report" { "report" } }
+                (body)
+            }
+        }
+    }
+}
+
+/// The run's front page.
+pub fn index(run: &str, sl: Option<&str>, rl: Option<&str>) -> Markup {
+    layout(
+        "caiflow view",
+        html! {
+            h1 { "Run " (run) }
+            ul {
+                li { "SL-CAI table: " @match sl { Some(t) => a href="/sl" { (t) }, None => "none" } }
+                li { "RL-CAI table: " @match rl { Some(t) => a href="/rl" { (t) }, None => "none" } }
+                li { a href="/report" { "the report" } " (written by " code { "caiflow report" } ")" }
+            }
+        },
+    )
+}
+
+/// A query string of `pairs` (empty values left out).
+pub fn query_string(pairs: &[(&str, String)]) -> String {
+    let kept: Vec<(&str, &str)> = pairs
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (*k, v.as_str()))
+        .collect();
+    serde_urlencoded::to_string(kept).unwrap_or_default()
+}
+
+fn filter_pairs(f: &Filters) -> Vec<(&'static str, String)> {
+    vec![
+        ("principle", f.principle.clone().unwrap_or_default()),
+        ("round", f.round.map(|r| r.to_string()).unwrap_or_default()),
+        ("label", f.label.clone().unwrap_or_default()),
+        ("error", f.error.clone().unwrap_or_default()),
+        ("q", f.q.clone().unwrap_or_default()),
+        ("limit", f.limit.map(|l| l.to_string()).unwrap_or_default()),
+    ]
+}
+
+fn select(name: &str, current: Option<&str>, choices: &[String]) -> Markup {
+    html! {
+        label { (name) " "
+            select name=(name) {
+                option value="" { "any" }
+                @for c in choices {
+                    option value=(c) selected[current == Some(c.as_str())] { (c) }
+                }
+            }
+        }
+    }
+}
+
+/// A page of rows with the filter form and the link to the next page.
+pub fn list(
+    kind: Kind,
+    table: Option<&str>,
+    f: &Filters,
+    page: &Page,
+    choices: &[(&str, Vec<String>)],
+) -> Markup {
+    let path = match kind {
+        Kind::Sl => "/sl",
+        Kind::Rl => "/rl",
+    };
+    let title = match kind {
+        Kind::Sl => "SL-CAI rows",
+        Kind::Rl => "RL-CAI rows",
+    };
+    let current = |name: &str| -> Option<String> {
+        match name {
+            "principle" => f.principle.clone(),
+            "round" => f.round.map(|r| r.to_string()),
+            "label" => f.label.clone(),
+            _ => None,
+        }
+    };
+    let next = page.next.as_ref().map(|after| {
+        let mut pairs = filter_pairs(f);
+        pairs.push(("after", after.clone()));
+        format!("{path}?{}", query_string(&pairs))
+    });
+    layout(
+        title,
+        html! {
+            h1 { (title) @if let Some(t) = table { " — table " code { (t) } } }
+            @if table.is_none() {
+                p { "This run has no " (title) " table." }
+            } @else {
+                form method="get" action=(path) {
+                    @for (name, values) in choices {
+                        (select(name, current(name).as_deref(), values))
+                    }
+                    (select("error", f.error.as_deref(), &["yes".to_string(), "no".to_string()]))
+                    label { "search " input type="search" name="q" value=(f.q.clone().unwrap_or_default()); }
+                    button type="submit" { "show" }
+                }
+                p.meta { (page.rows.len()) " rows on this page" }
+                @for row in &page.rows {
+                    @match kind { Kind::Sl => (sl_row(row)), Kind::Rl => (rl_row(row)) }
+                }
+                @if let Some(next) = next { p { a.next href=(next) { "next page →" } } }
+            }
+        },
+    )
+}
+
+fn value<'a>(row: &'a Row, column: &str) -> Option<&'a str> {
+    row.iter()
+        .find(|(c, _)| c == column)
+        .and_then(|(_, v)| v.as_deref())
+}
+
+fn turn(who: &str, text: Option<&str>) -> Markup {
+    html! {
+        @if let Some(t) = text {
+            div.turn { b { (who) } pre { (t) } }
+        }
+    }
+}
+
+/// An SL-CAI row as its conversation, with the word diff of response and revision.
+pub fn sl_row(row: &Row) -> Markup {
+    let id = value(row, "prompt_id").unwrap_or("");
+    let sequence = value(row, "sequence").unwrap_or("1");
+    let link = format!(
+        "/sl/row?{}",
+        query_string(&[
+            ("prompt_id", id.to_string()),
+            ("sequence", sequence.to_string())
+        ])
+    );
+    let diff = match (value(row, "response"), value(row, "revision")) {
+        (Some(a), Some(b)) => words(a, b),
+        _ => vec![],
+    };
+    html! {
+        div.row.sl {
+            div.meta {
+                a href=(link) { "prompt " (id) }
+                " · sequence " (sequence) " · round " (value(row, "round").unwrap_or("?"))
+                " · principle " span.principle { (value(row, "principle_id").unwrap_or("–")) }
+            }
+            (turn("Human", value(row, "prompt")))
+            (turn("Response", value(row, "response")))
+            (turn("Critique", value(row, "critique")))
+            (turn("Revision", value(row, "revision")))
+            @if !diff.is_empty() {
+                div.turn { b { "Diff" }
+                    pre.diff { @for part in &diff { @match part {
+                        Part::Same(s) => (s),
+                        Part::Removed(s) => del { (s) },
+                        Part::Added(s) => ins { (s) },
+                    } } }
+                }
+            }
+            @if let Some(e) = value(row, "error") { p.error { "error: " (e) } }
+        }
+    }
+}
+
+/// An RL-CAI row: the chosen and rejected answers side by side, the judge's view.
+pub fn rl_row(row: &Row) -> Markup {
+    let id = value(row, "prompt_id").unwrap_or("");
+    let link = format!("/rl/row?{}", query_string(&[("prompt_id", id.to_string())]));
+    html! {
+        div.row.rl {
+            div.meta {
+                a href=(link) { "prompt " (id) }
+                " · label " span.label { (value(row, "label").unwrap_or("–")) }
+                " · chosen_prob " (value(row, "chosen_prob").unwrap_or("–"))
+                " · candidate order " (value(row, "candidate_order").unwrap_or("–"))
+            }
+            (turn("Human", value(row, "prompt")))
+            div.side {
+                div.chosen { b { "chosen" } pre { (value(row, "chosen").unwrap_or("")) } }
+                div.rejected { b { "rejected" } pre { (value(row, "rejected").unwrap_or("")) } }
+            }
+            (turn("Candidates", value(row, "candidates")))
+            (turn("Judge", value(row, "explanation")))
+            @if let Some(e) = value(row, "error") { p.error { "error: " (e) } }
+        }
+    }
+}
+
+/// A plain message page (no such table, no report yet).
+pub fn message(title: &str, text: &str) -> Markup {
+    layout(title, html! { h1 { (title) } p { (text) } })
+}

@@ -1,0 +1,381 @@
+//! The run's tables as pages: filters become DataFusion predicates (values are literals,
+//! never SQL text), pages are keyset-paginated on the table's key and read with `LIMIT`, so
+//! a page of a million-row table reads what the filter and the top-k need, not the table.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::Array;
+use datafusion::arrow::util::display::array_value_to_string;
+use datafusion::prelude::{DataFrame, Expr, col, lit};
+use serde::Deserialize;
+
+use caiflow_engine::CaiSession;
+use caiflow_llm::Endpoints;
+use caiflow_run::materialize::register_run_tables;
+use caiflow_run::store::RunStore;
+
+use crate::Result;
+
+/// Rows per page unless the request says (at most [`MAX_LIMIT`]).
+pub const DEFAULT_LIMIT: usize = 20;
+pub const MAX_LIMIT: usize = 200;
+
+/// What a page shows: the filters of its query string.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct Filters {
+    /// SL: rows critiqued under this principle.
+    pub principle: Option<String>,
+    /// SL: this round only.
+    pub round: Option<i64>,
+    /// RL: this label (`ok`, `tie`, `error`, …).
+    pub label: Option<String>,
+    /// `yes`: error rows only; `no`: rows without an error.
+    pub error: Option<String>,
+    /// Words searched in the row's texts (case-insensitive).
+    pub q: Option<String>,
+    /// The key of the last row of the previous page (a JSON array).
+    pub after: Option<String>,
+    pub limit: Option<usize>,
+}
+
+impl Filters {
+    fn limit(&self) -> usize {
+        self.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT)
+    }
+}
+
+/// One row: its columns' values as text (None: null).
+pub type Row = Vec<(String, Option<String>)>;
+
+/// A page of rows and the key the next one starts after.
+#[derive(Clone, Debug, Default)]
+pub struct Page {
+    pub rows: Vec<Row>,
+    pub next: Option<String>,
+}
+
+/// Which kind of CAI table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Sl,
+    Rl,
+}
+
+impl Kind {
+    /// The columns a page shows, when the table has them.
+    fn columns(self) -> &'static [&'static str] {
+        match self {
+            Kind::Sl => &[
+                "prompt_id",
+                "sequence",
+                "round",
+                "prompt",
+                "response",
+                "principle_id",
+                "critique",
+                "revision",
+                "error",
+            ],
+            Kind::Rl => &[
+                "prompt_id",
+                "prompt",
+                "candidates",
+                "candidate_order",
+                "chosen",
+                "rejected",
+                "label",
+                "chosen_prob",
+                "explanation",
+                "error",
+            ],
+        }
+    }
+
+    /// The table's key, in page order.
+    fn key(self) -> &'static [&'static str] {
+        match self {
+            Kind::Sl => &["prompt_id", "sequence", "round"],
+            Kind::Rl => &["prompt_id"],
+        }
+    }
+
+    /// The texts a search looks in.
+    fn searched(self) -> &'static [&'static str] {
+        match self {
+            Kind::Sl => &["prompt", "response", "critique", "revision"],
+            Kind::Rl => &["prompt", "chosen", "rejected", "explanation"],
+        }
+    }
+}
+
+/// A run opened for viewing: its committed tables registered in a session.
+pub struct Viewer {
+    pub run: String,
+    pub session: CaiSession,
+    /// The SL-CAI table (with `response`, `revision`, `principle_id`, `round`).
+    pub sl: Option<String>,
+    /// The RL-CAI table (with `candidates`, `chosen`, `rejected`, `label`).
+    pub rl: Option<String>,
+    pub store: RunStore,
+}
+
+impl std::fmt::Debug for Viewer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Viewer")
+            .field("run", &self.run)
+            .field("sl", &self.sl)
+            .field("rl", &self.rl)
+            .finish()
+    }
+}
+
+impl Viewer {
+    pub async fn open(store: RunStore) -> Result<Arc<Viewer>> {
+        let session = CaiSession::new(Endpoints::default());
+        let mut sl = None;
+        let mut rl = None;
+        for name in register_run_tables(&session, &store).await? {
+            let df = session.ctx.table(name.as_str()).await?;
+            let has = |cols: &[&str]| {
+                cols.iter()
+                    .all(|c| df.schema().has_column_with_unqualified_name(c))
+            };
+            if sl.is_none() && has(&["response", "revision", "principle_id", "round"]) {
+                sl = Some(name.clone());
+            }
+            if rl.is_none() && has(&["candidates", "chosen", "rejected", "label"]) {
+                rl = Some(name.clone());
+            }
+        }
+        Ok(Arc::new(Viewer {
+            run: store.display.clone(),
+            session,
+            sl,
+            rl,
+            store,
+        }))
+    }
+
+    pub fn table(&self, kind: Kind) -> Option<&str> {
+        match kind {
+            Kind::Sl => self.sl.as_deref(),
+            Kind::Rl => self.rl.as_deref(),
+        }
+    }
+
+    async fn frame(&self, kind: Kind) -> Result<Option<DataFrame>> {
+        match self.table(kind) {
+            Some(t) => Ok(Some(self.session.ctx.table(t).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A page of `kind`'s table under `filters`.
+    pub async fn page(&self, kind: Kind, filters: &Filters) -> Result<Page> {
+        self.page_with(kind, filters, vec![]).await
+    }
+
+    /// The rows of one prompt (of one sequence, for SL), in key order: a row's permalink.
+    pub async fn rows_of_prompt(
+        &self,
+        kind: Kind,
+        prompt_id: &str,
+        sequence: Option<i64>,
+        filters: &Filters,
+    ) -> Result<Page> {
+        let mut extra = vec![col("prompt_id").eq(lit(prompt_id.to_string()))];
+        if let (Some(s), Kind::Sl) = (sequence, kind) {
+            extra.push(col("sequence").eq(lit(s)));
+        }
+        self.page_with(kind, filters, extra).await
+    }
+
+    async fn page_with(&self, kind: Kind, filters: &Filters, extra: Vec<Expr>) -> Result<Page> {
+        let Some(df) = self.frame(kind).await? else {
+            return Ok(Page::default());
+        };
+        let has = |c: &str| df.schema().has_column_with_unqualified_name(c);
+        if extra.iter().any(|_| !has("prompt_id"))
+            || (kind == Kind::Sl && extra.len() > 1 && !has("sequence"))
+        {
+            return Ok(Page::default());
+        }
+        let key: Vec<&str> = kind.key().iter().copied().filter(|c| has(c)).collect();
+        let shown: Vec<&str> = kind.columns().iter().copied().filter(|c| has(c)).collect();
+        let mut predicates: Vec<Expr> = extra;
+        if let (Some(p), true) = (&filters.principle, has("principle_id")) {
+            predicates.push(col("principle_id").eq(lit(p.clone())));
+        }
+        if let (Some(r), true) = (filters.round, has("round")) {
+            predicates.push(col("round").eq(lit(r)));
+        }
+        if let (Some(l), true) = (&filters.label, has("label")) {
+            predicates.push(col("label").eq(lit(l.clone())));
+        }
+        match filters.error.as_deref() {
+            Some("yes") => predicates.push(col("error").is_not_null()),
+            Some("no") => predicates.push(col("error").is_null()),
+            _ => {}
+        }
+        if let Some(q) = filters
+            .q
+            .as_deref()
+            .map(str::trim)
+            .filter(|q| !q.is_empty())
+        {
+            let pattern = format!("%{}%", like_escaped(q));
+            let any = kind
+                .searched()
+                .iter()
+                .filter(|c| has(c))
+                .map(|c| col(*c).ilike(lit(pattern.clone())))
+                .reduce(Expr::or);
+            if let Some(any) = any {
+                predicates.push(any);
+            }
+        }
+        if let Some(after) = filters.after.as_deref().and_then(|a| after_key(&key, a)) {
+            predicates.push(after);
+        }
+        let mut df = df;
+        if let Some(all) = predicates.into_iter().reduce(Expr::and) {
+            df = df.filter(all)?;
+        }
+        let limit = filters.limit();
+        let df = df
+            .sort(key.iter().map(|c| col(*c).sort(true, true)).collect())?
+            .limit(0, Some(limit + 1))?
+            .select(shown.iter().map(|c| col(*c)).collect::<Vec<_>>())?;
+        let mut rows = rows_of(df).await?;
+        let next = if rows.len() > limit {
+            rows.truncate(limit);
+            rows.last().map(|r| key_of(&key, r))
+        } else {
+            None
+        };
+        Ok(Page { rows, next })
+    }
+
+    /// The distinct values of a column (for a filter's choices), at most 200.
+    pub async fn choices(&self, kind: Kind, column: &str) -> Result<Vec<String>> {
+        let Some(df) = self.frame(kind).await? else {
+            return Ok(vec![]);
+        };
+        if !df.schema().has_column_with_unqualified_name(column) {
+            return Ok(vec![]);
+        }
+        let df = df
+            .select(vec![col(column)])?
+            .distinct()?
+            .sort(vec![col(column).sort(true, false)])?
+            .limit(0, Some(200))?;
+        Ok(rows_of(df)
+            .await?
+            .into_iter()
+            .filter_map(|r| r.into_iter().next().and_then(|(_, v)| v))
+            .collect())
+    }
+}
+
+/// `%`, `_` and `\` taken literally in an ILIKE pattern.
+fn like_escaped(q: &str) -> String {
+    let mut out = String::with_capacity(q.len());
+    for c in q.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The key of a row, as the `after` of the next page.
+fn key_of(key: &[&str], row: &Row) -> String {
+    let values: Vec<String> = key
+        .iter()
+        .map(|k| {
+            row.iter()
+                .find(|(c, _)| c == k)
+                .and_then(|(_, v)| v.clone())
+                .unwrap_or_default()
+        })
+        .collect();
+    values.join("\u{1f}")
+}
+
+/// Rows after `after` in key order: (k1 > a1) or (k1 = a1 and k2 > a2) or …; None when the
+/// cursor does not fit the key (a hand-edited URL starts from the top).
+fn after_key(key: &[&str], after: &str) -> Option<Expr> {
+    let values: Vec<&str> = after.split('\u{1f}').collect();
+    if values.len() != key.len() {
+        return None;
+    }
+    let typed = |k: &str, v: &str| -> Option<Expr> {
+        if k == "prompt_id" {
+            Some(lit(v.to_string()))
+        } else {
+            v.parse::<i64>().ok().map(lit)
+        }
+    };
+    let mut any: Option<Expr> = None;
+    for i in 0..key.len() {
+        let mut clause = col(key[i]).gt(typed(key[i], values[i])?);
+        for j in 0..i {
+            clause = col(key[j]).eq(typed(key[j], values[j])?).and(clause);
+        }
+        any = Some(match any {
+            Some(a) => a.or(clause),
+            None => clause,
+        });
+    }
+    any
+}
+
+async fn rows_of(df: DataFrame) -> Result<Vec<Row>> {
+    let names: Vec<String> = df
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let mut rows = vec![];
+    for batch in df.collect().await? {
+        for i in 0..batch.num_rows() {
+            let row = batch
+                .columns()
+                .iter()
+                .zip(&names)
+                .map(|(a, n)| {
+                    let v = if a.is_null(i) {
+                        None
+                    } else {
+                        array_value_to_string(a, i).ok()
+                    };
+                    (n.clone(), v)
+                })
+                .collect();
+            rows.push(row);
+        }
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyset_cursor_round_trips_and_rejects_nonsense() {
+        let key = ["prompt_id", "sequence", "round"];
+        let row: Row = vec![
+            ("prompt_id".into(), Some("ab12".into())),
+            ("sequence".into(), Some("1".into())),
+            ("round".into(), Some("2".into())),
+        ];
+        let cursor = key_of(&key, &row);
+        assert!(after_key(&key, &cursor).is_some());
+        assert!(after_key(&key, "x").is_none());
+        assert!(after_key(&key, "a\u{1f}b\u{1f}c").is_none(), "ints only");
+        assert_eq!(like_escaped("50%_a\\b"), "50\\%\\_a\\\\b");
+    }
+}

@@ -1,0 +1,250 @@
+//! `caiflow view`: the viewer serves a mock run's rows to headless Chromium — SL rows as
+//! conversations, RL rows side by side, filters, search, pages and permalinks narrow them,
+//! and a model answer holding `<script>` and HTML is shown as text (no script runs).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use crate::common::*;
+use crate::report::screenshot;
+use caiflow_testkit::MockServer;
+
+/// A viewer process on a free port of 127.0.0.1; killed when dropped.
+struct ViewerProcess {
+    child: Child,
+    base: String,
+}
+
+impl Drop for ViewerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_viewer(run: &Path) -> ViewerProcess {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = caiflow()
+        .args(["view", run.to_str().unwrap(), "--port", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut line = String::new();
+    let mut reader = BufReader::new(stderr);
+    while reader.read_line(&mut line).unwrap() > 0 && !line.contains("viewing") {}
+    assert!(
+        line.contains(&format!("http://127.0.0.1:{port}/")),
+        "{line}"
+    );
+    ViewerProcess {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+/// The page's DOM after Chromium loaded it (and ran any script it has).
+fn dom(url: &str, dir: &Path) -> String {
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--dump-dom",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.join("chromium-dom").display()
+        ))
+        .arg(url)
+        .output()
+        .expect("chromium (scripts/setup.sh installs it)");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn rows(dom: &str, class: &str) -> usize {
+    dom.matches(&format!("class=\"row {class}\"")).count()
+}
+
+fn run_plan(dir: &Path, server: &MockServer, plan: &str, sets: &[&str]) -> std::path::PathBuf {
+    let config = write_config(
+        dir,
+        &[
+            ("policy", &server.base_url(), "max_concurrency = 1"),
+            ("judge", &server.base_url(), ""),
+        ],
+    );
+    let store = dir.join("runs");
+    let mut cmd = caiflow();
+    cmd.args(["run", plan, "--config"])
+        .arg(&config)
+        .arg("--store")
+        .arg(&store)
+        .args(["--run", "v"]);
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    run_ok(&mut cmd);
+    store.join("v")
+}
+
+const XSS: &str = "<script>document.title='pwned'</script><b>bold</b> & \"quoted\"";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sl_rows_render_filter_search_page_and_stay_text() {
+    let server = MockServer::start().await.unwrap();
+    // The first request (a response, one at a time) answers with markup.
+    server.push_replies([XSS.to_string()]);
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_plan(
+        dir.path(),
+        &server,
+        "plans/sl_cai.sql",
+        &["limit=5", "rounds=2"],
+    );
+    let viewer = start_viewer(&run);
+
+    let all = dom(&format!("{}/sl", viewer.base), dir.path());
+    assert_eq!(rows(&all, "sl"), 10, "5 prompts x 2 rounds:\n{all}");
+    assert!(
+        all.contains("<title>SL-CAI rows</title>"),
+        "a script ran: {all}"
+    );
+    assert!(
+        all.contains("&lt;script&gt;document.title='pwned'&lt;/script&gt;&lt;b&gt;bold&lt;/b&gt;"),
+        "{all}"
+    );
+    assert!(!all.contains("<b>bold</b>"));
+    assert!(
+        all.contains("<del>") || all.contains("<ins>"),
+        "a word diff: {all}"
+    );
+
+    // A principle filter: exactly the rows of that principle.
+    let (out, _) = caiflow_ok(&[
+        "sql",
+        "--run",
+        run.to_str().unwrap(),
+        "-e",
+        "SELECT concat('top:', principle_id, ':', count(*)) AS t FROM revisions GROUP BY principle_id ORDER BY count(*) DESC, principle_id LIMIT 1",
+    ]);
+    let top = out
+        .split("top:")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_end_matches('|')
+        .to_string();
+    let (principle, n) = top.rsplit_once(':').unwrap();
+    let n: usize = n.parse().unwrap();
+    let filtered = dom(
+        &format!("{}/sl?principle={principle}", viewer.base),
+        dir.path(),
+    );
+    assert_eq!(rows(&filtered, "sl"), n, "{filtered}");
+    assert_eq!(filtered.matches("class=\"principle\"").count(), n);
+    assert_eq!(
+        filtered
+            .matches(&format!("<span class=\"principle\">{principle}</span>"))
+            .count(),
+        n
+    );
+
+    // A search: the rows whose texts hold the words (here: one prompt's two rounds).
+    let searched = dom(&format!("{}/sl?q=pwned", viewer.base), dir.path());
+    assert_eq!(rows(&searched, "sl"), 2, "{searched}");
+
+    // Keyset pages: 4 + 4 + 2, no row twice; a row's permalink shows its rounds.
+    let mut seen = std::collections::HashSet::new();
+    let mut url = format!("{}/sl?limit=4", viewer.base);
+    let mut pages = 0;
+    loop {
+        let page = dom(&url, dir.path());
+        pages += 1;
+        for block in page.split("class=\"row sl\"").skip(1) {
+            let link = block
+                .split("href=\"/sl/row?")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap();
+            let round = block
+                .split("round ")
+                .nth(1)
+                .unwrap()
+                .chars()
+                .next()
+                .unwrap();
+            assert!(
+                seen.insert(format!("{link}#{round}")),
+                "{link} round {round} twice"
+            );
+        }
+        match page.split("class=\"next\" href=\"").nth(1) {
+            Some(next) => {
+                url = format!(
+                    "{}{}",
+                    viewer.base,
+                    next.split('"').next().unwrap().replace("&amp;", "&")
+                )
+            }
+            None => break,
+        }
+    }
+    assert_eq!((pages, seen.len()), (3, 10));
+    let link = all
+        .split("href=\"/sl/row?")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .replace("&amp;", "&");
+    let one = dom(&format!("{}/sl/row?{link}", viewer.base), dir.path());
+    assert_eq!(rows(&one, "sl"), 2, "{one}");
+    screenshot(&format!("{}/sl", viewer.base), dir.path());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rl_rows_show_chosen_and_rejected_side_by_side() {
+    let server = MockServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_plan(dir.path(), &server, "plans/rl_cai.sql", &["limit=4"]);
+    let viewer = start_viewer(&run);
+    let page = dom(&format!("{}/rl", viewer.base), dir.path());
+    assert_eq!(rows(&page, "rl"), 4, "{page}");
+    assert_eq!(page.matches("class=\"chosen\"").count(), 4);
+    assert_eq!(page.matches("class=\"rejected\"").count(), 4);
+    let (out, _) = caiflow_ok(&[
+        "sql",
+        "--run",
+        run.to_str().unwrap(),
+        "-e",
+        "SELECT concat('labels:', count(*) FILTER (WHERE label = 'error')) AS l FROM judgements",
+    ]);
+    let errors: usize = out
+        .split("labels:")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_end_matches('|')
+        .parse()
+        .unwrap();
+    let filtered = dom(&format!("{}/rl?label=error", viewer.base), dir.path());
+    assert_eq!(rows(&filtered, "rl"), errors, "{filtered}");
+    let front = dom(&format!("{}/", viewer.base), dir.path());
+    assert!(front.contains("judgements"), "{front}");
+}
