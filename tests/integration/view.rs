@@ -213,6 +213,28 @@ async fn sl_rows_render_filter_search_page_and_stay_text() {
         .replace("&amp;", "&");
     let one = dom(&format!("{}/sl/row?{link}", viewer.base), dir.path());
     assert_eq!(rows(&one, "sl"), 2, "{one}");
+
+    // The report's judgements as filters: each splits the rows in two; lengths bound them.
+    for filter in ["refusal", "unchanged", "error"] {
+        let yes = rows(
+            &dom(&format!("{}/sl?{filter}=yes", viewer.base), dir.path()),
+            "sl",
+        );
+        let no = rows(
+            &dom(&format!("{}/sl?{filter}=no", viewer.base), dir.path()),
+            "sl",
+        );
+        assert_eq!(yes + no, 10, "{filter}: {yes} + {no}");
+    }
+    let none = dom(&format!("{}/sl?min_chars=1000000", viewer.base), dir.path());
+    assert_eq!(rows(&none, "sl"), 0);
+    let short = dom(
+        &format!("{}/sl?max_chars=1000000&truncated=no", viewer.base),
+        dir.path(),
+    );
+    assert_eq!(rows(&short, "sl"), 10);
+    let cut = dom(&format!("{}/sl?truncated=yes", viewer.base), dir.path());
+    assert_eq!(rows(&cut, "sl"), 0, "the mock cuts nothing off");
     screenshot(&format!("{}/sl", viewer.base), dir.path());
 }
 
@@ -245,6 +267,13 @@ async fn rl_rows_show_chosen_and_rejected_side_by_side() {
         .unwrap();
     let filtered = dom(&format!("{}/rl?label=error", viewer.base), dir.path());
     assert_eq!(rows(&filtered, "rl"), errors, "{filtered}");
+    let failed = dom(&format!("{}/rl?error=yes", viewer.base), dir.path());
+    let shown = rows(&failed, "rl");
+    assert_eq!(failed.matches("caiflow repair").count(), shown, "{failed}");
+    assert_eq!(
+        failed.matches("attempts of the last request").count(),
+        shown
+    );
     let front = dom(&format!("{}/", viewer.base), dir.path());
     assert!(front.contains("judgements"), "{front}");
 }

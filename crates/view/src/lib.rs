@@ -16,13 +16,16 @@
 //! | the HTML of each page | [`pages`] |
 //! | the word diff of a response and its revision | [`diff`] |
 //! | the HTTP server and its routes | [`server`] |
+//! | the report's refusal and unchanged-revision judgements as SQL functions | [`udf`] |
 //!
-//! It depends on the run layer (CLI → view → run → engine).
+//! It depends on the report (for its judgements) and the run layer (CLI → view → report →
+//! run → engine).
 
 pub mod diff;
 pub mod pages;
 pub mod query;
 pub mod server;
+pub mod udf;
 
 pub use query::Viewer;
 pub use server::serve;

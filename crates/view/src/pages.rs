@@ -66,6 +66,17 @@ fn filter_pairs(f: &Filters) -> Vec<(&'static str, String)> {
         ("label", f.label.clone().unwrap_or_default()),
         ("error", f.error.clone().unwrap_or_default()),
         ("q", f.q.clone().unwrap_or_default()),
+        ("truncated", f.truncated.clone().unwrap_or_default()),
+        ("refusal", f.refusal.clone().unwrap_or_default()),
+        ("unchanged", f.unchanged.clone().unwrap_or_default()),
+        (
+            "min_chars",
+            f.min_chars.map(|n| n.to_string()).unwrap_or_default(),
+        ),
+        (
+            "max_chars",
+            f.max_chars.map(|n| n.to_string()).unwrap_or_default(),
+        ),
         ("limit", f.limit.map(|l| l.to_string()).unwrap_or_default()),
     ]
 }
@@ -84,7 +95,9 @@ fn select(name: &str, current: Option<&str>, choices: &[String]) -> Markup {
 }
 
 /// A page of rows with the filter form and the link to the next page.
+#[allow(clippy::too_many_arguments)]
 pub fn list(
+    run: &str,
     kind: Kind,
     table: Option<&str>,
     f: &Filters,
@@ -123,13 +136,18 @@ pub fn list(
                     @for (name, values) in choices {
                         (select(name, current(name).as_deref(), values))
                     }
-                    (select("error", f.error.as_deref(), &["yes".to_string(), "no".to_string()]))
+                    (select("error", f.error.as_deref(), &yes_no()))
+                    (select("truncated", f.truncated.as_deref(), &["yes".to_string()]))
+                    (select("refusal", f.refusal.as_deref(), &yes_no()))
+                    @if kind == Kind::Sl { (select("unchanged", f.unchanged.as_deref(), &yes_no())) }
+                    label { "chars ≥ " input type="number" name="min_chars" min="0" value=(f.min_chars.map(|n| n.to_string()).unwrap_or_default()); }
+                    label { "chars ≤ " input type="number" name="max_chars" min="0" value=(f.max_chars.map(|n| n.to_string()).unwrap_or_default()); }
                     label { "search " input type="search" name="q" value=(f.q.clone().unwrap_or_default()); }
                     button type="submit" { "show" }
                 }
                 p.meta { (page.rows.len()) " rows on this page" }
                 @for row in &page.rows {
-                    @match kind { Kind::Sl => (sl_row(row)), Kind::Rl => (rl_row(row)) }
+                    @match kind { Kind::Sl => (sl_row(row, run)), Kind::Rl => (rl_row(row, run)) }
                 }
                 @if let Some(next) = next { p { a.next href=(next) { "next page →" } } }
             }
@@ -137,10 +155,27 @@ pub fn list(
     )
 }
 
+fn yes_no() -> [String; 2] {
+    ["yes".to_string(), "no".to_string()]
+}
+
 fn value<'a>(row: &'a Row, column: &str) -> Option<&'a str> {
     row.iter()
         .find(|(c, _)| c == column)
         .and_then(|(_, v)| v.as_deref())
+}
+
+/// An error row: its reason, the attempts of its last request, and how to retry it.
+fn error(row: &Row, run: &str) -> Markup {
+    html! {
+        @if let Some(e) = value(row, "error") {
+            div.error {
+                p { "error: " (e) }
+                p.meta { "attempts of the last request: " (value(row, "attempts").unwrap_or("–"))
+                    " · to retry only the failed rows: " code { "caiflow repair " (run) } }
+            }
+        }
+    }
 }
 
 fn turn(who: &str, text: Option<&str>) -> Markup {
@@ -152,7 +187,7 @@ fn turn(who: &str, text: Option<&str>) -> Markup {
 }
 
 /// An SL-CAI row as its conversation, with the word diff of response and revision.
-pub fn sl_row(row: &Row) -> Markup {
+pub fn sl_row(row: &Row, run: &str) -> Markup {
     let id = value(row, "prompt_id").unwrap_or("");
     let sequence = value(row, "sequence").unwrap_or("1");
     let link = format!(
@@ -186,13 +221,13 @@ pub fn sl_row(row: &Row) -> Markup {
                     } } }
                 }
             }
-            @if let Some(e) = value(row, "error") { p.error { "error: " (e) } }
+            (error(row, run))
         }
     }
 }
 
 /// An RL-CAI row: the chosen and rejected answers side by side, the judge's view.
-pub fn rl_row(row: &Row) -> Markup {
+pub fn rl_row(row: &Row, run: &str) -> Markup {
     let id = value(row, "prompt_id").unwrap_or("");
     let link = format!("/rl/row?{}", query_string(&[("prompt_id", id.to_string())]));
     html! {
@@ -210,7 +245,7 @@ pub fn rl_row(row: &Row) -> Markup {
             }
             (turn("Candidates", value(row, "candidates")))
             (turn("Judge", value(row, "explanation")))
-            @if let Some(e) = value(row, "error") { p.error { "error: " (e) } }
+            (error(row, run))
         }
     }
 }

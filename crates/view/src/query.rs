@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::Array;
 use datafusion::arrow::util::display::array_value_to_string;
+use datafusion::execution::FunctionRegistry;
 use datafusion::prelude::{DataFrame, Expr, col, lit};
 use serde::Deserialize;
 
@@ -33,6 +34,16 @@ pub struct Filters {
     pub error: Option<String>,
     /// Words searched in the row's texts (case-insensitive).
     pub q: Option<String>,
+    /// `yes`: an answer was cut off by `max_tokens` (a lineage's finish_reason `length`).
+    pub truncated: Option<String>,
+    /// `yes` / `no`: the answer (SL: the revision; RL: the chosen) is a refusal, by the
+    /// report's phrases.
+    pub refusal: Option<String>,
+    /// `yes` / `no`: the revision is (nearly) the response, as the report counts it.
+    pub unchanged: Option<String>,
+    /// The answer's length in characters, at least / at most.
+    pub min_chars: Option<i64>,
+    pub max_chars: Option<i64>,
     /// The key of the last row of the previous page (a JSON array).
     pub after: Option<String>,
     pub limit: Option<usize>,
@@ -99,6 +110,22 @@ impl Kind {
         }
     }
 
+    /// The answer a row is judged by (refusal, length).
+    fn answer(self) -> &'static str {
+        match self {
+            Kind::Sl => "revision",
+            Kind::Rl => "chosen",
+        }
+    }
+
+    /// The lineages whose finish_reason says the row was cut off.
+    fn lineages(self) -> &'static [&'static str] {
+        match self {
+            Kind::Sl => &["respond_lineage", "critique_lineage", "revise_lineage"],
+            Kind::Rl => &["judge_lineage"],
+        }
+    }
+
     /// The texts a search looks in.
     fn searched(self) -> &'static [&'static str] {
         match self {
@@ -132,6 +159,11 @@ impl std::fmt::Debug for Viewer {
 impl Viewer {
     pub async fn open(store: RunStore) -> Result<Arc<Viewer>> {
         let session = CaiSession::new(Endpoints::default());
+        let config = caiflow_report::config::ReportConfig::default();
+        session.ctx.register_udf(crate::udf::refusal(&config));
+        session
+            .ctx
+            .register_udf(crate::udf::unchanged_revision(&config));
         let mut sl = None;
         let mut rl = None;
         for name in register_run_tables(&session, &store).await? {
@@ -194,7 +226,13 @@ impl Viewer {
         let Some(df) = self.frame(kind).await? else {
             return Ok(Page::default());
         };
-        let has = |c: &str| df.schema().has_column_with_unqualified_name(c);
+        let columns: std::collections::HashSet<String> = df
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let has = |c: &str| columns.contains(c);
         if extra.iter().any(|_| !has("prompt_id"))
             || (kind == Kind::Sl && extra.len() > 1 && !has("sequence"))
         {
@@ -216,6 +254,46 @@ impl Viewer {
             Some("yes") => predicates.push(col("error").is_not_null()),
             Some("no") => predicates.push(col("error").is_null()),
             _ => {}
+        }
+        let yes_no = |v: &Option<String>| match v.as_deref() {
+            Some("yes") => Some(true),
+            Some("no") => Some(false),
+            _ => None,
+        };
+        let answer = kind.answer();
+        if let (Some(want), true) = (yes_no(&filters.refusal), has(answer)) {
+            let is = self.session.ctx.udf("cai_refusal")?.call(vec![col(answer)]);
+            predicates.push(if want { is } else { !is });
+        }
+        if let (Some(want), true) = (
+            yes_no(&filters.unchanged),
+            has("response") && has("revision"),
+        ) {
+            let is = self
+                .session
+                .ctx
+                .udf("cai_unchanged")?
+                .call(vec![col("response"), col("revision")]);
+            predicates.push(if want { is } else { !is });
+        }
+        if yes_no(&filters.truncated) == Some(true) {
+            let cut = kind
+                .lineages()
+                .iter()
+                .filter(|l| has(l))
+                .map(|l| {
+                    datafusion::functions::core::expr_fn::get_field(col(*l), "finish_reason")
+                        .eq(lit("length"))
+                })
+                .reduce(Expr::or);
+            predicates.push(cut.unwrap_or(lit(false)));
+        }
+        let length = || datafusion::functions::unicode::expr_fn::character_length(col(answer));
+        if let (Some(n), true) = (filters.min_chars, has(answer)) {
+            predicates.push(length().gt_eq(lit(n)));
+        }
+        if let (Some(n), true) = (filters.max_chars, has(answer)) {
+            predicates.push(length().lt_eq(lit(n)));
         }
         if let Some(q) = filters
             .q
@@ -245,7 +323,19 @@ impl Viewer {
         let df = df
             .sort(key.iter().map(|c| col(*c).sort(true, true)).collect())?
             .limit(0, Some(limit + 1))?
-            .select(shown.iter().map(|c| col(*c)).collect::<Vec<_>>())?;
+            .select(
+                shown
+                    .iter()
+                    .map(|c| col(*c))
+                    .chain(
+                        // The attempts of the row's last request: an error row's history.
+                        kind.lineages().last().filter(|l| has(l)).map(|l| {
+                            datafusion::functions::core::expr_fn::get_field(col(*l), "attempts")
+                                .alias("attempts")
+                        }),
+                    )
+                    .collect::<Vec<_>>(),
+            )?;
         let mut rows = rows_of(df).await?;
         let next = if rows.len() > limit {
             rows.truncate(limit);

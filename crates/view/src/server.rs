@@ -66,7 +66,8 @@ async fn list(v: &Viewer, kind: Kind, f: Filters) -> Response {
             Err(e) => return failed(e),
         }
     }
-    Html(pages::list(kind, v.table(kind), &f, &page, &choices).into_string()).into_response()
+    Html(pages::list(&v.run, kind, v.table(kind), &f, &page, &choices).into_string())
+        .into_response()
 }
 
 async fn sl(State(v): State<Arc<Viewer>>, Query(f): Query<Filters>) -> Response {
@@ -97,7 +98,7 @@ async fn one(v: &Viewer, kind: Kind, key: RowKey) -> Response {
         Ok(p) => p,
         Err(e) => return failed(e),
     };
-    Html(pages::list(kind, v.table(kind), &f, &page, &[]).into_string()).into_response()
+    Html(pages::list(&v.run, kind, v.table(kind), &f, &page, &[]).into_string()).into_response()
 }
 
 async fn sl_row(State(v): State<Arc<Viewer>>, Query(k): Query<RowKey>) -> Response {
