@@ -238,6 +238,13 @@ pub struct RunArgs {
     /// wave (no process needs to live while the provider works).
     #[arg(long, conflicts_with_all = ["cluster", "dry_run"])]
     pub detach: bool,
+    /// Serve a live page of the run (per-stage progress, rates, errors by reason, spend
+    /// against the budget, updated every second) on 127.0.0.1:PORT while it runs.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub ui: bool,
+    /// The live page's port (with --ui).
+    #[arg(long, default_value_t = 8765, requires = "ui")]
+    pub port: u16,
     /// Stop before the run's tokens (prompt + completion, all sessions) pass N.
     #[arg(long, value_name = "N")]
     pub max_tokens: Option<u64>,

@@ -109,6 +109,7 @@ pub async fn repair(
         None,
         before,
         lock,
+        None,
     )
     .await?;
     if exit == Exit::Success {

@@ -119,6 +119,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         }),
         None => None,
     };
+    let ui = args.ui.then_some(LiveUi {
+        port: args.port,
+        budget,
+    });
     let exit = execute_run(
         run_store.clone(),
         endpoints,
@@ -128,6 +132,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         cluster,
         before,
         lock,
+        ui,
     )
     .await
     .with_context(|| format!("plan {} failed", plan.display()))?;
@@ -199,6 +204,45 @@ pub struct ClusterRun {
     pub location: RunLocation,
 }
 
+/// `--ui`: the live page's port and the run's budget it shows.
+pub struct LiveUi {
+    pub port: u16,
+    pub budget: caiflow_llm::Budget,
+}
+
+/// Serve the live page of `run` (see `caiflow_view::live`) until `stop` is cancelled.
+async fn serve_live(
+    ui: &LiveUi,
+    store: &RunStore,
+    run: &PlanRun,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", ui.port))
+        .await
+        .with_context(|| {
+            format!(
+                "--ui: listening on 127.0.0.1:{} (choose another with --port)",
+                ui.port
+            )
+        })?;
+    eprintln!(
+        "caiflow: live page at http://{}/live",
+        listener.local_addr()?
+    );
+    let live = std::sync::Arc::new(caiflow_view::live::Live {
+        run: store.display.clone(),
+        progress: run.session.progress.clone(),
+        budget: ui.budget,
+        started: std::time::Instant::now(),
+    });
+    tokio::spawn(async move {
+        if let Err(e) = caiflow_view::live::serve(live, listener, stop).await {
+            eprintln!("caiflow: warning: the live page stopped: {e}");
+        }
+    });
+    Ok(())
+}
+
 /// Run `sql` into `store` with progress, the summary and Ctrl-C handling: the first Ctrl-C
 /// stops sending and gives requests in flight a grace period, a second stops at once.
 /// `resume` is the command that continues the run, printed whenever it stops early.
@@ -212,6 +256,7 @@ pub async fn execute_run(
     cluster: Option<ClusterRun>,
     before: RunUsage,
     lock: RunLock,
+    ui: Option<LiveUi>,
 ) -> anyhow::Result<Exit> {
     let stop = options.stop.clone();
     let started_unix_ms = caiflow_run::sessions::unix_ms();
@@ -232,6 +277,11 @@ pub async fn execute_run(
             caiflow_llm::REQUEST_HASH_SCHEME
         );
     }
+    let ui_stop = CancellationToken::new();
+    if let Some(ui) = &ui {
+        serve_live(ui, &store, &run, ui_stop.clone()).await?;
+    }
+    let _ui_guard = ui_stop.drop_guard();
     let reporter = spawn_progress(run.session.progress.clone());
     let recorder = spawn_recorder(
         store.clone(),

@@ -277,3 +277,85 @@ async fn rl_rows_show_chosen_and_rejected_side_by_side() {
     let front = dom(&format!("{}/", viewer.base), dir.path());
     assert!(front.contains("judgements"), "{front}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_page_shows_advancing_counts_during_a_run() {
+    let server = MockServer::start().await.unwrap();
+    server.set_latency(std::time::Duration::from_millis(300));
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &[
+            ("policy", &server.base_url(), "max_concurrency = 1"),
+            ("judge", &server.base_url(), ""),
+        ],
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = caiflow()
+        .args(["run", "plans/sl_cai.sql", "--config"])
+        .arg(&config)
+        .arg("--store")
+        .arg(dir.path().join("runs"))
+        .args([
+            "--set",
+            "limit=5",
+            "--set",
+            "rounds=1",
+            "--ui",
+            "--port",
+            &port.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while reader.read_line(&mut line).unwrap() > 0 && !line.contains("live page at") {
+        line.clear();
+    }
+    assert!(
+        line.contains(&format!("http://127.0.0.1:{port}/live")),
+        "{line}"
+    );
+    // Drain the rest of stderr so the run never blocks on it.
+    let drain = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut reader, &mut rest);
+        rest
+    });
+    let base = format!("http://127.0.0.1:{port}");
+    let sent = |dom: &str| -> u64 {
+        dom.split("<span id=\"requests\">")
+            .nth(1)
+            .and_then(|r| r.split('<').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no request count in {dom}"))
+    };
+    let first = sent(&dom(&format!("{base}/live"), dir.path()));
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let page = dom(&format!("{base}/live"), dir.path());
+    let later = sent(&page);
+    assert!(later > first, "{first} then {later}");
+    assert!(page.contains("respond"), "{page}");
+    // The events: HTML fragments of the same figures, every second.
+    let mut events = reqwest::get(format!("{base}/live/events")).await.unwrap();
+    assert_eq!(
+        events.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let chunk = events.chunk().await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&chunk);
+    assert!(
+        text.starts_with("data:") && text.contains("<table>"),
+        "{text}"
+    );
+    drop(events);
+    let status = child.wait().unwrap();
+    let rest = drain.join().unwrap();
+    assert!(status.success(), "{rest}");
+}

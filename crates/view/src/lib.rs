@@ -16,12 +16,14 @@
 //! | the HTML of each page | [`pages`] |
 //! | the word diff of a response and its revision | [`diff`] |
 //! | the HTTP server and its routes | [`server`] |
+//! | `caiflow run --ui`: the live page, kept current by server-sent events | [`live`] |
 //! | the report's refusal and unchanged-revision judgements as SQL functions | [`udf`] |
 //!
 //! It depends on the report (for its judgements) and the run layer (CLI → view → report →
 //! run → engine).
 
 pub mod diff;
+pub mod live;
 pub mod pages;
 pub mod query;
 pub mod server;

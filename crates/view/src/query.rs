@@ -144,6 +144,8 @@ pub struct Viewer {
     /// The RL-CAI table (with `candidates`, `chosen`, `rejected`, `label`).
     pub rl: Option<String>,
     pub store: RunStore,
+    /// Filter choices, computed once: committed tables do not change while viewed.
+    choices: tokio::sync::Mutex<std::collections::HashMap<(String, String), Vec<String>>>,
 }
 
 impl std::fmt::Debug for Viewer {
@@ -185,6 +187,7 @@ impl Viewer {
             sl,
             rl,
             store,
+            choices: Default::default(),
         }))
     }
 
@@ -346,8 +349,23 @@ impl Viewer {
         Ok(Page { rows, next })
     }
 
-    /// The distinct values of a column (for a filter's choices), at most 200.
+    /// The distinct values of a column (for a filter's choices), at most 200; computed once
+    /// per table and column.
     pub async fn choices(&self, kind: Kind, column: &str) -> Result<Vec<String>> {
+        let key = (
+            self.table(kind).unwrap_or("").to_string(),
+            column.to_string(),
+        );
+        let mut cache = self.choices.lock().await;
+        if let Some(values) = cache.get(&key) {
+            return Ok(values.clone());
+        }
+        let values = self.distinct(kind, column).await?;
+        cache.insert(key, values.clone());
+        Ok(values)
+    }
+
+    async fn distinct(&self, kind: Kind, column: &str) -> Result<Vec<String>> {
         let Some(df) = self.frame(kind).await? else {
             return Ok(vec![]);
         };
