@@ -235,6 +235,18 @@ async fn sl_rows_render_filter_search_page_and_stay_text() {
     assert_eq!(rows(&short, "sl"), 10);
     let cut = dom(&format!("{}/sl?truncated=yes", viewer.base), dir.path());
     assert_eq!(rows(&cut, "sl"), 0, "the mock cuts nothing off");
+
+    // The report, served with links under its charts: a principle's bar leads to its rows.
+    caiflow_ok(&["report", run.to_str().unwrap()]);
+    let report = dom(&format!("{}/report", viewer.base), dir.path());
+    let bar = format!("href=\"/sl?principle={principle}\"");
+    assert!(report.contains(&bar), "{report}");
+    assert!(report.contains("<svg"), "the report's charts");
+    let behind = dom(
+        &format!("{}/sl?principle={principle}", viewer.base),
+        dir.path(),
+    );
+    assert_eq!(rows(&behind, "sl"), n);
     screenshot(&format!("{}/sl", viewer.base), dir.path());
 }
 

@@ -254,3 +254,52 @@ pub fn rl_row(row: &Row, run: &str) -> Markup {
 pub fn message(title: &str, text: &str) -> Markup {
     layout(title, html! { h1 { (title) } p { (text) } })
 }
+
+/// The report page with, under each chart, links to the rows behind its bars: the viewer is
+/// the report's drill-down. The report is caiflow's own page; the links are rendered (and
+/// escaped) here and placed after each chart's caption.
+pub fn drill_down(report: &str, principles: &[String], labels: &[String]) -> String {
+    let link = |path: &str, pairs: &[(&str, String)], text: &str| -> Markup {
+        html! { a href=(format!("{path}?{}", query_string(pairs))) { (text) } " " }
+    };
+    let per_principle = html! {
+        @for p in principles { (link("/sl", &[("principle", p.clone())], p)) }
+    };
+    let per_label = html! {
+        @for l in labels { (link("/rl", &[("label", l.clone())], l)) }
+    };
+    let links: [(&str, Markup); 7] = [
+        ("Revisions per principle", per_principle.clone()),
+        ("Length ratio per principle", per_principle),
+        (
+            "Refusals and unchanged revisions",
+            html! {
+                (link("/sl", &[("refusal", "yes".into())], "refusals"))
+                (link("/sl", &[("unchanged", "yes".into())], "unchanged revisions"))
+            },
+        ),
+        ("Judge labels", per_label),
+        (
+            "Answer lengths",
+            html! { (link("/sl", &[("max_chars", "200".into())], "short revisions (≤ 200 characters)")) },
+        ),
+        (
+            "Requests per stage",
+            html! {
+                (link("/sl", &[("error", "yes".into())], "SL-CAI error rows"))
+                (link("/rl", &[("error", "yes".into())], "RL-CAI error rows"))
+            },
+        ),
+        (
+            "Position bias",
+            html! { (link("/rl", &[("label", "ok".into())], "judged rows")) },
+        ),
+    ];
+    let mut out = report.to_string();
+    for (caption, markup) in links {
+        let at = format!("<figcaption>{caption}</figcaption>");
+        let nav = html! { nav.rows style="font-size:0.8em;padding:2px 6px" { "rows: " (markup) } };
+        out = out.replacen(&at, &format!("{at}{}", nav.into_string()), 1);
+    }
+    out
+}

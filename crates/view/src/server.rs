@@ -112,7 +112,17 @@ async fn rl_row(State(v): State<Arc<Viewer>>, Query(k): Query<RowKey>) -> Respon
 /// The run's report page, as `caiflow report` wrote it.
 async fn report(State(v): State<Arc<Viewer>>) -> Response {
     match v.store.get("report/index.html").await {
-        Ok(Some(bytes)) => Html(String::from_utf8_lossy(&bytes).into_owned()).into_response(),
+        Ok(Some(bytes)) => {
+            let (principles, labels) = match (
+                v.choices(Kind::Sl, "principle_id").await,
+                v.choices(Kind::Rl, "label").await,
+            ) {
+                (Ok(p), Ok(l)) => (p, l),
+                (Err(e), _) | (_, Err(e)) => return failed(e),
+            };
+            let html = String::from_utf8_lossy(&bytes);
+            Html(pages::drill_down(&html, &principles, &labels)).into_response()
+        }
         Ok(None) => (
             StatusCode::NOT_FOUND,
             Html(
