@@ -354,6 +354,11 @@ async fn the_live_page_shows_advancing_counts_during_a_run() {
     let later = sent(&page);
     assert!(later > first, "{first} then {later}");
     assert!(page.contains("respond"), "{page}");
+    assert!(page.contains("overall: ") && page.contains("ETA"), "{page}");
+    assert!(
+        page.contains("Mock answer about:"),
+        "the newest answers: {page}"
+    );
     // The events: HTML fragments of the same figures, every second.
     let mut events = reqwest::get(format!("{base}/live/events")).await.unwrap();
     assert_eq!(

@@ -49,13 +49,37 @@ pub struct StageProgress {
     pub llm: bool,
     /// What the end-of-run summary must warn about (e.g. an input with no records).
     warnings: Mutex<Vec<String>>,
+    /// The newest answers (the last user turn and the answer, cut short), for a live view:
+    /// at most [`RECENT_ANSWERS`], whatever the run's size.
+    recent: Mutex<std::collections::VecDeque<(String, String)>>,
 }
 
+/// Answers kept per stage for a live view, and the characters kept of each text.
+pub const RECENT_ANSWERS: usize = 5;
+const RECENT_CHARS: usize = 400;
+
 impl StageProgress {
+    /// Keep an answer as one of the stage's newest (see [`RECENT_ANSWERS`]).
+    pub fn note_answer(&self, asked: &str, answer: &str) {
+        let cut = |t: &str| t.chars().take(RECENT_CHARS).collect::<String>();
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() >= RECENT_ANSWERS {
+            recent.pop_front();
+        }
+        recent.push_back((cut(asked), cut(answer)));
+    }
+
+    /// The stage's newest answers, newest first: (the last user turn, the answer).
+    pub fn recent_answers(&self) -> Vec<(String, String)> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.iter().rev().cloned().collect()
+    }
+
     fn new(name: &str, llm: bool) -> Self {
         StageProgress {
             llm,
             warnings: Mutex::new(vec![]),
+            recent: Mutex::new(std::collections::VecDeque::new()),
             name: name.to_string(),
             started: Instant::now(),
             rows_started: AtomicU64::new(0),

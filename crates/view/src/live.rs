@@ -1,4 +1,6 @@
-//! `caiflow run --ui`: a live page of the run, served while it runs. `/live` is rendered
+//! `caiflow run --ui`: a live page of the run, served while it runs: per-stage figures, the
+//! overall share done with its ETA, spend against the budget, errors by reason, and each
+//! stage's newest answers. `/live` is rendered
 //! with the current figures (readable without script) and then kept current by
 //! server-sent events from `/live/events`: every second, the same figures as an HTML
 //! fragment rendered (and escaped) on the server, swapped in by a three-line script.
@@ -100,7 +102,10 @@ fn figures(live: &Live) -> Markup {
         .map(|s| s.prompt_tokens.saturating_add(s.completion_tokens))
         .sum();
     let requests: u64 = stages.iter().map(|s| s.sent).sum();
+    let overall =
+        caiflow_engine::progress::overall_line(&live.progress.snapshot(), live.started.elapsed());
     html! {
+        p #overall { (overall) }
         p.meta { "running for " (format!("{elapsed:.0}")) " s · "
             span #requests { (requests) } " requests sent · " (tokens) " tokens · $" (format!("{cost:.4}"))
             @if let Some(max) = live.budget.max_cost { " of $" (format!("{max:.2}")) " (--max-cost)" }
@@ -120,6 +125,16 @@ fn figures(live: &Live) -> Markup {
                     td { (s.errors) }
                     td { (s.prompt_tokens.saturating_add(s.completion_tokens)) }
                     td { (format!("{:.4}", s.usage.values().map(|u| u.cost).sum::<f64>())) }
+                }
+            }
+        }
+        h3 { "Newest answers" }
+        @for s in live.progress.snapshot() {
+            @for (asked, answer) in s.recent_answers() {
+                div.answer style="border:1px solid #ddd;margin:.4em 0;padding:.3em .6em" {
+                    div.meta { (s.name) }
+                    pre style="white-space:pre-wrap;margin:0;color:#555" { (asked) }
+                    pre style="white-space:pre-wrap;margin:0" { (answer) }
                 }
             }
         }

@@ -115,6 +115,13 @@ async fn complete_once(
         ..outcome
     };
     if let Ok(c) = &outcome.result {
+        let asked = request
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == "user")
+            .map_or("", |m| m.content.as_str());
+        p.note_answer(asked, &c.text);
         StageProgress::add(&p.tokens, c.completion_tokens.unwrap_or(0));
         StageProgress::add(&p.reasoning_tokens, c.reasoning_tokens.unwrap_or(0));
         StageProgress::add(&p.prompt_tokens, c.prompt_tokens.unwrap_or(0));
