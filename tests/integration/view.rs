@@ -23,12 +23,28 @@ impl Drop for ViewerProcess {
     }
 }
 
-fn start_viewer(run: &Path) -> ViewerProcess {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+/// A port of 127.0.0.1 nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
+        .port()
+}
+
+/// `policy` (one request at a time, so answers come in order) and `judge` on `server`.
+fn mock_config(dir: &Path, server: &MockServer) -> std::path::PathBuf {
+    write_config(
+        dir,
+        &[
+            ("policy", &server.base_url(), "max_concurrency = 1"),
+            ("judge", &server.base_url(), ""),
+        ],
+    )
+}
+
+fn start_viewer(run: &Path) -> ViewerProcess {
+    let port = free_port();
     let mut child = caiflow()
         .args(["view", run.to_str().unwrap(), "--port", &port.to_string()])
         .stdout(Stdio::null())
@@ -75,13 +91,7 @@ fn rows(dom: &str, class: &str) -> usize {
 }
 
 fn run_plan(dir: &Path, server: &MockServer, plan: &str, sets: &[&str]) -> std::path::PathBuf {
-    let config = write_config(
-        dir,
-        &[
-            ("policy", &server.base_url(), "max_concurrency = 1"),
-            ("judge", &server.base_url(), ""),
-        ],
-    );
+    let config = mock_config(dir, server);
     let store = dir.join("runs");
     let mut cmd = caiflow();
     cmd.args(["run", plan, "--config"])
@@ -295,18 +305,8 @@ async fn the_live_page_shows_advancing_counts_during_a_run() {
     let server = MockServer::start().await.unwrap();
     server.set_latency(std::time::Duration::from_millis(300));
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        &[
-            ("policy", &server.base_url(), "max_concurrency = 1"),
-            ("judge", &server.base_url(), ""),
-        ],
-    );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let config = mock_config(dir.path(), &server);
+    let port = free_port();
     let mut child = caiflow()
         .args(["run", "plans/sl_cai.sql", "--config"])
         .arg(&config)

@@ -276,6 +276,15 @@ impl BatchRun {
         self.detached.load(Ordering::SeqCst)
     }
 
+    /// `n` queued requests left the queue (submitted or abandoned); never below zero.
+    fn dequeued(&self, n: usize) {
+        let _ = self
+            .queued
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |q| {
+                Some(q.saturating_sub(n))
+            });
+    }
+
     fn touch(&self) {
         *self.last_activity.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
     }
@@ -617,10 +626,7 @@ impl Batcher {
         s.oldest = None;
         s.waiting.clear();
         s.running = false;
-        self.run().queued.fetch_sub(
-            n.min(self.run().queued.load(Ordering::SeqCst)),
-            Ordering::SeqCst,
-        );
+        self.run().dequeued(n);
     }
 
     fn due_submission(&self) -> bool {
@@ -669,10 +675,7 @@ impl Batcher {
         }
         let run = self.run().clone();
         let submitted = self.api.submit(&items).await;
-        run.queued.fetch_sub(
-            ids.len().min(run.queued.load(Ordering::SeqCst)),
-            Ordering::SeqCst,
-        );
+        run.dequeued(ids.len());
         run.touch();
         match submitted {
             Ok(batch_id) => {
