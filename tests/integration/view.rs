@@ -34,11 +34,16 @@ fn free_port() -> u16 {
 
 /// `policy` (one request at a time, so answers come in order) and `judge` on `server`.
 fn mock_config(dir: &Path, server: &MockServer) -> std::path::PathBuf {
+    judged_config(dir, server, server)
+}
+
+/// `policy` on `server` (one request at a time) and `judge` on `judge`.
+fn judged_config(dir: &Path, server: &MockServer, judge: &MockServer) -> std::path::PathBuf {
     write_config(
         dir,
         &[
             ("policy", &server.base_url(), "max_concurrency = 1"),
-            ("judge", &server.base_url(), ""),
+            ("judge", &judge.base_url(), ""),
         ],
     )
 }
@@ -86,12 +91,83 @@ fn dom(url: &str, dir: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
+/// A bar of the served report that leads to rows.
+#[derive(Debug)]
+struct Bar {
+    chart: String,
+    name: String,
+    value: f64,
+    href: String,
+}
+
+/// The bars of a served report (each an `<a class="bar" href>` over the bar, titled
+/// "category: value" or "category · series: value").
+fn bars(report: &str) -> Vec<Bar> {
+    let mut out = vec![];
+    for figure in report.split("<figure>").skip(1) {
+        let chart = figure
+            .split("<figcaption>")
+            .nth(1)
+            .and_then(|c| c.split('<').next())
+            .unwrap_or_default()
+            .to_string();
+        for bar in figure.split("<a class=\"bar\" href=\"").skip(1) {
+            let href = bar.split('"').next().unwrap().replace("&amp;", "&");
+            let title = bar
+                .split("<title>")
+                .nth(1)
+                .and_then(|t| t.split("</title>").next())
+                .unwrap();
+            let (name, value) = title.rsplit_once(": ").unwrap();
+            let name = name.split(" · ").next().unwrap().to_string();
+            out.push(Bar {
+                chart: chart.clone(),
+                name,
+                value: value.parse().unwrap(),
+                href,
+            });
+        }
+    }
+    out
+}
+
+/// A stage's bar: rows whose request of the stage went that way (`source`) or took at least
+/// the bar's time. A row keeps its last request's lineage, so requests and rows differ (a
+/// re-asked judge), but no rows stand behind an empty bar, and sent requests have rows.
+fn stage_bar(bar: &Bar, behind: usize) {
+    if bar.value == 0.0 && bar.chart == "Requests per stage" {
+        assert_eq!(behind, 0, "{bar:?}");
+    }
+    if bar.href.contains("source=sent") && bar.value > 0.0 {
+        assert!(behind > 0, "{bar:?}");
+    }
+}
+
+/// How many rows the viewer shows behind `href` (all on one page).
+async fn rows_behind(base: &str, href: &str, class: &str) -> usize {
+    let reply = reqwest::get(format!("{base}{href}&limit=200"))
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200, "{href}");
+    rows(&reply.text().await.unwrap(), class)
+}
+
 fn rows(dom: &str, class: &str) -> usize {
     dom.matches(&format!("class=\"row {class}\"")).count()
 }
 
 fn run_plan(dir: &Path, server: &MockServer, plan: &str, sets: &[&str]) -> std::path::PathBuf {
-    let config = mock_config(dir, server);
+    run_judged(dir, server, server, plan, sets)
+}
+
+fn run_judged(
+    dir: &Path,
+    server: &MockServer,
+    judge: &MockServer,
+    plan: &str,
+    sets: &[&str],
+) -> std::path::PathBuf {
+    let config = judged_config(dir, server, judge);
     let store = dir.join("runs");
     let mut cmd = caiflow();
     cmd.args(["run", plan, "--config"])
@@ -246,17 +322,76 @@ async fn sl_rows_render_filter_search_page_and_stay_text() {
     let cut = dom(&format!("{}/sl?truncated=yes", viewer.base), dir.path());
     assert_eq!(rows(&cut, "sl"), 0, "the mock cuts nothing off");
 
-    // The report, served with links under its charts: a principle's bar leads to its rows.
+    // The report, served: every chart's bars lead to the rows behind them.
     caiflow_ok(&["report", run.to_str().unwrap()]);
-    let report = dom(&format!("{}/report", viewer.base), dir.path());
-    let bar = format!("href=\"/sl?principle={principle}\"");
-    assert!(report.contains(&bar), "{report}");
-    assert!(report.contains("<svg"), "the report's charts");
-    let behind = dom(
-        &format!("{}/sl?principle={principle}", viewer.base),
-        dir.path(),
+    let file = std::fs::read_to_string(run.join("report/index.html")).unwrap();
+    assert!(
+        file.contains(" data-rows=\"/sl?"),
+        "the file names each bar's rows"
     );
-    assert_eq!(rows(&behind, "sl"), n);
+    assert!(
+        !file.contains(" href=\"/sl?"),
+        "but opened from disk has no links to a server"
+    );
+    let report = dom(&format!("{}/report", viewer.base), dir.path());
+    assert!(report.contains("<svg"), "the report's charts");
+    let bars = bars(&report);
+    let mut principles = std::collections::HashMap::new();
+    for bar in &bars {
+        let behind = rows_behind(&viewer.base, &bar.href, "sl").await;
+        match bar.chart.as_str() {
+            "Answer lengths" | "Revisions per principle" => {
+                assert_eq!(behind as f64, bar.value, "{bar:?}");
+                if bar.chart == "Revisions per principle" {
+                    principles.insert(bar.name.clone(), behind);
+                }
+            }
+            // Shares of a round's 5 rows.
+            "Refusals and unchanged revisions" => {
+                assert!(
+                    (behind as f64 / 5.0 - bar.value).abs() < 0.001,
+                    "{bar:?}: {behind}"
+                )
+            }
+            "Length ratio per principle" => {}
+            "Latency per stage" | "Requests per stage" => stage_bar(bar, behind),
+            other => panic!("a bar of an unknown chart {other}: {bar:?}"),
+        }
+    }
+    for bar in bars
+        .iter()
+        .filter(|b| b.chart == "Length ratio per principle")
+    {
+        let behind = rows_behind(&viewer.base, &bar.href, "sl").await;
+        assert_eq!(Some(&behind), principles.get(&bar.name), "{bar:?}");
+    }
+    assert_eq!(principles.values().sum::<usize>(), 10);
+    let charts: std::collections::HashSet<&str> = bars.iter().map(|b| b.chart.as_str()).collect();
+    assert_eq!(
+        charts.len(),
+        6,
+        "every chart's bars lead to rows: {charts:?}"
+    );
+    assert_eq!(charts.len(), report.matches("<figure>").count());
+    // A bar's page says which of the report's filters it carries, and keeps them on.
+    let slow = bars
+        .iter()
+        .find(|b| b.href.contains("min_latency_ms"))
+        .unwrap();
+    let page = dom(&format!("{}{}", viewer.base, slow.href), dir.path());
+    assert!(page.contains("from the report"), "{page}");
+    assert!(page.contains("name=\"min_latency_ms\""), "{page}");
+    // A filter that cannot apply is a one-line 400, not a crash.
+    let bad = reqwest::get(format!("{}/sl?answer=bogus", viewer.base))
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let text = bad.text().await.unwrap();
+    assert!(
+        text.contains("answer=bogus: this table&#39;s answers are revision and response")
+            || text.contains("answer=bogus: this table's answers are revision and response"),
+        "{text}"
+    );
     screenshot(&format!("{}/sl", viewer.base), dir.path());
 }
 
@@ -264,7 +399,24 @@ async fn sl_rows_render_filter_search_page_and_stay_text() {
 async fn rl_rows_show_chosen_and_rejected_side_by_side() {
     let server = MockServer::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let run = run_plan(dir.path(), &server, "plans/rl_cai.sql", &["limit=4"]);
+    // Three prompts get a verdict (first candidate over the second, then the reverse); the
+    // fourth's judge answers nothing parseable, an error row.
+    let judge = MockServer::start().await.unwrap();
+    judge.push_replies(
+        [
+            r#"{"chosen": 1, "rejected": 2}"#,
+            r#"{"chosen": 2, "rejected": 1}"#,
+            r#"{"chosen": 1, "rejected": 2}"#,
+        ]
+        .map(String::from),
+    );
+    let run = run_judged(
+        dir.path(),
+        &server,
+        &judge,
+        "plans/rl_cai.sql",
+        &["limit=4"],
+    );
     let viewer = start_viewer(&run);
     let page = dom(&format!("{}/rl", viewer.base), dir.path());
     assert_eq!(rows(&page, "rl"), 4, "{page}");
@@ -291,6 +443,7 @@ async fn rl_rows_show_chosen_and_rejected_side_by_side() {
     assert_eq!(rows(&filtered, "rl"), errors, "{filtered}");
     let failed = dom(&format!("{}/rl?error=yes", viewer.base), dir.path());
     let shown = rows(&failed, "rl");
+    assert_eq!(shown, 1, "the prompt the judge failed on: {failed}");
     assert_eq!(failed.matches("caiflow repair").count(), shown, "{failed}");
     assert_eq!(
         failed.matches("attempts of the last request").count(),
@@ -298,6 +451,34 @@ async fn rl_rows_show_chosen_and_rejected_side_by_side() {
     );
     let front = dom(&format!("{}/", viewer.base), dir.path());
     assert!(front.contains("judgements"), "{front}");
+
+    // The report's RL charts: labels, positions and temperatures lead to their rows.
+    caiflow_ok(&["report", run.to_str().unwrap()]);
+    let report = dom(&format!("{}/report", viewer.base), dir.path());
+    let bars = bars(&report);
+    let ok = bars
+        .iter()
+        .find(|b| b.chart == "Judge labels" && b.name == "ok")
+        .map_or(0.0, |b| b.value) as usize;
+    let (mut chosen_at, mut by_temperature) = (0, 0);
+    for bar in &bars {
+        let behind = rows_behind(&viewer.base, &bar.href, "rl").await;
+        match bar.chart.as_str() {
+            "Judge labels" | "Position bias" | "chosen_prob" => {
+                assert_eq!(behind as f64, bar.value, "{bar:?}");
+                chosen_at += behind * usize::from(bar.href.contains("chosen_at="));
+            }
+            "Chosen rate by temperature" => by_temperature += behind,
+            "Latency per stage" | "Requests per stage" => stage_bar(bar, behind),
+            other => panic!("a bar of an unknown chart {other}: {bar:?}"),
+        }
+    }
+    assert_eq!(ok, 3, "{report}");
+    assert_eq!(
+        chosen_at, ok,
+        "each ok row's chosen answer was shown at one position"
+    );
+    assert_eq!(by_temperature, ok, "and sampled at one temperature");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,28 +8,111 @@ use plotters::prelude::*;
 
 use crate::Report;
 use crate::error::{ReportError, Result};
-use crate::figures::Histogram;
+use crate::figures::{Histogram, LENGTH_EDGES};
 
 const WIDTH: u32 = 520;
 const HEIGHT: u32 = 320;
 
-/// One series of a bar chart: its name and a value per category.
+/// One series of a bar chart: its name, a value per category and, per category, the rows
+/// behind the bar as a query of `caiflow view` (none when no rows stand behind it).
 struct Series<'a> {
     name: &'a str,
     values: Vec<f64>,
+    rows: Vec<Option<String>>,
+}
+
+impl<'a> Series<'a> {
+    fn new(name: &'a str, values: Vec<f64>) -> Self {
+        Series {
+            name,
+            values,
+            rows: vec![],
+        }
+    }
+
+    fn rows(mut self, rows: Vec<Option<String>>) -> Self {
+        self.rows = rows;
+        self
+    }
+}
+
+/// The viewer's query of some rows: `/sl?principle=harmful` (values URL-encoded).
+///
+/// The report file holds these as `data-rows` attributes of an invisible link over each
+/// bar (and of a hidden list under each chart): opened from disk the report has no links,
+/// served by `caiflow view` the attributes become `href`s, so a bar leads to its rows.
+pub fn rows_query(path: &str, pairs: &[(&str, &str)]) -> String {
+    format!(
+        "{path}?{}",
+        serde_urlencoded::to_string(pairs).unwrap_or_default()
+    )
+}
+
+/// A bar's clickable area in the chart's pixels, with its rows and a name.
+struct Target {
+    x: i32,
+    y: i32,
+    width: i32,
+    height: i32,
+    rows: String,
+    name: String,
+}
+
+/// The bar targets as SVG: transparent rectangles in `<a data-rows>`, drawn over the bars.
+fn targets_svg(targets: &[Target]) -> String {
+    let mut out = String::new();
+    for t in targets {
+        let _ = write!(
+            out,
+            "<a class=\"bar\" data-rows=\"{}\"><title>{}</title><rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"transparent\" pointer-events=\"all\"/></a>",
+            escape(&t.rows),
+            escape(&t.name),
+            t.x,
+            t.y,
+            t.width.max(1),
+            t.height.max(1)
+        );
+    }
+    out
+}
+
+/// The bar targets as a list of text links under the chart (hidden until served).
+fn targets_nav(targets: &[Target]) -> String {
+    if targets.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("<nav class=\"rows\" hidden>rows: ");
+    for t in targets {
+        let _ = write!(
+            out,
+            "<a data-rows=\"{}\">{}</a> ",
+            escape(&t.rows),
+            escape(&t.name)
+        );
+    }
+    out.push_str("</nav>");
+    out
 }
 
 fn chart_err(e: impl std::fmt::Display) -> ReportError {
     ReportError::Chart(e.to_string())
 }
 
-/// Bars of every series side by side per category, as an SVG document.
+/// A chart: its SVG document (bar targets included) and the targets' text links.
+#[derive(Default)]
+struct Chart {
+    svg: String,
+    nav: String,
+}
+
+/// Bars of every series side by side per category, as an SVG document, with a target over
+/// each bar that has rows.
 fn bar_chart(
     title: &str,
     y_label: &str,
     categories: &[String],
     series: &[Series],
-) -> Result<String> {
+) -> Result<Chart> {
     let n = categories.len().max(1);
     let max = series
         .iter()
@@ -38,6 +121,7 @@ fn bar_chart(
         .fold(0.0f64, f64::max);
     let top = if max > 0.0 { max * 1.15 } else { 1.0 };
     let mut svg = String::new();
+    let mut targets: Vec<Target> = vec![];
     {
         let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
         root.fill(&WHITE).map_err(chart_err)?;
@@ -82,6 +166,32 @@ fn bar_chart(
                 .legend(move |(x, y)| {
                     Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled())
                 });
+            for (i, (v, rows)) in s.values.iter().zip(&s.rows).enumerate() {
+                let Some(rows) = rows else { continue };
+                let left = i as f64 + x0;
+                // The whole column above the bar's base, so a short (or empty) bar is
+                // as easy to click as a tall one.
+                let (x1, y1) = chart.backend_coord(&(left, top));
+                let (x2, y2) = chart.backend_coord(&(left + width * 0.92, 0.0));
+                let v = if v.fract() == 0.0 {
+                    format!("{v:.0}")
+                } else {
+                    format!("{v:.3}")
+                };
+                let name = match (series.len(), categories.get(i)) {
+                    (1, Some(c)) => format!("{c}: {v}"),
+                    (_, Some(c)) => format!("{c} · {}: {v}", s.name),
+                    (_, None) => s.name.to_string(),
+                };
+                targets.push(Target {
+                    x: x1.min(x2),
+                    y: y1.min(y2),
+                    width: (x2 - x1).abs(),
+                    height: (y2 - y1).abs(),
+                    rows: rows.clone(),
+                    name,
+                });
+            }
         }
         if series.len() > 1 {
             chart
@@ -110,34 +220,84 @@ fn bar_chart(
         }
         root.present().map_err(chart_err)?;
     }
-    Ok(svg)
+    if let Some(end) = svg.rfind("</svg>") {
+        svg.insert_str(end, &targets_svg(&targets));
+    }
+    Ok(Chart {
+        svg,
+        nav: targets_nav(&targets),
+    })
 }
 
-fn histogram_chart(title: &str, histograms: &[(&str, &Histogram)]) -> Result<String> {
-    let Some((_, first)) = histograms.first() else {
-        return Ok(String::new());
+/// Histograms of one set of bins (the first's labels), a series each, with the rows behind
+/// each bin.
+fn histogram_chart(
+    title: &str,
+    histograms: &[(&str, &Histogram, Vec<Option<String>>)],
+) -> Result<Chart> {
+    let Some((_, first, _)) = histograms.first() else {
+        return Ok(Chart::default());
     };
     let series: Vec<Series> = histograms
         .iter()
-        .map(|(name, h)| Series {
-            name,
-            values: h.counts.iter().map(|c| *c as f64).collect(),
+        .map(|(name, h, rows)| {
+            Series::new(name, h.counts.iter().map(|c| *c as f64).collect()).rows(rows.clone())
         })
         .collect();
     bar_chart(title, "rows", &first.labels, &series)
 }
 
-fn map_chart<V: Copy + Into<f64>>(title: &str, y: &str, m: &BTreeMap<String, V>) -> Result<String> {
+/// One bar per key of `m`; `rows` names the rows behind a key's bar.
+fn map_chart<V: Copy + Into<f64>>(
+    title: &str,
+    y: &str,
+    m: &BTreeMap<String, V>,
+    rows: impl Fn(&str) -> Option<String>,
+) -> Result<Chart> {
     let categories: Vec<String> = m.keys().cloned().collect();
     bar_chart(
         title,
         y,
         &categories,
-        &[Series {
-            name: title,
-            values: m.values().map(|v| (*v).into()).collect(),
-        }],
+        &[
+            Series::new(title, m.values().map(|v| (*v).into()).collect())
+                .rows(categories.iter().map(|c| rows(c)).collect()),
+        ],
     )
+}
+
+/// The rows behind each bin of a length histogram: `answer` of `lo..=hi` characters.
+fn length_bins(path: &str, answer: &str, extra: &[(&str, &str)]) -> Vec<Option<String>> {
+    let mut lo = 0u64;
+    let mut out = vec![];
+    for i in 0..=LENGTH_EDGES.len() {
+        let min = lo.to_string();
+        let max = LENGTH_EDGES.get(i).map(|hi| (hi - 1).to_string());
+        let mut pairs: Vec<(&str, &str)> = extra.to_vec();
+        pairs.push(("answer", answer));
+        pairs.push(("min_chars", &min));
+        if let Some(max) = &max {
+            pairs.push(("max_chars", max));
+        }
+        out.push(Some(rows_query(path, &pairs)));
+        lo = LENGTH_EDGES.get(i).copied().unwrap_or(lo);
+    }
+    out
+}
+
+/// The rows behind each tenth of [0, 1] of `chosen_prob` (the last bin holds 1).
+fn prob_bins() -> Vec<Option<String>> {
+    (0..10)
+        .map(|i| {
+            let min = format!("{:.1}", i as f64 / 10.0);
+            let below = format!("{:.1}", (i + 1) as f64 / 10.0);
+            let mut pairs = vec![("min_prob", min.as_str())];
+            if i < 9 {
+                pairs.push(("below_prob", below.as_str()));
+            }
+            Some(rows_query("/rl", &pairs))
+        })
+        .collect()
 }
 
 fn escape(s: &str) -> String {
@@ -158,12 +318,35 @@ fn opt(v: Option<u64>) -> String {
 
 /// The HTML document of `report`.
 pub fn render(report: &Report) -> Result<String> {
-    let mut charts: Vec<(String, String)> = vec![];
+    let mut charts: Vec<(String, Chart)> = vec![];
     let llm: Vec<_> = report.stages.iter().filter(|s| s.llm).collect();
     if !llm.is_empty() {
         let names: Vec<String> = llm.iter().map(|s| s.name.clone()).collect();
         let ms = |f: fn(&caiflow_engine::progress::StageStats) -> Option<u64>| {
             llm.iter().map(|s| f(s).unwrap_or(0) as f64).collect()
+        };
+        // A stage's rows are in the table that keeps its lineage: the SL-CAI table for
+        // respond, critique and revise, the RL-CAI table for judge.
+        let table_of = |stage: &str| match stage {
+            "respond" | "critique" | "revise" if report.sl.is_some() => Some("/sl"),
+            "judge" if report.rl.is_some() => Some("/rl"),
+            _ => None,
+        };
+        let stage_rows = |extra: &dyn Fn(
+            &caiflow_engine::progress::StageStats,
+        ) -> Vec<(&'static str, String)>| {
+            llm.iter()
+                .map(|s| {
+                    let path = table_of(&s.name)?;
+                    let extra = extra(s);
+                    let mut pairs = vec![("stage", s.name.as_str())];
+                    pairs.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
+                    Some(rows_query(path, &pairs))
+                })
+                .collect::<Vec<_>>()
+        };
+        let slower = |p: fn(&caiflow_engine::progress::StageStats) -> Option<u64>| {
+            stage_rows(&move |s| vec![("min_latency_ms", p(s).unwrap_or(0).to_string())])
         };
         charts.push((
             "Latency per stage".into(),
@@ -172,17 +355,12 @@ pub fn render(report: &Report) -> Result<String> {
                 "ms",
                 &names,
                 &[
-                    Series {
-                        name: "p50",
-                        values: ms(|s| s.latency_p50_ms),
-                    },
-                    Series {
-                        name: "p95",
-                        values: ms(|s| s.latency_p95_ms),
-                    },
+                    Series::new("p50", ms(|s| s.latency_p50_ms)).rows(slower(|s| s.latency_p50_ms)),
+                    Series::new("p95", ms(|s| s.latency_p95_ms)).rows(slower(|s| s.latency_p95_ms)),
                 ],
             )?,
         ));
+        let source = |how: &'static str| stage_rows(&move |_| vec![("source", how.to_string())]);
         charts.push((
             "Requests per stage".into(),
             bar_chart(
@@ -190,18 +368,15 @@ pub fn render(report: &Report) -> Result<String> {
                 "requests",
                 &names,
                 &[
-                    Series {
-                        name: "sent",
-                        values: llm.iter().map(|s| s.sent as f64).collect(),
-                    },
-                    Series {
-                        name: "journal",
-                        values: llm.iter().map(|s| s.journal_hits as f64).collect(),
-                    },
-                    Series {
-                        name: "errors",
-                        values: llm.iter().map(|s| s.errors as f64).collect(),
-                    },
+                    Series::new("sent", llm.iter().map(|s| s.sent as f64).collect())
+                        .rows(source("sent")),
+                    Series::new(
+                        "journal",
+                        llm.iter().map(|s| s.journal_hits as f64).collect(),
+                    )
+                    .rows(source("journal")),
+                    Series::new("errors", llm.iter().map(|s| s.errors as f64).collect())
+                        .rows(source("failed")),
                 ],
             )?,
         ));
@@ -212,9 +387,18 @@ pub fn render(report: &Report) -> Result<String> {
             "Answer lengths".into(),
             histogram_chart(
                 "Answer length (characters)",
-                &[("response", &h.response), ("revision", &h.revision)],
+                &[
+                    // Initial responses are counted once, on their first round's row.
+                    (
+                        "response",
+                        &h.response,
+                        length_bins("/sl", "response", &[("round", "1")]),
+                    ),
+                    ("revision", &h.revision, length_bins("/sl", "revision", &[])),
+                ],
             )?,
         ));
+        let principle = |p: &str| Some(rows_query("/sl", &[("principle", p)]));
         charts.push((
             "Revisions per principle".into(),
             map_chart(
@@ -224,6 +408,7 @@ pub fn render(report: &Report) -> Result<String> {
                     .iter()
                     .map(|(k, v)| (k.clone(), *v as f64))
                     .collect(),
+                principle,
             )?,
         ));
         charts.push((
@@ -232,9 +417,24 @@ pub fn render(report: &Report) -> Result<String> {
                 "Revision / response length per principle",
                 "ratio",
                 &sl.principle_length_ratio,
+                principle,
             )?,
         ));
         let rounds: Vec<String> = sl.by_round.keys().map(|r| format!("round {r}")).collect();
+        let round_rows = |response: bool, pairs: &[(&str, &str)]| -> Vec<Option<String>> {
+            sl.by_round
+                .iter()
+                .map(|(r, f)| {
+                    if response && f.refusal_rate.response.is_none() {
+                        return None;
+                    }
+                    let r = r.to_string();
+                    let mut all = vec![("round", r.as_str())];
+                    all.extend_from_slice(pairs);
+                    Some(rows_query("/sl", &all))
+                })
+                .collect()
+        };
         charts.push((
             "Refusals and unchanged revisions".into(),
             bar_chart(
@@ -242,30 +442,36 @@ pub fn render(report: &Report) -> Result<String> {
                 "share",
                 &rounds,
                 &[
-                    Series {
-                        name: "refused (response)",
-                        values: sl
-                            .by_round
+                    Series::new(
+                        "refused (response)",
+                        sl.by_round
                             .values()
                             .map(|r| r.refusal_rate.response.unwrap_or(0.0))
                             .collect(),
-                    },
-                    Series {
-                        name: "refused (revision)",
-                        values: sl
-                            .by_round
+                    )
+                    .rows(round_rows(
+                        true,
+                        &[("refusal", "yes"), ("answer", "response")],
+                    )),
+                    Series::new(
+                        "refused (revision)",
+                        sl.by_round
                             .values()
                             .map(|r| r.refusal_rate.revision.unwrap_or(0.0))
                             .collect(),
-                    },
-                    Series {
-                        name: "unchanged",
-                        values: sl
-                            .by_round
+                    )
+                    .rows(round_rows(
+                        false,
+                        &[("refusal", "yes"), ("answer", "revision")],
+                    )),
+                    Series::new(
+                        "unchanged",
+                        sl.by_round
                             .values()
                             .map(|r| r.unchanged_revision_rate.unwrap_or(0.0))
                             .collect(),
-                    },
+                    )
+                    .rows(round_rows(false, &[("unchanged", "yes")])),
                 ],
             )?,
         ));
@@ -280,6 +486,7 @@ pub fn render(report: &Report) -> Result<String> {
                     .iter()
                     .map(|(k, v)| (k.clone(), *v as f64))
                     .collect(),
+                |l| Some(rows_query("/rl", &[("label", l)])),
             )?,
         ));
         let positions: Vec<u32> = rl
@@ -290,6 +497,15 @@ pub fn render(report: &Report) -> Result<String> {
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
+        let at = |which: &str| -> Vec<Option<String>> {
+            positions
+                .iter()
+                .map(|p| {
+                    let p = p.to_string();
+                    Some(rows_query("/rl", &[("label", "ok"), (which, p.as_str())]))
+                })
+                .collect()
+        };
         charts.push((
             "Position bias".into(),
             bar_chart(
@@ -300,20 +516,22 @@ pub fn render(report: &Report) -> Result<String> {
                     .map(|p| format!("#{p}"))
                     .collect::<Vec<_>>(),
                 &[
-                    Series {
-                        name: "chosen",
-                        values: positions
+                    Series::new(
+                        "chosen",
+                        positions
                             .iter()
                             .map(|p| rl.chosen_position.get(p).copied().unwrap_or(0) as f64)
                             .collect(),
-                    },
-                    Series {
-                        name: "rejected",
-                        values: positions
+                    )
+                    .rows(at("chosen_at")),
+                    Series::new(
+                        "rejected",
+                        positions
                             .iter()
                             .map(|p| rl.rejected_position.get(p).copied().unwrap_or(0) as f64)
                             .collect(),
-                    },
+                    )
+                    .rows(at("rejected_at")),
                 ],
             )?,
         ));
@@ -323,12 +541,18 @@ pub fn render(report: &Report) -> Result<String> {
                 "Chosen rate by candidate temperature",
                 "share",
                 &rl.chosen_rate_by_temperature,
+                |t| {
+                    Some(rows_query(
+                        "/rl",
+                        &[("label", "ok"), ("chosen_temperature", t)],
+                    ))
+                },
             )?,
         ));
         if let Some(h) = &rl.chosen_prob_histogram {
             charts.push((
                 "chosen_prob".into(),
-                histogram_chart("chosen_prob (principle mode)", &[("rows", h)])?,
+                histogram_chart("chosen_prob (principle mode)", &[("rows", h, prob_bins())])?,
             ));
         }
     }
@@ -518,7 +742,8 @@ pub fn render(report: &Report) -> Result<String> {
         let _ = writeln!(w, "</table>");
     }
     let _ = write!(w, "<h2>Charts</h2>\n<div class=\"charts\">\n");
-    for (caption, svg) in &charts {
+    for (caption, chart) in &charts {
+        let svg = &chart.svg;
         if svg.is_empty() {
             continue;
         }
@@ -530,8 +755,9 @@ pub fn render(report: &Report) -> Result<String> {
         };
         let _ = writeln!(
             w,
-            "<figure>{body}<figcaption>{}</figcaption></figure>",
-            escape(caption)
+            "<figure>{body}<figcaption>{}</figcaption>{}</figure>",
+            escape(caption),
+            chart.nav
         );
     }
     let _ = write!(

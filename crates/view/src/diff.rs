@@ -28,6 +28,18 @@ pub fn words(before: &str, after: &str) -> Vec<Part> {
     parts
 }
 
+/// Whether part `i` is an added run right after a removed one with no whitespace between
+/// them ("You" removed, "The" added): shown with a space, so they do not read "YouThe".
+pub fn gap_before(parts: &[Part], i: usize) -> bool {
+    let previous = i.checked_sub(1).and_then(|p| parts.get(p));
+    match (previous, parts.get(i)) {
+        (Some(Part::Removed(a)), Some(Part::Added(b))) => {
+            !a.ends_with(char::is_whitespace) && !b.starts_with(char::is_whitespace)
+        }
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,5 +57,19 @@ mod tests {
             })
             .collect();
         assert_eq!(rebuilt, "I can help you secure it");
+    }
+
+    #[test]
+    fn a_replaced_word_is_shown_apart_from_its_replacement() {
+        let parts = words("You can do it", "The plan can do it");
+        let gaps: Vec<usize> = (0..parts.len())
+            .filter(|i| gap_before(&parts, *i))
+            .collect();
+        assert_eq!(gaps.len(), 1, "{parts:?}");
+        assert!(
+            matches!(&parts[gaps[0] - 1], Part::Removed(s) if s == "You"),
+            "{parts:?}"
+        );
+        assert!(!gap_before(&parts, 0));
     }
 }

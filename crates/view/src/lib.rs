@@ -41,6 +41,9 @@ pub enum ViewError {
     DataFusion(#[from] datafusion::error::DataFusionError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A filter of the page's query that cannot apply (said in one line).
+    #[error("{0}")]
+    BadFilter(String),
 }
 
 pub type Result<T, E = ViewError> = std::result::Result<T, E>;

@@ -39,6 +39,8 @@ pub async fn serve(
         .route("/", get(page))
         .route("/live", get(page))
         .route("/live/events", get(events))
+        .route("/live/script.js", get(script))
+        .layer(axum::middleware::map_response(own_script_only))
         .with_state(live);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -48,6 +50,30 @@ pub async fn serve(
 
 const SCRIPT: &str = "const s=new EventSource('/live/events');\
 s.onmessage=e=>{document.getElementById('live').innerHTML=e.data;};";
+
+/// The page's one script (served, not inline, so the policy can forbid inline scripts).
+async fn script() -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/javascript; charset=utf-8",
+        )],
+        SCRIPT,
+    )
+        .into_response()
+}
+
+/// No script but the page's own runs, nothing loads from elsewhere: the figures it shows
+/// (answers included) are escaped HTML, and this policy would stop any that slipped by.
+async fn own_script_only(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_SECURITY_POLICY,
+        axum::http::HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'",
+        ),
+    );
+    response
+}
 
 async fn page(State(live): State<Arc<Live>>) -> Response {
     let markup = html! {
@@ -61,7 +87,7 @@ async fn page(State(live): State<Arc<Live>>) -> Response {
             body {
                 h1 { "Run " (live.run) }
                 div #live { (figures(&live)) }
-                script { (PreEscaped(SCRIPT)) }
+                script src="/live/script.js" {}
             }
         }
     };

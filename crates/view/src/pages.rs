@@ -4,7 +4,7 @@
 
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
-use crate::diff::{Part, words};
+use crate::diff::{Part, gap_before, words};
 use crate::query::{Filters, Kind, Page, Row};
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5em;max-width:1200px;color:#222}\
@@ -79,6 +79,35 @@ fn filter_pairs(f: &Filters) -> Vec<(&'static str, String)> {
         ),
         ("limit", f.limit.map(|l| l.to_string()).unwrap_or_default()),
     ]
+    .into_iter()
+    .chain(drill_pairs(f))
+    .collect()
+}
+
+/// The filters the report's bars add, which the form does not show as fields.
+fn drill_pairs(f: &Filters) -> Vec<(&'static str, String)> {
+    let text = |v: &Option<String>| v.clone().unwrap_or_default();
+    let number = |v: Option<String>| v.unwrap_or_default();
+    vec![
+        ("answer", text(&f.answer)),
+        ("stage", text(&f.stage)),
+        ("source", text(&f.source)),
+        (
+            "min_latency_ms",
+            number(f.min_latency_ms.map(|n| n.to_string())),
+        ),
+        ("chosen_at", number(f.chosen_at.map(|n| n.to_string()))),
+        ("rejected_at", number(f.rejected_at.map(|n| n.to_string()))),
+        (
+            "chosen_temperature",
+            number(f.chosen_temperature.map(|n| n.to_string())),
+        ),
+        ("min_prob", number(f.min_prob.map(|n| n.to_string()))),
+        ("below_prob", number(f.below_prob.map(|n| n.to_string()))),
+    ]
+    .into_iter()
+    .filter(|(_, v)| !v.is_empty())
+    .collect()
 }
 
 fn select(name: &str, current: Option<&str>, choices: &[String]) -> Markup {
@@ -120,6 +149,7 @@ pub fn list(
             _ => None,
         }
     };
+    let drill = drill_pairs(f);
     let next = page.next.as_ref().map(|after| {
         let mut pairs = filter_pairs(f);
         pairs.push(("after", after.clone()));
@@ -143,7 +173,16 @@ pub fn list(
                     label { "chars ≥ " input type="number" name="min_chars" min="0" value=(f.min_chars.map(|n| n.to_string()).unwrap_or_default()); }
                     label { "chars ≤ " input type="number" name="max_chars" min="0" value=(f.max_chars.map(|n| n.to_string()).unwrap_or_default()); }
                     label { "search " input type="search" name="q" value=(f.q.clone().unwrap_or_default()); }
+                    @for (name, value) in &drill {
+                        input type="hidden" name=(name) value=(value);
+                    }
                     button type="submit" { "show" }
+                    @if !drill.is_empty() {
+                        p.meta.drill { "from the report: "
+                            @for (name, value) in &drill { code { (name) "=" (value) } " " }
+                            a href=(path) { "clear" }
+                        }
+                    }
                 }
                 p.meta { (page.rows.len()) " rows on this page" }
                 @for row in &page.rows {
@@ -214,11 +253,14 @@ pub fn sl_row(row: &Row, run: &str) -> Markup {
             (turn("Revision", value(row, "revision")))
             @if !diff.is_empty() {
                 div.turn { b { "Diff" }
-                    pre.diff { @for part in &diff { @match part {
-                        Part::Same(s) => (s),
-                        Part::Removed(s) => del { (s) },
-                        Part::Added(s) => ins { (s) },
-                    } } }
+                    pre.diff { @for (i, part) in diff.iter().enumerate() {
+                        @if gap_before(&diff, i) { " " }
+                        @match part {
+                            Part::Same(s) => (s),
+                            Part::Removed(s) => del { (s) },
+                            Part::Added(s) => ins { (s) },
+                        }
+                    } }
                 }
             }
             (error(row, run))
@@ -255,51 +297,26 @@ pub fn message(title: &str, text: &str) -> Markup {
     layout(title, html! { h1 { (title) } p { (text) } })
 }
 
-/// The report page with, under each chart, links to the rows behind its bars: the viewer is
-/// the report's drill-down. The report is caiflow's own page; the links are rendered (and
-/// escaped) here and placed after each chart's caption.
-pub fn drill_down(report: &str, principles: &[String], labels: &[String]) -> String {
-    let link = |path: &str, pairs: &[(&str, String)], text: &str| -> Markup {
-        html! { a href=(format!("{path}?{}", query_string(pairs))) { (text) } " " }
-    };
-    let per_principle = html! {
-        @for p in principles { (link("/sl", &[("principle", p.clone())], p)) }
-    };
-    let per_label = html! {
-        @for l in labels { (link("/rl", &[("label", l.clone())], l)) }
-    };
-    let links: [(&str, Markup); 7] = [
-        ("Revisions per principle", per_principle.clone()),
-        ("Length ratio per principle", per_principle),
-        (
-            "Refusals and unchanged revisions",
-            html! {
-                (link("/sl", &[("refusal", "yes".into())], "refusals"))
-                (link("/sl", &[("unchanged", "yes".into())], "unchanged revisions"))
-            },
-        ),
-        ("Judge labels", per_label),
-        (
-            "Answer lengths",
-            html! { (link("/sl", &[("max_chars", "200".into())], "short revisions (≤ 200 characters)")) },
-        ),
-        (
-            "Requests per stage",
-            html! {
-                (link("/sl", &[("error", "yes".into())], "SL-CAI error rows"))
-                (link("/rl", &[("error", "yes".into())], "RL-CAI error rows"))
-            },
-        ),
-        (
-            "Position bias",
-            html! { (link("/rl", &[("label", "ok".into())], "judged rows")) },
-        ),
-    ];
-    let mut out = report.to_string();
-    for (caption, markup) in links {
-        let at = format!("<figcaption>{caption}</figcaption>");
-        let nav = html! { nav.rows style="font-size:0.8em;padding:2px 6px" { "rows: " (markup) } };
-        out = out.replacen(&at, &format!("{at}{}", nav.into_string()), 1);
+/// The report page as the viewer serves it: its bars lead to their rows. The report file
+/// names the rows behind each bar in `data-rows` attributes (of a transparent link over the
+/// bar and of a hidden list under the chart); here those that are viewer queries
+/// (`/sl?…`, `/rl?…`) become `href`s and the lists are shown. Anything else in the file is
+/// served as it is (the viewer's Content-Security-Policy runs no script of it).
+pub fn drill_down(report: &str) -> String {
+    const ATTRIBUTE: &str = " data-rows=\"";
+    let mut out = String::with_capacity(report.len() + report.len() / 16);
+    let mut rest = report;
+    while let Some(at) = rest.find(ATTRIBUTE) {
+        let (before, after) = rest.split_at(at);
+        out.push_str(before);
+        let value = after.strip_prefix(ATTRIBUTE).unwrap_or(after);
+        if value.starts_with("/sl?") || value.starts_with("/rl?") {
+            out.push_str(" href=\"");
+        } else {
+            out.push_str(ATTRIBUTE);
+        }
+        rest = value;
     }
-    out
+    out.push_str(rest);
+    out.replace("<nav class=\"rows\" hidden>", "<nav class=\"rows\">")
 }

@@ -15,7 +15,11 @@ use caiflow_llm::Endpoints;
 use caiflow_run::materialize::register_run_tables;
 use caiflow_run::store::RunStore;
 
-use crate::Result;
+use datafusion::common::Column;
+use datafusion::functions::core::expr_fn::get_field;
+use datafusion::functions_nested::expr_fn::array_element;
+
+use crate::{Result, ViewError};
 
 /// Rows per page unless the request says (at most [`MAX_LIMIT`]).
 pub const DEFAULT_LIMIT: usize = 20;
@@ -44,6 +48,24 @@ pub struct Filters {
     /// The answer's length in characters, at least / at most.
     pub min_chars: Option<i64>,
     pub max_chars: Option<i64>,
+    /// The answer the refusal and length filters look at: SL `revision` (default) or
+    /// `response`; RL `chosen` (default) or `rejected`.
+    pub answer: Option<String>,
+    /// Rows with a request of this LLM stage (its `{stage}_lineage`).
+    pub stage: Option<String>,
+    /// With `stage`: how its request went — `sent` (answered by the endpoint), `journal`
+    /// (served from the journal) or `failed` (the row's error came from it).
+    pub source: Option<String>,
+    /// With `stage`: its request took at least this long.
+    pub min_latency_ms: Option<u64>,
+    /// RL: the chosen (rejected) answer was shown to the judge at this position (1-based).
+    pub chosen_at: Option<i64>,
+    pub rejected_at: Option<i64>,
+    /// RL: the chosen answer was sampled at this temperature.
+    pub chosen_temperature: Option<f64>,
+    /// RL: `chosen_prob` at least / below.
+    pub min_prob: Option<f64>,
+    pub below_prob: Option<f64>,
     /// The key of the last row of the previous page (a JSON array).
     pub after: Option<String>,
     pub limit: Option<usize>,
@@ -110,11 +132,11 @@ impl Kind {
         }
     }
 
-    /// The answer a row is judged by (refusal, length).
-    fn answer(self) -> &'static str {
+    /// The answers a row can be judged by (refusal, length); the first by default.
+    fn answers(self) -> &'static [&'static str] {
         match self {
-            Kind::Sl => "revision",
-            Kind::Rl => "chosen",
+            Kind::Sl => &["revision", "response"],
+            Kind::Rl => &["chosen", "rejected"],
         }
     }
 
@@ -166,6 +188,11 @@ impl Viewer {
         session
             .ctx
             .register_udf(crate::udf::unchanged_revision(&config));
+        session
+            .ctx
+            .register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
+                crate::udf::CandidateTemperature::default(),
+            ));
         let mut sl = None;
         let mut rl = None;
         for name in register_run_tables(&session, &store).await? {
@@ -263,7 +290,20 @@ impl Viewer {
             Some("no") => Some(false),
             _ => None,
         };
-        let answer = kind.answer();
+        let answer = match filters.answer.as_deref() {
+            None | Some("") => kind.answers()[0],
+            Some(a) => match kind.answers().iter().find(|k| **k == a) {
+                Some(k) => *k,
+                None => {
+                    return Err(ViewError::BadFilter(format!(
+                        "answer={a}: this table's answers are {}",
+                        kind.answers().join(" and ")
+                    )));
+                }
+            },
+        };
+        predicates.extend(stage_predicates(kind, filters, &has)?);
+        predicates.extend(judge_predicates(self, filters, &has)?);
         if let (Some(want), true) = (yes_no(&filters.refusal), has(answer)) {
             let is = self.session.ctx.udf("cai_refusal")?.call(vec![col(answer)]);
             predicates.push(if want { is } else { !is });
@@ -284,10 +324,7 @@ impl Viewer {
                 .lineages()
                 .iter()
                 .filter(|l| has(l))
-                .map(|l| {
-                    datafusion::functions::core::expr_fn::get_field(col(*l), "finish_reason")
-                        .eq(lit("length"))
-                })
+                .map(|l| get_field(col(*l), "finish_reason").eq(lit("length")))
                 .reduce(Expr::or);
             predicates.push(cut.unwrap_or(lit(false)));
         }
@@ -332,10 +369,10 @@ impl Viewer {
                     .map(|c| col(*c))
                     .chain(
                         // The attempts of the row's last request: an error row's history.
-                        kind.lineages().last().filter(|l| has(l)).map(|l| {
-                            datafusion::functions::core::expr_fn::get_field(col(*l), "attempts")
-                                .alias("attempts")
-                        }),
+                        kind.lineages()
+                            .last()
+                            .filter(|l| has(l))
+                            .map(|l| get_field(col(*l), "attempts").alias("attempts")),
                     )
                     .collect::<Vec<_>>(),
             )?;
@@ -383,6 +420,93 @@ impl Viewer {
             .filter_map(|r| r.into_iter().next().and_then(|(_, v)| v))
             .collect())
     }
+}
+
+/// The `stage`, `source` and `min_latency_ms` filters: rows with a request of a stage, by
+/// how it went (its lineage's attempts: 0 when the journal served it) and how long it took.
+fn stage_predicates(kind: Kind, f: &Filters, has: &dyn Fn(&str) -> bool) -> Result<Vec<Expr>> {
+    let Some(stage) = f.stage.as_deref().filter(|s| !s.is_empty()) else {
+        if f.source.is_some() || f.min_latency_ms.is_some() {
+            return Err(ViewError::BadFilter(
+                "source and min_latency_ms need a stage (stage=critique, …)".into(),
+            ));
+        }
+        return Ok(vec![]);
+    };
+    let lineage = format!("{stage}_lineage");
+    if !has(&lineage) {
+        // A stage this table keeps no requests of: no rows.
+        return Ok(vec![lit(false)]);
+    }
+    let column = || Expr::Column(Column::new_unqualified(lineage.as_str()));
+    let field = |name: &str| get_field(column(), name);
+    let mut out = vec![column().is_not_null()];
+    if let Some(ms) = f.min_latency_ms {
+        out.push(field("latency_ms").gt_eq(lit(ms)));
+    }
+    match f.source.as_deref() {
+        None | Some("") => {}
+        Some("sent") => out.push(field("attempts").gt_eq(lit(1u32))),
+        Some("journal") => {
+            out.push(field("attempts").eq(lit(0u32)));
+            if has("error") {
+                out.push(col("error").is_null());
+            }
+        }
+        Some("failed") => {
+            if has("error") {
+                out.push(col("error").is_not_null());
+            }
+            // The stage was the row's last request: no later stage's lineage.
+            let later = kind
+                .lineages()
+                .iter()
+                .skip_while(|l| **l != lineage)
+                .skip(1)
+                .filter(|l| has(l));
+            out.extend(later.map(|l| col(*l).is_null()));
+        }
+        Some(other) => {
+            return Err(ViewError::BadFilter(format!(
+                "source={other}: use sent, journal or failed"
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// The RL filters on how the judge saw the candidates: the position the chosen (rejected)
+/// answer was shown at, the temperature it was sampled at, and `chosen_prob` ranges.
+fn judge_predicates(v: &Viewer, f: &Filters, has: &dyn Fn(&str) -> bool) -> Result<Vec<Expr>> {
+    let mut out = vec![];
+    for (position, idx) in [(f.chosen_at, "chosen_idx"), (f.rejected_at, "rejected_idx")] {
+        let Some(p) = position else { continue };
+        out.push(if has("candidate_order") && has(idx) && p >= 1 {
+            array_element(col("candidate_order"), lit(p)).eq(col(idx))
+        } else {
+            lit(false)
+        });
+    }
+    if let Some(t) = f.chosen_temperature {
+        out.push(if has("candidates") && has("chosen_idx") {
+            v.session
+                .ctx
+                .udf("cai_candidate_temperature")?
+                .call(vec![col("candidates"), col("chosen_idx")])
+                .eq(lit(t))
+        } else {
+            lit(false)
+        });
+    }
+    for (bound, at_least) in [(f.min_prob, true), (f.below_prob, false)] {
+        let Some(b) = bound else { continue };
+        out.push(match (has("chosen_prob"), at_least) {
+            (true, true) => col("chosen_prob").gt_eq(lit(b)),
+            (true, false) => col("chosen_prob").lt(lit(b)),
+            (false, _) => lit(false),
+        });
+    }
+    Ok(out)
 }
 
 /// `%`, `_` and `\` taken literally in an ILIKE pattern.

@@ -26,6 +26,7 @@ pub async fn serve(
         .route("/sl/row", get(sl_row))
         .route("/rl/row", get(rl_row))
         .route("/report", get(report))
+        .layer(axum::middleware::map_response(no_script))
         .with_state(viewer);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -33,9 +34,24 @@ pub async fn serve(
     Ok(())
 }
 
-fn failed(e: impl std::fmt::Display) -> Response {
+/// Every page: no script runs, nothing loads from elsewhere (styles and images inline).
+async fn no_script(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_SECURITY_POLICY,
+        axum::http::HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'",
+        ),
+    );
+    response
+}
+
+fn failed(e: crate::ViewError) -> Response {
+    let status = match e {
+        crate::ViewError::BadFilter(_) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
     (
-        StatusCode::INTERNAL_SERVER_ERROR,
+        status,
         Html(pages::message("error", &e.to_string()).into_string()),
     )
         .into_response()
@@ -113,15 +129,8 @@ async fn rl_row(State(v): State<Arc<Viewer>>, Query(k): Query<RowKey>) -> Respon
 async fn report(State(v): State<Arc<Viewer>>) -> Response {
     match v.store.get("report/index.html").await {
         Ok(Some(bytes)) => {
-            let (principles, labels) = match (
-                v.choices(Kind::Sl, "principle_id").await,
-                v.choices(Kind::Rl, "label").await,
-            ) {
-                (Ok(p), Ok(l)) => (p, l),
-                (Err(e), _) | (_, Err(e)) => return failed(e),
-            };
             let html = String::from_utf8_lossy(&bytes);
-            Html(pages::drill_down(&html, &principles, &labels)).into_response()
+            Html(pages::drill_down(&html)).into_response()
         }
         Ok(None) => (
             StatusCode::NOT_FOUND,
@@ -134,6 +143,6 @@ async fn report(State(v): State<Arc<Viewer>>) -> Response {
             ),
         )
             .into_response(),
-        Err(e) => failed(e),
+        Err(e) => failed(e.into()),
     }
 }
