@@ -49,9 +49,15 @@ fn judged_config(dir: &Path, server: &MockServer, judge: &MockServer) -> std::pa
 }
 
 fn start_viewer(run: &Path) -> ViewerProcess {
+    start_viewer_with(run.to_str().unwrap(), &[])
+}
+
+/// A viewer of `run` (a path or a store URL) with `env` (an S3 store's endpoint and keys).
+fn start_viewer_with(run: &str, env: &[(&str, String)]) -> ViewerProcess {
     let port = free_port();
     let mut child = caiflow()
-        .args(["view", run.to_str().unwrap(), "--port", &port.to_string()])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .args(["view", run, "--port", &port.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -556,4 +562,40 @@ async fn the_live_page_shows_advancing_counts_during_a_run() {
     let status = child.wait().unwrap();
     let rest = drain.join().unwrap();
     assert!(status.success(), "{rest}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_on_s3_is_viewed_as_one_on_disk() {
+    let moto = MotoServer::start();
+    moto.create_bucket("views");
+    let env = moto.env();
+    let server = MockServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = mock_config(dir.path(), &server);
+    let mut cmd = caiflow();
+    cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .args(["run", "plans/sl_cai.sql", "--config"])
+        .arg(&config)
+        .args(["--store", "s3://views/runs", "--run", "v", "--report"])
+        .args(["--set", "limit=3", "--set", "rounds=2"]);
+    run_ok(&mut cmd);
+    assert!(!dir.path().join("runs").exists(), "nothing written locally");
+    let viewer = start_viewer_with("s3://views/runs/v", &env);
+    let page = dom(&format!("{}/sl", viewer.base), dir.path());
+    assert_eq!(rows(&page, "sl"), 6, "3 prompts x 2 rounds: {page}");
+    assert!(page.contains("<del>") || page.contains("<ins>"), "{page}");
+    let report = dom(&format!("{}/report", viewer.base), dir.path());
+    let bars = bars(&report);
+    let principles: Vec<&Bar> = bars
+        .iter()
+        .filter(|b| b.chart == "Revisions per principle")
+        .collect();
+    assert!(!principles.is_empty(), "{report}");
+    let mut total = 0;
+    for bar in principles {
+        let behind = rows_behind(&viewer.base, &bar.href, "sl").await;
+        assert_eq!(behind as f64, bar.value, "{bar:?}");
+        total += behind;
+    }
+    assert_eq!(total, 6);
 }

@@ -767,3 +767,62 @@ pub fn render(report: &Report) -> Result<String> {
     );
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The numbers of an SVG element's attribute.
+    fn attribute(element: &str, name: &str) -> f64 {
+        element
+            .split(&format!(" {name}=\""))
+            .nth(1)
+            .and_then(|v| v.split('"').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
+    }
+
+    #[test]
+    fn each_bar_lies_under_its_own_link_only() {
+        let categories: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let chart = bar_chart(
+            "t",
+            "rows",
+            &categories,
+            &[Series::new("rows", vec![1.0, 0.0, 3.0]).rows(vec![
+                Some(rows_query("/sl", &[("principle", "a")])),
+                Some(rows_query("/sl", &[("principle", "b & <c>")])),
+                None,
+            ])],
+        )
+        .unwrap();
+        let (plot, links) = chart.svg.split_once("<a class=\"bar\"").unwrap();
+        let links: Vec<&str> = links.split("<a class=\"bar\"").collect();
+        assert_eq!(links.len(), 2, "a link per bar with rows");
+        assert!(links[1].contains("data-rows=\"/sl?principle=b+%26+%3Cc%3E\""));
+        assert!(links[1].contains("<title>b: 0</title>"), "{}", links[1]);
+        // The bars plotters drew: filled rectangles above the axis, left to right.
+        let bars: Vec<(f64, f64)> = plot
+            .split("<rect")
+            .skip(1)
+            .filter(|r| !r.contains("fill=\"#FFFFFF\"") && attribute(r, "height") > 0.0)
+            .map(|r| (attribute(r, "x"), attribute(r, "width")))
+            .filter(|(_, w)| *w < 200.0)
+            .collect();
+        assert_eq!(bars.len(), 2, "{plot}");
+        let spans: Vec<(f64, f64)> = links
+            .iter()
+            .map(|l| {
+                let x = attribute(l, "x");
+                (x, x + attribute(l, "width"))
+            })
+            .collect();
+        let inside = |x: f64, (lo, hi): (f64, f64)| lo <= x && x <= hi;
+        let centre = bars[0].0 + bars[0].1 / 2.0;
+        assert!(inside(centre, spans[0]) && !inside(centre, spans[1]));
+        // The empty bar's link still covers its column, above the axis.
+        assert!(attribute(links[1], "height") > 100.0, "{}", links[1]);
+        assert!(chart.nav.starts_with("<nav class=\"rows\" hidden>"));
+        assert_eq!(chart.nav.matches("<a data-rows=").count(), 2);
+    }
+}
