@@ -50,6 +50,11 @@ pub enum Command {
         /// The address to listen on (127.0.0.1: this machine only).
         #[arg(long, default_value = "127.0.0.1")]
         bind: String,
+        /// Configuration whose [report] section sets the refusal phrases and the unchanged
+        /// similarity the filters use, as `caiflow report` does (default: ./caiflow.toml if
+        /// present).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Write the run's report: RUN/report/index.html (charts) and RUN/report/report.json
     /// (the same figures): per stage requests, errors, tokens, latency; refusals,

@@ -100,7 +100,12 @@ async fn run_main() -> Exit {
             commands::repair::repair(run, table, config).await
         }
         Command::Inspect { run } => commands::inspect::inspect(run).await,
-        Command::View { run, port, bind } => commands::view::view(run, &bind, port).await,
+        Command::View {
+            run,
+            port,
+            bind,
+            config,
+        } => commands::view::view(run, &bind, port, config).await,
         Command::Report { run, out, config } => commands::report::report(run, out, config).await,
         Command::Vacuum {
             run,

@@ -7,10 +7,16 @@ use caiflow_run::store::RunStore;
 
 use super::Exit;
 
-/// `caiflow view RUN [--port P] [--bind ADDR]`.
-pub async fn view(run: String, bind: &str, port: u16) -> anyhow::Result<Exit> {
+/// `caiflow view RUN [--port P] [--bind ADDR] [--config FILE]`.
+pub async fn view(
+    run: String,
+    bind: &str,
+    port: u16,
+    config: Option<std::path::PathBuf>,
+) -> anyhow::Result<Exit> {
+    let report = crate::config::load_report(config.as_deref())?;
     let store = RunStore::open_spec(&run)?;
-    let viewer = caiflow_view::Viewer::open(store).await?;
+    let viewer = caiflow_view::Viewer::open(store, &report).await?;
     if viewer.sl.is_none() && viewer.rl.is_none() {
         eprintln!(
             "caiflow: {} has no committed SL-CAI or RL-CAI table yet: the viewer shows none",

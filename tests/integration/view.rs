@@ -49,15 +49,17 @@ fn judged_config(dir: &Path, server: &MockServer, judge: &MockServer) -> std::pa
 }
 
 fn start_viewer(run: &Path) -> ViewerProcess {
-    start_viewer_with(run.to_str().unwrap(), &[])
+    start_viewer_with(run.to_str().unwrap(), &[], &[])
 }
 
-/// A viewer of `run` (a path or a store URL) with `env` (an S3 store's endpoint and keys).
-fn start_viewer_with(run: &str, env: &[(&str, String)]) -> ViewerProcess {
+/// A viewer of `run` (a path or a store URL) with more `args` and `env` (an S3 store's
+/// endpoint and keys).
+fn start_viewer_with(run: &str, args: &[&str], env: &[(&str, String)]) -> ViewerProcess {
     let port = free_port();
     let mut child = caiflow()
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .args(["view", run, "--port", &port.to_string()])
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -390,6 +392,20 @@ async fn sl_rows_render_filter_search_page_and_stay_text() {
         assert_eq!(Some(&behind), principles.get(&bar.name), "{bar:?}");
     }
     assert_eq!(principles.values().sum::<usize>(), 10);
+    // The refusal filter judges by the [report] phrases of --config, as `caiflow report`.
+    let config = dir.path().join("phrases.toml");
+    std::fs::write(&config, "[report]\nrefusal_phrases = ['pwned']\n").unwrap();
+    let custom = start_viewer_with(
+        run.to_str().unwrap(),
+        &["--config", config.to_str().unwrap()],
+        &[],
+    );
+    let refused = rows_behind(&custom.base, "/sl?refusal=yes&answer=response", "sl").await;
+    assert_eq!(
+        refused, 2,
+        "the one response holding 'pwned', on both rounds' rows"
+    );
+    drop(custom);
     // A real click on the principle's bar in Chromium: the mouse lands on its link and the
     // browser goes to exactly its rows.
     let clicked = cdp(&[
@@ -618,7 +634,7 @@ async fn a_run_on_s3_is_viewed_as_one_on_disk() {
         .args(["--set", "limit=3", "--set", "rounds=2"]);
     run_ok(&mut cmd);
     assert!(!dir.path().join("runs").exists(), "nothing written locally");
-    let viewer = start_viewer_with("s3://views/runs/v", &env);
+    let viewer = start_viewer_with("s3://views/runs/v", &[], &env);
     let page = dom(&format!("{}/sl", viewer.base), dir.path());
     assert_eq!(rows(&page, "sl"), 6, "3 prompts x 2 rounds: {page}");
     assert!(page.contains("<del>") || page.contains("<ins>"), "{page}");

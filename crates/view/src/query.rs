@@ -181,13 +181,17 @@ impl std::fmt::Debug for Viewer {
 }
 
 impl Viewer {
-    pub async fn open(store: RunStore) -> Result<Arc<Viewer>> {
+    /// Open `store`'s run; `config` is the `[report]` whose judgements (refusal phrases,
+    /// unchanged similarity) the filters apply, as the report counted them.
+    pub async fn open(
+        store: RunStore,
+        config: &caiflow_report::config::ReportConfig,
+    ) -> Result<Arc<Viewer>> {
         let session = CaiSession::new(Endpoints::default());
-        let config = caiflow_report::config::ReportConfig::default();
-        session.ctx.register_udf(crate::udf::refusal(&config));
+        session.ctx.register_udf(crate::udf::refusal(config));
         session
             .ctx
-            .register_udf(crate::udf::unchanged_revision(&config));
+            .register_udf(crate::udf::unchanged_revision(config));
         session
             .ctx
             .register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
