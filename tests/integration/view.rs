@@ -471,8 +471,29 @@ async fn rl_rows_show_chosen_and_rejected_side_by_side() {
     let viewer = start_viewer(&run);
     let page = dom(&format!("{}/rl", viewer.base), dir.path());
     assert_eq!(rows(&page, "rl"), 4, "{page}");
-    assert_eq!(page.matches("class=\"chosen\"").count(), 4);
-    assert_eq!(page.matches("class=\"rejected\"").count(), 4);
+    // Every candidate side by side, where the judge was shown it; the 3 verdicts marked.
+    let (out, _) = caiflow_ok(&[
+        "sql",
+        "--run",
+        run.to_str().unwrap(),
+        "-e",
+        "SELECT concat('candidates:', sum(array_length(candidates))) AS c FROM judgements",
+    ]);
+    let candidates: usize = out
+        .split("candidates:")
+        .nth(1)
+        .and_then(|c| c.split_whitespace().next())
+        .and_then(|c| c.trim_end_matches('|').parse().ok())
+        .unwrap();
+    assert!(candidates >= 8, "{out}");
+    assert_eq!(
+        page.matches("class=\"candidate").count(),
+        candidates,
+        "{page}"
+    );
+    assert_eq!(page.matches("class=\"candidate chosen\"").count(), 3);
+    assert_eq!(page.matches("class=\"candidate rejected\"").count(), 3);
+    assert!(page.contains(" · shown #1"), "{page}");
     let (out, _) = caiflow_ok(&[
         "sql",
         "--run",

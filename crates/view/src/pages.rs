@@ -13,6 +13,7 @@ form label{margin-right:1em}.row{border:1px solid #ccc;border-radius:6px;margin:
 .meta{color:#555;font-size:.9em}.turn{margin:.4em 0}.turn b{display:inline-block;min-width:7em}\
 pre{white-space:pre-wrap;word-break:break-word;margin:.2em 0 .6em 0;font-family:inherit;background:#fafafa;padding:.4em}\
 .side{display:flex;gap:1em}.side>div{flex:1;border:1px solid #ddd;padding:.4em}\
+.candidates{overflow-x:auto}.candidates>div{min-width:14em}\
 .chosen{border-color:#2e7d32!important;background:#f1f8f1}.rejected{border-color:#c62828!important;background:#fdf3f3}\
 del{background:#fdd;text-decoration:line-through}ins{background:#dfd;text-decoration:none}\
 .error{color:#b00020;font-weight:bold}";
@@ -268,10 +269,38 @@ pub fn sl_row(row: &Row, run: &str) -> Markup {
     }
 }
 
-/// An RL-CAI row: the chosen and rejected answers side by side, the judge's view.
+/// One candidate of an RL-CAI row, as the `candidates` cell lists it.
+#[derive(Debug, Default, serde::Deserialize)]
+struct Candidate {
+    sample_idx: Option<String>,
+    temperature: Option<String>,
+    response: Option<String>,
+    finish_reason: Option<String>,
+    error: Option<String>,
+}
+
+/// The sample indexes in the order the judge was shown them (`[2, 0, 1]`).
+fn shown_order(text: Option<&str>) -> Vec<String> {
+    text.unwrap_or("")
+        .trim_matches(|c| c == '[' || c == ']')
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// An RL-CAI row: its candidates side by side — where the judge was shown each, the chosen
+/// and the rejected marked — then the judge's view. A table without a readable
+/// `candidates` column shows its chosen and rejected answers side by side.
 pub fn rl_row(row: &Row, run: &str) -> Markup {
     let id = value(row, "prompt_id").unwrap_or("");
     let link = format!("/rl/row?{}", query_string(&[("prompt_id", id.to_string())]));
+    let candidates: Vec<Candidate> = value(row, "candidates")
+        .and_then(|c| serde_json::from_str(c).ok())
+        .unwrap_or_default();
+    let order = shown_order(value(row, "candidate_order"));
+    let (chosen, rejected) = (value(row, "chosen_idx"), value(row, "rejected_idx"));
     html! {
         div.row.rl {
             div.meta {
@@ -281,11 +310,37 @@ pub fn rl_row(row: &Row, run: &str) -> Markup {
                 " · candidate order " (value(row, "candidate_order").unwrap_or("–"))
             }
             (turn("Human", value(row, "prompt")))
-            div.side {
-                div.chosen { b { "chosen" } pre { (value(row, "chosen").unwrap_or("")) } }
-                div.rejected { b { "rejected" } pre { (value(row, "rejected").unwrap_or("")) } }
+            @if candidates.is_empty() {
+                div.side {
+                    div.chosen { b { "chosen" } pre { (value(row, "chosen").unwrap_or("")) } }
+                    div.rejected { b { "rejected" } pre { (value(row, "rejected").unwrap_or("")) } }
+                }
+            } @else {
+                div.side.candidates {
+                    @for c in &candidates {
+                        @let idx = c.sample_idx.as_deref();
+                        @let mark = if idx.is_some() && idx == chosen {
+                            "candidate chosen"
+                        } else if idx.is_some() && idx == rejected {
+                            "candidate rejected"
+                        } else {
+                            "candidate"
+                        };
+                        @let shown = idx.and_then(|i| order.iter().position(|o| o == i));
+                        div class=(mark) {
+                            b { "sample " (idx.unwrap_or("?")) }
+                            @if mark != "candidate" { " · " (mark.trim_start_matches("candidate ")) }
+                            div.meta {
+                                "temperature " (c.temperature.as_deref().unwrap_or("–"))
+                                @if let Some(p) = shown { " · shown #" (p + 1) }
+                                @if let Some(f) = c.finish_reason.as_deref().filter(|f| *f == "length") { " · cut off (" (f) ")" }
+                            }
+                            pre { (c.response.as_deref().unwrap_or("")) }
+                            @if let Some(e) = &c.error { div.error { (e) } }
+                        }
+                    }
+                }
             }
-            (turn("Candidates", value(row, "candidates")))
             (turn("Judge", value(row, "explanation")))
             (error(row, run))
         }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::Array;
+use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::util::display::array_value_to_string;
 use datafusion::execution::FunctionRegistry;
 use datafusion::prelude::{DataFrame, Expr, col, lit};
@@ -114,6 +114,8 @@ impl Kind {
                 "prompt",
                 "candidates",
                 "candidate_order",
+                "chosen_idx",
+                "rejected_idx",
                 "chosen",
                 "rejected",
                 "label",
@@ -617,6 +619,43 @@ fn key_literal(k: &str, v: &str) -> Option<Expr> {
     }
 }
 
+/// A cell as text: a list of structs (`candidates`) as a JSON array of objects of its
+/// fields' texts, so a page can lay its items out; anything else as Arrow displays it.
+fn cell(a: &ArrayRef, i: usize) -> Option<String> {
+    if a.is_null(i) {
+        return None;
+    }
+    let items = a
+        .as_list_opt::<i32>()
+        .and_then(|list| Some((list, list.values().as_struct_opt()?)));
+    let Some((list, items)) = items else {
+        return array_value_to_string(a, i).ok();
+    };
+    let offsets = list.value_offsets();
+    let (start, end) = (offsets[i] as usize, offsets[i + 1] as usize);
+    let objects: Vec<serde_json::Value> = (start..end)
+        .map(|k| {
+            items
+                .fields()
+                .iter()
+                .zip(items.columns())
+                .map(|(f, c)| {
+                    let v = if c.is_null(k) {
+                        serde_json::Value::Null
+                    } else {
+                        array_value_to_string(c, k)
+                            .map(serde_json::Value::String)
+                            .unwrap_or(serde_json::Value::Null)
+                    };
+                    (f.name().clone(), v)
+                })
+                .collect::<serde_json::Map<_, _>>()
+                .into()
+        })
+        .collect();
+    Some(serde_json::Value::Array(objects).to_string())
+}
+
 async fn rows_of(df: DataFrame) -> Result<Vec<Row>> {
     let names: Vec<String> = df
         .schema()
@@ -631,14 +670,7 @@ async fn rows_of(df: DataFrame) -> Result<Vec<Row>> {
                 .columns()
                 .iter()
                 .zip(&names)
-                .map(|(a, n)| {
-                    let v = if a.is_null(i) {
-                        None
-                    } else {
-                        array_value_to_string(a, i).ok()
-                    };
-                    (n.clone(), v)
-                })
+                .map(|(a, n)| (n.clone(), cell(a, i)))
                 .collect();
             rows.push(row);
         }
