@@ -375,3 +375,69 @@ pub fn drill_down(report: &str) -> String {
     out.push_str(rest);
     out.replace("<nav class=\"rows\" hidden>", "<nav class=\"rows\">")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn only_viewer_queries_become_links() {
+        let report = "<nav class=\"rows\" hidden><a data-rows=\"/sl?principle=a&amp;round=1\">a</a>\
+                      <a data-rows=\"javascript:alert(1)\">x</a><a data-rows=\"//evil.example/\">y</a></nav>";
+        let served = drill_down(report);
+        assert!(served.contains("<nav class=\"rows\">"), "{served}");
+        assert!(
+            served.contains("<a href=\"/sl?principle=a&amp;round=1\">"),
+            "{served}"
+        );
+        assert!(
+            served.contains("<a data-rows=\"javascript:alert(1)\">"),
+            "{served}"
+        );
+        assert!(
+            served.contains("<a data-rows=\"//evil.example/\">"),
+            "{served}"
+        );
+        assert_eq!(served.matches("href=").count(), 1);
+    }
+
+    #[test]
+    fn the_shown_order_reads_arrow_lists() {
+        assert_eq!(shown_order(Some("[2, 0, 1]")), ["2", "0", "1"]);
+        assert!(shown_order(Some("[]")).is_empty());
+        assert!(shown_order(None).is_empty());
+    }
+
+    proptest! {
+        /// Whatever a report file holds, serving it never panics, adds a link only where a
+        /// `data-rows` names a viewer query, and changes nothing else.
+        #[test]
+        fn drill_down_adds_links_only_to_viewer_queries(
+            parts in proptest::collection::vec(
+                prop_oneof![
+                    Just(" data-rows=\"/sl?a=1\"".to_string()),
+                    Just(" data-rows=\"/rl?b=2\"".to_string()),
+                    Just(" data-rows=\"http://x/\"".to_string()),
+                    Just(" data-rows=\"".to_string()),
+                    Just("<nav class=\"rows\" hidden>".to_string()),
+                    ".{0,12}",
+                ],
+                0..24,
+            )
+        ) {
+            let report: String = parts.concat();
+            let served = drill_down(&report);
+            let queries = report.matches(" data-rows=\"/sl?").count()
+                + report.matches(" data-rows=\"/rl?").count();
+            let added = served.matches(" href=\"").count() - report.matches(" href=\"").count();
+            prop_assert_eq!(added, queries);
+            if !report.contains(" href=\"") && !report.contains("<nav class=\"rows\">") {
+                let back = served
+                    .replace(" href=\"", " data-rows=\"")
+                    .replace("<nav class=\"rows\">", "<nav class=\"rows\" hidden>");
+                prop_assert_eq!(back, report);
+            }
+        }
+    }
+}
