@@ -27,6 +27,11 @@ pub async fn view(
         .await
         .with_context(|| format!("listening on {bind}:{port} (choose another with --port)"))?;
     let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() {
+        eprintln!(
+            "caiflow: warning: listening on {addr}, not this machine only: anyone who can reach it reads the run's rows (there is no login); --bind 127.0.0.1 keeps it local"
+        );
+    }
     eprintln!(
         "caiflow: viewing {} at http://{addr}/ (Ctrl-C stops)",
         viewer.run
