@@ -165,16 +165,19 @@ pub fn committed(run: &Path, table: &str) -> bool {
 /// Run a Python script with the test venv's interpreter (pyarrow, deltalake, polars); its
 /// stdout.
 pub fn python(script: &str) -> String {
+    python_with(&["-c", script])
+}
+
+/// Run the test venv's interpreter with `args` (a script file and its arguments); its
+/// stdout.
+pub fn python_with(args: &[&str]) -> String {
     let python = std::env::var("CAIFLOW_PYTHON")
         .expect("CAIFLOW_PYTHON is not set: run the tests through scripts/test.sh");
-    let out = Command::new(python)
-        .arg("-c")
-        .arg(script)
-        .output()
-        .expect("python");
+    let out = Command::new(python).args(args).output().expect("python");
     assert!(
         out.status.success(),
-        "{}",
+        "python {:?}: {}",
+        args.first(),
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).to_string()

@@ -160,22 +160,22 @@ async fn rows_behind(base: &str, href: &str, class: &str) -> usize {
     rows(&reply.text().await.unwrap(), class)
 }
 
+/// The one value `sql` (a `concat('tag:', …)` select) prints after `tag:` for `run`.
+fn sql_value(run: &Path, tag: &str, sql: &str) -> String {
+    let (out, _) = caiflow_ok(&["sql", "--run", run.to_str().unwrap(), "-e", sql]);
+    out.split(&format!("{tag}:"))
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .map(|v| v.trim_end_matches('|').to_string())
+        .unwrap_or_else(|| panic!("no {tag}: in {out}"))
+}
+
 /// Drive Chromium through the DevTools protocol (tests/browser/cdp.py, on the test venv's
 /// Python): a real mouse click on an element, or a page watched as it changes.
 fn cdp(args: &[&str]) -> serde_json::Value {
-    let python = std::env::var("CAIFLOW_PYTHON")
-        .expect("CAIFLOW_PYTHON is not set: run the tests through scripts/test.sh");
-    let out = Command::new(python)
-        .arg("tests/browser/cdp.py")
-        .args(args)
-        .output()
-        .expect("run tests/browser/cdp.py");
-    assert!(
-        out.status.success(),
-        "cdp.py {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("cdp.py prints JSON")
+    let mut all = vec!["tests/browser/cdp.py"];
+    all.extend_from_slice(args);
+    serde_json::from_str(&python_with(&all)).expect("cdp.py prints JSON")
 }
 
 fn rows(dom: &str, class: &str) -> usize {
@@ -241,22 +241,11 @@ async fn sl_rows_render_filter_search_page_and_stay_text() {
     );
 
     // A principle filter: exactly the rows of that principle.
-    let (out, _) = caiflow_ok(&[
-        "sql",
-        "--run",
-        run.to_str().unwrap(),
-        "-e",
+    let top = sql_value(
+        &run,
+        "top",
         "SELECT concat('top:', principle_id, ':', count(*)) AS t FROM revisions GROUP BY principle_id ORDER BY count(*) DESC, principle_id LIMIT 1",
-    ]);
-    let top = out
-        .split("top:")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .trim_end_matches('|')
-        .to_string();
+    );
     let (principle, n) = top.rsplit_once(':').unwrap();
     let n: usize = n.parse().unwrap();
     let filtered = dom(
@@ -472,20 +461,14 @@ async fn rl_rows_show_chosen_and_rejected_side_by_side() {
     let page = dom(&format!("{}/rl", viewer.base), dir.path());
     assert_eq!(rows(&page, "rl"), 4, "{page}");
     // Every candidate side by side, where the judge was shown it; the 3 verdicts marked.
-    let (out, _) = caiflow_ok(&[
-        "sql",
-        "--run",
-        run.to_str().unwrap(),
-        "-e",
+    let candidates: usize = sql_value(
+        &run,
+        "candidates",
         "SELECT concat('candidates:', sum(array_length(candidates))) AS c FROM judgements",
-    ]);
-    let candidates: usize = out
-        .split("candidates:")
-        .nth(1)
-        .and_then(|c| c.split_whitespace().next())
-        .and_then(|c| c.trim_end_matches('|').parse().ok())
-        .unwrap();
-    assert!(candidates >= 8, "{out}");
+    )
+    .parse()
+    .unwrap();
+    assert!(candidates >= 8, "{candidates}");
     assert_eq!(
         page.matches("class=\"candidate").count(),
         candidates,
@@ -494,23 +477,13 @@ async fn rl_rows_show_chosen_and_rejected_side_by_side() {
     assert_eq!(page.matches("class=\"candidate chosen\"").count(), 3);
     assert_eq!(page.matches("class=\"candidate rejected\"").count(), 3);
     assert!(page.contains(" · shown #1"), "{page}");
-    let (out, _) = caiflow_ok(&[
-        "sql",
-        "--run",
-        run.to_str().unwrap(),
-        "-e",
+    let errors: usize = sql_value(
+        &run,
+        "labels",
         "SELECT concat('labels:', count(*) FILTER (WHERE label = 'error')) AS l FROM judgements",
-    ]);
-    let errors: usize = out
-        .split("labels:")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .trim_end_matches('|')
-        .parse()
-        .unwrap();
+    )
+    .parse()
+    .unwrap();
     let filtered = dom(&format!("{}/rl?label=error", viewer.base), dir.path());
     assert_eq!(rows(&filtered, "rl"), errors, "{filtered}");
     let failed = dom(&format!("{}/rl?error=yes", viewer.base), dir.path());
