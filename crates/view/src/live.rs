@@ -65,14 +65,11 @@ async fn script() -> Response {
 
 /// No script but the page's own runs, nothing loads from elsewhere: the figures it shows
 /// (answers included) are escaped HTML, and this policy would stop any that slipped by.
-async fn own_script_only(mut response: Response) -> Response {
-    response.headers_mut().insert(
-        axum::http::header::CONTENT_SECURITY_POLICY,
-        axum::http::HeaderValue::from_static(
-            "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'",
-        ),
-    );
-    response
+async fn own_script_only(response: Response) -> Response {
+    crate::server::with_policy(
+        response,
+        "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'",
+    )
 }
 
 async fn page(State(live): State<Arc<Live>>) -> Response {

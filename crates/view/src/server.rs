@@ -35,12 +35,18 @@ pub async fn serve(
 }
 
 /// Every page: no script runs, nothing loads from elsewhere (styles and images inline).
-async fn no_script(mut response: Response) -> Response {
+async fn no_script(response: Response) -> Response {
+    with_policy(
+        response,
+        "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'",
+    )
+}
+
+/// `response` with `policy` as its Content-Security-Policy.
+pub(crate) fn with_policy(mut response: Response, policy: &'static str) -> Response {
     response.headers_mut().insert(
         axum::http::header::CONTENT_SECURITY_POLICY,
-        axum::http::HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'",
-        ),
+        axum::http::HeaderValue::from_static(policy),
     );
     response
 }
