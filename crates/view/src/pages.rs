@@ -87,27 +87,23 @@ fn filter_pairs(f: &Filters) -> Vec<(&'static str, String)> {
 
 /// The filters the report's bars add, which the form does not show as fields.
 fn drill_pairs(f: &Filters) -> Vec<(&'static str, String)> {
-    let text = |v: &Option<String>| v.clone().unwrap_or_default();
-    let number = |v: Option<String>| v.unwrap_or_default();
-    vec![
-        ("answer", text(&f.answer)),
-        ("stage", text(&f.stage)),
-        ("source", text(&f.source)),
-        (
-            "min_latency_ms",
-            number(f.min_latency_ms.map(|n| n.to_string())),
-        ),
-        ("chosen_at", number(f.chosen_at.map(|n| n.to_string()))),
-        ("rejected_at", number(f.rejected_at.map(|n| n.to_string()))),
-        (
-            "chosen_temperature",
-            number(f.chosen_temperature.map(|n| n.to_string())),
-        ),
-        ("min_prob", number(f.min_prob.map(|n| n.to_string()))),
-        ("below_prob", number(f.below_prob.map(|n| n.to_string()))),
+    /// A filter's value as text, when set.
+    fn shown<T: ToString>(v: &Option<T>) -> Option<String> {
+        v.as_ref().map(T::to_string)
+    }
+    [
+        ("answer", shown(&f.answer)),
+        ("stage", shown(&f.stage)),
+        ("source", shown(&f.source)),
+        ("min_latency_ms", shown(&f.min_latency_ms)),
+        ("chosen_at", shown(&f.chosen_at)),
+        ("rejected_at", shown(&f.rejected_at)),
+        ("chosen_temperature", shown(&f.chosen_temperature)),
+        ("min_prob", shown(&f.min_prob)),
+        ("below_prob", shown(&f.below_prob)),
     ]
     .into_iter()
-    .filter(|(_, v)| !v.is_empty())
+    .filter_map(|(k, v)| Some((k, v.filter(|v| !v.is_empty())?)))
     .collect()
 }
 
