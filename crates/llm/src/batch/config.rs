@@ -97,19 +97,73 @@ impl BatchConfig {
     }
 }
 
-/// `batch = true` (the defaults), `batch = false` (none) or a table.
+/// `batch = true` (the defaults), `batch = false` (none) or a table. A malformed table
+/// keeps serde's own message (an unknown key names the keys there are); anything else says
+/// what a `batch` setting can be.
 pub fn deserialize<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<BatchConfig>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Setting {
-        On(bool),
-        Table(BatchConfig),
+    struct Setting;
+    impl<'de> serde::de::Visitor<'de> for Setting {
+        type Value = Option<BatchConfig>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str(
+                "true, false or a table such as { window_secs = 60, poll_secs = 30, max_requests = 1000 }",
+            )
+        }
+
+        fn visit_bool<E: serde::de::Error>(self, on: bool) -> Result<Self::Value, E> {
+            Ok(on.then(BatchConfig::default))
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            BatchConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
+        }
     }
-    Ok(match Setting::deserialize(d)? {
-        Setting::On(true) => Some(BatchConfig::default()),
-        Setting::On(false) => None,
-        Setting::Table(t) => Some(t),
-    })
+    d.deserialize_any(Setting)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    struct Endpoint {
+        #[serde(default, deserialize_with = "deserialize")]
+        batch: Option<BatchConfig>,
+    }
+
+    fn parse(text: &str) -> Result<Option<BatchConfig>, String> {
+        toml::from_str::<Endpoint>(text)
+            .map(|e| e.batch)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_batch_setting_is_a_bool_or_a_table() {
+        assert_eq!(parse("batch = true"), Ok(Some(BatchConfig::default())));
+        assert_eq!(parse("batch = false"), Ok(None));
+        assert_eq!(parse(""), Ok(None));
+        let table = parse("batch = { window_secs = 5, max_requests = 10 }").unwrap();
+        assert_eq!(table.as_ref().map(|t| t.window_secs), Some(5.0));
+        assert_eq!(table.and_then(|t| t.max_requests), Some(10));
+    }
+
+    #[test]
+    fn a_bad_batch_setting_says_what_is_wrong() {
+        let typo = parse("batch = { windw_secs = 5 }").unwrap_err();
+        assert!(typo.contains("unknown field `windw_secs`"), "{typo}");
+        assert!(
+            typo.contains("window_secs"),
+            "names the keys there are: {typo}"
+        );
+        let kind = parse("batch = \"yes\"").unwrap_err();
+        assert!(kind.contains("true, false or a table"), "{kind}");
+        let value = parse("batch = { window_secs = \"soon\" }").unwrap_err();
+        assert!(
+            value.contains("window_secs") || value.contains("f64"),
+            "{value}"
+        );
+    }
 }
