@@ -16,6 +16,10 @@ pub struct StageProgress {
     pub rows_started: AtomicU64,
     /// Input rows finished (successfully or with a row error).
     pub rows_done: AtomicU64,
+    /// The stage's input streams (one per partition) begun and read to their end: once
+    /// every one begun has ended, `rows_started` is all the rows the stage will get.
+    pub inputs_begun: AtomicU64,
+    pub inputs_ended: AtomicU64,
     /// Output rows whose `error` is set.
     pub row_errors: AtomicU64,
     /// Input records a source could not turn into rows (reported, never silent).
@@ -84,6 +88,8 @@ impl StageProgress {
             started: Instant::now(),
             rows_started: AtomicU64::new(0),
             rows_done: AtomicU64::new(0),
+            inputs_begun: AtomicU64::new(0),
+            inputs_ended: AtomicU64::new(0),
             row_errors: AtomicU64::new(0),
             records_skipped: AtomicU64::new(0),
             rows_dropped: AtomicU64::new(0),
@@ -254,8 +260,9 @@ impl StageProgress {
 /// One line over all stages: rows done, requests sent and their rate, elapsed time, and an
 /// ETA once it can be guessed.
 ///
-/// The ETA takes the prompts as the rows the sources (stages that send no requests) read,
-/// and for each LLM stage as many units per prompt as it has started (rounds, candidates);
+/// The ETA takes the prompts as the rows the sources (stages that send no requests) read —
+/// or, once an LLM stage has read its whole input, the fewest rows such a stage took (a
+/// LIMIT or filter after the source passes fewer than it read) — and for each LLM stage as many units per prompt as it has started (rounds, candidates);
 /// the share done is the mean over LLM stages, and the time left is elapsed × (1 − share) /
 /// share. It is a guess while the sources are still reading, and says so.
 pub fn overall_line(stages: &[Arc<StageProgress>], elapsed: std::time::Duration) -> String {
@@ -266,12 +273,28 @@ pub fn overall_line(stages: &[Arc<StageProgress>], elapsed: std::time::Duration)
         .iter()
         .map(|s| get(&s.requests).saturating_sub(get(&s.journal_hits)))
         .sum();
-    let prompts: u64 = stages
+    let read: u64 = stages
         .iter()
         .filter(|s| !s.llm)
         .map(|s| get(&s.rows_done))
         .max()
         .unwrap_or(0);
+    // A LIMIT or a filter between the sources and the first LLM stage passes fewer rows
+    // than were read: once an LLM stage has read its whole input, the fewest rows any such
+    // stage took are the prompts.
+    let entered = llm
+        .iter()
+        .filter(|s| {
+            let begun = get(&s.inputs_begun);
+            begun > 0 && get(&s.inputs_ended) >= begun && get(&s.rows_started) > 0
+        })
+        .map(|s| get(&s.rows_started))
+        .min();
+    let prompts = match entered {
+        Some(n) if read > 0 => n.min(read),
+        Some(n) => n,
+        None => read,
+    };
     let shares: Vec<f64> = llm
         .iter()
         .map(|s| {
@@ -512,6 +535,25 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_overall_line_counts_the_prompts_past_a_limit() {
+        let p = Progress::default();
+        let source = p.stage("red_team_prompts");
+        StageProgress::add(&source.rows_done, 50);
+        let respond = p.llm_stage("respond");
+        StageProgress::add(&respond.inputs_begun, 1);
+        StageProgress::add(&respond.rows_started, 5);
+        StageProgress::add(&respond.rows_done, 2);
+        let ten = std::time::Duration::from_secs(10);
+        // Still reading its input: the sources' rows are the guess.
+        let line = overall_line(&p.snapshot(), ten);
+        assert!(line.contains("of 50 prompts"), "{line}");
+        StageProgress::add(&respond.inputs_ended, 1);
+        let line = overall_line(&p.snapshot(), ten);
+        assert!(line.contains("40% of 5 prompts"), "{line}");
+        assert!(line.contains("ETA ~0m15s"), "{line}");
+    }
 
     #[test]
     fn error_reasons_elide_what_differs_per_row() {

@@ -279,9 +279,18 @@ fn stream_rows(
         .map(|e| e.max_concurrency() * 2)
         .unwrap_or(64)
         .max(2);
+    StageProgress::add(&env.progress.inputs_begun, 1);
+    let progress = env.progress.clone();
     let rows = input
         .map_ok(|batch| futures::stream::iter(InputBatch::new(batch).rows().map(Ok)))
-        .try_flatten();
+        .try_flatten()
+        // The input's end: the rows the stage will get are all started.
+        .chain(
+            futures::stream::once(async move {
+                StageProgress::add(&progress.inputs_ended, 1);
+            })
+            .filter_map(|()| futures::future::ready(None)),
+        );
     // The unit of work: one row, or one group of rows for grouping stages.
     let units: futures::stream::BoxStream<'static, Result<Vec<InputRow>>> = match stage.grouping() {
         Some(grouping) => Box::pin(group_rows(Box::pin(rows), grouping)),
