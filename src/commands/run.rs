@@ -229,6 +229,7 @@ async fn serve_live(
         "caiflow: live page at http://{}/live",
         listener.local_addr()?
     );
+    run.session.progress.keep_answers();
     let live = std::sync::Arc::new(caiflow_view::live::Live {
         run: store.display.clone(),
         progress: run.session.progress.clone(),

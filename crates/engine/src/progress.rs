@@ -2,7 +2,7 @@
 //! summary while stages stream.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -56,6 +56,9 @@ pub struct StageProgress {
     /// The newest answers (the last user turn and the answer, cut short), for a live view:
     /// at most [`RECENT_ANSWERS`], whatever the run's size.
     recent: Mutex<std::collections::VecDeque<(String, String)>>,
+    /// Whether a live view shows the newest answers (set by [`Progress::keep_answers`]):
+    /// without one, answers are not copied.
+    keep_recent: Arc<AtomicBool>,
 }
 
 /// Answers kept per stage for a live view, and the characters kept of each text.
@@ -65,6 +68,9 @@ const RECENT_CHARS: usize = 400;
 impl StageProgress {
     /// Keep an answer as one of the stage's newest (see [`RECENT_ANSWERS`]).
     pub fn note_answer(&self, asked: &str, answer: &str) {
+        if !self.keep_recent.load(Ordering::Relaxed) {
+            return;
+        }
         let cut = |t: &str| t.chars().take(RECENT_CHARS).collect::<String>();
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         if recent.len() >= RECENT_ANSWERS {
@@ -79,9 +85,10 @@ impl StageProgress {
         recent.iter().rev().cloned().collect()
     }
 
-    fn new(name: &str, llm: bool) -> Self {
+    fn new(name: &str, llm: bool, keep_recent: Arc<AtomicBool>) -> Self {
         StageProgress {
             llm,
+            keep_recent,
             warnings: Mutex::new(vec![]),
             recent: Mutex::new(std::collections::VecDeque::new()),
             name: name.to_string(),
@@ -500,6 +507,8 @@ pub fn usage_table(stages: &[StageStats]) -> String {
 #[derive(Debug, Default)]
 pub struct Progress {
     stages: Mutex<BTreeMap<String, Arc<StageProgress>>>,
+    /// Shared with every stage: whether their newest answers are kept.
+    keep_recent: Arc<AtomicBool>,
 }
 
 impl Progress {
@@ -517,8 +526,13 @@ impl Progress {
         let mut stages = self.stages.lock().unwrap_or_else(|p| p.into_inner());
         stages
             .entry(name.to_string())
-            .or_insert_with(|| Arc::new(StageProgress::new(name, llm)))
+            .or_insert_with(|| Arc::new(StageProgress::new(name, llm, self.keep_recent.clone())))
             .clone()
+    }
+
+    /// Keep each stage's newest answers from now on (a live view shows them).
+    pub fn keep_answers(&self) {
+        self.keep_recent.store(true, Ordering::Relaxed);
     }
 
     /// Every stage's figures.

@@ -42,10 +42,7 @@ pub async fn serve(
         .route("/live/script.js", get(script))
         .layer(axum::middleware::map_response(own_script_only))
         .with_state(live);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await?;
-    Ok(())
+    crate::server::serve_until(app, listener, stop).await
 }
 
 const SCRIPT: &str = "const s=new EventSource('/live/events');\

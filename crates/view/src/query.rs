@@ -269,7 +269,8 @@ impl Viewer {
             .map(|f| f.name().clone())
             .collect();
         let has = |c: &str| columns.contains(c);
-        if extra.iter().any(|_| !has("prompt_id"))
+        // A permalink into a table without the key it names: no rows.
+        if (!extra.is_empty() && !has("prompt_id"))
             || (kind == Kind::Sl && extra.len() > 1 && !has("sequence"))
         {
             return Ok(Page::default());
@@ -286,9 +287,11 @@ impl Viewer {
         if let (Some(l), true) = (&filters.label, has("label")) {
             predicates.push(col("label").eq(lit(l.clone())));
         }
-        match filters.error.as_deref() {
-            Some("yes") => predicates.push(col("error").is_not_null()),
-            Some("no") => predicates.push(col("error").is_null()),
+        // A table without an `error` column has no error rows.
+        match (filters.error.as_deref(), has("error")) {
+            (Some("yes"), true) => predicates.push(col("error").is_not_null()),
+            (Some("yes"), false) => predicates.push(lit(false)),
+            (Some("no"), true) => predicates.push(col("error").is_null()),
             _ => {}
         }
         let yes_no = |v: &Option<String>| match v.as_deref() {

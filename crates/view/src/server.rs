@@ -28,6 +28,15 @@ pub async fn serve(
         .route("/report", get(report))
         .layer(axum::middleware::map_response(no_script))
         .with_state(viewer);
+    serve_until(app, listener, stop).await
+}
+
+/// Serve `app` on `listener` until `stop` is cancelled (requests in flight finish).
+pub(crate) async fn serve_until(
+    app: Router,
+    listener: tokio::net::TcpListener,
+    stop: CancellationToken,
+) -> crate::Result<()> {
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await?;
