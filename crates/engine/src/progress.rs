@@ -592,8 +592,23 @@ mod tests {
     }
 
     #[test]
+    fn newest_answers_are_kept_only_while_a_live_view_shows_them() {
+        let p = Progress::default();
+        let respond = p.llm_stage("respond");
+        respond.note_answer("asked", "unseen");
+        assert!(respond.recent_answers().is_empty());
+        p.keep_answers();
+        for i in 0..7 {
+            respond.note_answer("asked", &format!("answer {i}"));
+        }
+        let kept = respond.recent_answers();
+        assert_eq!(kept.len(), RECENT_ANSWERS);
+        assert_eq!(kept[0].1, "answer 6", "newest first");
+    }
+
+    #[test]
     fn stats_count_reasons_latency_and_tokens() {
-        let p = StageProgress::new("respond", true);
+        let p = StageProgress::new("respond", true, Arc::default());
         for i in 0..30 {
             p.error(&format!("reason {i}"));
         }
